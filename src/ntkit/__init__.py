@@ -1,0 +1,17 @@
+"""ntkit: neural tangent kernels, linearized networks and infinite-width Gaussian processes in PyTorch.
+
+The four capabilities, in the order data flows through them:
+
+- finite width: :func:`empirical_ntk`, :func:`empirical_nngp`, :func:`ntk_vector_product`;
+- linearized models: :func:`linearize`, :func:`taylor_expand`;
+- infinite width: :mod:`ntkit.nn` layers and :func:`kernel`;
+- training dynamics and GP inference: :mod:`ntkit.predict`.
+"""
+
+from . import errors
+from .empirical import empirical_nngp, empirical_ntk
+from .errors import NtkitError
+
+__version__ = "0.1.0"
+
+__all__ = ["NtkitError", "__version__", "empirical_nngp", "empirical_ntk", "errors"]

@@ -1,0 +1,76 @@
+"""Memory budgets: the default budget, sizes in words, and the check that raises before allocating."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import MemoryBudgetError
+
+__all__ = ["DEFAULT_MEMORY_FRACTION", "check_fits", "default_memory_budget", "format_bytes", "resolve_budget"]
+
+#: Share of the available memory that ntkit lets one call's intermediates use by default.
+DEFAULT_MEMORY_FRACTION = 0.25
+_FALLBACK_BUDGET = 2 * 2**30
+
+
+def format_bytes(n: float) -> str:
+    """``1536 -> '1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_memory_budget(device: torch.device | str = "cpu") -> int:
+    """Bytes one call may use for intermediates: a quarter of the free memory of ``device``.
+
+    Override per call with ``memory_budget=`` or globally with the environment variable
+    ``NTKIT_MEMORY_BUDGET`` (bytes, or with a suffix K, M, G: ``NTKIT_MEMORY_BUDGET=4G``).
+    """
+    env = os.environ.get("NTKIT_MEMORY_BUDGET")
+    if env:
+        return parse_bytes(env)
+    avail = _available_bytes(torch.device(device))
+    return int(avail * DEFAULT_MEMORY_FRACTION) if avail else _FALLBACK_BUDGET
+
+
+def parse_bytes(text: str) -> int:
+    """``'4G' -> 4 * 2**30``; plain integers are bytes."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(text[-1:], 1)
+    number = text[:-1] if scale != 1 else text
+    try:
+        return int(float(number) * scale)
+    except ValueError:
+        raise MemoryBudgetError(f"cannot read a memory budget from {text!r}; use bytes or e.g. '512M', '4G'.") from None
+
+
+def resolve_budget(memory_budget: int | str | None, device: torch.device | str = "cpu") -> int:
+    """The budget in bytes from a per-call argument (bytes, a string like '4G', or None for the default)."""
+    if memory_budget is None:
+        return default_memory_budget(device)
+    if isinstance(memory_budget, str):
+        return parse_bytes(memory_budget)
+    if memory_budget <= 0:
+        raise MemoryBudgetError(f"memory_budget must be positive, got {memory_budget}.")
+    return int(memory_budget)
+
+
+def check_fits(nbytes: int, budget: int, what: str, hint: str = "") -> None:
+    """Raise :class:`MemoryBudgetError` naming ``what`` and its size if ``nbytes`` exceeds ``budget``."""
+    if nbytes > budget:
+        msg = f"{what} needs {format_bytes(nbytes)}, over the memory budget of {format_bytes(budget)}."
+        raise MemoryBudgetError(msg + (" " + hint if hint else ""))
