@@ -9,6 +9,10 @@ from __future__ import annotations
 
 __all__ = [
     "BatchCouplingError",
+    "ChecksumError",
+    "ConfigurationError",
+    "DataFormatError",
+    "DataNotFoundError",
     "IllConditionedError",
     "MemoryBudgetError",
     "NonFiniteError",
@@ -60,4 +64,26 @@ class IllConditionedError(NtkitError, ValueError):
     """A kernel matrix too ill-conditioned to solve with, even after adding jitter.
 
     The message gives the condition number and suggests ``diag_reg`` or float64.
+    """
+
+
+class DataNotFoundError(NtkitError, FileNotFoundError):
+    """The files of a data set are not where they were looked for (and downloading was not asked for).
+
+    The message lists the files and the folder searched, and says to put them there or pass ``download=True``.
+    """
+
+
+class ChecksumError(NtkitError, ValueError):
+    """A downloaded file whose checksum differs from the official one (a corrupt or altered download)."""
+
+
+class DataFormatError(NtkitError, ValueError):
+    """A data file that exists but is not in the expected format (bad magic number, truncated, wrong keys)."""
+
+
+class ConfigurationError(NtkitError, ValueError):
+    """An option whose value cannot be used: an unknown name (data set, experiment, device) or a size out of range.
+
+    The message names the option and lists the values that are accepted.
     """
