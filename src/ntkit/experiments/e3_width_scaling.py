@@ -59,7 +59,7 @@ class WidthScalingConfig:
     layers, ``n_train`` training points, Θ̂ / K̂ measured on the first ``n_kernel`` of them, ``steps`` of GD,
     Θ̂_t recorded at ``n_times`` log-spaced steps, ``repeats`` networks per width."""
 
-    widths: tuple[int, ...] = (64, 128, 256, 512)
+    widths: tuple[int, ...] = (32, 64, 128, 256, 512)
     depth: int = 3
     n_train: int = 64
     n_kernel: int = 32
@@ -68,14 +68,15 @@ class WidthScalingConfig:
     lr_fraction: float = 0.5
     W_std: float = math.sqrt(2.0)
     b_std: float = math.sqrt(0.1)
-    repeats: int = 1
+    repeats: int = 3
     dtype: str = "float64"
 
 
 QUICK = WidthScalingConfig()
 FULL = WidthScalingConfig(
-    widths=tuple(2**k for k in range(5, 12)), n_train=128, n_kernel=32, steps=1024, n_times=8, repeats=1
+    widths=tuple(2**k for k in range(5, 12)), n_train=128, n_kernel=32, steps=1024, n_times=8, repeats=2
 )
+KERNEL_NAMES = {"ntk": "Θ̂ (NTK)", "nngp": "K̂ (NNGP)"}
 
 
 def _layer_names(n_layers: int) -> list[str]:
@@ -150,10 +151,10 @@ def _judge(fits: dict[str, SlopeFit], expected: dict[str, float | None]) -> tupl
     bad = [n for n, o in outcome.items() if o == "inconsistent"]
     undecided = [n for n, o in outcome.items() if o == "undecided"]
     if bad:
-        detail = "; ".join(f"{n} {fits[n].format()}" for n in bad)
+        detail = "; ".join(f"{KERNEL_NAMES.get(n, n)} {fits[n].format()}" for n in bad)
         return False, f"Not supported: slopes outside the expected range (±{TOLERANCE} allowance): {detail}.", outcome
     if undecided:
-        detail = "; ".join(f"{n} {fits[n].format()}" for n in undecided)
+        detail = "; ".join(f"{KERNEL_NAMES.get(n, n)} {fits[n].format()}" for n in undecided)
         return None, f"Inconclusive: the confidence intervals are too wide to decide for {detail}.", outcome
     return (
         True,
@@ -165,64 +166,77 @@ def _judge(fits: dict[str, SlopeFit], expected: dict[str, float | None]) -> tupl
 
 
 def _guides(ax, x: np.ndarray, y0: float) -> None:
-    for power, style in ((-0.5, ":"), (-1.0, "--")):
-        ax.plot(x, y0 * (x / x[0]) ** power, style, color="0.55", lw=1, label=f"∝ n^{power:g}")
+    for power, style, label in ((-0.5, ":", r"$\propto n^{-1/2}$"), (-1.0, "--", r"$\propto n^{-1}$")):
+        ax.plot(x, y0 * (x / x[0]) ** power, style, color="0.5", lw=1, label=label)
 
 
-def _figures(cfg, widths, layer_names, per_width, fits, runs, record) -> list[Figure]:
+def _width_axis(ax, widths: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.minorticks_off()
+    ax.set_xlabel("width n")
+
+
+def _plot_series(ax, widths, xs, values, mean, fit: SlopeFit, color: str, label: str) -> None:
+    """Individual networks (dots), their mean per width (line) and the fitted power law (thick, pale)."""
+    w = np.asarray(widths, dtype=float)
+    ax.plot(xs, values, ".", color=color, alpha=0.35, ms=5)
+    ax.plot(w, mean, "o-", color=color, label=f"{label}: slope {fit.format()}")
+    ax.plot(w, fit.predict(w), color=color, alpha=0.3, lw=4)
+
+
+def _figures(cfg, widths, layer_names, series, xs, per_width, fits, runs, record) -> list[Figure]:
+    from matplotlib import colormaps
+
     w = np.asarray(widths, dtype=float)
     figs = []
     with plot_style():
-        fig, (ax,) = new_figure(panel_size=(5.6, 3.9))
-        colors = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7"]
+        fig, (ax,) = new_figure(panel_size=(7.6, 4.0))
         for i, name in enumerate(layer_names):
-            c = colors[i % len(colors)]
-            ax.plot(w, per_width[name], "o-", color=c, label=f"{name}: slope {fits[name].format()}")
-            ax.plot(w, fits[name].predict(w), color=c, alpha=0.35, lw=3)
+            _plot_series(ax, widths, xs, series[name], per_width[name], fits[name], f"C{i % 10}", name)
         _guides(ax, w, max(per_width[n][0] for n in layer_names) * 1.6)
-        ax.set(xscale="log", yscale="log", xlabel="width n", ylabel="‖θ_T − θ_0‖ / ‖θ_0‖")
+        _width_axis(ax, widths)
+        ax.set_ylabel(r"$\|W_T - W_0\|_F \,/\, \|W_0\|_F$")
         ax.set_title("Relative weight change per layer")
-        ax.legend(loc="lower left", fontsize=7)
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
         figs.append(
             Figure.from_matplotlib(
                 "E3-weights",
                 fig,
                 f"Relative Frobenius change of each layer's weights after {cfg.steps} GD steps against width "
-                f"(log-log; thick lines: fits with 95% CI slopes in the legend; grey: n^-1/2 and n^-1 guides). "
+                f"(log-log; dots: the {cfg.repeats} network(s) per width, line: their mean, pale: least-squares "
+                "fit with the slope's 95% interval in the legend; grey: n^-1/2 and n^-1 guides). "
                 "Paper (Fig. 1b): input and output layers ∝ n^-1/2, hidden layers ∝ n^-1.",
             )
         )
 
-        fig, axes = new_figure(ncols=3, panel_size=(3.7, 3.3))
-        for ax, key, label in ((axes[0], "ntk", "Θ̂ (NTK)"), (axes[1], "nngp", "K̂ (NNGP)")):
-            ax.plot(w, per_width[key], "o-", color="C0", label=f"slope {fits[key].format()}")
-            ax.plot(w, fits[key].predict(w), color="C0", alpha=0.35, lw=3)
+        fig, axes = new_figure(ncols=3, panel_size=(3.8, 3.4))
+        for ax, key in ((axes[0], "ntk"), (axes[1], "nngp")):
+            _plot_series(ax, widths, xs, series[key], per_width[key], fits[key], "C0", "fit")
             _guides(ax, w, per_width[key][0])
-            ax.set(xscale="log", yscale="log", xlabel="width n", title=f"relative change of {label}")
-            ax.legend(fontsize=7)
+            _width_axis(ax, widths)
+            ax.set_title(f"relative change of {KERNEL_NAMES[key]}")
+            ax.legend(loc="lower left")
         ax = axes[2]
-        cmap = _colormap()
+        cmap = colormaps["viridis"]
         for j, width in enumerate(widths):
             curve = np.mean([r["ntk_over_time"] for r in runs if r["width"] == width], axis=0)
-            ax.plot(record[1:], curve, color=cmap(j / max(1, len(widths) - 1)), label=f"n = {width}")
-        ax.set(xscale="log", yscale="log", xlabel="GD step t", title="‖Θ̂_t − Θ̂_0‖ / ‖Θ̂_0‖ during training")
-        ax.legend(fontsize=7, ncol=2)
+            ax.plot(record[1:], curve, color=cmap(0.9 * j / max(1, len(widths) - 1)), label=f"n = {width}")
+        ax.set(xscale="log", yscale="log", xlabel="GD step t")
+        ax.set_title(r"$\|\hat\Theta_t - \hat\Theta_0\|_F \,/\, \|\hat\Theta_0\|_F$ during training")
+        ax.legend(ncol=2)
         figs.append(
             Figure.from_matplotlib(
                 "E3-kernels",
                 fig,
                 f"Relative Frobenius change of the empirical NTK Θ̂ and NNGP K̂ on {cfg.n_kernel} training points "
-                f"after {cfg.steps} steps, against width (left, middle) and over training for each width (right). "
-                "Paper (Fig. 1a, c, d): the change is between n^-1 and n^-1/2 and falls with width at all times.",
+                f"after {cfg.steps} steps against width (left, middle; dots, line and fit as in E3-weights) and of "
+                "Θ̂ over training for each width (right, mean over networks). Paper (Fig. 1a, c, d): the change "
+                "is between n^-1 and n^-1/2 and falls with width at all times.",
             )
         )
     return figs
-
-
-def _colormap():
-    from matplotlib import colormaps
-
-    return colormaps["viridis"]
 
 
 @register("E3", title="Weight and kernel change versus width", claim=CLAIM, quick=QUICK, full=FULL)
@@ -267,7 +281,7 @@ def width_scaling(cfg: WidthScalingConfig, ctx: RunContext) -> ExperimentResult:
         for name, f in fits.items()
     ]  # fmt: skip
     for row in slope_rows:
-        row[0] = {"ntk": "Θ̂ (NTK)", "nngp": "K̂ (NNGP)"}.get(row[0], row[0])
+        row[0] = KERNEL_NAMES.get(row[0], row[0])
     width_rows = [
         [
             w,
@@ -317,6 +331,6 @@ def width_scaling(cfg: WidthScalingConfig, ctx: RunContext) -> ExperimentResult:
         verdict=verdict,
         metrics=metrics,
         tables=tables,
-        figures=_figures(cfg, widths, layer_names, per_width, fits, runs, record),
+        figures=_figures(cfg, widths, layer_names, series, xs, per_width, fits, runs, record),
         config={**cfg.__dict__, "dataset": data.name, "classes": data.info.get("classes"), "n_train": data.n_train},
     )
