@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from datafiles import patch_md5s, write_mnist
 from ntkit.cli import main
+from ntkit.data import mnist
 from ntkit.experiments import Experiment
 from ntkit.experiments.e3_width_scaling import WidthScalingConfig
 from ntkit.experiments.registry import EXPERIMENTS
 
-TINY_E3 = WidthScalingConfig(widths=(16, 64), depth=1, n_train=8, n_kernel=4, steps=4, n_times=2)
+TINY_E3 = WidthScalingConfig(widths=(16, 64), depth=1, n_train=8, n_kernel=4, steps=4, n_times=2, repeats=1)
 
 
 def _error(capsys, argv) -> str:
@@ -93,3 +95,38 @@ def test_python_dash_m_ntkit():
         timeout=120,
     )
     assert proc.returncode == 2 and "unknown experiment E0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_corrupt_data_files_are_a_usage_error(capsys, tmp_path):
+    write_mnist(tmp_path)  # valid IDX files, but not the official ones: their MD5s differ
+    err = _error(capsys, ["reproduce", "--dataset", "mnist", "--data-dir", str(tmp_path)])
+    assert "MD5" in err and "official mnist file" in err
+
+
+def test_a_run_on_a_file_data_set(capsys, monkeypatch, tmp_path):
+    write_mnist(tmp_path / "d", seed=1)
+    patch_md5s(monkeypatch, mnist, "MNIST", tmp_path / "d")
+    monkeypatch.setitem(EXPERIMENTS, "E3", replace(EXPERIMENTS["E3"], quick=TINY_E3))
+    argv = ["reproduce", "--quick", "--only", "e3", "--dataset", "mnist", "--data-dir", str(tmp_path / "d")]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["experiments"][0]["config"]["dataset"] == "mnist" and data["run"]["dataset"] == "mnist"
+
+
+def test_import_ntkit_needs_no_repro_extras():
+    """`import ntkit` (and the data/report/experiments modules) must not import matplotlib or scikit-learn."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    code = (
+        "import sys, ntkit, ntkit.data, ntkit.report, ntkit.experiments, ntkit.cli\n"
+        "print(sorted(m for m in ('matplotlib', 'sklearn') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(src)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_no_verify_accepts_files_that_are_not_the_official_ones(capsys, monkeypatch, tmp_path):
+    write_mnist(tmp_path / "d")
+    monkeypatch.setitem(EXPERIMENTS, "E3", replace(EXPERIMENTS["E3"], quick=TINY_E3))
+    argv = ["reproduce", "--quick", "--only", "E3", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "d")]
+    assert main([*argv, "--no-verify", "--out", str(tmp_path / "out")]) == 0

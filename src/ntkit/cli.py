@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--dataset", default="digits", choices=ntdata.DATASETS, help="data set (default: digits)")
     rep.add_argument("--data-dir", type=Path, metavar="DIR", help="folder holding the data set's files")
     rep.add_argument("--download", action="store_true", help="download missing data files (into DIR or the cache)")
+    rep.add_argument("--no-verify", action="store_true", help="do not check local data files against official MD5s")
     rep.add_argument("--out", type=Path, default=Path("ntkit-report"), metavar="DIR", help="report folder")
     rep.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default: cpu)")
     rep.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -72,7 +73,7 @@ def _check_environment(args: argparse.Namespace) -> None:
         raise UsageError(f"--data-dir {args.data_dir} does not exist or is not a folder.")
     if args.data_dir is not None and args.dataset not in ntdata.FILE_DATASETS:
         print(f"ntkit: note: --data-dir is not used by the {args.dataset} data set.", file=sys.stderr)
-    ntdata.ensure_available(args.dataset, args.data_dir, download=args.download)
+    ntdata.ensure_available(args.dataset, args.data_dir, download=args.download, verify=not args.no_verify)
 
 
 def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
@@ -92,6 +93,7 @@ def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
         dataset=args.dataset,
         data_dir=args.data_dir,
         download=args.download,
+        verify=not args.no_verify,
         quick=args.quick,
         progress=not args.no_progress,
     )

@@ -1,78 +1,28 @@
-"""MNIST / Fashion-MNIST / CIFAR-10 loaders on small files written here in the real formats, checksums, the
-cache folder and downloads (through a file:// URL or a replaced fetch; nothing touches the network).
-
-The IDX files are written byte by byte here (big-endian header, magic 0x0801 / 0x0803), independently of
-ntkit's own writer; the CIFAR batches are pickled dicts with b"data" / b"labels", packed in a tar.gz.
+"""MNIST / Fashion-MNIST / CIFAR-10 loaders on small files in the real formats (written by tests/datafiles.py),
+checksums, the cache folder and downloads (through a file:// URL or a replaced fetch; nothing touches the network).
 """
 
-import gzip
-import hashlib
-import io
 import os
 import pickle
 import struct
-import tarfile
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import ntkit.data as nd
-from ntkit.data import cifar, files, mnist
+from datafiles import MNIST_NAMES, cifar_batches, idx_labels, md5, patch_md5s, write_cifar_tar, write_mnist
+from ntkit.data import files, mnist
 from ntkit.data.idx import read_idx, write_idx
 from ntkit.errors import ChecksumError, DataFormatError, DataNotFoundError
-
-MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def _idx_images(a: np.ndarray) -> bytes:
-    return struct.pack(">IIII", 0x0803, *a.shape) + a.astype(np.uint8).tobytes()
-
-
-def _idx_labels(a: np.ndarray) -> bytes:
-    return struct.pack(">II", 0x0801, len(a)) + a.astype(np.uint8).tobytes()
-
-
-def _mnist_arrays(seed=0, n_train=20, n_test=10):
-    rng = np.random.default_rng(seed)
-    return (
-        rng.integers(0, 256, (n_train, 28, 28)),
-        rng.integers(0, 10, n_train),
-        rng.integers(0, 256, (n_test, 28, 28)),
-        rng.integers(0, 10, n_test),
-    )
-
-
-def write_mnist(folder: Path, *, gz=True, seed=0) -> tuple:
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = _mnist_arrays(seed)
-    for name, arr, enc in zip(MNIST_NAMES, arrays, (_idx_images, _idx_labels) * 2, strict=True):
-        payload = enc(arr)
-        if gz:
-            (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
-        else:
-            (folder / name).write_bytes(payload)
-    return arrays
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def _patch_md5s(monkeypatch, module, attr, folder: Path):
-    """Make the spec's official MD5s those of the files in ``folder`` (the test files are not the official ones)."""
-    spec = getattr(module, attr)
-    res = tuple(replace(r, md5=_md5(folder / r.filename)) for r in spec.resources)
-    monkeypatch.setattr(module, attr, replace(spec, resources=res))
 
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_mnist_reads_idx_files(tmp_path, gz):
     xtr, ytr, xte, yte = write_mnist(tmp_path, gz=gz)
     ds = nd.load_mnist(tmp_path, verify=False, standardize=None, flatten=False)
-    assert ds.x_train.shape == (20, 1, 28, 28) and ds.x_test.shape == (10, 1, 28, 28)
+    assert ds.x_train.shape == (40, 1, 28, 28) and ds.x_test.shape == (10, 1, 28, 28)
     np.testing.assert_allclose(ds.x_train[:, 0].numpy() * 255, xtr, rtol=0, atol=1e-9)
     np.testing.assert_allclose(ds.x_test[:, 0].numpy() * 255, xte, rtol=0, atol=1e-9)
     assert ds.y_train.tolist() == ytr.tolist() and ds.y_test.tolist() == yte.tolist()
@@ -83,16 +33,16 @@ def test_mnist_reads_idx_files(tmp_path, gz):
 def test_fashion_mnist_in_torchvision_layout(tmp_path):
     xtr, *_ = write_mnist(tmp_path / "FashionMNIST" / "raw", seed=4)
     ds = nd.load("fashion-mnist", data_dir=tmp_path, verify=False, standardize=None)
-    np.testing.assert_allclose(ds.x_train.numpy() * 255, xtr.reshape(20, -1), atol=1e-9)
+    np.testing.assert_allclose(ds.x_train.numpy() * 255, xtr.reshape(40, -1), atol=1e-9)
     assert ds.class_names[0] == "T-shirt/top"
 
 
-def test_local_gz_files_are_verified_against_official_md5(tmp_path, monkeypatch):
+def test_local_gz_files_are_verified_against_officialmd5(tmp_path, monkeypatch):
     write_mnist(tmp_path)
     with pytest.raises(ChecksumError, match="official mnist file"):
         nd.load_mnist(tmp_path)  # the test files are not the official ones
-    _patch_md5s(monkeypatch, mnist, "MNIST", tmp_path)
-    assert nd.load_mnist(tmp_path).n_train == 20
+    patch_md5s(monkeypatch, mnist, "MNIST", tmp_path)
+    assert nd.load_mnist(tmp_path).n_train == 40
 
 
 def test_missing_files_say_where_to_put_them(tmp_path):
@@ -125,10 +75,10 @@ def test_malformed_idx_files(tmp_path, payload, match):
 
 def test_mnist_inconsistent_files(tmp_path):
     write_mnist(tmp_path, gz=False)
-    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_labels(np.zeros(9)))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_labels(np.zeros(9)))
     with pytest.raises(DataFormatError, match="10 images but"):
         nd.load_mnist(tmp_path, verify=False)
-    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_labels(np.full(10, 12)))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_labels(np.full(10, 12)))
     with pytest.raises(DataFormatError, match=r"0\.\.9"):
         nd.load_mnist(tmp_path, verify=False)
 
@@ -144,26 +94,8 @@ def test_idx_writer_round_trip(tmp_path):
 # ----------------------------------------------------------------------------------------------- CIFAR-10
 
 
-def _cifar_batches(seed=0, n=6):
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name in cifar.BATCHES:
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        out[name] = {b"batch_label": name.encode(), b"data": data, b"labels": rng.integers(0, 10, n).tolist()}
-    return out
-
-
-def write_cifar_tar(path: Path, batches: dict) -> None:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, content in batches.items():
-            blob = pickle.dumps(content, protocol=2)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-
-
 def test_cifar10_from_archive_and_extracted_folder(tmp_path):
-    batches = _cifar_batches()
+    batches = cifar_batches()
     write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", batches)
     ds = nd.load("cifar10", data_dir=tmp_path, verify=False, standardize=None, flatten=False)
     assert ds.x_train.shape == (30, 3, 32, 32) and ds.x_test.shape == (6, 3, 32, 32)
@@ -185,7 +117,7 @@ def test_cifar10_from_archive_and_extracted_folder(tmp_path):
 
 
 def test_cifar10_malformed(tmp_path):
-    batches = _cifar_batches()
+    batches = cifar_batches()
     batches["data_batch_3"] = {b"data": batches["data_batch_3"][b"data"]}
     write_cifar_tar(tmp_path / "cifar-10-python.tar.gz", batches)
     with pytest.raises(DataFormatError, match="b'labels'"):
@@ -195,7 +127,7 @@ def test_cifar10_malformed(tmp_path):
     with pytest.raises(DataFormatError, match="tar"):
         nd.load_cifar10(tmp_path, verify=False)
 
-    evil = {name: content for name, content in _cifar_batches().items()}
+    evil = {name: content for name, content in cifar_batches().items()}
     evil["test_batch"] = {b"data": os.system, b"labels": []}  # a pickle that references a callable
     sub = tmp_path / "evil"
     sub.mkdir()
@@ -221,14 +153,14 @@ def test_download_into_cache_from_file_url(tmp_path, monkeypatch):
     write_mnist(server)
     spec = mnist.MNIST
     res = tuple(
-        replace(r, md5=_md5(server / r.filename), urls=((server / r.filename).as_uri(),)) for r in spec.resources
+        replace(r, md5=md5(server / r.filename), urls=((server / r.filename).as_uri(),)) for r in spec.resources
     )
     monkeypatch.setattr(mnist, "MNIST", replace(spec, resources=res))
     monkeypatch.setenv("NTKIT_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(DataNotFoundError, match="download=True"):
         nd.load("mnist")
     ds = nd.load("mnist", download=True, standardize=None)
-    assert ds.n_train == 20
+    assert ds.n_train == 40
     cached = tmp_path / "cache" / "mnist"
     assert sorted(p.name for p in cached.iterdir()) == sorted(f"{n}.gz" for n in MNIST_NAMES)
     assert nd.load("mnist", standardize=None).n_test == 10  # now found in the cache without download
@@ -259,7 +191,7 @@ def test_download_tries_mirrors_and_reports_unreachable(tmp_path, monkeypatch):
         dest.write_bytes(good.read_bytes())
 
     monkeypatch.setattr(files, "fetch", fake_fetch)
-    res = files.Resource("f.bin", _md5(good), ("http://bad.example/f.bin", "http://ok.example/f.bin"))
+    res = files.Resource("f.bin", md5(good), ("http://bad.example/f.bin", "http://ok.example/f.bin"))
     path = files.download(res, tmp_path / "dl", what="test")
     assert path.read_bytes() == b"payload" and calls == list(res.urls)
     with pytest.raises(DataNotFoundError, match="connection refused"):

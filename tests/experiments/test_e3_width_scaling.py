@@ -8,7 +8,7 @@ import pytest
 from ntkit.experiments import EXPERIMENTS, RunContext, SlopeFit
 from ntkit.experiments.e3_width_scaling import FULL, QUICK, WidthScalingConfig, _judge, width_scaling
 
-TINY = WidthScalingConfig(widths=(16, 64, 256), depth=2, n_train=16, n_kernel=8, steps=24, n_times=4)
+TINY = WidthScalingConfig(widths=(16, 64, 256), depth=2, n_train=16, n_kernel=8, steps=24, n_times=4, repeats=1)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,6 @@ def test_registered_with_quick_and_full_configurations():
 
 
 def test_circle_dataset_regression_targets():
-    r = width_scaling(WidthScalingConfig(widths=(16, 64), depth=1, n_train=8, n_kernel=4, steps=4, n_times=2),
-                      RunContext(dataset="circle"))  # fmt: skip
+    cfg = WidthScalingConfig(widths=(16, 64), depth=1, n_train=8, n_kernel=4, steps=4, n_times=2, repeats=1)
+    r = width_scaling(cfg, RunContext(dataset="circle"))
     assert r.status == "ok" and r.config["dataset"] == "circle" and r.config["classes"] is None

@@ -21,7 +21,7 @@ from .cifar import find_cifar10, load_cifar10
 from .dataset import Dataset, prepare
 from .digits import load_digits
 from .files import cache_dir
-from .mnist import FASHION_MNIST, MNIST, find_idx_files, load_fashion_mnist, load_mnist
+from .mnist import find_idx_files, load_fashion_mnist, load_mnist, spec_for
 from .synthetic import load_circle
 from .targets import centered_one_hot, encode_targets, one_hot, plus_minus_one, predicted_labels
 
@@ -101,4 +101,4 @@ def ensure_available(
     if name == "cifar10":
         find_cifar10(data_dir, download=download, verify=verify)
     elif name in FILE_DATASETS:
-        find_idx_files(MNIST if name == "mnist" else FASHION_MNIST, data_dir, download=download, verify=verify)
+        find_idx_files(spec_for(name), data_dir, download=download, verify=verify)

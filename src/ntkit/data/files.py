@@ -66,8 +66,8 @@ def verify_md5(path: Path, expected: str, *, what: str) -> None:
     if got != expected:
         raise ChecksumError(
             f"{path} has MD5 {got}, but the official {what} file has {expected}: the file is corrupt, truncated or "
-            "not the official one. Delete it and download it again (download=True), or pass verify=False to "
-            "use it anyway."
+            "not the official one. Delete it and download it again (download=True, --download), or pass "
+            "verify=False (--no-verify) to use it anyway."
         )
 
 

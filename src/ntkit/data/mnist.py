@@ -19,7 +19,7 @@ from .dataset import Dataset, prepare
 from .files import Resource, cache_dir, locate
 from .idx import read_idx
 
-__all__ = ["FASHION_MNIST", "MNIST", "IdxSpec", "load_fashion_mnist", "load_mnist"]
+__all__ = ["FASHION_MNIST", "MNIST", "IdxSpec", "load_fashion_mnist", "load_mnist", "spec_for"]
 
 _FILES = (
     "train-images-idx3-ubyte.gz",
@@ -72,6 +72,11 @@ FASHION_MNIST = IdxSpec(
     ),
     ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
 )
+
+
+def spec_for(name: str) -> IdxSpec:
+    """The :class:`IdxSpec` of ``"mnist"`` or ``"fashion-mnist"`` (looked up when called)."""
+    return MNIST if name == "mnist" else FASHION_MNIST
 
 
 def folders_for(name: str, subfolders: tuple[str, ...], data_dir: str | Path | None) -> tuple[list[Path], Path]:

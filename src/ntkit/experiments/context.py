@@ -20,7 +20,8 @@ T = TypeVar("T")
 
 @dataclass
 class RunContext:
-    """The run-wide settings: ``seed``, ``device``, the data set (``dataset`` name, ``data_dir``, ``download``),
+    """The run-wide settings: ``seed``, ``device``, the data set (``dataset`` name, ``data_dir``, ``download``,
+    ``verify``: check local files against the official MD5s),
     ``quick`` (the quick configuration is used) and ``progress`` (tqdm bars on stderr when it is a terminal)."""
 
     seed: int = 0
@@ -28,6 +29,7 @@ class RunContext:
     dataset: str = "digits"
     data_dir: Path | None = None
     download: bool = False
+    verify: bool = True
     quick: bool = True
     progress: bool = False
     _cache: dict[Any, Dataset] = field(default_factory=dict, repr=False)
@@ -53,7 +55,7 @@ class RunContext:
         if task == "binary" and ntdata.binary_classes(self.dataset) is not None:
             opts.setdefault("classes", ntdata.binary_classes(self.dataset))
         if self.dataset in ntdata.FILE_DATASETS:
-            opts.update(data_dir=self.data_dir, download=self.download)
+            opts.update(data_dir=self.data_dir, download=self.download, verify=self.verify)
         key = (task, n_train, n_test, dtype, tuple(sorted((k, repr(v)) for k, v in opts.items())))
         if key not in self._cache:
             self._cache[key] = ntdata.load(
