@@ -130,3 +130,16 @@ def test_no_verify_accepts_files_that_are_not_the_official_ones(capsys, monkeypa
     monkeypatch.setitem(EXPERIMENTS, "E3", replace(EXPERIMENTS["E3"], quick=TINY_E3))
     argv = ["reproduce", "--quick", "--only", "E3", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "d")]
     assert main([*argv, "--no-verify", "--out", str(tmp_path / "out")]) == 0
+
+
+def test_threads_option(capsys, monkeypatch, tmp_path):
+    err = _error(capsys, ["reproduce", "--threads", "0"])
+    assert "--threads must be a positive integer" in err
+    monkeypatch.setitem(EXPERIMENTS, "E3", replace(EXPERIMENTS["E3"], quick=TINY_E3))
+    before = torch.get_num_threads()
+    try:
+        assert main(["reproduce", "--quick", "--threads", "1", "--out", str(tmp_path), "--only", "E3"]) == 0
+        assert torch.get_num_threads() == 1
+        assert "1 threads" in json.loads((tmp_path / "results.json").read_text())["run"]["environment"]["device"]
+    finally:
+        torch.set_num_threads(before)

@@ -1,11 +1,12 @@
 """The ``ntkit`` command (also ``python -m ntkit``).
 
 ``ntkit reproduce [--quick] [--only E1,E3,...] [--dataset NAME] [--data-dir DIR] [--download] [--out DIR]
-[--device cpu|cuda] [--seed N] [--no-progress]`` runs the paper's experiments and writes the report
+[--device cpu|cuda] [--seed N] [--threads N] [--no-progress]`` runs the paper's experiments and writes the report
 (``docs/reproduce.md``). ``ntkit reproduce --list`` lists the experiments.
 
 Exit codes: 0 all experiments ran, 1 at least one experiment failed (it is in the report), 2 a usage error
-(unknown experiment, missing data folder or files, unavailable device), reported in one line without traceback.
+(unknown experiment, missing data folder or files, unavailable device), reported in one line without traceback;
+130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .errors import NtkitError
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class UsageError(Exception):
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, default=Path("ntkit-report"), metavar="DIR", help="report folder")
     rep.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device (default: cpu)")
     rep.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    rep.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
     rep.add_argument("--list", action="store_true", help="list the experiments and exit")
     return parser
@@ -69,6 +71,8 @@ def _check_environment(args: argparse.Namespace) -> None:
         raise UsageError(
             "--device cuda was given but CUDA is not available here (torch sees no GPU); use --device cpu."
         )
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be a positive integer, got {args.threads}.")
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError(f"--data-dir {args.data_dir} does not exist or is not a folder.")
     if args.data_dir is not None and args.dataset not in ntdata.FILE_DATASETS:
@@ -86,6 +90,8 @@ def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
     selected = experiments.select(args.only)
     _check_environment(args)
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "full"
     ctx = experiments.RunContext(
         seed=args.seed,
@@ -144,3 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, NtkitError) as exc:
         print(f"ntkit: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nntkit: interrupted; no report was written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
