@@ -204,3 +204,29 @@ def test_no_grad_and_inference_mode():
     lin.method = "jvp"
     with torch.inference_mode():
         assert rel_err(lin(x), expected) < 1e-10
+
+
+class TiedAutoencoder(nn.Module):
+    """Decoder weight tied to the encoder's: one parameter used in two places."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.dec.weight = self.enc.weight
+
+    def forward(self, x):
+        return self.dec(torch.tanh(self.enc(x)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_tied_weights_stay_tied(method):
+    """θ holds the tied weight once, and moving it moves both of its uses (J0 sums both contributions)."""
+    model = TiedAutoencoder().double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    lin = nk.linearize(model, method=method)
+    assert lin.param_names == ("enc.weight", "enc.bias", "dec.bias")
+    delta = random_delta(lin)
+    set_delta(lin, delta)
+    f0 = model(x).detach()
+    expected = f0 + (dense_jacobian(model, x) @ flat(delta, lin.param_names)).reshape(f0.shape)
+    assert rel_err(lin(x).detach(), expected) < 1e-10
