@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import ntkit as nk
+from reference import dense_jacobian
 
 
 def mlp() -> nn.Module:
@@ -30,11 +31,27 @@ def bn_model() -> nn.Module:
     return model
 
 
+class LastStepLSTM(nn.Module):
+    """An LSTM read out at its last time step: recurrent weights (flattened by cuDNN-style RNN modules)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.out = nn.LSTM(3, 4, batch_first=True), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(self.rnn(x)[0][:, -1])
+
+
+def lstm() -> nn.Module:
+    return LastStepLSTM().double()
+
+
 # (id, model factory, per-example input shape, params selection)
 CASES = [
     ("mlp", mlp, (5,), None),
     ("cnn", cnn, (2, 6, 6), None),
     ("batchnorm-eval", bn_model, (2, 6, 6), None),
+    ("lstm", lstm, (6, 3), None),
     ("mlp-subset", mlp, (5,), ["0.*", "4.bias"]),
     ("batchnorm-subset", bn_model, (2, 6, 6), ["1.*", "4.weight"]),
 ]
@@ -56,3 +73,10 @@ def random_delta(lin: nk.TaylorExpandedModel, scale: float = 0.3) -> dict[str, t
 def flat(delta: dict[str, torch.Tensor], names: tuple[str, ...]) -> torch.Tensor:
     """δ as one vector, in the order of ``names`` (the dense Jacobian's column order)."""
     return torch.cat([delta[n].reshape(-1) for n in names])
+
+
+def dense_linearization(model: nn.Module, x: torch.Tensor, delta: dict[str, torch.Tensor]) -> torch.Tensor:
+    """f0(x) + J0(x) δ from the dense autograd Jacobian, in the model's output shape (the tests' reference)."""
+    names = tuple(n for n, _ in model.named_parameters() if n in delta)  # the Jacobian's column order
+    f0 = model(x).detach()
+    return f0 + (dense_jacobian(model, x, names) @ flat(delta, names)).reshape(f0.shape)

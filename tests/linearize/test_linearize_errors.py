@@ -7,13 +7,14 @@ import contextlib
 
 import pytest
 import torch
-from linearize_cases import flat, mlp, random_delta, set_delta
+from linearize_cases import dense_linearization, mlp, random_delta, set_delta
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.utils.parametrizations import weight_norm
 
 import ntkit as nk
 from ntkit.errors import BatchCouplingError, ParameterSelectionError, ShapeError, UnsupportedError
-from reference import dense_jacobian, rel_err
+from reference import rel_err
 
 
 def test_batchnorm_and_dropout_in_train_mode_are_rejected():
@@ -116,8 +117,20 @@ def test_custom_function_without_jvp(fn):
     lin = nk.linearize(model, method="double_vjp")
     delta = random_delta(lin)
     set_delta(lin, delta)
-    f0 = model(x).detach()
-    expected = f0 + (dense_jacobian(model, x) @ flat(delta, lin.param_names)).reshape(f0.shape)
+    expected = dense_linearization(model, x, delta)
+    assert rel_err(lin(x).detach(), expected) < 1e-10
+
+
+def test_operation_without_forward_ad_weight_norm():
+    """torch's weight_norm kernel has no forward-mode rule: the generic error names double_vjp, which is exact."""
+    model = nn.Sequential(weight_norm(nn.Linear(3, 4)), nn.Tanh(), nn.Linear(4, 2)).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(UnsupportedError, match="double_vjp"):
+        nk.linearize(model)(x)
+    lin = nk.linearize(model, method="double_vjp")
+    delta = random_delta(lin)
+    set_delta(lin, delta)
+    expected = dense_linearization(model, x, delta)
     assert rel_err(lin(x).detach(), expected) < 1e-10
 
 
@@ -153,8 +166,7 @@ def test_attention_errors_and_their_workarounds():
         delta = random_delta(lin)
         set_delta(lin, delta)
         with sdpa_kernel(SDPBackend.MATH):
-            f0 = layer(x).detach()
-            expected = f0 + (dense_jacobian(layer, x) @ flat(delta, lin.param_names)).reshape(f0.shape)
+            expected = dense_linearization(layer, x, delta)
             assert rel_err(lin(x).detach(), expected) < 1e-10
             dvjp = nk.linearize(layer, method="double_vjp")
             dvjp.load_state_dict(lin.state_dict())

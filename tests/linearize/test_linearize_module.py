@@ -9,11 +9,11 @@ import copy
 import pytest
 import torch
 import torch.distributed as dist
-from linearize_cases import bn_model, flat, mlp, random_delta, set_delta
+from linearize_cases import bn_model, dense_linearization, mlp, random_delta, set_delta
 from torch.nn.parallel import DistributedDataParallel
 
 import ntkit as nk
-from reference import dense_jacobian, rel_err
+from reference import rel_err
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -83,8 +83,7 @@ def test_double_and_to(device):
     delta = {n: p.detach().double() - theta0[n].double() for n, p in lin.theta.named_parameters()}  # exact in float64
     x = torch.randn(4, 2, 6, 6, dtype=torch.float64)
     model64 = copy.deepcopy(model32).double()
-    f0 = model64(x).detach()
-    expected = f0 + (dense_jacobian(model64, x) @ flat(delta, lin.param_names)).reshape(f0.shape)
+    expected = dense_linearization(model64, x, delta)
     for converted in (copy.deepcopy(lin).double(), copy.deepcopy(lin).to(device, torch.float64)):
         out = converted(x.to(device)).detach().cpu()
         assert out.dtype == torch.float64
