@@ -48,6 +48,8 @@ def test_selected_parameters_only_are_trainable():
     # frozen parameters and θ0 are buffers of model0, under the model's own names
     assert {n for n, _ in lin.model0.named_buffers()} == {n for n, _ in model.named_parameters()}
     assert not list(lin.model0.parameters())
+    model[2].weight.requires_grad_(False)  # params=None selects what has requires_grad, as everywhere in ntkit
+    assert "2.weight" not in nk.linearize(model).param_names
 
 
 def test_at_theta0_equals_model_and_model0():
