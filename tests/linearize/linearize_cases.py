@@ -32,7 +32,7 @@ def bn_model() -> nn.Module:
 
 
 class LastStepLSTM(nn.Module):
-    """An LSTM read out at its last time step: recurrent weights (flattened by cuDNN-style RNN modules)."""
+    """An LSTM read out at its last time step (RNN modules keep a flat list of their weights)."""
 
     def __init__(self):
         super().__init__()
