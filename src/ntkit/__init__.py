@@ -11,7 +11,18 @@ The four capabilities, in the order data flows through them:
 from . import errors
 from .empirical import empirical_nngp, empirical_ntk
 from .errors import NtkitError
+from .linearize import LinearizedModel, TaylorExpandedModel, linearize, taylor_expand
 
 __version__ = "0.1.0"
 
-__all__ = ["NtkitError", "__version__", "empirical_nngp", "empirical_ntk", "errors"]
+__all__ = [
+    "LinearizedModel",
+    "NtkitError",
+    "TaylorExpandedModel",
+    "__version__",
+    "empirical_nngp",
+    "empirical_ntk",
+    "errors",
+    "linearize",
+    "taylor_expand",
+]
