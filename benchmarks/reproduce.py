@@ -4,8 +4,9 @@ each). Prints one row per experiment and the ratio time / budget (below 1 is wit
 
     PYTHONPATH=src python benchmarks/reproduce.py [--only E3] [--full]
 
-On a machine shared with other busy processes, compare the two columns: torch's worker threads wait for each
-other when the cores are oversubscribed, and one thread can then be much faster.
+On a machine shared with other busy processes, compare the two rows, and run it again with
+OMP_WAIT_POLICY=PASSIVE in the environment: torch's OpenMP threads spin while they wait for each other, which is
+very slow when the cores are oversubscribed.
 """
 
 from __future__ import annotations
