@@ -2,6 +2,7 @@
 when an experiment fails, and ``python -m ntkit``."""
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -143,3 +144,16 @@ def test_threads_option(capsys, monkeypatch, tmp_path):
         assert "1 threads" in json.loads((tmp_path / "results.json").read_text())["run"]["environment"]["device"]
     finally:
         torch.set_num_threads(before)
+
+
+def test_busy_machine_hint(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(EXPERIMENTS, "E3", replace(EXPERIMENTS["E3"], quick=TINY_E3))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    argv = ["reproduce", "--quick", "--only", "E3", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert "this machine is busy (load 50.0" in capsys.readouterr().err
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert main(argv) == 0
+    assert "busy" not in capsys.readouterr().err

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import shlex
 import sys
 import time
@@ -80,6 +81,23 @@ def _check_environment(args: argparse.Namespace) -> None:
     ntdata.ensure_available(args.dataset, args.data_dir, download=args.download, verify=not args.no_verify)
 
 
+def _busy_machine_hint(args: argparse.Namespace) -> str | None:
+    """A hint when the cores are oversubscribed and torch's OpenMP threads would spin (docs/reproduce.md)."""
+    if args.device != "cpu" or args.threads == 1 or os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        return None
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return None
+    cores = os.cpu_count() or 1
+    if torch.get_num_threads() < 2 or load < cores:
+        return None
+    return (
+        f"ntkit: note: this machine is busy (load {load:.1f} on {cores} cores); running with "
+        "OMP_WAIT_POLICY=PASSIVE in the environment or with --threads 1 can be several times faster."
+    )
+
+
 def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
     experiments, report = _import_experiments()
     if args.list:
@@ -92,6 +110,9 @@ def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    hint = _busy_machine_hint(args)
+    if hint:
+        print(hint, file=sys.stderr)
     mode = "quick" if args.quick else "full"
     ctx = experiments.RunContext(
         seed=args.seed,
