@@ -8,10 +8,10 @@ The four capabilities, in the order data flows through them:
 - training dynamics and GP inference: :mod:`ntkit.predict`.
 """
 
-from . import errors
+from . import errors, predict
 from .empirical import empirical_nngp, empirical_ntk
 from .errors import NtkitError
 
 __version__ = "0.1.0"
 
-__all__ = ["NtkitError", "__version__", "empirical_nngp", "empirical_ntk", "errors"]
+__all__ = ["NtkitError", "__version__", "empirical_nngp", "empirical_ntk", "errors", "predict"]

@@ -10,10 +10,12 @@ from __future__ import annotations
 __all__ = [
     "BatchCouplingError",
     "IllConditionedError",
+    "InvalidArgumentError",
     "MemoryBudgetError",
     "NonFiniteError",
     "NotPSDError",
     "NtkitError",
+    "NumericalWarning",
     "ParameterSelectionError",
     "ShapeError",
     "UnsupportedError",
@@ -61,3 +63,13 @@ class IllConditionedError(NtkitError, ValueError):
 
     The message gives the condition number and suggests ``diag_reg`` or float64.
     """
+
+
+class InvalidArgumentError(NtkitError, ValueError):
+    """A scalar argument outside its valid range or an unknown option (a negative learning rate or time,
+    momentum >= 1, an unknown ``reduction``); the message names the valid values."""
+
+
+class NumericalWarning(RuntimeWarning):
+    """A result was computed after a numerical repair (negative eigenvalues clipped, jitter added) or
+    describes a diverging iteration; the message says what was done and how to avoid it."""
