@@ -164,8 +164,10 @@ def test_converged_limit_is_gp_inference(get):
     late_mean, late_cov = predict(1e6, x_test, get, compute_cov=True)
     assert rel(late_mean, ref_mean) < 1e-8 and rel(late_cov, ref_cov) < 1e-8
     # mixing finite and infinite times keeps their order
-    both = predict(torch.tensor([math.inf, 3.0]), x_test, get)
+    both = predict(torch.tensor([math.inf, 3.0, math.inf]), x_test, get)
     assert rel(both[0], ref_mean) < 1e-12 and rel(both[1], predict(3, x_test, get)) < 1e-14
+    assert torch.equal(both[2], both[0])
+    assert predict(torch.tensor([math.inf, math.inf]), x_test, get).shape == (2, M, N_OUT)
 
 
 def test_covariances_symmetric_psd_and_tuple_get():

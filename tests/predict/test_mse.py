@@ -30,6 +30,12 @@ def setup(full: bool):
     return model, x, y, k_train, k_test
 
 
+def mse_loop(model, x, y, lr, momentum, reduction):
+    """torch.optim.SGD on MSELoss over the first N inputs, recording outputs on all inputs at STEPS."""
+    loss = torch.nn.MSELoss(reduction=reduction)
+    return sgd_loop(model, x[:N], y, loss, lr, max(STEPS), momentum=momentum, record=STEPS, x_record=x)
+
+
 @pytest.mark.parametrize("full", [False, True], ids=["per-output", "full"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
@@ -39,17 +45,7 @@ def test_matches_sgd_loop(full, reduction, momentum):
     with torch.no_grad():
         f0 = model(x)
     predictor = nk.predict.gradient_descent_mse(k_train, y, lr, momentum=momentum, reduction=reduction)
-    loop = sgd_loop(
-        model,
-        x[:N],
-        y,
-        torch.nn.MSELoss(reduction=reduction),
-        lr,
-        max(STEPS),
-        momentum=momentum,
-        record=STEPS,
-        x_record=x,
-    )
+    loop = mse_loop(model, x, y, lr, momentum, reduction)
     train, test = predictor(torch.tensor(STEPS), f0[:N], f0[N:], k_test)
     for i, step in enumerate(STEPS):
         assert rel(train[i], loop[step][0][:N]) < 1e-9, step
@@ -69,17 +65,7 @@ def test_weight_change_matches_loop(momentum, reduction):
     lr = 0.5 * nk.predict.max_learning_rate(k_train, n_outputs=N_OUT, momentum=momentum, reduction=reduction)
     omega = nk.predict.weight_change(model, x[:N], y, lr, torch.tensor(STEPS), momentum=momentum, reduction=reduction)
     omega_inf = nk.predict.weight_change(model, x[:N], y, lr, None, momentum=momentum, reduction=reduction)
-    loop = sgd_loop(
-        model,
-        x[:N],
-        y,
-        torch.nn.MSELoss(reduction=reduction),
-        lr,
-        max(STEPS),
-        momentum=momentum,
-        record=STEPS,
-        x_record=x,
-    )
+    loop = mse_loop(model, x, y, lr, momentum, reduction)
     assert set(omega) == {"readout.weight", "readout.bias"}
     for i, step in enumerate(STEPS):
         for name, change in loop[step][1].items():

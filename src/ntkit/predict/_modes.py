@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InvalidArgumentError, NumericalWarning
+from ._args import check_learning_rate, check_momentum, check_reduction, loss_scale
 
 __all__ = ["Schedule", "check_limit_exists", "check_times", "mode_factors", "warn_if_divergent"]
 
@@ -42,6 +43,19 @@ class Schedule:
     scale: float
     momentum: float = 0.0
     continuous: bool = False
+
+    @classmethod
+    def from_loop(
+        cls, learning_rate: object, momentum: object, reduction: object, continuous: object, n_entries: int
+    ) -> Schedule:
+        """The schedule of ``torch.optim.SGD(lr, momentum)`` on ``MSELoss(reduction)`` over ``n_entries`` = N·O
+        target entries, with the arguments checked."""
+        return cls(
+            lr=check_learning_rate(learning_rate),
+            scale=loss_scale(check_reduction(reduction), n_entries),
+            momentum=check_momentum(momentum),
+            continuous=bool(continuous),
+        )
 
     @property
     def c(self) -> float:

@@ -22,20 +22,10 @@ import torch
 
 from .._memory import resolve_budget
 from ..errors import UnsupportedError
-from ._args import (
-    check_dtype,
-    check_learning_rate,
-    check_momentum,
-    check_nonnegative,
-    check_reduction,
-    loss_scale,
-    parse_times,
-)
+from ._args import parse_times
 from ._eigen import stacked_matmul
-from ._layout import promote_dtype
 from ._modes import Schedule, check_limit_exists, check_times, mode_factors, warn_if_divergent
-from ._train_kernels import TrainKernels
-from .gp import TestKernels, check_targets, parse_get, part_getter, posterior, train_kernel_getter
+from .gp import TestKernels, TrainingSet, parse_get, part_getter, posterior
 
 __all__ = ["EnsemblePredictor", "gradient_descent_mse_ensemble"]
 
@@ -74,59 +64,25 @@ def gradient_descent_mse_ensemble(
         (None or inf: converged). ``x_test=None`` gives the train set. ``get`` is "ntk" (all layers trained),
         "nngp" (readout only) or a tuple of them (then a dict keyed by name).
     """
-    return EnsemblePredictor(
-        kernel_fn,
-        x_train,
-        y_train,
-        learning_rate,
-        momentum=momentum,
-        reduction=reduction,
-        diag_reg=diag_reg,
-        diag_reg_absolute_scale=diag_reg_absolute_scale,
-        continuous=continuous,
-        dtype=dtype,
+    if not callable(kernel_fn):
+        raise UnsupportedError(f"kernel_fn must be a callable kernel_fn(x1, x2), got {type(kernel_fn).__name__}.")
+    train = TrainingSet.build(
+        kernel_fn(x_train, x_train), y_train, "kernel_fn(x_train, x_train)", diag_reg, diag_reg_absolute_scale, dtype
     )
+    n_entries = train.layout.n_train * train.layout.n_outputs
+    schedule = Schedule.from_loop(learning_rate, momentum, reduction, continuous, n_entries)
+    return EnsemblePredictor(kernel_fn, x_train, train, schedule)
 
 
 class EnsemblePredictor:
-    """See :func:`gradient_descent_mse_ensemble`."""
+    """See :func:`gradient_descent_mse_ensemble`. Holds ``kernel_fn``, the training inputs, the prepared
+    :class:`~ntkit.predict.gp.TrainingSet` and the ``schedule`` of the training loop."""
 
-    def __init__(
-        self,
-        kernel_fn: Callable[[torch.Tensor, torch.Tensor], object],
-        x_train: torch.Tensor,
-        y_train: torch.Tensor,
-        learning_rate: float,
-        *,
-        momentum: float,
-        reduction: str,
-        diag_reg: float,
-        diag_reg_absolute_scale: bool,
-        continuous: bool,
-        dtype: torch.dtype,
-    ):
-        if not callable(kernel_fn):
-            raise UnsupportedError(f"kernel_fn must be a callable kernel_fn(x1, x2), got {type(kernel_fn).__name__}.")
-        y, self.layout = check_targets(y_train)
-        self.device = y.device
-        self.dtype = check_dtype(dtype)
-        self.schedule = Schedule(
-            lr=check_learning_rate(learning_rate),
-            scale=loss_scale(check_reduction(reduction), y.numel()),
-            momentum=check_momentum(momentum),
-            continuous=bool(continuous),
-        )
-        self._kernel_fn, self._x_train = kernel_fn, x_train
-        self._y = self.layout.to_matrix(y).to(self.dtype)
-        self._y_dtype = y.dtype
-        label = "kernel_fn(x_train, x_train)"
-        self._train = TrainKernels(
-            train_kernel_getter(kernel_fn(x_train, x_train), label, y.shape[0], self.device),
-            lambda name: f"{label}.{name}",
-            diag_reg=check_nonnegative(diag_reg, "diag_reg"),
-            absolute=bool(diag_reg_absolute_scale),
-            dtype=self.dtype,
-        )
+    def __init__(self, kernel_fn: Callable, x_train: object, train: TrainingSet, schedule: Schedule):
+        self._kernel_fn, self._x_train, self.schedule = kernel_fn, x_train, schedule
+        self.train = train
+        self._train, self._y, self.layout = train.kernels, train.y, train.layout
+        self.device, self.dtype = train.device, train.kernels.dtype
 
     def __call__(self, t: object = None, x_test: torch.Tensor | None = None, get: object = "ntk", compute_cov=False):
         times, scalar = parse_times(t)
@@ -147,13 +103,10 @@ class EnsemblePredictor:
         out = {}
         for name in names:
             mean, cov = self._predict(name, times, test, bool(compute_cov))
-            dtype = promote_dtype(
-                torch.empty(0, dtype=self._y_dtype), torch.empty(0, dtype=self._train.input_dtype(name))
-            )
-            mean = self.layout.from_matrix(mean).to(dtype)
+            mean = self.train.output(mean, self._train.input_dtype(name))
             if scalar:
                 mean, cov = mean[0], None if cov is None else cov[0]
-            out[name] = (mean, cov.to(dtype)) if compute_cov else mean
+            out[name] = (mean, cov.to(mean.dtype)) if compute_cov else mean
         return out[names[0]] if single else out
 
     def _predict(
@@ -201,7 +154,7 @@ class EnsemblePredictor:
             covs = []
             for gc in self._chunks(g, a):
                 a_t = a * gc[:, None, :]
-                half = (0.5 * a_t @ k_tilde - c) @ a_t.transpose(1, 2)
+                half = (a_t @ k_tilde).mul_(0.5).sub_(c) @ a_t.transpose(1, 2)
                 covs.append(k_tt + half + half.transpose(1, 2))
         cov = torch.cat(covs)
         return (cov + cov.transpose(1, 2)) / 2
@@ -227,6 +180,8 @@ def _assemble(
     n_times: int, parts: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor | None]]]
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Put per-part results (finite times, t = inf) back in the order of the requested times."""
+    if len(parts) == 1 and parts[0][1][0].shape[0] == n_times:  # all finite: already in order
+        return parts[0][1]
     first_mean, first_cov = parts[0][1]
     mean = first_mean.new_empty(n_times, *first_mean.shape[1:])
     cov = None if first_cov is None else first_cov.new_empty(n_times, *first_cov.shape[1:])

@@ -16,20 +16,21 @@ outputs), and ``get``:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from .._validation import check_tensor, format_shape
+from .._validation import format_shape
 from ..errors import InvalidArgumentError, ShapeError
 from ._args import check_dtype, check_nonnegative
-from ._layout import Layout, kernel_part, promote_dtype
+from ._layout import Layout, check_targets, kernel_part
 from ._predictor import check_device
 from ._train_kernels import TrainKernels
 
 __all__ = [
     "GPPredictor",
     "TestKernels",
-    "check_targets",
+    "TrainingSet",
     "gp_inference",
     "parse_get",
     "part_getter",
@@ -46,16 +47,6 @@ def parse_get(get: object, allowed: tuple[str, ...]) -> tuple[tuple[str, ...], b
     if not isinstance(names, tuple | list) or not names or any(g not in allowed for g in names):
         raise InvalidArgumentError(f"get must be one of {allowed} or a tuple of them, got {get!r}.")
     return tuple(names), isinstance(get, str)
-
-
-def check_targets(y_train: object, device: torch.device | None = None) -> tuple[torch.Tensor, Layout]:
-    """Float targets (N, O) or (N,), and their per-output layout."""
-    y = check_tensor(y_train, "y_train", min_ndim=1)
-    if y.ndim > 2:
-        raise ShapeError(f"y_train must be (N, O) or (N,), got shape {format_shape(y.shape)}.")
-    if device is not None:
-        check_device(y, "y_train", device)
-    return y, Layout(y.shape[0], y.shape[1] if y.ndim == 2 else 1, False, y.ndim == 1)
 
 
 def train_kernel_getter(k: object, label: str, n: int, device: torch.device) -> Callable[[str], torch.Tensor]:
@@ -101,6 +92,12 @@ class TestKernels:
         self._n, self.dtype, self._labels = n_train, dtype, labels
         self.n_test: int | None = None
         self._cache: dict[tuple[str, str], torch.Tensor] = {}
+        self._dtypes: dict[str, torch.dtype] = {}
+
+    def input_dtype(self, name: str) -> torch.dtype:
+        """The dtype the test-train part ``name`` was given in."""
+        self.test_train(name)
+        return self._dtypes[name]
 
     def test_train(self, name: str) -> torch.Tensor:
         key = ("td", name)
@@ -113,6 +110,7 @@ class TestKernels:
                     + " (per-output test-train kernel)."
                 )
             self.n_test = part.shape[0]
+            self._dtypes[name] = part.dtype
             self._cache[key] = part.to(self.dtype)
         return self._cache[key]
 
@@ -154,6 +152,40 @@ def posterior(
     return mean, (cov + cov.T) / 2
 
 
+@dataclass(frozen=True)
+class TrainingSet:
+    """Targets in matrix layout (N, O) in the compute dtype, their ``layout`` and original dtype, and the
+    prepared train-train kernels (``kernels``, with ``diag_reg``) of a GP or ensemble prediction."""
+
+    y: torch.Tensor
+    layout: Layout
+    y_dtype: torch.dtype
+    kernels: TrainKernels
+
+    @classmethod
+    def build(
+        cls, k_train: object, y_train: object, label: str, diag_reg: object, absolute: bool, dtype: object
+    ) -> TrainingSet:
+        y, layout = check_targets(y_train)
+        dtype = check_dtype(dtype)
+        kernels = TrainKernels(
+            train_kernel_getter(k_train, label, layout.n_train, y.device),
+            lambda name: f"{label}.{name}",
+            diag_reg=check_nonnegative(diag_reg, "diag_reg"),
+            absolute=bool(absolute),
+            dtype=dtype,
+        )
+        return cls(layout.to_matrix(y).to(dtype), layout, y.dtype, kernels)
+
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    def output(self, m: torch.Tensor, kernel_dtype: torch.dtype) -> torch.Tensor:
+        """A mean (..., M, C) as (..., M, O) (or (..., M)) in the dtype of the targets and kernels."""
+        return self.layout.from_matrix(m).to(torch.promote_types(self.y_dtype, kernel_dtype))
+
+
 def gp_inference(
     k_train_train: object,
     y_train: torch.Tensor,
@@ -177,45 +209,32 @@ def gp_inference(
         (M, O), or ``(mean, covariance (M, M))`` when ``k_test_test`` is given (the covariance is the same
         for every output); a dict keyed by name when ``get`` is a tuple. Cholesky factors are cached.
     """
-    return GPPredictor(k_train_train, y_train, diag_reg, absolute=diag_reg_absolute_scale, dtype=dtype)
+    return GPPredictor(
+        TrainingSet.build(k_train_train, y_train, "k_train_train", diag_reg, diag_reg_absolute_scale, dtype)
+    )
 
 
 class GPPredictor:
     """See :func:`gp_inference`."""
 
-    def __init__(self, k_train_train: object, y_train: torch.Tensor, diag_reg: float, *, absolute: bool, dtype):
-        y, self.layout = check_targets(y_train)
-        self.dtype = check_dtype(dtype)
-        self.device = y.device
-        self._y = self.layout.to_matrix(y).to(self.dtype)
-        self._y_dtype = y.dtype
-        get_part = train_kernel_getter(k_train_train, "k_train_train", y.shape[0], self.device)
-        self._train = TrainKernels(
-            get_part,
-            lambda name: f"k_train_train.{name}",
-            diag_reg=check_nonnegative(diag_reg, "diag_reg"),
-            absolute=bool(absolute),
-            dtype=self.dtype,
-        )
+    def __init__(self, train: TrainingSet):
+        self.train = train
 
     def __call__(self, get: object, k_test_train: object, k_test_test: object | None = None):
         names, single = parse_get(get, GP_GETS)
+        device = self.train.device
         test = TestKernels(
-            part_getter(k_test_train, "k_test_train", self.device),
-            None if k_test_test is None else part_getter(k_test_test, "k_test_test", self.device),
-            self.layout.n_train,
-            self.dtype,
+            part_getter(k_test_train, "k_test_train", device),
+            None if k_test_test is None else part_getter(k_test_test, "k_test_test", device),
+            self.train.layout.n_train,
+            self.train.kernels.dtype,
         )
         out = {}
         for name in names:
-            result = posterior(self._train, self._y, name, test, k_test_test is not None)
-            out_dtype = promote_dtype(torch.empty(0, dtype=self._y_dtype), test.test_train(_dyn(name)))
+            result = posterior(self.train.kernels, self.train.y, name, test, k_test_test is not None)
+            kernel_dtype = test.input_dtype("nngp" if name == "nngp" else "ntk")
             if isinstance(result, tuple):
-                out[name] = (self.layout.from_matrix(result[0]).to(out_dtype), result[1].to(out_dtype))
+                out[name] = (self.train.output(result[0], kernel_dtype), result[1].to(kernel_dtype))
             else:
-                out[name] = self.layout.from_matrix(result).to(out_dtype)
+                out[name] = self.train.output(result, kernel_dtype)
         return out[names[0]] if single else out
-
-
-def _dyn(get: str) -> str:
-    return "nngp" if get == "nngp" else "ntk"

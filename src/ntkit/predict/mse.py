@@ -18,11 +18,10 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_tensor
-from ..errors import ShapeError
-from ._args import check_dtype, check_learning_rate, check_momentum, check_nonnegative, check_reduction, loss_scale
-from ._layout import Layout, layout_of, promote_dtype
+from ._args import check_dtype, check_nonnegative
+from ._layout import Layout, check_targets, layout_of, promote_dtype
 from ._modes import Schedule, check_limit_exists, check_times, mode_factors, warn_if_divergent
-from ._predictor import FunctionSpacePredictor, check_device
+from ._predictor import FunctionSpacePredictor
 from ._train_kernels import TrainKernels
 
 __all__ = ["MSEPredictor", "gradient_descent_mse"]
@@ -60,61 +59,37 @@ def gradient_descent_mse(
         outputs after ``t`` steps. The eigendecomposition (finite t) or Cholesky factor (t = inf) of the
         train kernel is computed on first use and reused.
     """
-    return MSEPredictor(
-        ntk_train_train,
-        y_train,
-        learning_rate,
-        momentum=momentum,
-        reduction=reduction,
-        diag_reg=diag_reg,
-        diag_reg_absolute_scale=diag_reg_absolute_scale,
-        continuous=continuous,
+    k = check_tensor(ntk_train_train, "ntk_train_train", min_ndim=2)
+    y, targets = check_targets(y_train, k.device)
+    layout = layout_of(k, targets.n_train, targets.n_outputs, targets.vector_targets, "ntk_train_train")
+    dtype = check_dtype(dtype)
+    matrix = layout.kernel_matrix(k, "ntk_train_train")
+    kernels = TrainKernels(
+        lambda _: matrix,
+        lambda _: "ntk_train_train",
+        diag_reg=check_nonnegative(diag_reg, "diag_reg"),
+        absolute=bool(diag_reg_absolute_scale),
         dtype=dtype,
     )
+    schedule = Schedule.from_loop(learning_rate, momentum, reduction, continuous, y.numel())
+    return MSEPredictor(kernels, layout.to_matrix(y).to(dtype), layout, schedule, k, promote_dtype(k, y))
 
 
 class MSEPredictor(FunctionSpacePredictor):
-    """See :func:`gradient_descent_mse`. Attributes: ``schedule`` (the loop's lr, MSE scale, momentum) and
-    ``layout`` (per-output or full kernel)."""
+    """See :func:`gradient_descent_mse`. Holds the prepared train kernel (``kernels``), the targets in matrix
+    layout, the ``layout`` (per-output or full kernel) and the ``schedule`` (the loop's lr, MSE scale, momentum)."""
 
     def __init__(
         self,
-        ntk_train_train: torch.Tensor,
-        y_train: torch.Tensor,
-        learning_rate: float,
-        *,
-        momentum: float,
-        reduction: str,
-        diag_reg: float,
-        diag_reg_absolute_scale: bool,
-        continuous: bool,
-        dtype: torch.dtype,
+        kernels: TrainKernels,
+        y: torch.Tensor,
+        layout: Layout,
+        schedule: Schedule,
+        kernel: torch.Tensor,
+        out_dtype: torch.dtype,
     ):
-        k = check_tensor(ntk_train_train, "ntk_train_train", min_ndim=2)
-        y = check_tensor(y_train, "y_train", min_ndim=1)
-        if y.ndim > 2:
-            raise ShapeError(f"y_train must be (N, O) or (N,), got shape {tuple(y.shape)}; flatten the outputs.")
-        check_device(y, "y_train", k.device)
-        n_outputs = y.shape[1] if y.ndim == 2 else 1
-        self.layout = layout_of(k, y.shape[0], n_outputs, y.ndim == 1, "ntk_train_train")
-        self.schedule = Schedule(
-            lr=check_learning_rate(learning_rate),
-            scale=loss_scale(check_reduction(reduction), y.numel()),
-            momentum=check_momentum(momentum),
-            continuous=bool(continuous),
-        )
-        self.dtype = check_dtype(dtype)
-        self._kernel = k
-        self._out_dtype = promote_dtype(k, y)
-        self._y = self.layout.to_matrix(y).to(self.dtype)
-        matrix = self.layout.kernel_matrix(k, "ntk_train_train")
-        self._kernels = TrainKernels(
-            lambda _: matrix,
-            lambda _: "ntk_train_train",
-            diag_reg=check_nonnegative(diag_reg, "diag_reg"),
-            absolute=bool(diag_reg_absolute_scale),
-            dtype=self.dtype,
-        )
+        self._kernels, self._y, self.layout, self.schedule = kernels, y, layout, schedule
+        self._kernel, self._out_dtype, self.dtype = kernel, out_dtype, kernels.dtype
 
     def _layout(self, fx_train_0: object) -> Layout:
         return self.layout

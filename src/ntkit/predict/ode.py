@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -61,18 +62,28 @@ def gradient_descent(
         A :class:`LossPredictor` with the interface of :func:`gradient_descent_mse`'s predictor. There is no
         converged limit in general (cross-entropy logits grow without bound), so ``t`` must be finite.
     """
-    return LossPredictor(
-        loss,
-        ntk_train_train,
-        y_train,
-        learning_rate,
-        momentum=momentum,
-        continuous=continuous,
-        ode_method=ode_method,
-        rtol=rtol,
-        atol=atol,
-        dtype=dtype,
-    )
+    if not callable(loss):
+        raise UnsupportedError(f"loss must be a callable loss(f, y) -> scalar, got {type(loss).__name__}.")
+    k = check_tensor(ntk_train_train, "ntk_train_train", min_ndim=2)
+    y = check_tensor(y_train, "y_train", min_ndim=1, allow_integer=True)
+    check_device(y, "y_train", k.device)
+    if k.shape[0] != y.shape[0]:
+        raise ShapeError(
+            f"ntk_train_train has shape {format_shape(k.shape)} but y_train {format_shape(y.shape)}: both must "
+            "have the N training examples first."
+        )
+    solver = _Solver(ode_method, check_nonnegative(rtol, "rtol"), check_nonnegative(atol, "atol"))
+    lr, beta = check_learning_rate(learning_rate), check_momentum(momentum)
+    return LossPredictor(loss, k, y, lr, beta, bool(continuous), solver, check_dtype(dtype))
+
+
+@dataclass(frozen=True)
+class _Solver:
+    """``scipy.integrate.solve_ivp`` settings."""
+
+    method: str
+    rtol: float
+    atol: float
 
 
 class LossPredictor(FunctionSpacePredictor):
@@ -81,37 +92,17 @@ class LossPredictor(FunctionSpacePredictor):
     def __init__(
         self,
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        ntk_train_train: torch.Tensor,
-        y_train: torch.Tensor,
-        learning_rate: float,
-        *,
+        kernel: torch.Tensor,
+        y: torch.Tensor,
+        lr: float,
         momentum: float,
         continuous: bool,
-        ode_method: str,
-        rtol: float,
-        atol: float,
+        solver: _Solver,
         dtype: torch.dtype,
     ):
-        if not callable(loss):
-            raise UnsupportedError(f"loss must be a callable loss(f, y) -> scalar, got {type(loss).__name__}.")
-        k = check_tensor(ntk_train_train, "ntk_train_train", min_ndim=2)
-        y = check_tensor(y_train, "y_train", min_ndim=1, allow_integer=True)
-        check_device(y, "y_train", k.device)
-        if k.shape[0] != y.shape[0]:
-            raise ShapeError(
-                f"ntk_train_train has shape {format_shape(k.shape)} but y_train {format_shape(y.shape)}: both must "
-                "have the N training examples first."
-            )
-        self.loss = loss
-        self.lr = check_learning_rate(learning_rate)
-        self.momentum = check_momentum(momentum)
-        self.continuous = bool(continuous)
-        self.ode_method, self.rtol = ode_method, check_nonnegative(rtol, "rtol")
-        self.atol = check_nonnegative(atol, "atol")
-        self.dtype = check_dtype(dtype)
-        self._kernel = k
-        self._y = y.to(self.dtype) if y.is_floating_point() else y
-        self._out_dtype = promote_dtype(k, y)
+        self.loss, self.lr, self.momentum, self.continuous, self.solver = loss, lr, momentum, continuous, solver
+        self.dtype, self._kernel, self._out_dtype = dtype, kernel, promote_dtype(kernel, y)
+        self._y = y.to(dtype) if y.is_floating_point() else y
         self._layouts: dict[int, tuple[Layout, TrainKernels]] = {}
 
     def _layout(self, fx_train_0: object) -> Layout:
@@ -225,15 +216,15 @@ class LossPredictor(FunctionSpacePredictor):
             rhs,
             (0.0, float(tau.max())),
             start,
-            method=self.ode_method,
+            method=self.solver.method,
             t_eval=tau[order],
-            rtol=self.rtol,
-            atol=self.atol,
+            rtol=self.solver.rtol,
+            atol=self.solver.atol,
         )
         if not sol.success:
             raise NtkitError(
-                f"the ODE solver ({self.ode_method}) failed: {sol.message}. Try ode_method='LSODA' or 'Radau', looser "
-                "rtol/atol, or whole steps (continuous=False)."
+                f"the ODE solver ({self.solver.method}) failed: {sol.message}. Try ode_method='LSODA' or 'Radau', "
+                "looser rtol/atol, or whole steps (continuous=False)."
             )
         alphas = np.empty((tau.size, size))
         alphas[order] = sol.y[:size].T
