@@ -73,3 +73,18 @@ def test_nngp_only_kernels_suffice_for_nngp(data):
     assert mean.shape == (M, N_OUT)
     with pytest.raises(nk.errors.UnsupportedError, match="'ntk'"):
         nk.predict.gp_inference(only, y)("ntk", {"nngp": k_td["nngp"]})
+
+
+def test_float32_inputs_give_float32_outputs(data):
+    """Linear algebra runs in float64; results come back in the inputs' dtype, close to the float64 ones
+    (the float32 rounding of the kernels, amplified by cond(K) ~ 1e2 here: 1e-4 relative)."""
+    k_dd, k_td, k_tt, y = data
+    single = {name: {g: k[g].float() for g in k} for name, k in (("dd", k_dd), ("td", k_td), ("tt", k_tt))}
+    mean32, cov32 = nk.predict.gp_inference(single["dd"], y.float())("ntk", single["td"], single["tt"])
+    mean64, cov64 = nk.predict.gp_inference(k_dd, y)("ntk", k_td, k_tt)
+    assert mean32.dtype == cov32.dtype == torch.float32
+    assert rel(mean32.double(), mean64) < 1e-4 and rel(cov32.double(), cov64) < 1e-4
+    x = torch.randn(N + M, 4)
+    predict = nk.predict.gradient_descent_mse_ensemble(relu_kernels, x[:N], y.float(), 0.1)
+    mean, cov = predict(torch.tensor([1, 5]), x[N:], "nngp", compute_cov=True)
+    assert mean.dtype == cov.dtype == torch.float32 and mean.shape == (2, M, N_OUT)

@@ -8,7 +8,7 @@ from predict_helpers import RandomFeatures, kernels, rel, sgd_loop
 import ntkit as nk
 
 N, M, N_OUT = 12, 5, 3
-STEPS = (1, 10, 300)
+STEPS = (1, 10, 200)
 
 
 def setup(full):
@@ -27,7 +27,7 @@ def setup(full):
 @pytest.mark.parametrize("one_hot", [False, True], ids=["labels", "probabilities"])
 def test_cross_entropy_matches_sgd_loop(full, momentum, one_hot):
     """Exact function-space iteration versus torch.optim.SGD on CrossEntropyLoss: the same arithmetic up to
-    round-off (the loop updates θ, the predictor f), so 1e-9 relative over 300 steps."""
+    round-off (the loop updates θ, the predictor f), so 1e-9 relative over 200 steps."""
     model, x, labels, k_train, k_test, f0 = setup(full)
     y = torch.nn.functional.one_hot(labels, N_OUT).double() if one_hot else labels
     loss = torch.nn.CrossEntropyLoss()

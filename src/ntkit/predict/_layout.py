@@ -22,7 +22,7 @@ import torch
 from .._validation import check_tensor, format_shape
 from ..errors import ShapeError, UnsupportedError
 
-__all__ = ["Layout", "check_targets", "kernel_part", "layout_of", "promote_dtype"]
+__all__ = ["Layout", "check_device", "check_targets", "kernel_part", "layout_of", "promote_dtype"]
 
 
 @dataclass(frozen=True)
@@ -74,13 +74,20 @@ class Layout:
         return k.permute(0, 2, 1, 3).reshape(m * self.n_outputs, self.dim)
 
 
+def check_device(value: torch.Tensor, name: str, device: torch.device) -> None:
+    if value.device != device:
+        raise UnsupportedError(
+            f"{name} is on {value.device} but the train kernel is on {device}; move the tensors to one device."
+        )
+
+
 def check_targets(y_train: object, device: torch.device | None = None) -> tuple[torch.Tensor, Layout]:
     """Float targets (N, O) or (N,), and their per-output layout."""
     y = check_tensor(y_train, "y_train", min_ndim=1)
     if y.ndim > 2:
         raise ShapeError(f"y_train must be (N, O) or (N,), got shape {format_shape(y.shape)}.")
-    if device is not None and y.device != device:
-        raise UnsupportedError(f"y_train is on {y.device} but the kernel on {device}; move them to one device.")
+    if device is not None:
+        check_device(y, "y_train", device)
     return y, Layout(y.shape[0], y.shape[1] if y.ndim == 2 else 1, False, y.ndim == 1)
 
 

@@ -15,7 +15,7 @@ from .._validation import check_tensor, format_shape
 from ..errors import ShapeError, UnsupportedError
 from ._args import parse_times
 from ._eigen import stacked_matmul
-from ._layout import Layout, promote_dtype
+from ._layout import Layout, check_device, promote_dtype
 
 __all__ = ["FunctionSpacePredictor", "outputs_argument"]
 
@@ -33,13 +33,6 @@ def outputs_argument(
         raise ShapeError(f"{name} has shape {format_shape(value.shape)}; expected {format_shape(shape)}.")
     check_device(value, name, device)
     return value.to(dtype)
-
-
-def check_device(value: torch.Tensor, name: str, device: torch.device) -> None:
-    if value.device != device:
-        raise UnsupportedError(
-            f"{name} is on {value.device} but the train kernel is on {device}; move the tensors to one device."
-        )
 
 
 class FunctionSpacePredictor:

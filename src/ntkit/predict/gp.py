@@ -23,8 +23,7 @@ import torch
 from .._validation import format_shape
 from ..errors import InvalidArgumentError, ShapeError
 from ._args import check_dtype, check_nonnegative
-from ._layout import Layout, check_targets, kernel_part
-from ._predictor import check_device
+from ._layout import Layout, check_device, check_targets, kernel_part
 from ._train_kernels import TrainKernels
 
 __all__ = [

@@ -24,8 +24,8 @@ from scipy.integrate import solve_ivp
 from .._validation import check_tensor, format_shape
 from ..errors import InvalidArgumentError, NonFiniteError, NtkitError, ShapeError, UnsupportedError
 from ._args import check_dtype, check_learning_rate, check_momentum, check_nonnegative
-from ._layout import Layout, layout_of, promote_dtype
-from ._predictor import FunctionSpacePredictor, check_device
+from ._layout import Layout, check_device, layout_of, promote_dtype
+from ._predictor import FunctionSpacePredictor
 from ._train_kernels import TrainKernels
 
 __all__ = ["LossPredictor", "gradient_descent"]
