@@ -41,7 +41,7 @@ test-all: lint
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
 lint: $(VENV)/.test
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/empirical.py

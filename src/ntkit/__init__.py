@@ -11,7 +11,19 @@ The four capabilities, in the order data flows through them:
 from . import errors, predict
 from .empirical import empirical_nngp, empirical_ntk
 from .errors import NtkitError
+from .linearize import LinearizedModel, TaylorExpandedModel, linearize, taylor_expand
 
 __version__ = "0.1.0"
 
-__all__ = ["NtkitError", "__version__", "empirical_nngp", "empirical_ntk", "errors", "predict"]
+__all__ = [
+    "LinearizedModel",
+    "NtkitError",
+    "TaylorExpandedModel",
+    "__version__",
+    "empirical_nngp",
+    "empirical_ntk",
+    "errors",
+    "linearize",
+    "predict",
+    "taylor_expand",
+]
