@@ -8,7 +8,7 @@ The four capabilities, in the order data flows through them:
 - training dynamics and GP inference: :mod:`ntkit.predict`.
 """
 
-from . import errors
+from . import errors, predict
 from .empirical import empirical_nngp, empirical_ntk
 from .errors import NtkitError
 from .linearize import LinearizedModel, TaylorExpandedModel, linearize, taylor_expand
@@ -24,5 +24,6 @@ __all__ = [
     "empirical_ntk",
     "errors",
     "linearize",
+    "predict",
     "taylor_expand",
 ]

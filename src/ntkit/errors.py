@@ -10,14 +10,15 @@ from __future__ import annotations
 __all__ = [
     "BatchCouplingError",
     "ChecksumError",
-    "ConfigurationError",
     "DataFormatError",
     "DataNotFoundError",
     "IllConditionedError",
+    "InvalidArgumentError",
     "MemoryBudgetError",
     "NonFiniteError",
     "NotPSDError",
     "NtkitError",
+    "NumericalWarning",
     "ParameterSelectionError",
     "ShapeError",
     "UnsupportedError",
@@ -82,8 +83,11 @@ class DataFormatError(NtkitError, ValueError):
     """A data file that exists but is not in the expected format (bad magic number, truncated, wrong keys)."""
 
 
-class ConfigurationError(NtkitError, ValueError):
-    """An option whose value cannot be used: an unknown name (data set, experiment, device) or a size out of range.
+class InvalidArgumentError(NtkitError, ValueError):
+    """A scalar argument outside its valid range or an unknown option (a negative learning rate or time,
+    momentum >= 1, an unknown ``reduction``); the message names the valid values."""
 
-    The message names the option and lists the values that are accepted.
-    """
+
+class NumericalWarning(RuntimeWarning):
+    """A result was computed after a numerical repair (negative eigenvalues clipped, jitter added) or
+    describes a diverging iteration; the message says what was done and how to avoid it."""

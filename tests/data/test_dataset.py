@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ntkit.data as nd
-from ntkit.errors import ConfigurationError, ShapeError
+from ntkit.errors import InvalidArgumentError, ShapeError
 
 
 def _raw(n_train=30, n_test=12, n_classes=3, seed=1):
@@ -77,17 +77,17 @@ def test_row_normalisation(normalize, norm):
 
 def test_prepare_rejects_bad_options():
     xtr, ytr, xte, yte = _raw()
-    with pytest.raises(ConfigurationError, match="standardize"):
+    with pytest.raises(InvalidArgumentError, match="standardize"):
         nd.prepare("toy", xtr, ytr, xte, yte, n_classes=3, standardize="minmax")
-    with pytest.raises(ConfigurationError, match="normalize"):
+    with pytest.raises(InvalidArgumentError, match="normalize"):
         nd.prepare("toy", xtr, ytr, xte, yte, n_classes=3, normalize="l1")
-    with pytest.raises(ConfigurationError, match="only 30"):
+    with pytest.raises(InvalidArgumentError, match="only 30"):
         nd.prepare("toy", xtr, ytr, xte, yte, n_classes=3, n_train=31)
-    with pytest.raises(ConfigurationError, match="classes"):
+    with pytest.raises(InvalidArgumentError, match="classes"):
         nd.prepare("toy", xtr, ytr, xte, yte, n_classes=3, classes=(0, 3))
-    with pytest.raises(ConfigurationError, match="dtype"):
+    with pytest.raises(InvalidArgumentError, match="dtype"):
         nd.prepare("toy", xtr, ytr, xte, yte, n_classes=3, dtype=torch.int32)
-    with pytest.raises(ConfigurationError, match="unknown data set 'svhn'"):
+    with pytest.raises(InvalidArgumentError, match="unknown data set 'svhn'"):
         nd.load("svhn")
 
 
@@ -106,9 +106,9 @@ def test_circle_points_on_sphere_with_sine_target():
     np.testing.assert_allclose(sphere.y_test.numpy(), exact)
     resid = sphere.y_train.numpy() - nd.synthetic.circle_target(sphere.x_train.numpy(), 2)
     assert 0.03 < resid.std() < 0.3
-    with pytest.raises(ConfigurationError, match="regression"):
+    with pytest.raises(InvalidArgumentError, match="regression"):
         nd.load("circle", classes=(0, 1))
-    with pytest.raises(ConfigurationError, match="dim"):
+    with pytest.raises(InvalidArgumentError, match="dim"):
         nd.load("circle", dim=1)
 
 
@@ -123,11 +123,11 @@ def test_target_encodings():
     assert nd.encode_targets(torch.tensor([0, 1]), 2).tolist() == [[-1.0], [1.0]]  # auto: ±1
     reg = torch.randn(4, 1, dtype=torch.float64)
     assert torch.equal(nd.encode_targets(reg, None), reg)
-    with pytest.raises(ConfigurationError, match="two classes"):
+    with pytest.raises(InvalidArgumentError, match="two classes"):
         nd.encode_targets(y, 3, "pm1")
-    with pytest.raises(ConfigurationError, match="regression"):
+    with pytest.raises(InvalidArgumentError, match="regression"):
         nd.encode_targets(reg, None, "one_hot")
-    with pytest.raises(ConfigurationError, match=r"0\.\.1"):
+    with pytest.raises(InvalidArgumentError, match=r"0\.\.1"):
         nd.plus_minus_one(torch.tensor([0, 2]))
     with pytest.raises(ShapeError):
         nd.one_hot(torch.tensor([0.0, 1.0]), 2)

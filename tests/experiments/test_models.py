@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ntkit as nk
-from ntkit.errors import ConfigurationError
+from ntkit.errors import InvalidArgumentError
 from ntkit.experiments import NTKDense, dense_layers, mlp, readout_parameters
 from reference import dense_ntk, rel_err
 
@@ -65,11 +65,11 @@ def test_readout_tangent_kernel_is_the_last_hidden_layer_nngp():
 
 
 def test_mlp_rejects_bad_options_and_respects_dtype_device_seed():
-    with pytest.raises(ConfigurationError, match="activation"):
+    with pytest.raises(InvalidArgumentError, match="activation"):
         mlp(3, [4], 1, activation="gelu")
-    with pytest.raises(ConfigurationError, match="widths"):
+    with pytest.raises(InvalidArgumentError, match="widths"):
         mlp(3, [], 1)
-    with pytest.raises(ConfigurationError, match="parameterization"):
+    with pytest.raises(InvalidArgumentError, match="parameterization"):
         mlp(3, [4], 1, parameterization="mup")
     net = mlp(3, [4], 1, dtype=torch.float32, activation="erf")
     assert next(net.parameters()).dtype == torch.float32 and "parameterization='ntk'" in repr(net)

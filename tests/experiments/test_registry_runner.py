@@ -2,7 +2,7 @@
 
 import pytest
 
-from ntkit.errors import ConfigurationError
+from ntkit.errors import InvalidArgumentError
 from ntkit.experiments import EXPERIMENTS, Experiment, RunContext, known_ids, register, run_experiments, select
 from ntkit.experiments.registry import EXPERIMENTS as REGISTRY
 from ntkit.report import ExperimentResult
@@ -11,9 +11,9 @@ from ntkit.report import ExperimentResult
 def test_select_parses_orders_and_rejects_unknown_ids():
     assert [e.id for e in select(None)] == known_ids()
     assert [e.id for e in select(" e3 ,E3")] == ["E3"]
-    with pytest.raises(ConfigurationError, match=r"unknown experiment E99, X; known experiments: .*E3"):
+    with pytest.raises(InvalidArgumentError, match=r"unknown experiment E99, X; known experiments: .*E3"):
         select("E3,E99,X")
-    with pytest.raises(ConfigurationError, match="no experiment selected"):
+    with pytest.raises(InvalidArgumentError, match="no experiment selected"):
         select(" , ")
 
 

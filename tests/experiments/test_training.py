@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ntkit.errors import ConfigurationError
+from ntkit.errors import InvalidArgumentError
 from ntkit.experiments import NTKDense, log_spaced_steps, train_full_batch
 from reference import dense_jacobian, dense_ntk
 
@@ -75,9 +75,9 @@ def test_cross_entropy_loss_runs_and_decreases():
 
 def test_bad_arguments():
     model, x, y = _linear_problem()
-    with pytest.raises(ConfigurationError, match="record_steps"):
+    with pytest.raises(InvalidArgumentError, match="record_steps"):
         train_full_batch(model, x, y, lr=0.1, steps=3, record_steps=[4])
-    with pytest.raises(ConfigurationError, match="loss"):
+    with pytest.raises(InvalidArgumentError, match="loss"):
         train_full_batch(model, x, y, lr=0.1, steps=3, loss="hinge")
 
 
@@ -85,5 +85,5 @@ def test_log_spaced_steps():
     s = log_spaced_steps(1024, 11)
     assert s == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
     assert log_spaced_steps(5, 20, include_zero=False) == [1, 2, 3, 4, 5]
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(InvalidArgumentError):
         log_spaced_steps(0, 3)

@@ -1,6 +1,7 @@
 """Training a linearized model with torch.optim equals training the explicit linear model f0 + J0 (θ − θ0)
 built from the dense float64 Jacobian (``reference.dense_jacobian``, flattened θ, explicit matrices), and
-its empirical NTK stays Θ̂0. Tolerance 1e-10 relative: both sides are exact float64 recursions on the same
+the closed form ``nk.predict.gradient_descent_mse`` at the same step (1e-9: an eigendecomposition instead of
+a loop), and its empirical NTK stays Θ̂0. Tolerance 1e-10 relative: both sides are exact float64 recursions on the same
 numbers, differing only in summation order (~1e-15 per step, a few dozen steps)."""
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ def test_sgd_on_mse_equals_explicit_linear_model(factory, shape, params, momentu
     assert rel_err(got_test - f0_test, want.test - f0_test) < 1e-10
     assert rel_err(flat(lin.delta(), lin.param_names).detach(), want.omega) < 1e-10
     assert rel_err(want.train, f0_train) > 1e-2  # training moved the outputs: the comparison is not at θ0
+    # The closed form of ntkit.predict (full (N, N, O, O) kernel of this finite network) gives the same outputs.
+    ntk = nk.empirical_ntk(model, x_train, params=params, trace_outputs=False)
+    ntk_test = nk.empirical_ntk(model, x_test, x_train, params=params, trace_outputs=False)
+    predictor = nk.predict.gradient_descent_mse(ntk, y, lr, momentum=momentum, reduction=reduction)
+    pred_train, pred_test = predictor(steps, f0_train, f0_test, ntk_test)
+    assert rel_err(pred_train - f0_train, want.train - f0_train) < 1e-9
+    assert rel_err(pred_test - f0_test, want.test - f0_test) < 1e-9
 
 
 class ExplicitLinearModel(nn.Module):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..errors import InvalidArgumentError
 from .cifar import find_cifar10, load_cifar10
 from .dataset import Dataset, prepare
 from .digits import load_digits
@@ -69,7 +69,7 @@ BINARY_CLASSES: dict[str, tuple[int, int]] = {
 
 def _check_name(name: str) -> None:
     if name not in _LOADERS:
-        raise ConfigurationError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}.")
+        raise InvalidArgumentError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}.")
 
 
 def load(name: str, **options: Any) -> Dataset:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigurationError
+from ..errors import InvalidArgumentError
 
 __all__ = ["PREPARE_OPTIONS", "Dataset", "prepare"]
 
@@ -117,7 +117,7 @@ class Dataset:
 
 def _check_choice(name: str, value: object, choices: Sequence[object]) -> None:
     if value not in choices:
-        raise ConfigurationError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}.")
+        raise InvalidArgumentError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}.")
 
 
 def _select_classes(
@@ -134,9 +134,9 @@ def _subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int, split: str, 
     if n is None:
         return x, y
     if not isinstance(n, int | np.integer) or n < 1:
-        raise ConfigurationError(f"n_{split} must be a positive integer or None, got {n!r}.")
+        raise InvalidArgumentError(f"n_{split} must be a positive integer or None, got {n!r}.")
     if n > len(x):
-        raise ConfigurationError(
+        raise InvalidArgumentError(
             f"n_{split}={n} but the {split} split of {name!r} (after the class selection) has only {len(x)} examples."
         )
     idx = np.random.default_rng([seed, 0 if split == "train" else 1]).permutation(len(x))[:n]
@@ -178,15 +178,15 @@ def prepare(
     _check_choice("standardize", standardize, STANDARDIZE)
     _check_choice("normalize", normalize, NORMALIZE)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ConfigurationError(f"dtype must be a floating torch.dtype, got {dtype!r}.")
+        raise InvalidArgumentError(f"dtype must be a floating torch.dtype, got {dtype!r}.")
     info: dict[str, Any] = {"seed": seed, "standardize": standardize, "normalize": normalize}
     if classes is not None:
         if n_classes is None:
-            raise ConfigurationError(f"{name!r} is a regression data set; it has no classes to select.")
+            raise InvalidArgumentError(f"{name!r} is a regression data set; it has no classes to select.")
         classes = [int(c) for c in classes]
         bad = [c for c in classes if not 0 <= c < n_classes]
         if bad or len(set(classes)) != len(classes) or len(classes) < 2:
-            raise ConfigurationError(
+            raise InvalidArgumentError(
                 f"classes={classes} must be at least two distinct labels in 0..{n_classes - 1} for {name!r}."
             )
         x_train, y_train = _select_classes(x_train, y_train, classes, n_classes)

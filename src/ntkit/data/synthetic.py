@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigurationError
+from ..errors import InvalidArgumentError
 from .dataset import Dataset, prepare
 
 __all__ = ["circle_target", "load_circle"]
@@ -45,14 +45,14 @@ def load_circle(
     already on the unit sphere).
     """
     if not isinstance(dim, int) or dim < 2:
-        raise ConfigurationError(f"dim must be an integer >= 2, got {dim!r}.")
+        raise InvalidArgumentError(f"dim must be an integer >= 2, got {dim!r}.")
     if not isinstance(frequency, int) or frequency < 1:
-        raise ConfigurationError(f"frequency must be a positive integer, got {frequency!r}.")
+        raise InvalidArgumentError(f"frequency must be a positive integer, got {frequency!r}.")
     if noise < 0:
-        raise ConfigurationError(f"noise must be >= 0, got {noise!r}.")
+        raise InvalidArgumentError(f"noise must be >= 0, got {noise!r}.")
     for key, n in (("n_train", n_train), ("n_test", n_test)):
         if not isinstance(n, int) or n < 1:
-            raise ConfigurationError(f"{key} must be a positive integer, got {n!r}.")
+            raise InvalidArgumentError(f"{key} must be a positive integer, got {n!r}.")
     rng = np.random.default_rng(seed)
     x_train, x_test = _sphere(n_train, dim, rng), _sphere(n_test, dim, rng)
     y_train = circle_target(x_train, frequency) + noise * rng.standard_normal((n_train, 1))

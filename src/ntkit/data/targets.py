@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigurationError, ShapeError
+from ..errors import InvalidArgumentError, ShapeError
 
 __all__ = ["ENCODINGS", "centered_one_hot", "encode_targets", "one_hot", "plus_minus_one", "predicted_labels"]
 
@@ -22,7 +22,7 @@ def _check_labels(labels: torch.Tensor, n_classes: int) -> None:
     if labels.ndim != 1 or labels.is_floating_point():
         raise ShapeError(f"labels must be a (N,) integer tensor, got shape {tuple(labels.shape)} and {labels.dtype}.")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
-        raise ConfigurationError(
+        raise InvalidArgumentError(
             f"labels must lie in 0..{n_classes - 1}, got {int(labels.min())}..{int(labels.max())}."
         )
 
@@ -54,10 +54,10 @@ def encode_targets(
     targets themselves, the only encoding a regression set accepts.
     """
     if encoding not in ENCODINGS:
-        raise ConfigurationError(f"encoding={encoding!r} is not one of {', '.join(map(repr, ENCODINGS))}.")
+        raise InvalidArgumentError(f"encoding={encoding!r} is not one of {', '.join(map(repr, ENCODINGS))}.")
     if n_classes is None:
         if encoding != "auto":
-            raise ConfigurationError(
+            raise InvalidArgumentError(
                 f"a regression data set has real-valued targets; encoding={encoding!r} needs labels."
             )
         return y.to(dtype)
@@ -65,7 +65,7 @@ def encode_targets(
         encoding = "pm1" if n_classes == 2 else "centered"
     if encoding == "pm1":
         if n_classes != 2:
-            raise ConfigurationError(f"encoding='pm1' needs two classes, the data set has {n_classes}.")
+            raise InvalidArgumentError(f"encoding='pm1' needs two classes, the data set has {n_classes}.")
         return plus_minus_one(y, dtype=dtype)
     if encoding == "centered":
         return centered_one_hot(y, n_classes, dtype=dtype)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigurationError
+from ..errors import InvalidArgumentError
 
 __all__ = ["ACTIVATIONS", "NTKDense", "dense", "dense_layers", "mlp", "readout_parameters"]
 
@@ -44,7 +44,7 @@ class NTKDense(nn.Module):
     ) -> None:
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
-            raise ConfigurationError(f"parameterization={parameterization!r} is not one of {PARAMETERIZATIONS}.")
+            raise InvalidArgumentError(f"parameterization={parameterization!r} is not one of {PARAMETERIZATIONS}.")
         self.in_features, self.out_features = in_features, out_features
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
         omega = torch.randn(out_features, in_features, generator=generator, dtype=dtype)
@@ -123,9 +123,9 @@ def mlp(
     Input (N, in_features) → output (N, out_features).
     """
     if activation not in ACTIVATIONS:
-        raise ConfigurationError(f"activation={activation!r} is not one of {', '.join(ACTIVATIONS)}.")
+        raise InvalidArgumentError(f"activation={activation!r} is not one of {', '.join(ACTIVATIONS)}.")
     if not widths or any(int(w) < 1 for w in widths):
-        raise ConfigurationError(f"widths must be a non-empty list of positive integers, got {list(widths)}.")
+        raise InvalidArgumentError(f"widths must be a non-empty list of positive integers, got {list(widths)}.")
     gen = torch.Generator().manual_seed(seed)
     sizes = [in_features, *map(int, widths), out_features]
     layers: list[nn.Module] = []

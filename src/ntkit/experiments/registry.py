@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..errors import InvalidArgumentError
 from ..report import ExperimentResult
 from .context import RunContext
 
@@ -63,7 +63,7 @@ def known_ids() -> list[str]:
 def select(only: str | None) -> list[Experiment]:
     """The experiments named in ``only`` ("E1,E3", case-insensitive, in run order), or all when ``None``.
 
-    Raises :class:`~ntkit.errors.ConfigurationError` naming the unknown ids and listing the known ones.
+    Raises :class:`~ntkit.errors.InvalidArgumentError` naming the unknown ids and listing the known ones.
     """
     if only is None:
         return [EXPERIMENTS[i] for i in known_ids()]
@@ -71,5 +71,5 @@ def select(only: str | None) -> list[Experiment]:
     unknown = [w for w in wanted if w not in EXPERIMENTS]
     if unknown or not wanted:
         what = f"unknown experiment {', '.join(unknown)}" if unknown else "no experiment selected"
-        raise ConfigurationError(f"{what}; known experiments: {', '.join(known_ids())}.")
+        raise InvalidArgumentError(f"{what}; known experiments: {', '.join(known_ids())}.")
     return [EXPERIMENTS[i] for i in sorted(set(wanted), key=_order)]

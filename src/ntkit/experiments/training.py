@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigurationError
+from ..errors import InvalidArgumentError
 
 __all__ = ["TrainHistory", "log_spaced_steps", "train_full_batch"]
 
@@ -26,7 +26,7 @@ def log_spaced_steps(total: int, n: int, *, include_zero: bool = True) -> list[i
     """About ``n`` distinct integer steps spaced evenly in log between 1 and ``total`` (both included), with 0
     first when ``include_zero``. Sorted; fewer than ``n`` when small steps coincide after rounding."""
     if total < 1 or n < 1:
-        raise ConfigurationError(f"log_spaced_steps needs total >= 1 and n >= 1, got {total} and {n}.")
+        raise InvalidArgumentError(f"log_spaced_steps needs total >= 1 and n >= 1, got {total} and {n}.")
     steps = sorted({round(float(s)) for s in np.geomspace(1, total, n)} | {total})
     return ([0] if include_zero else []) + steps
 
@@ -55,7 +55,7 @@ def _loss_fn(loss: str | Callable, reduction: str) -> Callable[[torch.Tensor, to
         return nn.MSELoss(reduction=reduction)
     if loss == "cross_entropy":
         return nn.CrossEntropyLoss(reduction=reduction)
-    raise ConfigurationError(f"loss={loss!r} is not 'mse', 'cross_entropy' or a callable.")
+    raise InvalidArgumentError(f"loss={loss!r} is not 'mse', 'cross_entropy' or a callable.")
 
 
 def train_full_batch(
@@ -80,10 +80,10 @@ def train_full_batch(
     tqdm bar). ``y``: (N, k) float targets for MSE, (N,) int64 labels or (N, k) probabilities for cross-entropy.
     """
     if steps < 0:
-        raise ConfigurationError(f"steps must be >= 0, got {steps}.")
+        raise InvalidArgumentError(f"steps must be >= 0, got {steps}.")
     record = {int(s) for s in record_steps}
     if any(s < 0 or s > steps for s in record):
-        raise ConfigurationError(f"record_steps must lie in 0..{steps}, got {sorted(record)}.")
+        raise InvalidArgumentError(f"record_steps must lie in 0..{steps}, got {sorted(record)}.")
     criterion = _loss_fn(loss, reduction)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     history = TrainHistory()
