@@ -11,13 +11,14 @@ from .models import NTKDense, dense, dense_layers, mlp, readout_parameters
 from .registry import EXPERIMENTS, Experiment, known_ids, register, select
 from .runner import run_experiments, run_one
 from .stats import SlopeFit, accuracy, fit_loglog_slope, relative_change, rmse
-from .training import TrainHistory, log_spaced_steps, train_full_batch
+from .training import SideBySideHistory, TrainHistory, log_spaced_steps, train_full_batch, train_side_by_side
 
 __all__ = [
     "EXPERIMENTS",
     "Experiment",
     "NTKDense",
     "RunContext",
+    "SideBySideHistory",
     "SlopeFit",
     "TrainHistory",
     "accuracy",
@@ -36,4 +37,5 @@ __all__ = [
     "run_one",
     "select",
     "train_full_batch",
+    "train_side_by_side",
 ]
