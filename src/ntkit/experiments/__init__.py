@@ -5,7 +5,7 @@ instances and a function ``fn(config, ctx) -> ExperimentResult`` registered with
 package registers them all. Run them with :func:`run_experiments` (or ``ntkit reproduce``).
 """
 
-from . import e3_width_scaling, e5_learning_rate
+from . import e3_width_scaling, e5_learning_rate, e6_momentum_cross_entropy
 from .context import RunContext
 from .models import NTKDense, dense, dense_layers, mlp, readout_parameters
 from .registry import EXPERIMENTS, Experiment, known_ids, register, select
@@ -26,6 +26,7 @@ __all__ = [
     "dense_layers",
     "e3_width_scaling",
     "e5_learning_rate",
+    "e6_momentum_cross_entropy",
     "fit_loglog_slope",
     "known_ids",
     "log_spaced_steps",
