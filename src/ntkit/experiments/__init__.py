@@ -5,9 +5,9 @@ instances and a function ``fn(config, ctx) -> ExperimentResult`` registered with
 package registers them all. Run them with :func:`run_experiments` (or ``ntkit reproduce``).
 """
 
-from . import e3_width_scaling, e5_learning_rate, e6_momentum_cross_entropy
+from . import e3_width_scaling, e5_learning_rate, e6_momentum_cross_entropy, e7_parameterization
 from .context import RunContext
-from .models import NTKDense, dense, dense_layers, mlp, readout_parameters
+from .models import NTKDense, dense, dense_layers, mlp, readout_parameters, standard_from_ntk
 from .registry import EXPERIMENTS, Experiment, known_ids, register, select
 from .runner import run_experiments, run_one
 from .stats import SlopeFit, accuracy, fit_loglog_slope, relative_change, rmse
@@ -27,6 +27,7 @@ __all__ = [
     "e3_width_scaling",
     "e5_learning_rate",
     "e6_momentum_cross_entropy",
+    "e7_parameterization",
     "fit_loglog_slope",
     "known_ids",
     "log_spaced_steps",
@@ -38,6 +39,7 @@ __all__ = [
     "run_experiments",
     "run_one",
     "select",
+    "standard_from_ntk",
     "train_full_batch",
     "train_side_by_side",
 ]
