@@ -16,6 +16,7 @@ from ntkit.experiments.e3_width_scaling import (
     QUICK,
     RMSE_EXPECTED,
     WidthScalingConfig,
+    _blocked_ntk,
     _initial,
     _judge,
     _network,
@@ -123,3 +124,11 @@ def test_circle_dataset_regression_targets():
     cfg = WidthScalingConfig(widths=(16, 64), depth=1, n_train=8, n_kernel=4, steps=4, n_times=2, repeats=1)
     r = width_scaling(cfg, RunContext(dataset="circle"))
     assert r.status == "ok" and r.config["dataset"] == "circle" and r.config["classes"] is None
+
+
+def test_blocked_kernel_equals_the_one_call_kernel():
+    """Blocks of 3 points (the last one shorter) assemble the same Θ̂ as one call, to float64 round-off."""
+    net = _network(TINY, RunContext(seed=0), 16, 0, torch.zeros(1, 5, dtype=torch.float64), 2)
+    x = torch.randn(8, 5, dtype=torch.float64)
+    torch.testing.assert_close(_blocked_ntk(net, x, 3), nk.empirical_ntk(net, x), rtol=1e-12, atol=1e-12)
+    assert torch.equal(_blocked_ntk(net, x, None), nk.empirical_ntk(net, x))

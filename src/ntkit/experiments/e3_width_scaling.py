@@ -79,13 +79,16 @@ class WidthScalingConfig:
     """E3's settings: hidden ``widths`` (all hidden layers of one network share the width), ``depth`` hidden
     layers, ``n_train`` training points, Θ̂ / K̂ measured on the first ``n_kernel`` of them, the linearization
     error on ``n_test`` test points (``None``: the whole test split), ``steps`` of GD, Θ̂_t and the outputs
-    recorded at ``n_times`` log-spaced steps, ``repeats`` networks per width."""
+    recorded at ``n_times`` log-spaced steps, ``repeats`` networks per width. ``kernel_block``: compute Θ̂_0 on
+    the train and test points in blocks of that many points (``None``: at once), to bound memory: the Jacobian
+    contraction holds N·P numbers for N points and P parameters (2.2 GB for 32 points at width 2048, depth 3)."""
 
     widths: tuple[int, ...] = (32, 64, 128, 256, 512)
     depth: int = 3
     n_train: int = 64
     n_kernel: int = 32
     n_test: int | None = 32
+    kernel_block: int | None = None
     steps: int = 256
     n_times: int = 6
     lr_fraction: float = 0.5
@@ -97,7 +100,14 @@ class WidthScalingConfig:
 
 QUICK = WidthScalingConfig()
 FULL = WidthScalingConfig(
-    widths=tuple(2**k for k in range(5, 12)), n_train=128, n_kernel=32, n_test=None, steps=1024, n_times=8, repeats=2
+    widths=tuple(2**k for k in range(5, 12)),
+    n_train=128,
+    n_kernel=32,
+    n_test=32,
+    kernel_block=32,
+    steps=1024,
+    n_times=8,
+    repeats=2,
 )
 KERNEL_NAMES = {"ntk": "Θ̂ (NTK)", "nngp": "K̂ (NNGP)", "rmse": "RMSE(f, f_lin)"}
 
@@ -133,9 +143,24 @@ class _Initial:
     max_lr: float
 
 
+def _blocked_ntk(model, x: torch.Tensor, block: int | None) -> torch.Tensor:
+    """Θ̂ on ``x`` (N, N) by ``nk.empirical_ntk`` on blocks of ``block`` points (the upper triangle of blocks,
+    mirrored), so that at most the Jacobians of 2·block points are held at once; ``None``: one call."""
+    n = x.shape[0]
+    if block is None or block >= n:
+        return empirical_ntk(model, x)
+    out = x.new_empty(n, n)
+    for i in range(0, n, block):
+        for j in range(i, n, block):
+            xi, xj = x[i : i + block], x[j : j + block]
+            out[i : i + block, j : j + block] = empirical_ntk(model, xi) if i == j else empirical_ntk(model, xi, xj)
+            out[j : j + block, i : i + block] = out[i : i + block, j : j + block].T
+    return out
+
+
 def _initial(cfg: WidthScalingConfig, model, x: torch.Tensor, x_test: torch.Tensor, k: int) -> _Initial:
     n = x.shape[0]
-    ntk = empirical_ntk(model, torch.cat([x, x_test]))
+    ntk = _blocked_ntk(model, torch.cat([x, x_test]), cfg.kernel_block)
     with torch.no_grad():
         outputs = model(torch.cat([x, x_test]))
     nngp = empirical_ntk(model, x[: cfg.n_kernel], params=readout_parameters(model))
