@@ -6,7 +6,7 @@ package registers them all. Run them with :func:`run_experiments` (or ``ntkit re
 """
 
 from . import e3_width_scaling, e5_learning_rate, e6_momentum_cross_entropy, e7_parameterization
-from .context import RunContext
+from .context import RunContext, run_config
 from .models import NTKDense, dense, dense_layers, mlp, readout_parameters, standard_from_ntk
 from .registry import EXPERIMENTS, Experiment, known_ids, register, select
 from .runner import run_experiments, run_one
@@ -36,6 +36,7 @@ __all__ = [
     "register",
     "relative_change",
     "rmse",
+    "run_config",
     "run_experiments",
     "run_one",
     "select",

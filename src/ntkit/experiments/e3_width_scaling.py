@@ -51,7 +51,7 @@ import torch
 from ..empirical import empirical_ntk
 from ..predict import gradient_descent_mse, max_learning_rate
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
-from .context import RunContext
+from .context import RunContext, run_config
 from .models import dense_layers, mlp, readout_parameters
 from .registry import register
 from .stats import SlopeFit, fit_loglog_slope, relative_change, rmse
@@ -65,7 +65,7 @@ KERNEL_RANGE = (-1.0, -0.5)
 KERNEL_EXPECTED = "[-1, -1/2]"
 RMSE_EXPECTED = "<= -1/2"
 
-TITLE = "Weight change, kernel change and linearization error versus width"
+TITLE = "Weights, kernels and linearization vs width"
 CLAIM = (
     "Training moves the input- and output-layer weights by a relative amount ∝ n^-1/2 and the hidden-layer weights "
     "∝ n^-1; the relative change of the empirical NTK Θ̂ and NNGP K̂ lies between n^-1 and n^-1/2 "
@@ -448,5 +448,5 @@ def width_scaling(cfg: WidthScalingConfig, ctx: RunContext) -> ExperimentResult:
         metrics=metrics,
         tables=tables,
         figures=_figures(cfg, widths, layer_names, series, xs, per_width, fits, runs, record),
-        config={**cfg.__dict__, "dataset": data.name, "classes": data.info.get("classes"), "n_train": data.n_train},
+        config=run_config(cfg, data),
     )

@@ -60,7 +60,7 @@ from ..empirical import empirical_ntk
 from ..errors import NumericalWarning
 from ..predict import critical_learning_rate, gradient_descent_mse, max_learning_rate
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
-from .context import RunContext
+from .context import RunContext, run_config
 from .models import mlp
 from .registry import register
 from .stats import relative_change, rmse
@@ -424,5 +424,5 @@ def learning_rate_sweep(cfg: LearningRateConfig, ctx: RunContext) -> ExperimentR
         metrics=metrics,
         tables=tables,
         figures=_figures(cfg, runs, lr_max, lr_crit),
-        config={**cfg.__dict__, "dataset": data.name, "classes": data.info.get("classes"), "n_train": n},
+        config=run_config(cfg, data),
     )

@@ -55,7 +55,7 @@ from ..empirical import empirical_ntk
 from ..linearize import linearize
 from ..predict import gradient_descent
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
-from .context import RunContext
+from .context import RunContext, run_config
 from .models import mlp
 from .registry import register
 from .stats import accuracy, rmse
@@ -113,7 +113,7 @@ class MomentumConfig:
 
 QUICK = MomentumConfig()
 FULL = MomentumConfig(
-    widths=(256, 1024, 2048), n_train=None, n_test=None, steps=1000, n_times=20, fb_widths=(128, 512), fb_n_train=32,
+    widths=(256, 1024), n_train=None, n_test=None, steps=1000, n_times=20, fb_widths=(128, 512), fb_n_train=32,
     fb_steps=300,
 )  # fmt: skip
 
@@ -436,5 +436,5 @@ def momentum_cross_entropy(cfg: MomentumConfig, ctx: RunContext) -> ExperimentRe
         metrics={"verdict_numbers": numbers, "record_steps": record, "runs": runs, "full_batch": fbs},
         tables=tables,
         figures=_figures(cfg, runs, fbs),
-        config={**cfg.__dict__, "dataset": data.name, "n_train": data.n_train, "n_test": data.n_test},
+        config=run_config(cfg, data),
     )

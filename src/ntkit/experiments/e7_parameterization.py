@@ -55,7 +55,7 @@ from torch import nn
 from ..empirical import empirical_ntk
 from ..predict import max_learning_rate
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
-from .context import RunContext
+from .context import RunContext, run_config
 from .models import dense_layers, mlp, standard_from_ntk
 from .registry import register
 from .stats import SlopeFit, accuracy, fit_loglog_slope, rmse
@@ -105,8 +105,8 @@ class ParameterizationConfig:
 
 QUICK = ParameterizationConfig()
 FULL = ParameterizationConfig(
-    widths=(64, 128, 256, 512, 1024, 2048), n_train=64, n_test=None, steps=300, n_times=14, sweep_width=1024,
-    sweep_n_train=512, sweep_steps=400, sweep_lrs=(0.25, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0),
+    widths=(64, 128, 256, 512, 1024, 2048), n_train=64, n_test=None, steps=300, n_times=14, sweep_width=512,
+    sweep_n_train=256, sweep_steps=300, sweep_lrs=(0.25, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0),
 )  # fmt: skip
 
 
@@ -387,5 +387,5 @@ def parameterizations(cfg: ParameterizationConfig, ctx: RunContext) -> Experimen
         metrics=metrics,
         tables=tables,
         figures=_figures(cfg, runs, fits, sweep),
-        config={**cfg.__dict__, "dataset": data.name, "classes": data.info.get("classes"), "n_train": data.n_train},
+        config=run_config(cfg, data),
     )
