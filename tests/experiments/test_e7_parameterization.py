@@ -19,7 +19,7 @@ from ntkit.experiments.e7_parameterization import (
 
 TINY = ParameterizationConfig(
     widths=(16, 64, 256), depth=1, n_train=16, n_test=16, steps=40, n_times=5, sweep_width=64, sweep_n_train=48,
-    sweep_steps=30, sweep_lrs=(1.0, 16.0, 4096.0),
+    sweep_steps=30, sweep_lrs=(8.0, 32.0, 4096.0),
 )  # fmt: skip
 
 

@@ -103,7 +103,7 @@ FULL = LearningRateConfig(
     width=1024,
     n_train=64,
     n_test=None,
-    steps=1000,
+    steps=700,
     ratios=(0.1, 0.25, 0.5, 0.75, 0.9, 0.98, 1.02, 1.1, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0),
     n_times=16,
 )
@@ -336,22 +336,25 @@ def _figures(cfg: LearningRateConfig, runs: list[dict[str, Any]], lr_max: float,
         )
 
         fig, (ax,) = new_figure(panel_size=(7.6, 3.8))
-        cmap = colormaps["viridis"]
-        top = ratios.max()
-        for r, ratio in zip(runs, ratios, strict=True):
+        below, above = ratios[ratios <= 1], ratios[ratios > 1]
+        for r, ratio in zip(runs, ratios, strict=True):  # blues below η_max, reds above, darker further from it
+            group, cmap = (below, colormaps["Blues_r"]) if ratio <= 1 else (above, colormaps["Reds"])
+            color = cmap(0.15 + 0.65 * float(np.searchsorted(group, ratio)) / max(len(group) - 1, 1))
             curve = np.array(r["loss_curve"], dtype=float)
-            color = cmap(0.95 * math.log(ratio / ratios.min()) / max(math.log(top / ratios.min()), 1e-12))
-            ax.plot(np.arange(len(curve)), np.clip(curve, None, ceiling), color=color, label=f"{ratio:.3g}")
+            ax.plot(np.arange(1, len(curve) + 1), np.clip(curve, None, ceiling), color=color, label=f"{ratio:.3g}")
             if not r["linear_diverged"]:
-                ax.plot(r["record_steps"], r["linear_loss"], "o", color=color, ms=3, mfc="none")
-        ax.set(yscale="log", xlabel="GD step t", ylabel="train loss (MSE)")
+                ax.plot(np.asarray(r["record_steps"]) + 1, r["linear_loss"], "o", color=color, ms=3, mfc="none")
+        ax.set(xscale="log", yscale="log", xlabel="GD step t + 1", ylabel="train loss (MSE)")
         ax.set_title("Network (lines) and linearization (circles, where it converges) during training")
-        ax.legend(title="η / η_max", loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        ax.legend(
+            title="η / η_max", loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, ncol=1 + len(runs) // 13
+        )
         figs.append(
             Figure.from_matplotlib(
                 "E5-curves",
                 fig,
-                "Train loss of the network at every step for each learning rate (colour: η/η_max; losses above "
+                "Train loss of the network at every step for each learning rate (blues: below η_max, reds: above, "
+                "darker further from η_max; losses above "
                 f"{ceiling:.3g} are drawn at that value) and of its linearization at the recorded steps where it "
                 "converges (η < η_max). Above η_max the network's loss first grows (the catapult spike) and then "
                 "falls, or it diverges.",

@@ -35,7 +35,10 @@ Verdict rule; all must hold for "supported", else "not supported":
 3. accuracy (Fig. S7): the best test accuracies over the sweep of the two parameterizations differ by at most
    ``accuracy_tol`` (0.03: the standard error of an accuracy near 0.9 on the 449 digits test points is 1.4
    points, and the two networks' errors are not the same), and the largest rate at which each trains (final train
-   loss below half the initial one) is the same grid point or a neighbouring one.
+   loss below ½ log C, half the cross-entropy of a uniform guess over the C classes) is the same grid point or a
+   neighbouring one: the same learning-rate scale, up to the grid's factor (4 by default). The standard network's
+   limit is expected somewhat higher: its kernel lacks the input-layer and bias terms and has its hidden terms
+   divided by σ_w² (theory.md 4.4), so its largest eigenvalue is smaller.
 
 The RMSE between (a) and (b) is measured and shown too; it is expected not to vanish with width (see above), and
 the measured slope is reported, not judged.
@@ -186,7 +189,7 @@ def _sweep(cfg: ParameterizationConfig, ctx: RunContext) -> dict[str, Any]:
                 model, data.x_train, data.y_train, lr=rate, steps=cfg.sweep_steps, record_steps=[cfg.sweep_steps],
                 loss="cross_entropy", x_eval=data.x_test,
             )  # fmt: skip
-            ok = not h.diverged and h.loss_curve[-1] < 0.5 * h.loss_curve[0]
+            ok = not h.diverged and h.loss_curve[-1] < 0.5 * math.log(data.n_classes)
             acc.append(accuracy(h.eval_outputs[-1], data.y_test) if not h.diverged else math.nan)
             trained.append(ok)
             final.append(h.loss_curve[-1])
@@ -358,7 +361,7 @@ def parameterizations(cfg: ParameterizationConfig, ctx: RunContext) -> Experimen
             "Accuracy against the normalized learning rate",
             ["η = n·η_std", "NTK test acc", "standard test acc", "NTK trained", "standard trained"],
             sweep_rows,
-            "Trained: final train loss below half the initial one.",
+            "Trained: final train loss below half the cross-entropy of a uniform guess, ½ log C.",
         ),
     ]
     measured = (
