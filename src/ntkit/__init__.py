@@ -8,10 +8,24 @@ The four capabilities, in the order data flows through them:
 - training dynamics and GP inference: :mod:`ntkit.predict`.
 """
 
-from . import errors
+from . import errors, nn
 from .empirical import empirical_nngp, empirical_ntk
 from .errors import NtkitError
+from .infinite.compute import kernel
+from .infinite.kernel_type import Kernel
+from .infinite.registry import declare_init, register_kernel
 
 __version__ = "0.1.0"
 
-__all__ = ["NtkitError", "__version__", "empirical_nngp", "empirical_ntk", "errors"]
+__all__ = [
+    "Kernel",
+    "NtkitError",
+    "__version__",
+    "declare_init",
+    "empirical_nngp",
+    "empirical_ntk",
+    "errors",
+    "kernel",
+    "nn",
+    "register_kernel",
+]

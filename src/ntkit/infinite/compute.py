@@ -1,0 +1,216 @@
+"""``nk.kernel(model, x1, x2)``: the infinite-width NNGP and NTK of an architecture, tiled under a memory budget."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .._memory import check_fits, format_bytes, resolve_budget
+from .._validation import check_input_pair, format_shape
+from ..errors import MemoryBudgetError, NonFiniteError, ShapeError, UnsupportedError
+from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
+from .kernel_type import Kernel
+from .planning import Plan, plan
+from .registry import apply_layer
+
+__all__ = ["kernel"]
+
+_GET = ("nngp", "ntk")
+
+#: Tiles hold about this many pairs × entries per tensor: small enough to stay in cache-friendly sizes,
+#: large enough that the Python overhead per tile is negligible (see benchmarks/infinite.py).
+_TILE_ENTRIES = 2**18
+
+
+def kernel(
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    *,
+    get: str | tuple[str, ...] = _GET,
+    memory_budget: int | str | None = None,
+    block_size: int | None = None,
+    dtype: torch.dtype | None = None,
+    diagonal_spatial: bool | None = None,
+) -> Kernel:
+    """The infinite-width NNGP K and NTK Θ of ``model``'s architecture between x1 and x2 (theory.md section 4).
+
+    Widths are ignored (the infinite limit; the kernels are per output: the limit is K ⊗ I over outputs).
+
+    Args:
+        model: ``ntkit.nn`` layers, PyTorch layers with a registered kernel (``torch.nn.Sequential`` of Linear,
+            Conv1d/2d, AvgPool, AdaptiveAvgPool(1), Flatten, activations, Identity, Dropout, LayerNorm), or
+            both mixed. Plain PyTorch weight layers use the standard parameterization and their own
+            initialisation variances (:func:`ntkit.declare_init`).
+        x1: (N1, D) or (N1, C, *S) inputs (channels first); x2: (N2, same) or None for x1 (then only one
+            triangle of tiles is computed and the result is exactly symmetric).
+        get: "nngp", "ntk" or both.
+        memory_budget: bytes (or "4G") for the output and the working set; default a quarter of free memory.
+        block_size: at most this many examples per tile side (tiles are chosen to fit the budget anyway).
+        dtype: computation dtype (default: x1's). float32 results that overflow are recomputed in float64.
+        diagonal_spatial: force the spatial layout (default: full only if some layer pools).
+
+    Returns:
+        :class:`Kernel` with ``nngp`` and ``ntk`` of shape (N1, N2) (with the output's spatial layout
+        appended if the network does not pool or flatten), ``cov1`` (N1,) = K(x1_i, x1_i) and ``cov2``.
+        For the standard parameterization Θ is normalised by the width n of the widest hidden layer
+        (Θ = J Jᵀ / n in expectation; theory.md 4.4): multiply by ``Kernel.sp_width[0]`` to get neural-tangents'.
+
+    Differentiable with respect to x1, x2 and ``W_std``/``b_std`` given as tensors.
+
+    Raises:
+        UnsupportedError: a layer without a kernel (the message names it) or an unsupported combination.
+        MemoryBudgetError: the result or one tile cannot fit the budget (raised before computing).
+        NonFiniteError: the true kernel overflows the dtype.
+    """
+    wanted = _parse_get(get)
+    if not isinstance(model, nn.Module):
+        raise UnsupportedError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    x1, x2 = check_input_pair(x1, x2)
+    if x1.ndim < 2:
+        raise ShapeError(f"inputs must be (N, features) or (N, C, *spatial), got x1 of shape {format_shape(x1.shape)}.")
+    dtype = dtype or x1.dtype
+    if not dtype.is_floating_point:
+        raise UnsupportedError(f"dtype must be a floating-point type, got {dtype}.")
+    result = _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_spatial)
+    if dtype == torch.float32 and not _finite(result):
+        # Intermediate products of variances may overflow float32 before the result does.
+        result = _compute(model, x1, x2, wanted, memory_budget, block_size, torch.float64, diagonal_spatial)
+        result = result.replace(
+            **{name: _cast(getattr(result, name), dtype) for name in ("nngp", "ntk", "cov1", "cov2")}
+        )
+    if not _finite(result):
+        info = torch.finfo(dtype)
+        raise NonFiniteError(
+            f"the kernel is not finite in {dtype} (largest value {info.max:.3g}): the network's variances grow "
+            "like W_std^(2·depth). Use dtype=torch.float64, a smaller W_std, or fewer layers."
+        )
+    return result.replace(
+        nngp=result.nngp if "nngp" in wanted else None,
+    )
+
+
+def _parse_get(get) -> tuple[str, ...]:
+    wanted = (get,) if isinstance(get, str) else tuple(get)
+    if not wanted or any(g not in _GET for g in wanted):
+        raise UnsupportedError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}.")
+    return wanted
+
+
+def _finite(k: Kernel) -> bool:
+    return all(t is None or bool(torch.isfinite(t).all()) for t in (k.nngp, k.ntk, k.cov1, k.cov2))
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_spatial) -> Kernel:
+    need_ntk = "ntk" in wanted
+    p = plan(model, x1, x2, dtype=dtype, ntk=need_ntk, diagonal_spatial=diagonal_spatial)
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    b = _block_size(p, n1, n2, len(wanted), dtype, resolve_budget(memory_budget, x1.device), block_size)
+    out = _run_tiles(model, x1.to(dtype), None if x2 is None else x2.to(dtype), p, b, need_ntk)
+    if need_ntk and p.output.parameterization == "standard":
+        hidden, input_fed = p.output.sp_width
+        out = out.replace(ntk=out.ntk / (hidden or input_fed))
+    return out
+
+
+def _block_size(p: Plan, n1: int, n2: int, n_kernels: int, dtype, budget: int, block_size: int | None) -> int:
+    """Examples per tile side: the largest that fits the budget next to the output, capped for speed."""
+    itemsize = torch.finfo(dtype).bits // 8
+    out_bytes = p.output_bytes(n1, n2, itemsize, n_kernels)
+    what = f"the {'/'.join(('nngp', 'ntk')[:n_kernels]) if n_kernels == 2 else 'kernel'} result"
+    check_fits(
+        out_bytes,
+        budget,
+        f"{what} ({n1} x {n2} pairs x {p.output_entries:,} entries)",
+        "Compute it in blocks of x1 and x2 that fit, or raise memory_budget.",
+    )
+    if p.requires_grad:
+        check_fits(
+            out_bytes + p.tile_bytes(n1, n2, itemsize),
+            budget,
+            f"computing the kernel with gradients ({p.describe_pair(itemsize)}, kept for the backward pass)",
+            "Use fewer examples, or torch.no_grad() if no gradients are needed.",
+        )
+        return max(n1, n2)
+    room = budget - out_bytes
+    if p.tile_bytes(1, 1, itemsize) > room:
+        raise MemoryBudgetError(
+            f"one pair of examples needs {format_bytes(p.tile_bytes(1, 1, itemsize))}: {p.describe_pair(itemsize)}; "
+            f"the memory budget leaves {format_bytes(room)} next to the result. Raise memory_budget, or use a "
+            "network that flattens instead of pooling (diagonal spatial covariances are much smaller)."
+        )
+    b = max(n1, n2)
+    while b > 1 and p.tile_bytes(b, b, itemsize) > room:
+        b = (b + 1) // 2
+    speed_cap = max(1, math.isqrt(max(_TILE_ENTRIES // p.output_entries, 1)) if p.output_entries else b)
+    speed_cap = max(1, math.isqrt(max(_TILE_ENTRIES // max(p.working_entries // 12, 1), 1)))
+    b = min(b, speed_cap)
+    return min(b, block_size) if block_size else b
+
+
+def _transpose_pair(t: torch.Tensor, full: bool, n_spatial: int) -> torch.Tensor:
+    """K(x2, x1) from K(x1, x2): swap the batch axes and, in the full layout, each pair of position axes."""
+    if t.ndim == 0:
+        return t
+    order = [1, 0]
+    for i in range(n_spatial if full else 0):
+        order += [3 + 2 * i, 2 + 2 * i]
+    order += list(range(len(order), t.ndim))
+    return t.permute(order)
+
+
+def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool) -> Kernel:
+    symmetric = x2 is None
+    xs2 = x1 if symmetric else x2
+    n1, n2 = x1.shape[0], xs2.shape[0]
+    meta = p.output
+    pair_shape = tuple(meta.nngp.shape[2:])
+    self_shape = tuple(meta.cov1.shape[1:])
+    new = dict(dtype=x1.dtype, device=x1.device)
+    nngp = torch.empty((n1, n2, *pair_shape), **new)
+    ntk = torch.empty((n1, n2, *pair_shape), **new) if need_ntk else None
+    cov1 = torch.empty((n1, *self_shape), **new)
+    cov2 = None if symmetric else torch.empty((n2, *self_shape), **new)
+    full, n_spatial = meta.full, meta.n_spatial
+    for i in range(0, n1, b):
+        rows = slice(i, min(i + b, n1))
+        for j in range(i if symmetric else 0, n2, b):
+            cols = slice(j, min(j + b, n2))
+            diagonal = symmetric and i == j
+            k = apply_layer(
+                model,
+                Kernel.from_inputs(
+                    x1[rows], None if diagonal else xs2[cols], diagonal_spatial=p.diagonal_spatial, ntk=need_ntk
+                ),
+            )
+            tile_ntk = None if not need_ntk else k.ntk.expand_as(k.nngp)
+            nngp[rows, cols] = k.nngp
+            if need_ntk:
+                ntk[rows, cols] = tile_ntk
+            if symmetric and not diagonal:
+                nngp[cols, rows] = _transpose_pair(k.nngp, full, n_spatial)
+                if need_ntk:
+                    ntk[cols, rows] = _transpose_pair(tile_ntk, full, n_spatial)
+            if j == (i if symmetric else 0):
+                cov1[rows] = k.cov1
+            if not symmetric and i == 0:
+                cov2[cols] = k.cov2
+    return meta.replace(
+        nngp=nngp,
+        ntk=ntk,
+        cov1=cov1,
+        cov2=cov2,
+        x1_is_x2=symmetric,
+        mean1=None,
+        mean2=None,
+        source=None,
+        fn=None,
+        fresh=None,
+    )

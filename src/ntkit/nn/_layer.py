@@ -1,0 +1,79 @@
+"""Base classes of the ``ntkit.nn`` layers: torch modules that also map infinite-width kernels."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedError
+from ..infinite.kernel_type import Kernel
+
+__all__ = ["KernelLayer", "WeightLayer"]
+
+PARAMETERIZATIONS = ("ntk", "standard")
+
+
+class KernelLayer(nn.Module):
+    """A layer that is a finite torch module and defines the kernel map of its infinite-width limit."""
+
+    #: True if outputs at one position depend on inputs at other positions (pooling): kernels then need the
+    #: covariances between all pairs of positions.
+    mixes_positions: bool = False
+
+    def kernel_transform(self, k: Kernel) -> Kernel:
+        """The :class:`~ntkit.Kernel` of this layer's outputs given the kernel ``k`` of its inputs."""
+        raise NotImplementedError
+
+
+class WeightLayer(KernelLayer):
+    """Weights W (out, in, *filter) and an optional bias b, in either parameterization (theory.md 1.1-1.2):
+
+    - "ntk" (default): W, b ~ N(0, 1) are the trainable variables and y = (W_std/√fan_in)·(x ⋆ W) + b_std·b;
+    - "standard": W ~ N(0, W_std²/fan_in), b ~ N(0, b_std²) and y = x ⋆ W + b.
+
+    Both give the same function distribution at initialisation (the same NNGP) but different gradients (NTK).
+    ``b_std=None`` means no bias. ``W_std``, ``b_std`` may be tensors (kernels are differentiable in them); they
+    are kept as given, not as parameters of the finite network.
+    """
+
+    def __init__(self, weight_shape: tuple[int, ...], *, W_std, b_std, parameterization: str) -> None:
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise UnsupportedError(f"parameterization must be 'ntk' or 'standard', got {parameterization!r}.")
+        self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
+        self.weight = nn.Parameter(torch.empty(weight_shape))
+        self.bias = nn.Parameter(torch.empty(weight_shape[0])) if b_std is not None else None
+        self.reset_parameters()
+
+    @property
+    def fan_in(self) -> int:
+        return math.prod(self.weight.shape[1:])
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            if self.parameterization == "ntk":
+                self.weight.normal_()
+                if self.bias is not None:
+                    self.bias.normal_()
+            else:
+                self.weight.normal_(0.0, float(self.W_std) / math.sqrt(self.fan_in))
+                if self.bias is not None:
+                    self.bias.normal_(0.0, float(self.b_std))
+
+    def _finish(self, y: torch.Tensor) -> torch.Tensor:
+        """Scale x ⋆ W (computed without bias) and add the bias, per the parameterization; channels on dim 1."""
+        shape = (1, -1) + (1,) * (y.ndim - 2)
+        if self.parameterization == "ntk":
+            y = y * (self.W_std / math.sqrt(self.fan_in))
+            return y if self.bias is None else y + (self.b_std * self.bias).reshape(shape)
+        return y if self.bias is None else y + self.bias.reshape(shape)
+
+    @property
+    def variances(self) -> tuple[object, object | None]:
+        """(W_std², b_std² or None)."""
+        return self.W_std**2, (None if self.b_std is None else self.b_std**2)
+
+    def extra_repr(self) -> str:
+        return f"W_std={self.W_std}, b_std={self.b_std}, parameterization={self.parameterization!r}"
