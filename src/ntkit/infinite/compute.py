@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -19,9 +20,9 @@ __all__ = ["kernel"]
 
 _GET = ("nngp", "ntk")
 
-#: Tiles hold about this many pairs × entries per tensor: small enough to stay in cache-friendly sizes,
-#: large enough that the Python overhead per tile is negligible (see benchmarks/infinite.py).
-_TILE_ENTRIES = 2**18
+#: Entries per kernel tensor of one tile: small enough that a layer's elementwise work on it stays in the CPU
+#: cache, large enough that the per-operation overhead is small (tuned with benchmarks/infinite.py).
+_TILE_ENTRIES = 2**16
 
 
 def kernel(
@@ -112,47 +113,47 @@ def _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_s
     p = plan(model, x1, x2, dtype=dtype, ntk=need_ntk, diagonal_spatial=diagonal_spatial)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
-    b = _block_size(p, n1, n2, len(wanted), dtype, resolve_budget(memory_budget, x1.device), block_size)
-    out = _run_tiles(model, x1.to(dtype), None if x2 is None else x2.to(dtype), p, b, need_ntk)
+    n_workers = 1 if p.requires_grad or x1.device.type != "cpu" else torch.get_num_threads()
+    budget = resolve_budget(memory_budget, x1.device)
+    b = _block_size(p, n1, n2, len(wanted), torch.finfo(dtype).bits // 8, budget, n_workers, block_size)
+    out = _run_tiles(model, x1.to(dtype), None if x2 is None else x2.to(dtype), p, b, need_ntk, n_workers)
     if need_ntk and p.output.parameterization == "standard":
         hidden, input_fed = p.output.sp_width
         out = out.replace(ntk=out.ntk / (hidden or input_fed))
     return out
 
 
-def _block_size(p: Plan, n1: int, n2: int, n_kernels: int, dtype, budget: int, block_size: int | None) -> int:
-    """Examples per tile side: the largest that fits the budget next to the output, capped for speed."""
-    itemsize = torch.finfo(dtype).bits // 8
+def _block_size(
+    p: Plan, n1: int, n2: int, n_kernels: int, itemsize: int, budget: int, n_workers: int, block_size: int | None
+) -> int:
+    """Examples per tile side: tiles of about ``_TILE_ENTRIES`` entries per kernel tensor, fewer if ``n_workers``
+    tiles in flight next to the result would exceed the budget (which raises if even one pair cannot fit)."""
     out_bytes = p.output_bytes(n1, n2, itemsize, n_kernels)
-    what = f"the {'/'.join(('nngp', 'ntk')[:n_kernels]) if n_kernels == 2 else 'kernel'} result"
     check_fits(
         out_bytes,
         budget,
-        f"{what} ({n1} x {n2} pairs x {p.output_entries:,} entries)",
+        f"the result ({n_kernels} kernel(s) of {n1} x {n2} pairs x {p.output_entries:,} entries)",
         "Compute it in blocks of x1 and x2 that fit, or raise memory_budget.",
     )
     if p.requires_grad:
         check_fits(
             out_bytes + p.tile_bytes(n1, n2, itemsize),
             budget,
-            f"computing the kernel with gradients ({p.describe_pair(itemsize)}, kept for the backward pass)",
+            f"computing the kernel with gradients ({p.describe_pair(itemsize)}, all kept for the backward pass)",
             "Use fewer examples, or torch.no_grad() if no gradients are needed.",
         )
         return max(n1, n2)
-    room = budget - out_bytes
-    if p.tile_bytes(1, 1, itemsize) > room:
+    room = (budget - out_bytes) // n_workers
+    pair_bytes = p.tile_bytes(1, 1, itemsize) // 3
+    if 3 * pair_bytes > room:
         raise MemoryBudgetError(
-            f"one pair of examples needs {format_bytes(p.tile_bytes(1, 1, itemsize))}: {p.describe_pair(itemsize)}; "
-            f"the memory budget leaves {format_bytes(room)} next to the result. Raise memory_budget, or use a "
-            "network that flattens instead of pooling (diagonal spatial covariances are much smaller)."
+            f"one pair of examples needs {format_bytes(3 * pair_bytes)}: {p.describe_pair(itemsize)}; the memory "
+            f"budget leaves {format_bytes(room)} next to the result. Raise memory_budget, or use a network that "
+            "flattens instead of pooling (diagonal spatial covariances are much smaller)."
         )
-    b = max(n1, n2)
-    while b > 1 and p.tile_bytes(b, b, itemsize) > room:
-        b = (b + 1) // 2
-    speed_cap = max(1, math.isqrt(max(_TILE_ENTRIES // p.output_entries, 1)) if p.output_entries else b)
-    speed_cap = max(1, math.isqrt(max(_TILE_ENTRIES // max(p.working_entries // 12, 1), 1)))
-    b = min(b, speed_cap)
-    return min(b, block_size) if block_size else b
+    fits = math.isqrt(1 + room // pair_bytes) - 1  # the largest b with (b² + 2b) · pair_bytes <= room
+    fast = math.isqrt(max(_TILE_ENTRIES // p.kernel_entries, 1))
+    return max(1, min(fits, fast, block_size or fits, max(n1, n2)))
 
 
 def _transpose_pair(t: torch.Tensor, full: bool, n_spatial: int) -> torch.Tensor:
@@ -166,42 +167,63 @@ def _transpose_pair(t: torch.Tensor, full: bool, n_spatial: int) -> torch.Tensor
     return t.permute(order)
 
 
-def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool) -> Kernel:
+def _tiles(n1: int, n2: int, b: int, symmetric: bool) -> list[tuple[slice, slice]]:
+    """(rows, cols) blocks covering the result; only the upper triangle when x2 is x1."""
+    return [
+        (slice(i, min(i + b, n1)), slice(j, min(j + b, n2)))
+        for i in range(0, n1, b)
+        for j in range(i if symmetric else 0, n2, b)
+    ]
+
+
+def _single_threaded(fn):
+    """``fn`` with this thread's intra-op parallelism off: tiles are spread over threads instead, which avoids
+    a parallel region per small elementwise operation (costly on busy machines). Affects only this thread."""
+
+    def run(*args):
+        torch.set_num_threads(1)
+        return fn(*args)
+
+    return run
+
+
+def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -> Kernel:
+    """Compute the kernel tile by tile into preallocated results (differentiable: slices are copied in)."""
     symmetric = x2 is None
     xs2 = x1 if symmetric else x2
     n1, n2 = x1.shape[0], xs2.shape[0]
     meta = p.output
     pair_shape = tuple(meta.nngp.shape[2:])
-    self_shape = tuple(meta.cov1.shape[1:])
-    new = dict(dtype=x1.dtype, device=x1.device)
+    new = {"dtype": x1.dtype, "device": x1.device}
     nngp = torch.empty((n1, n2, *pair_shape), **new)
     ntk = torch.empty((n1, n2, *pair_shape), **new) if need_ntk else None
-    cov1 = torch.empty((n1, *self_shape), **new)
-    cov2 = None if symmetric else torch.empty((n2, *self_shape), **new)
+    cov1 = torch.empty((n1, *meta.cov1.shape[1:]), **new)
+    cov2 = None if symmetric else torch.empty((n2, *meta.cov1.shape[1:]), **new)
     full, n_spatial = meta.full, meta.n_spatial
-    for i in range(0, n1, b):
-        rows = slice(i, min(i + b, n1))
-        for j in range(i if symmetric else 0, n2, b):
-            cols = slice(j, min(j + b, n2))
-            diagonal = symmetric and i == j
-            k = apply_layer(
-                model,
-                Kernel.from_inputs(
-                    x1[rows], None if diagonal else xs2[cols], diagonal_spatial=p.diagonal_spatial, ntk=need_ntk
-                ),
-            )
-            tile_ntk = None if not need_ntk else k.ntk.expand_as(k.nngp)
-            nngp[rows, cols] = k.nngp
-            if need_ntk:
-                ntk[rows, cols] = tile_ntk
+
+    def tile(rows: slice, cols: slice) -> None:
+        diagonal = symmetric and rows == cols
+        k0 = Kernel.from_inputs(
+            x1[rows], None if diagonal else xs2[cols], diagonal_spatial=p.diagonal_spatial, ntk=need_ntk
+        )
+        k = apply_layer(model, k0)
+        results = [(nngp, k.nngp)] + ([(ntk, k.ntk.expand_as(k.nngp))] if need_ntk else [])
+        for out, value in results:
+            out[rows, cols] = value
             if symmetric and not diagonal:
-                nngp[cols, rows] = _transpose_pair(k.nngp, full, n_spatial)
-                if need_ntk:
-                    ntk[cols, rows] = _transpose_pair(tile_ntk, full, n_spatial)
-            if j == (i if symmetric else 0):
-                cov1[rows] = k.cov1
-            if not symmetric and i == 0:
-                cov2[cols] = k.cov2
+                out[cols, rows] = _transpose_pair(value, full, n_spatial)
+        if cols.start == (rows.start if symmetric else 0):
+            cov1[rows] = k.cov1
+        if not symmetric and rows.start == 0:
+            cov2[cols] = k.cov2
+
+    tiles = _tiles(n1, n2, b, symmetric)
+    if n_workers > 1 and len(tiles) > 1:
+        with ThreadPoolExecutor(n_workers) as pool:
+            list(pool.map(_single_threaded(tile), *zip(*tiles, strict=True)))
+    else:
+        for rows, cols in tiles:
+            tile(rows, cols)
     return meta.replace(
         nngp=nngp,
         ntk=ntk,

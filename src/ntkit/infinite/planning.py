@@ -3,9 +3,10 @@
 1. Layout: the full spatial covariance if any layer mixes positions (pooling), else only its diagonal
    (enough when the network flattens), as neural-tangents does, but chosen from the module tree.
 2. No weight sharing: a module used twice would correlate branches in ways the recursions ignore.
-3. A dry run of every layer's kernel map on the ``meta`` device, one example per side: it checks the whole
-   architecture (unsupported layers, shapes) and records the largest working set per pair of examples,
-   without computing or allocating anything.
+3. A dry run of every layer's kernel map for one example per side: it checks the whole architecture
+   (unsupported layers, shapes) and records the largest working set per pair of examples. With diagonal
+   spatial covariances one pair is no bigger than one feature map, so it runs on the inputs' device (fast);
+   with full covariances one pair can be huge, so it runs on the ``meta`` device, allocating nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 
 from .._memory import format_bytes
 from ..errors import UnsupportedError
-from .kernel_type import Kernel, _working_set_probe, pair_entries
+from .kernel_type import KERNEL_TEMPORARIES, Kernel, _working_set_probe, pair_entries
 from .registry import apply_layer, mixes_positions
 
 __all__ = ["Plan", "plan"]
@@ -32,6 +33,11 @@ class Plan:
     output_entries: int  # entries of the output kernel per pair of examples
     output: Kernel
     requires_grad: bool
+
+    @property
+    def kernel_entries(self) -> int:
+        """Entries per pair of examples of the largest kernel tensor."""
+        return max(self.working_entries // KERNEL_TEMPORARIES, 1)
 
     def tile_bytes(self, b1: int, b2: int, itemsize: int) -> int:
         """Memory of one tile of b1 x b2 pairs (per-example covariances counted as pairs too)."""
@@ -80,8 +86,9 @@ def plan(
     probe = [0]
     token = _working_set_probe.set(probe)
     try:
-        a = x1[:1].to(device="meta", dtype=dtype)
-        b = None if x2 is None else x2[:1].to(device="meta", dtype=dtype)
+        device = x1.device if diagonal_spatial else "meta"
+        a = x1[:1].to(device=device, dtype=dtype)
+        b = None if x2 is None else x2[:1].to(device=device, dtype=dtype)
         out = apply_layer(model, Kernel.from_inputs(a, b, diagonal_spatial=diagonal_spatial, ntk=ntk))
     finally:
         _working_set_probe.reset(token)
