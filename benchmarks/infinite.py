@@ -135,15 +135,16 @@ def _plain_worker(case: dict, x_path: str, out_path: str) -> dict:
                 K = w2 * T + b2
                 Th = K + w2 * Th
             return K, Th
-        n, c, h, w = x.shape
+        c = x.shape[1]
         if case["readout"] == "pool":
             K = torch.einsum("nchw,mcij->nmhiwj", x, x) / c
-            diag = lambda t: torch.diagonal(torch.diagonal(t, dim1=-4, dim2=-3), dim1=-3, dim2=-2)  # noqa: E731
+            # per-example variances K[n, n, h, h, w, w] -> (N, H, W)
+            diag = lambda t: torch.einsum("nnhhww->nhw", t)  # noqa: E731
             pair = lambda d: (d[:, None, :, None, :, None], d[None, :, None, :, None, :])  # noqa: E731
             conv = conv_full
         else:
             K = torch.einsum("nchw,mchw->nmhw", x, x) / c
-            diag = lambda t: torch.diagonal(t, dim1=0, dim2=1).permute(2, 0, 1)  # noqa: E731
+            diag = lambda t: torch.einsum("nnhw->nhw", t)  # noqa: E731
             pair = lambda d: (d[:, None], d[None, :])  # noqa: E731
             conv = conv_diag
         K = w2 * conv(K) + b2
@@ -202,7 +203,11 @@ def _run_worker(impl: str, name: str, x_path: str, out_path: str) -> dict:
     python = NT_PYTHON if impl == "nt" else sys.executable
     env = dict(os.environ)
     if impl == "nt":
-        env = {"JAX_PLATFORMS": "cpu", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+        env = {
+            "JAX_PLATFORMS": "cpu",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/tmp"),
+        }
     cmd = [python, str(Path(__file__).resolve()), "--worker", impl, name, x_path, out_path]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -270,7 +275,8 @@ def _print_table(rows: list[dict]) -> None:
         vs_plain = a["seconds"] / p["seconds"] if "error" not in a and "error" not in p else float("nan")
         target = TARGET_VS_NT.get(row["case"])
         print(
-            f"| {row['case']} | {_fmt(a, 'seconds', '.3f')} | {_fmt(n, 'seconds', '.3f')} | {_fmt(p, 'seconds', '.3f')} "
+            f"| {row['case']} | {_fmt(a, 'seconds', '.3f')} | {_fmt(n, 'seconds', '.3f')} "
+            f"| {_fmt(p, 'seconds', '.3f')} "
             f"| {speedup:.1f}x ({f'>= {target:.0f}x' if target else 'none'}) | {vs_plain:.2f} "
             f"| {_fmt(a, 'peak_mib', '.0f')} | {_fmt(n, 'peak_mib', '.0f')} | {_fmt(p, 'peak_mib', '.0f')} "
             f"| {row.get('diff_nt', float('nan')):.1e} / {row.get('diff_plain', float('nan')):.1e} |"

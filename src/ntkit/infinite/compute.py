@@ -75,22 +75,19 @@ def kernel(
     dtype = dtype or x1.dtype
     if not dtype.is_floating_point:
         raise UnsupportedError(f"dtype must be a floating-point type, got {dtype}.")
-    result = _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_spatial)
-    if dtype == torch.float32 and not _finite(result):
-        # Intermediate products of variances may overflow float32 before the result does.
-        result = _compute(model, x1, x2, wanted, memory_budget, block_size, torch.float64, diagonal_spatial)
-        result = result.replace(
-            **{name: _cast(getattr(result, name), dtype) for name in ("nngp", "ntk", "cov1", "cov2")}
-        )
-    if not _finite(result):
-        info = torch.finfo(dtype)
+    result, finite = _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_spatial)
+    if not finite and dtype == torch.float32:
+        # Products of variances inside the recursions can overflow float32 before the result does: recompute in
+        # float64 and keep the result if it fits float32.
+        result, finite = _compute(model, x1, x2, wanted, memory_budget, block_size, torch.float64, diagonal_spatial)
+        result = result.replace(**{name: _cast(getattr(result, name), dtype) for name in _TENSORS})
+        finite = finite and all(t is None or bool(torch.isfinite(t).all()) for t in _fields(result))
+    if not finite:
         raise NonFiniteError(
-            f"the kernel is not finite in {dtype} (largest value {info.max:.3g}): the network's variances grow "
-            "like W_std^(2·depth). Use dtype=torch.float64, a smaller W_std, or fewer layers."
+            f"the kernel is not finite in {dtype} (largest value {torch.finfo(dtype).max:.3g}): the network's "
+            "variances grow like W_std^(2·depth). Use dtype=torch.float64, a smaller W_std, or fewer layers."
         )
-    return result.replace(
-        nngp=result.nngp if "nngp" in wanted else None,
-    )
+    return result if "nngp" in wanted else result.replace(nngp=None)
 
 
 def _parse_get(get) -> tuple[str, ...]:
@@ -100,15 +97,19 @@ def _parse_get(get) -> tuple[str, ...]:
     return wanted
 
 
-def _finite(k: Kernel) -> bool:
-    return all(t is None or bool(torch.isfinite(t).all()) for t in (k.nngp, k.ntk, k.cov1, k.cov2))
+_TENSORS = ("nngp", "ntk", "cov1", "cov2")
+
+
+def _fields(k: Kernel) -> list[torch.Tensor | None]:
+    return [getattr(k, name) for name in _TENSORS]
 
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return None if t is None else t.to(dtype)
 
 
-def _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_spatial) -> Kernel:
+def _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_spatial) -> tuple[Kernel, bool]:
+    """The kernel in ``dtype``, and whether it is finite."""
     need_ntk = "ntk" in wanted
     p = plan(model, x1, x2, dtype=dtype, ntk=need_ntk, diagonal_spatial=diagonal_spatial)
     n1 = x1.shape[0]
@@ -116,11 +117,7 @@ def _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_s
     n_workers = 1 if p.requires_grad or x1.device.type != "cpu" else torch.get_num_threads()
     budget = resolve_budget(memory_budget, x1.device)
     b = _block_size(p, n1, n2, len(wanted), torch.finfo(dtype).bits // 8, budget, n_workers, block_size)
-    out = _run_tiles(model, x1.to(dtype), None if x2 is None else x2.to(dtype), p, b, need_ntk, n_workers)
-    if need_ntk and p.output.parameterization == "standard":
-        hidden, input_fed = p.output.sp_width
-        out = out.replace(ntk=out.ntk / (hidden or input_fed))
-    return out
+    return _run_tiles(model, x1.to(dtype), None if x2 is None else x2.to(dtype), p, b, need_ntk, n_workers)
 
 
 def _block_size(
@@ -187,8 +184,9 @@ def _single_threaded(fn):
     return run
 
 
-def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -> Kernel:
-    """Compute the kernel tile by tile into preallocated results (differentiable: slices are copied in)."""
+def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -> tuple[Kernel, bool]:
+    """Compute the kernel tile by tile into preallocated results (differentiable: slices are copied in); also
+    returns whether every entry is finite. The standard-parameterization NTK is normalised here (4.4)."""
     symmetric = x2 is None
     xs2 = x1 if symmetric else x2
     n1, n2 = x1.shape[0], xs2.shape[0]
@@ -200,14 +198,18 @@ def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -
     cov1 = torch.empty((n1, *meta.cov1.shape[1:]), **new)
     cov2 = None if symmetric else torch.empty((n2, *meta.cov1.shape[1:]), **new)
     full, n_spatial = meta.full, meta.n_spatial
+    ntk_scale = 1.0
+    if need_ntk and meta.parameterization == "standard":
+        hidden, input_fed = meta.sp_width
+        ntk_scale = 1.0 / (hidden or input_fed)
 
-    def tile(rows: slice, cols: slice) -> None:
+    def tile(rows: slice, cols: slice) -> bool:
         diagonal = symmetric and rows == cols
         k0 = Kernel.from_inputs(
             x1[rows], None if diagonal else xs2[cols], diagonal_spatial=p.diagonal_spatial, ntk=need_ntk
         )
         k = apply_layer(model, k0)
-        results = [(nngp, k.nngp)] + ([(ntk, k.ntk.expand_as(k.nngp))] if need_ntk else [])
+        results = [(nngp, k.nngp)] + ([(ntk, (k.ntk * ntk_scale).expand_as(k.nngp))] if need_ntk else [])
         for out, value in results:
             out[rows, cols] = value
             if symmetric and not diagonal:
@@ -216,15 +218,15 @@ def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -
             cov1[rows] = k.cov1
         if not symmetric and rows.start == 0:
             cov2[cols] = k.cov2
+        return all(bool(torch.isfinite(value).all()) for _, value in results) and bool(torch.isfinite(k.cov1).all())
 
     tiles = _tiles(n1, n2, b, symmetric)
     if n_workers > 1 and len(tiles) > 1:
         with ThreadPoolExecutor(n_workers) as pool:
-            list(pool.map(_single_threaded(tile), *zip(*tiles, strict=True)))
+            finite = all(pool.map(_single_threaded(tile), *zip(*tiles, strict=True)))
     else:
-        for rows, cols in tiles:
-            tile(rows, cols)
-    return meta.replace(
+        finite = all([tile(rows, cols) for rows, cols in tiles])
+    out = meta.replace(
         nngp=nngp,
         ntk=ntk,
         cov1=cov1,
@@ -236,3 +238,4 @@ def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -
         fn=None,
         fresh=None,
     )
+    return out, finite
