@@ -211,6 +211,8 @@ def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -
         k = apply_layer(model, k0)
         results = [(nngp, k.nngp)] + ([(ntk, (k.ntk * ntk_scale).expand_as(k.nngp))] if need_ntk else [])
         for out, value in results:
+            if diagonal:  # symmetric up to round-off: make it exact
+                value = (value + _transpose_pair(value, full, n_spatial)) / 2
             out[rows, cols] = value
             if symmetric and not diagonal:
                 out[cols, rows] = _transpose_pair(value, full, n_spatial)

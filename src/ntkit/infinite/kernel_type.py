@@ -89,7 +89,8 @@ class Kernel:
     sp_width: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
-        note_working_set(pair_entries(self.nngp) * KERNEL_TEMPORARIES)
+        if self.nngp is not None:
+            note_working_set(pair_entries(self.nngp) * KERNEL_TEMPORARIES)
 
     @classmethod
     def from_inputs(
