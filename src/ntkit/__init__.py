@@ -8,24 +8,30 @@ The four capabilities, in the order data flows through them:
 - training dynamics and GP inference: :mod:`ntkit.predict`.
 """
 
-from . import errors, nn
+from . import errors, nn, predict
 from .empirical import empirical_nngp, empirical_ntk
 from .errors import NtkitError
 from .infinite.compute import kernel
 from .infinite.kernel_type import Kernel
 from .infinite.registry import declare_init, register_kernel
+from .linearize import LinearizedModel, TaylorExpandedModel, linearize, taylor_expand
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Kernel",
+    "LinearizedModel",
     "NtkitError",
+    "TaylorExpandedModel",
     "__version__",
     "declare_init",
     "empirical_nngp",
     "empirical_ntk",
     "errors",
     "kernel",
+    "linearize",
     "nn",
+    "predict",
     "register_kernel",
+    "taylor_expand",
 ]
