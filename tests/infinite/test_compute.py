@@ -78,7 +78,7 @@ def test_get_and_result_type():
     k = nk.kernel(mlp(), x, torch.randn(3, 4), dtype=torch.float64)
     assert k.nngp.shape == (5, 3) and k.cov2.shape == (3,) and k.nngp.dtype == torch.float64
     assert "nngp=(5, 3)" in repr(k)
-    with pytest.raises(UnsupportedError, match="get must be"):
+    with pytest.raises(nk.errors.InvalidArgumentError, match="get must be"):
         nk.kernel(mlp(), x, get="cov")
 
 
@@ -256,5 +256,5 @@ def test_errors_name_the_problem():
     bad[0, 0] = float("nan")
     with pytest.raises(nk.errors.NonFiniteError):
         nk.kernel(mlp(d=3), bad)
-    with pytest.raises(UnsupportedError, match="parameterization"):
+    with pytest.raises(nk.errors.InvalidArgumentError, match="parameterization"):
         N.Linear(3, 4, parameterization="mean-field")

@@ -10,7 +10,7 @@ from torch import nn
 
 from .._memory import check_fits, format_bytes, resolve_budget
 from .._validation import check_input_pair, format_shape
-from ..errors import MemoryBudgetError, NonFiniteError, ShapeError, UnsupportedError
+from ..errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError, UnsupportedError
 from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
 from .kernel_type import Kernel
 from .planning import Plan, plan
@@ -74,7 +74,7 @@ def kernel(
         raise ShapeError(f"inputs must be (N, features) or (N, C, *spatial), got x1 of shape {format_shape(x1.shape)}.")
     dtype = dtype or x1.dtype
     if not dtype.is_floating_point:
-        raise UnsupportedError(f"dtype must be a floating-point type, got {dtype}.")
+        raise InvalidArgumentError(f"dtype must be a floating-point type, got {dtype}.")
     result, finite = _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_spatial)
     if not finite and dtype == torch.float32:
         # Products of variances inside the recursions can overflow float32 before the result does: recompute in
@@ -93,7 +93,7 @@ def kernel(
 def _parse_get(get) -> tuple[str, ...]:
     wanted = (get,) if isinstance(get, str) else tuple(get)
     if not wanted or any(g not in _GET for g in wanted):
-        raise UnsupportedError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}.")
+        raise InvalidArgumentError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}.")
     return wanted
 
 

@@ -7,12 +7,20 @@ import math
 import torch
 from torch import nn
 
-from ..errors import UnsupportedError
+from ..errors import InvalidArgumentError
 from ..infinite.kernel_type import Kernel
 
-__all__ = ["KernelLayer", "WeightLayer"]
+__all__ = ["KernelLayer", "WeightLayer", "as_tuple"]
 
 PARAMETERIZATIONS = ("ntk", "standard")
+
+
+def as_tuple(value, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
+    """An int or a tuple of ``n`` ints (each >= ``minimum``) as a tuple of ``n`` ints; else InvalidArgumentError."""
+    out = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(out) != n or any(not isinstance(v, int) or v < minimum for v in out):
+        raise InvalidArgumentError(f"{name} must be an int >= {minimum} or a tuple of {n} of them, got {value!r}.")
+    return out
 
 
 class KernelLayer(nn.Module):
@@ -41,7 +49,7 @@ class WeightLayer(KernelLayer):
     def __init__(self, weight_shape: tuple[int, ...], *, W_std, b_std, parameterization: str) -> None:
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
-            raise UnsupportedError(f"parameterization must be 'ntk' or 'standard', got {parameterization!r}.")
+            raise InvalidArgumentError(f"parameterization must be 'ntk' or 'standard', got {parameterization!r}.")
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
         self.weight = nn.Parameter(torch.empty(weight_shape))
         self.bias = nn.Parameter(torch.empty(weight_shape[0])) if b_std is not None else None

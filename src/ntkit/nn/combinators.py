@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import UnsupportedError
+from ..errors import InvalidArgumentError
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
 from ..infinite.registry import apply_layer
@@ -45,9 +45,9 @@ class Parallel(KernelLayer):
     def __init__(self, *branches: nn.Module, fan_in: str = "sum") -> None:
         super().__init__()
         if fan_in not in _FAN_IN:
-            raise UnsupportedError(f"fan_in must be one of {_FAN_IN}, got {fan_in!r}.")
+            raise InvalidArgumentError(f"fan_in must be one of {_FAN_IN}, got {fan_in!r}.")
         if not branches:
-            raise UnsupportedError("Parallel needs at least one branch.")
+            raise InvalidArgumentError("Parallel needs at least one branch.")
         self.branches = nn.ModuleList(branches)
         self.fan_in = fan_in
 

@@ -5,19 +5,12 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ..errors import UnsupportedError
+from ..errors import InvalidArgumentError
 from ..infinite import spatial, transforms
 from ..infinite.kernel_type import Kernel
-from ._layer import WeightLayer
+from ._layer import WeightLayer, as_tuple
 
 __all__ = ["Conv1d", "Conv2d"]
-
-
-def _tuple(value, n: int, name: str) -> tuple[int, ...]:
-    out = (value,) * n if isinstance(value, int) else tuple(value)
-    if len(out) != n or any(not isinstance(v, int) or v < 1 for v in out):
-        raise UnsupportedError(f"{name} must be a positive int or a tuple of {n} of them, got {value!r}.")
-    return out
 
 
 class _ConvNd(WeightLayer):
@@ -37,12 +30,12 @@ class _ConvNd(WeightLayer):
         parameterization: str = "ntk",
     ) -> None:
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = _tuple(kernel_size, self.n_dims, "kernel_size")
-        self.stride = _tuple(stride, self.n_dims, "stride")
+        self.kernel_size = as_tuple(kernel_size, self.n_dims, "kernel_size")
+        self.stride = as_tuple(stride, self.n_dims, "stride")
         if padding not in ("same", "valid") and not (isinstance(padding, int) and padding >= 0):
-            raise UnsupportedError(f"padding must be 'same', 'valid' or a non-negative int, got {padding!r}.")
+            raise InvalidArgumentError(f"padding must be 'same', 'valid' or a non-negative int, got {padding!r}.")
         if padding_mode not in ("zeros", "circular"):
-            raise UnsupportedError(f"padding_mode must be 'zeros' or 'circular', got {padding_mode!r}.")
+            raise InvalidArgumentError(f"padding_mode must be 'zeros' or 'circular', got {padding_mode!r}.")
         self.padding, self.padding_mode = padding, padding_mode
         super().__init__(
             (out_channels, in_channels, *self.kernel_size),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ..errors import UnsupportedError
+from ..errors import InvalidArgumentError
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
 from ._layer import KernelLayer
@@ -24,7 +24,7 @@ class Dropout(KernelLayer):
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
-            raise UnsupportedError(f"dropout probability must be in [0, 1), got {p}.")
+            raise InvalidArgumentError(f"dropout probability must be in [0, 1), got {p}.")
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ..errors import UnsupportedError
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
-from ._layer import KernelLayer
+from ._layer import KernelLayer, as_tuple
 
 __all__ = ["AvgPool1d", "AvgPool2d", "GlobalAvgPool"]
 
@@ -19,15 +18,9 @@ class _AvgPoolNd(KernelLayer):
 
     def __init__(self, kernel_size, stride=None, padding=0) -> None:
         super().__init__()
-        self.kernel_size = self._tuple(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else self._tuple(stride, "stride")
-        self.padding = self._tuple(padding, "padding", minimum=0)
-
-    def _tuple(self, value, name: str, minimum: int = 1) -> tuple[int, ...]:
-        out = (value,) * self.n_dims if isinstance(value, int) else tuple(value)
-        if len(out) != self.n_dims or any(not isinstance(v, int) or v < minimum for v in out):
-            raise UnsupportedError(f"{name} must be an int >= {minimum} or a tuple of {self.n_dims}, got {value!r}.")
-        return out
+        self.kernel_size = as_tuple(kernel_size, self.n_dims, "kernel_size")
+        self.stride = self.kernel_size if stride is None else as_tuple(stride, self.n_dims, "stride")
+        self.padding = as_tuple(padding, self.n_dims, "padding", minimum=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool = F.avg_pool1d if self.n_dims == 1 else F.avg_pool2d
