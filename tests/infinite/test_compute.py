@@ -258,3 +258,10 @@ def test_errors_name_the_problem():
         nk.kernel(mlp(d=3), bad)
     with pytest.raises(nk.errors.InvalidArgumentError, match="parameterization"):
         N.Linear(3, 4, parameterization="mean-field")
+
+
+def test_thread_count_is_restored():
+    # Tiles run on a thread pool with single-threaded operations; torch's (global) setting comes back.
+    before = torch.get_num_threads()
+    nk.kernel(mlp(), torch.randn(300, 4), block_size=50)
+    assert torch.get_num_threads() == before

@@ -20,9 +20,12 @@ __all__ = ["kernel"]
 
 _GET = ("nngp", "ntk")
 
-#: Entries per kernel tensor of one tile: small enough that a layer's elementwise work on it stays in the CPU
-#: cache, large enough that the per-operation overhead is small (tuned with benchmarks/infinite.py).
-_TILE_ENTRIES = 2**16
+#: Entries per kernel tensor of one tile on CPU. Below torch's grain size (32768 elements) an operation runs
+#: single-threaded, without a parallel region, and its data stays in cache; tiles are then spread over a
+#: thread pool instead. A parallel region per small elementwise operation costs more than the operation on a
+#: busy machine (tuned with benchmarks/infinite.py). Kernels whose single pair exceeds this run tile after tile
+#: with parallel operations.
+_TILE_ENTRIES = 2**14
 
 
 def kernel(
@@ -114,7 +117,8 @@ def _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_s
     p = plan(model, x1, x2, dtype=dtype, ntk=need_ntk, diagonal_spatial=diagonal_spatial)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
-    n_workers = 1 if p.requires_grad or x1.device.type != "cpu" else torch.get_num_threads()
+    pooled = not p.requires_grad and x1.device.type == "cpu" and p.kernel_entries <= _TILE_ENTRIES
+    n_workers = torch.get_num_threads() if pooled else 1
     budget = resolve_budget(memory_budget, x1.device)
     b = _block_size(p, n1, n2, len(wanted), torch.finfo(dtype).bits // 8, budget, n_workers, block_size)
     return _run_tiles(model, x1.to(dtype), None if x2 is None else x2.to(dtype), p, b, need_ntk, n_workers)
@@ -149,7 +153,7 @@ def _block_size(
             "flattens instead of pooling (diagonal spatial covariances are much smaller)."
         )
     fits = math.isqrt(1 + room // pair_bytes) - 1  # the largest b with (b² + 2b) · pair_bytes <= room
-    fast = math.isqrt(max(_TILE_ENTRIES // p.kernel_entries, 1))
+    fast = math.isqrt(max(_TILE_ENTRIES // p.kernel_entries, 1)) if n_workers > 1 else fits
     return max(1, min(fits, fast, block_size or fits, max(n1, n2)))
 
 
@@ -171,17 +175,6 @@ def _tiles(n1: int, n2: int, b: int, symmetric: bool) -> list[tuple[slice, slice
         for i in range(0, n1, b)
         for j in range(i if symmetric else 0, n2, b)
     ]
-
-
-def _single_threaded(fn):
-    """``fn`` with this thread's intra-op parallelism off: tiles are spread over threads instead, which avoids
-    a parallel region per small elementwise operation (costly on busy machines). Affects only this thread."""
-
-    def run(*args):
-        torch.set_num_threads(1)
-        return fn(*args)
-
-    return run
 
 
 def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -> tuple[Kernel, bool]:
@@ -225,7 +218,7 @@ def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -
     tiles = _tiles(n1, n2, b, symmetric)
     if n_workers > 1 and len(tiles) > 1:
         with ThreadPoolExecutor(n_workers) as pool:
-            finite = all(pool.map(_single_threaded(tile), *zip(*tiles, strict=True)))
+            finite = all(pool.map(tile, *zip(*tiles, strict=True)))
     else:
         finite = all([tile(rows, cols) for rows, cols in tiles])
     out = meta.replace(
