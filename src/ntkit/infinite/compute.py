@@ -25,7 +25,7 @@ _GET = ("nngp", "ntk")
 #: thread pool instead. A parallel region per small elementwise operation costs more than the operation on a
 #: busy machine (tuned with benchmarks/infinite.py). Kernels whose single pair exceeds this run tile after tile
 #: with parallel operations.
-_TILE_ENTRIES = 2**14
+_TILE_ENTRIES = 2**15 - 1
 
 
 def kernel(

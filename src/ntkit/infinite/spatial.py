@@ -15,16 +15,16 @@ input) and passes through the linear maps unchanged.
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 __all__ = [
-    "conv_axis",
     "conv_padding",
     "conv_paddings",
     "layout_shape",
-    "pad_axis",
+    "pad_trailing",
     "pair_broadcast",
-    "pool_axis",
     "self_broadcast",
+    "shifted_sum",
     "spatial_axes",
     "spatial_diagonal",
 ]
@@ -79,22 +79,19 @@ def _interleave(d: torch.Tensor, first: bool) -> torch.Tensor:
     return d.reshape(shape)
 
 
-def pad_axis(t: torch.Tensor, axis: int, before: int, after: int, circular: bool) -> torch.Tensor:
-    """Pad one axis with zeros or circularly (wrapping around)."""
-    if before == 0 and after == 0:
+def pad_trailing(t: torch.Tensor, pads: list[tuple[int, int]], circular: bool) -> torch.Tensor:
+    """Pad the last ``len(pads)`` axes by (before, after) each, with zeros (one ``F.pad``) or circularly."""
+    if not any(before or after for before, after in pads):
         return t
-    n = t.shape[axis]
-    if circular:
+    if not circular:
+        return F.pad(t, [p for pair in reversed(pads) for p in pair])
+    for i, (before, after) in enumerate(pads):
+        axis = i - len(pads)
+        n = t.shape[axis]
         if before > n or after > n:
             raise ValueError(f"circular padding of {before}/{after} is larger than the axis ({n})")
-        parts = [t.narrow(axis, n - before, before), t, t.narrow(axis, 0, after)]
-    else:
-        shape = list(t.shape)
-        shape[axis] = before
-        zeros_before = t.new_zeros(shape)
-        shape[axis] = after
-        parts = [zeros_before, t, t.new_zeros(shape)]
-    return torch.cat(parts, dim=axis)
+        t = torch.cat([t.narrow(axis, n - before, before), t, t.narrow(axis, 0, after)], dim=axis)
+    return t
 
 
 def _strided(t: torch.Tensor, axis: int, start: int, n_out: int, stride: int) -> torch.Tensor:
@@ -104,26 +101,13 @@ def _strided(t: torch.Tensor, axis: int, start: int, n_out: int, stride: int) ->
     return t[tuple(index)]
 
 
-def conv_axis(
-    t: torch.Tensor,
-    axes: tuple[int, ...],
-    size: int,
-    stride: int,
-    pad: tuple[int, int],
-    circular: bool,
-) -> torch.Tensor:
-    """The kernel map of a convolution along one spatial axis: the mean over filter offsets d of the input
-    kernel shifted by d jointly on ``axes`` (theory.md 4.1 with weight sharing):
+def shifted_sum(t: torch.Tensor, axes: tuple[int, ...], size: int, stride: int) -> torch.Tensor:
+    """Σ_{d < size} t[..., stride·p + d, ...], the same shift d applied jointly to every axis in ``axes``.
 
-        out[..., p, p', ...] = (1/size) Σ_d t_pad[..., stride·p + d, stride·p' + d, ...]
-
-    Weights at different offsets are independent, so only equal offsets on the two sides contribute.
-    ``pad`` = (before, after) padding applied to each of ``axes``.
+    Along one axis this is a window sum (pooling); applied jointly to the two position axes (s, s') of a full
+    kernel, or to the one axis of a diagonal kernel, it is the kernel map of a convolution: weights at
+    different filter offsets are independent, so only equal offsets on the two sides correlate.
     """
-    if t.ndim == 0:
-        return t
-    for axis in axes:
-        t = pad_axis(t, axis, pad[0], pad[1], circular)
     n_out = (t.shape[axes[0]] - size) // stride + 1
     total = None
     for d in range(size):
@@ -131,23 +115,7 @@ def conv_axis(
         for axis in axes:
             shifted = _strided(shifted, axis, d, n_out, stride)
         total = shifted if total is None else total + shifted
-    return total / size
-
-
-def pool_axis(t: torch.Tensor, axes: tuple[int, ...], size: int, stride: int, pad: tuple[int, int]) -> torch.Tensor:
-    """The kernel map of average pooling along one spatial axis (zero padding counted, as torch's default):
-    each axis in ``axes`` is averaged over its window independently, since Cov[mean_a x(a), mean_a' y(a')] =
-    mean_a mean_a' Cov[x(a), y(a')]."""
-    if t.ndim == 0:
-        return t
-    for axis in axes:
-        t = pad_axis(t, axis, pad[0], pad[1], circular=False)
-        n_out = (t.shape[axis] - size) // stride + 1
-        total = _strided(t, axis, 0, n_out, stride)
-        for d in range(1, size):
-            total = total + _strided(t, axis, d, n_out, stride)
-        t = total / size
-    return t
+    return total
 
 
 def conv_padding(size: int, kernel_size: int, stride: int, padding: str | int) -> tuple[int, int]:

@@ -76,7 +76,7 @@ def weight_layer(
 ) -> Kernel:
     """A dense layer (``geometry=None``) or a convolution, weights W_std²/fan_in and bias b_std² (theory.md 4.1):
 
-        K' = W_var · C(K) + b_var,    C = the mean over filter offsets of the shifted kernel (``spatial.conv_axis``)
+        K' = W_var · C(K) + b_var,    C = the mean over filter offsets of the shifted kernel (``spatial.shifted_sum``)
         "ntk":      Θ' = K' + W_var · C(Θ)
         "standard": Θ' = in_channels · |filter| · C(K) + [bias] + W_var · C(Θ)   (unnormalised: J Jᵀ; 4.4)
 
@@ -94,30 +94,33 @@ def weight_layer(
         )
 
     def conv(t: torch.Tensor) -> torch.Tensor:
-        if geometry is None:
+        """Σ over filter offsets of the shifted kernel (``spatial.shifted_sum`` on each spatial axis)."""
+        if geometry is None or t.ndim == 0:
             return t
+        per_axis = [geometry.padding[i] for i in range(k.n_spatial) for _ in range(2 if k.full else 1)]
+        t = spatial.pad_trailing(t, per_axis, geometry.circular)
         for i in range(k.n_spatial):
-            axes = spatial.spatial_axes(k.n_spatial, i, k.full)
-            t = spatial.conv_axis(
-                t, axes, geometry.kernel_size[i], geometry.stride[i], geometry.padding[i], geometry.circular
+            t = spatial.shifted_sum(
+                t, spatial.spatial_axes(k.n_spatial, i, k.full), geometry.kernel_size[i], geometry.stride[i]
             )
         return t
 
-    mapped = k.map(conv)
+    mapped = k.map(conv)  # sums over the receptive field: W_var / |filter| turns them into the mean
+    receptive = geometry.receptive_field if geometry else 1
+    scale = W_var / receptive if receptive > 1 else W_var
     bias = 0.0 if b_var is None else b_var
 
     def affine(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else W_var * t + bias
+        return None if t is None else scale * t + bias
 
     nngp = affine(mapped["nngp"])
     ntk = None
     sp_width = k.sp_width
     if k.ntk is not None:
         if parameterization == "ntk":
-            ntk = nngp + W_var * mapped["ntk"]
+            ntk = nngp + scale * mapped["ntk"]
         else:
-            fan_in = in_channels * (geometry.receptive_field if geometry else 1)
-            ntk = fan_in * mapped["nngp"] + (0.0 if b_var is None else 1.0) + W_var * mapped["ntk"]
+            ntk = in_channels * mapped["nngp"] + (0.0 if b_var is None else 1.0) + scale * mapped["ntk"]
             hidden, input_fed = sp_width
             sp_width = (hidden, max(input_fed, in_channels)) if k.is_input else (max(hidden, in_channels), input_fed)
     spatial_shape = tuple(mapped["cov1"].shape[1:][:: 2 if k.full else 1]) if k.n_spatial else ()
@@ -279,8 +282,8 @@ def _require_full(k: Kernel, layer: str) -> None:
 
 
 def avg_pool(k: Kernel, kernel_size: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> Kernel:
-    """Average pooling over windows (zeros padded and counted, as torch's default): a linear map applied to
-    each position axis independently (``spatial.pool_axis``)."""
+    """Average pooling over windows (zeros padded and counted, as torch's default): a window mean along each
+    position axis independently, Cov[mean_a x(a), mean_a' y(a')] = mean_a mean_a' Cov[x(a), y(a')]."""
     if len(kernel_size) != k.n_spatial:
         raise UnsupportedError(
             f"{len(kernel_size)}-d pooling got inputs with {k.n_spatial} spatial axes {k.spatial_shape}."
@@ -288,10 +291,17 @@ def avg_pool(k: Kernel, kernel_size: tuple[int, ...], stride: tuple[int, ...], p
     _require_full(k, "average pooling")
 
     def pool(t: torch.Tensor, full: bool) -> torch.Tensor:
+        """Window means along every position axis (each axis of a full kernel separately)."""
+        if t.ndim == 0:
+            return t
+        copies = 2 if full else 1
+        t = spatial.pad_trailing(
+            t, [(padding[i], padding[i]) for i in range(k.n_spatial) for _ in range(copies)], False
+        )
         for i in range(k.n_spatial):
-            axes = spatial.spatial_axes(k.n_spatial, i, full)
-            t = spatial.pool_axis(t, axes, kernel_size[i], stride[i], (padding[i], padding[i]))
-        return t
+            for axis in spatial.spatial_axes(k.n_spatial, i, full):
+                t = spatial.shifted_sum(t, (axis,), kernel_size[i], stride[i])
+        return t / math.prod(kernel_size) ** copies
 
     fields = k.map(lambda t: pool(t, True))
     shape = tuple(fields["cov1"].shape[1::2])
