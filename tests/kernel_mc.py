@@ -40,8 +40,10 @@ def _ensembles(make_net: Callable[[], nn.Module], n_samples: int, chunk: int):
         yield copy.deepcopy(nets[0]).to("meta"), params, buffers
 
 
-def _dtype(make_net: Callable[[], nn.Module]) -> torch.dtype:
-    return next(make_net().parameters()).dtype
+def _batch_for(make_net, x1: torch.Tensor, x2: torch.Tensor | None) -> tuple[torch.Tensor, slice, slice]:
+    """:func:`_batch` in the networks' dtype."""
+    x, rows, cols = _batch(x1, x2)
+    return x.to(next(make_net().parameters()).dtype), rows, cols
 
 
 def _batch(x1: torch.Tensor, x2: torch.Tensor | None) -> tuple[torch.Tensor, slice, slice]:
@@ -71,8 +73,7 @@ def mc_nngp(
     chunk: int = 50,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, standard error) of f(x1) f(x2)ᵀ / O over ``n_samples`` fresh networks, shape (N1, N2)."""
-    x, rows, cols = _batch(x1, x2)
-    x = x.to(_dtype(make_net))
+    x, rows, cols = _batch_for(make_net, x1, x2)
     samples = []
     with torch.no_grad():
         for base, params, buffers in _ensembles(make_net, n_samples, chunk):
@@ -95,8 +96,7 @@ def mc_ntk(
 
     Θ̂ = J(x1) J(x2)ᵀ averaged over outputs; ``scale`` = 1/n for the normalised standard-parameterization NTK.
     """
-    x, rows, cols = _batch(x1, x2)
-    x = x.to(_dtype(make_net))
+    x, rows, cols = _batch_for(make_net, x1, x2)
     samples = []
     for base, params, buffers in _ensembles(make_net, n_samples, chunk):
         ntk = partial(_empirical_ntk, base, x, rows, cols)

@@ -405,42 +405,48 @@ def _combine_dependent(kernels: list[Kernel], combine, what: str) -> Kernel:
     return elementwise(pairs[0][0], combine(tuple(p[1] for p in pairs)))
 
 
+def _split_branches(kernels: list[Kernel], start: Kernel, combine, what: str) -> tuple[list[Kernel], bool]:
+    """The branches as parts that are mutually independent: those ending in their own random linear layer, and
+    all the others combined into one exactly (elementwise functions of one Gaussian). Also: any such others?"""
+    _check_branches(kernels, f"the {what}")
+    independent = [k for k in kernels if _is_new_fresh(k, start)]
+    dependent = [k for k in kernels if not _is_new_fresh(k, start)]
+    return ([_combine_dependent(dependent, combine, what)] if dependent else []) + independent, bool(dependent)
+
+
+def _merged(parts: list[Kernel], **fields) -> Kernel:
+    """Parts merged into one layer: ``fields`` (the combined tensors and flags) over common defaults."""
+    defaults = {
+        "channels": max(p.channels for p in parts),
+        "is_input": False,
+        "source": None,
+        "fn": None,
+        "fresh": None,
+        "parameterization": _common_parameterization(parts),
+        "sp_width": (max(p.sp_width[0] for p in parts), max(p.sp_width[1] for p in parts)),
+    }
+    return parts[0].replace(**{**defaults, **fields})
+
+
 def fan_in_sum(kernels: list[Kernel], start: Kernel) -> Kernel:
     """y = Σ_i branch_i(x), all branches applied to the kernel ``start``.
 
     Branches ending in their own random linear layer are independent of the rest (zero cross-covariance), so
     their K and Θ add; the others are combined exactly as elementwise functions of their common Gaussian.
     """
-    _check_branches(kernels, "the sum")
-    independent = [k for k in kernels if _is_new_fresh(k, start)]
-    dependent = [k for k in kernels if not _is_new_fresh(k, start)]
-    parts = ([_combine_dependent(dependent, Sum, "sum")] if dependent else []) + independent
+    parts, any_dependent = _split_branches(kernels, start, Sum, "sum")
     if len(parts) == 1:
         return parts[0]
 
     def add(name: str):
-        values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else sum(values)
-
-    def add_means(name: str):
         values = [getattr(p, name) for p in parts if getattr(p, name) is not None]
         return sum(values) if values else None
 
-    return parts[0].replace(
-        nngp=add("nngp"),
-        ntk=add("ntk"),
-        cov1=add("cov1"),
-        cov2=add("cov2"),
-        channels=max(p.channels for p in parts),
+    return _merged(
+        parts,
+        **{name: add(name) for name in ("nngp", "ntk", "cov1", "cov2", "mean1", "mean2")},
         is_gaussian=all(p.is_gaussian for p in parts),
-        is_input=False,
-        mean1=add_means("mean1"),
-        mean2=add_means("mean2"),
-        source=None,
-        fn=None,
-        fresh=object() if not dependent else None,
-        parameterization=_common_parameterization(parts),
-        sp_width=_widest(parts),
+        fresh=None if any_dependent else object(),
     )
 
 
@@ -448,10 +454,7 @@ def fan_in_product(kernels: list[Kernel], start: Kernel) -> Kernel:
     """y = Π_i branch_i(x) elementwise. Independent branches (own random linear layer) multiply:
     K = Π K_i, Θ = Σ_i Θ_i Π_{j≠i} K_j (the product rule; cross terms vanish in the limit); the other branches
     are combined exactly as elementwise functions of their common Gaussian."""
-    _check_branches(kernels, "the product")
-    independent = [k for k in kernels if _is_new_fresh(k, start)]
-    dependent = [k for k in kernels if not _is_new_fresh(k, start)]
-    parts = ([_combine_dependent(dependent, Product, "product")] if dependent else []) + independent
+    parts, any_dependent = _split_branches(kernels, start, Product, "product")
     if len(parts) == 1:
         return parts[0]
 
@@ -462,21 +465,14 @@ def fan_in_product(kernels: list[Kernel], start: Kernel) -> Kernel:
     ntk = None
     if parts[0].ntk is not None:
         ntk = sum(p.ntk * math.prod(q.nngp for q in parts if q is not p) for p in parts)
-    return parts[0].replace(
-        nngp=product("nngp"),
+    return _merged(
+        parts,
+        **{name: product(name) for name in ("nngp", "cov1", "cov2")},
         ntk=ntk,
-        cov1=product("cov1"),
-        cov2=product("cov2"),
-        channels=max(p.channels for p in parts),
         is_gaussian=False,
-        is_input=False,
         mean1=None,  # a factor is an independent centred Gaussian
         mean2=None,
-        source=None,
-        fn=None,
-        fresh=object() if not dependent else None,
-        parameterization=_common_parameterization(parts),
-        sp_width=_widest(parts),
+        fresh=None if any_dependent else object(),
     )
 
 
@@ -488,34 +484,16 @@ def fan_in_concat(kernels: list[Kernel]) -> Kernel:
     total = sum(weights)
 
     def mix(name: str):
-        values = [getattr(k, name) for k in kernels]
-        if values[0] is None:
-            return None
-        return sum(w * v for w, v in zip(weights, values, strict=True)) / total
+        """Σ_i n_i t_i / Σ_i n_i over the branches that have ``name`` (a missing channel mean is zero)."""
+        present = [(w, getattr(k, name)) for w, k in zip(weights, kernels, strict=True) if getattr(k, name) is not None]
+        return sum(w * t for w, t in present) / total if present else None
 
-    def mix_means(name: str):
-        if all(getattr(k, name) is None for k in kernels):
-            return None
-        return (
-            sum(w * getattr(k, name) for w, k in zip(weights, kernels, strict=True) if getattr(k, name) is not None)
-            / total
-        )
-
-    return kernels[0].replace(
-        nngp=mix("nngp"),
-        ntk=mix("ntk"),
-        cov1=mix("cov1"),
-        cov2=mix("cov2"),
+    return _merged(
+        kernels,
+        **{name: mix(name) for name in ("nngp", "ntk", "cov1", "cov2", "mean1", "mean2")},
         channels=total,
         is_gaussian=False,
         is_input=all(k.is_input for k in kernels),
-        mean1=mix_means("mean1"),
-        mean2=mix_means("mean2"),
-        source=None,
-        fn=None,
-        fresh=None,
-        parameterization=_common_parameterization(kernels),
-        sp_width=_widest(kernels),
     )
 
 
@@ -526,7 +504,3 @@ def _common_parameterization(kernels: list[Kernel]) -> str | None:
             f"parallel branches use different parameterizations {sorted(found)}; use one for every layer."
         )
     return found.pop() if found else None
-
-
-def _widest(kernels: list[Kernel]) -> tuple[int, int]:
-    return (max(k.sp_width[0] for k in kernels), max(k.sp_width[1] for k in kernels))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
 
 __all__ = ["KernelLayer", "WeightLayer", "as_tuple"]
@@ -78,10 +79,17 @@ class WeightLayer(KernelLayer):
             return y if self.bias is None else y + (self.b_std * self.bias).reshape(shape)
         return y if self.bias is None else y + self.bias.reshape(shape)
 
-    @property
-    def variances(self) -> tuple[object, object | None]:
-        """(W_std², b_std² or None)."""
-        return self.W_std**2, (None if self.b_std is None else self.b_std**2)
+    def _weight_kernel(self, k: Kernel, in_channels: int, out_channels: int, geometry=None) -> Kernel:
+        """``transforms.weight_layer`` with this layer's variances and parameterization."""
+        return transforms.weight_layer(
+            k,
+            W_var=self.W_std**2,
+            b_var=None if self.b_std is None else self.b_std**2,
+            parameterization=self.parameterization,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            geometry=geometry,
+        )
 
     def extra_repr(self) -> str:
         return f"W_std={self.W_std}, b_std={self.b_std}, parameterization={self.parameterization!r}"

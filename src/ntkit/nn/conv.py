@@ -53,19 +53,9 @@ class _ConvNd(WeightLayer):
         return self._finish(conv(x, self.weight, stride=self.stride))
 
     def kernel_transform(self, k: Kernel) -> Kernel:
-        W_var, b_var = self.variances
-        geometry = transforms.conv_geometry(
-            k, self.kernel_size, self.stride, self.padding, circular=self.padding_mode == "circular"
-        )
-        return transforms.weight_layer(
-            k,
-            W_var=W_var,
-            b_var=b_var,
-            parameterization=self.parameterization,
-            in_channels=self.in_channels,
-            out_channels=self.out_channels,
-            geometry=geometry,
-        )
+        circular = self.padding_mode == "circular"
+        geometry = transforms.conv_geometry(k, self.kernel_size, self.stride, self.padding, circular=circular)
+        return self._weight_kernel(k, self.in_channels, self.out_channels, geometry)
 
     def extra_repr(self) -> str:
         return (

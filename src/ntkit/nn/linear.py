@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
 from ._layer import WeightLayer
 
@@ -35,15 +34,7 @@ class Linear(WeightLayer):
         return self._finish(F.linear(x, self.weight))
 
     def kernel_transform(self, k: Kernel) -> Kernel:
-        W_var, b_var = self.variances
-        return transforms.weight_layer(
-            k,
-            W_var=W_var,
-            b_var=b_var,
-            parameterization=self.parameterization,
-            in_channels=self.in_features,
-            out_channels=self.out_features,
-        )
+        return self._weight_kernel(k, self.in_features, self.out_features)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, " + super().extra_repr()
