@@ -112,7 +112,10 @@ class Kernel:
         a = x1 if x1.ndim > 1 else x1.unsqueeze(1)
         b = a if x2 is None else (x2 if x2.ndim > 1 else x2.unsqueeze(1))
         nngp = _gram(a, b, n_spatial, full, pair=True) / channels
-        cov1 = _gram(a, a, n_spatial, full, pair=False) / channels
+        if x2 is None:  # the batch diagonal itself, so that duplicates have correlation exactly 1
+            cov1 = nngp.diagonal(dim1=0, dim2=1).movedim(-1, 0)
+        else:
+            cov1 = _gram(a, a, n_spatial, full, pair=False) / channels
         cov2 = None if x2 is None else _gram(b, b, n_spatial, full, pair=False) / channels
         return cls(
             nngp=nngp,
@@ -183,6 +186,8 @@ def _gram(a: torch.Tensor, b: torch.Tensor, n_spatial: int, full: bool, pair: bo
 
     a: (N1, C, *S), b: (N2, C, *S) (b is a when not pair). Returns (N1, N2, *R) or (N1, *R).
     """
+    if n_spatial == 0:  # plain matrix products (no einsum parsing)
+        return a @ b.T if pair else (a * a).sum(1)
     letters = "hijklmopqrstuvwxyz"
     if 2 * n_spatial > len(letters):
         raise ValueError(f"at most {len(letters) // 2} spatial axes are supported")

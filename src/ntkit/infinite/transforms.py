@@ -177,10 +177,15 @@ def elementwise(g: Kernel, psi: GaussianFunction) -> Kernel:
     if g.cov2 is not None:
         a2, b2 = spatial.self_broadcast(d2, g.full)
         cov2 = psi.nngp(a2, g.cov2, b2)
+    nngp, cov1 = psi.nngp(v1, g.nngp, v2), psi.nngp(a1, g.cov1, b1)
+    if g.x1_is_x2:
+        # K(x_i, x_i) must equal the variance exactly: transcendental functions may round differently on a
+        # vector and on a matrix, and a correlation off 1 by one ulp moves arc-cosines by √eps downstream.
+        nngp = torch.diagonal_scatter(nngp, cov1.movedim(0, -1), dim1=0, dim2=1)
     return g.replace(
-        nngp=psi.nngp(v1, g.nngp, v2),
+        nngp=nngp,
         ntk=None if g.ntk is None else g.ntk * psi.ntk_factor(v1, g.nngp, v2),
-        cov1=psi.nngp(a1, g.cov1, b1),
+        cov1=cov1,
         cov2=cov2,
         is_gaussian=False,
         is_input=False,
