@@ -118,7 +118,7 @@ def _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_s
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     pooled = not p.requires_grad and x1.device.type == "cpu" and p.kernel_entries <= _TILE_ENTRIES
-    n_workers = torch.get_num_threads() if pooled else 1
+    n_workers = torch.get_num_threads() if pooled else 0  # 0: tile after tile in this thread
     budget = resolve_budget(memory_budget, x1.device)
     b = _block_size(p, n1, n2, len(wanted), torch.finfo(dtype).bits // 8, budget, n_workers, block_size)
     return _run_tiles(model, x1.to(dtype), None if x2 is None else x2.to(dtype), p, b, need_ntk, n_workers)
@@ -144,7 +144,7 @@ def _block_size(
             "Use fewer examples, or torch.no_grad() if no gradients are needed.",
         )
         return max(n1, n2)
-    room = (budget - out_bytes) // n_workers
+    room = (budget - out_bytes) // max(n_workers, 1)
     pair_bytes = p.tile_bytes(1, 1, itemsize) // 3
     if 3 * pair_bytes > room:
         raise MemoryBudgetError(
@@ -153,7 +153,7 @@ def _block_size(
             "flattens instead of pooling (diagonal spatial covariances are much smaller)."
         )
     fits = math.isqrt(1 + room // pair_bytes) - 1  # the largest b with (b² + 2b) · pair_bytes <= room
-    fast = math.isqrt(max(_TILE_ENTRIES // p.kernel_entries, 1)) if n_workers > 1 else fits
+    fast = math.isqrt(max(_TILE_ENTRIES // p.kernel_entries, 1)) if n_workers else fits
     return max(1, min(fits, fast, block_size or fits, max(n1, n2)))
 
 
@@ -175,6 +175,16 @@ def _tiles(n1: int, n2: int, b: int, symmetric: bool) -> list[tuple[slice, slice
         for i in range(0, n1, b)
         for j in range(i if symmetric else 0, n2, b)
     ]
+
+
+def _no_grad(fn):
+    """``fn`` under torch.no_grad() (grad mode is per thread; pooled tiles never need gradients)."""
+
+    def run(*args):
+        with torch.no_grad():
+            return fn(*args)
+
+    return run
 
 
 def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -> tuple[Kernel, bool]:
@@ -216,9 +226,12 @@ def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -
         return all(bool(torch.isfinite(value).all()) for _, value in results) and bool(torch.isfinite(k.cov1).all())
 
     tiles = _tiles(n1, n2, b, symmetric)
-    if n_workers > 1 and len(tiles) > 1:
+    if n_workers:
+        # Worker threads, even just one: in the calling thread the same small operations ran 7-10x slower on a
+        # busy machine, its OpenMP helpers spinning after each parallel operation (OMP_WAIT_POLICY=PASSIVE
+        # removes that too); workers whose operations all stay below the grain size start no such helpers.
         with ThreadPoolExecutor(n_workers) as pool:
-            finite = all(pool.map(tile, *zip(*tiles, strict=True)))
+            finite = all(pool.map(_no_grad(tile), *zip(*tiles, strict=True)))
     else:
         finite = all([tile(rows, cols) for rows, cols in tiles])
     out = meta.replace(

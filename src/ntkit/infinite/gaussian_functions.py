@@ -13,10 +13,13 @@ For (u, v) ~ N(0, [[var1, cov], [cov, var2]]) every ψ provides, elementwise on 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..nn.activations import Activation
+if TYPE_CHECKING:  # only for annotations: ntkit.nn builds on this package, not the reverse
+    from ..nn.activations import Activation
+
 from . import _quadrature
 
 __all__ = ["Activations", "GaussianFunction", "Product", "Sum"]

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:  # only for annotations: ntkit.nn builds on this package, not the reverse
+    from ..nn.activations import Activation
+
 from ..errors import UnsupportedError
-from ..nn.activations import Activation
 from . import _quadrature, spatial
 from .gaussian_functions import Activations, GaussianFunction, Product, Sum
 from .kernel_type import KERNEL_TEMPORARIES, Kernel, note_working_set, pair_entries
