@@ -100,7 +100,7 @@ def _parse_get(get) -> tuple[str, ...]:
     return wanted
 
 
-_TENSORS = ("nngp", "ntk", "cov1", "cov2")
+_TENSORS = ("nngp", "ntk", "cov")
 
 
 def _fields(k: Kernel) -> list[torch.Tensor | None]:
@@ -198,8 +198,7 @@ def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -
     new = {"dtype": x1.dtype, "device": x1.device}
     nngp = torch.empty((n1, n2, *pair_shape), **new)
     ntk = torch.empty((n1, n2, *pair_shape), **new) if need_ntk else None
-    cov1 = torch.empty((n1, *meta.cov1.shape[1:]), **new)
-    cov2 = None if symmetric else torch.empty((n2, *meta.cov1.shape[1:]), **new)
+    cov = torch.empty((n1 if symmetric else n1 + n2, *meta.cov.shape[1:]), **new)  # x1's, then x2's
     full, n_spatial = meta.full, meta.n_spatial
     ntk_scale = 1.0
     if need_ntk and meta.parameterization == "standard":
@@ -220,10 +219,10 @@ def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -
             if symmetric and not diagonal:
                 out[cols, rows] = _transpose_pair(value, full, n_spatial)
         if cols.start == (rows.start if symmetric else 0):
-            cov1[rows] = k.cov1
+            cov[rows] = k.cov1
         if not symmetric and rows.start == 0:
-            cov2[cols] = k.cov2
-        return all(bool(torch.isfinite(value).all()) for _, value in results) and bool(torch.isfinite(k.cov1).all())
+            cov[n1 + cols.start : n1 + cols.stop] = k.cov2
+        return all(bool(torch.isfinite(value).all()) for _, value in results) and bool(torch.isfinite(k.cov).all())
 
     tiles = _tiles(n1, n2, b, symmetric)
     if n_workers:
@@ -237,11 +236,9 @@ def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -
     out = meta.replace(
         nngp=nngp,
         ntk=ntk,
-        cov1=cov1,
-        cov2=cov2,
+        cov=cov,
         x1_is_x2=symmetric,
-        mean1=None,
-        mean2=None,
+        mean=None,
         source=None,
         fn=None,
         fresh=None,

@@ -48,8 +48,9 @@ class Kernel:
     Attributes:
         nngp: (N1, N2, *R) K(x1, x2) = E[f(x1) f(x2)] (None only in results of nk.kernel that did not get it).
         ntk: (N1, N2, *R) Θ(x1, x2) (None if not requested; a 0-dim zero at the input).
-        cov1: (N1, *R) K(x1_i, x1_i), the per-example covariances the next nonlinearity needs.
-        cov2: (N2, *R) K(x2_j, x2_j), or None when ``x1_is_x2`` (then it equals cov1).
+        cov: (N1 + N2, *R) the per-example covariances K(x_i, x_i) the next nonlinearity needs, x1's then
+            x2's ((N1, *R) when ``x1_is_x2``), in one tensor so that each map runs once on them; read them as
+            ``cov1`` (N1, *R) and ``cov2`` (N2, *R) or None when ``x1_is_x2`` (then it equals cov1).
         x1_is_x2: x2 is x1 (the same examples, so the batch diagonal holds K(x, x)).
         spatial_shape: S, () once the spatial axes are pooled or flattened.
         diagonal_spatial: which layout R the tensors use.
@@ -58,8 +59,8 @@ class Kernel:
         is_gaussian: the layer's outputs are (in the limit) a centred Gaussian process, so a nonlinearity
             can be applied through Gaussian expectations.
         is_input: the kernel of the (deterministic) network input, or of deterministic maps of it.
-        mean1, mean2: (N1, *S), (N2, *S) the channel means E_c[x_c] per example and position (None: zero);
-            layer normalisation after a nonlinearity needs them.
+        mean: (N1 + N2, *S) (or (N1, *S)) the channel means E_c[x_c] per example and position (None: zero),
+            ordered as ``cov``; layer normalisation after a nonlinearity needs them (``mean1``, ``mean2``).
         source, fn: when the layer is an elementwise function ψ of the last Gaussian layer, that layer's
             kernel and ψ (two activations in a row compose through them).
         fresh: a token set by a weight layer and kept by linear maps: the outputs are linear in zero-mean
@@ -72,16 +73,14 @@ class Kernel:
 
     nngp: torch.Tensor
     ntk: torch.Tensor | None
-    cov1: torch.Tensor
-    cov2: torch.Tensor | None
+    cov: torch.Tensor
     x1_is_x2: bool
     spatial_shape: tuple[int, ...] = ()
     diagonal_spatial: bool = True
     channels: int = 1
     is_gaussian: bool = False
     is_input: bool = False
-    mean1: torch.Tensor | None = None
-    mean2: torch.Tensor | None = None
+    mean: torch.Tensor | None = None
     source: Kernel | None = None
     fn: object | None = None
     fresh: object | None = None
@@ -113,22 +112,20 @@ class Kernel:
         b = a if x2 is None else (x2 if x2.ndim > 1 else x2.unsqueeze(1))
         nngp = _gram(a, b, n_spatial, full, pair=True) / channels
         if x2 is None:  # the batch diagonal itself, so that duplicates have correlation exactly 1
-            cov1 = nngp.diagonal(dim1=0, dim2=1).movedim(-1, 0)
+            examples, cov = a, nngp.diagonal(dim1=0, dim2=1).movedim(-1, 0)
         else:
-            cov1 = _gram(a, a, n_spatial, full, pair=False) / channels
-        cov2 = None if x2 is None else _gram(b, b, n_spatial, full, pair=False) / channels
+            examples = torch.cat([a, b])
+            cov = _gram(examples, examples, n_spatial, full, pair=False) / channels
         return cls(
             nngp=nngp,
             ntk=nngp.new_zeros(()) if ntk else None,
-            cov1=cov1,
-            cov2=cov2,
+            cov=cov,
             x1_is_x2=x2 is None,
             spatial_shape=tuple(a.shape[2:]),
             diagonal_spatial=diagonal_spatial,
             channels=channels,
             is_input=True,
-            mean1=a.mean(1),
-            mean2=None if x2 is None else b.mean(1),
+            mean=examples.mean(1),
         )
 
     def replace(self, **changes) -> Kernel:
@@ -145,28 +142,39 @@ class Kernel:
         return not self.diagonal_spatial and self.n_spatial > 0
 
     @property
-    def cov2_or_cov1(self) -> torch.Tensor:
-        return self.cov1 if self.cov2 is None else self.cov2
+    def n1(self) -> int:
+        return (self.nngp if self.nngp is not None else self.ntk).shape[0]
+
+    def split(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A per-example tensor ordered as ``cov`` -> its x1 and x2 parts (the same tensor twice if x1 is x2)."""
+        return (t, t) if self.x1_is_x2 else (t[: self.n1], t[self.n1 :])
 
     @property
-    def mean2_or_mean1(self) -> torch.Tensor | None:
-        return self.mean1 if self.x1_is_x2 else self.mean2
+    def cov1(self) -> torch.Tensor:
+        """(N1, *R) K(x1_i, x1_i)."""
+        return self.split(self.cov)[0]
 
-    def variances(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The per-example, per-position variances (N1, *S) and (N2, *S): the spatial diagonals of cov1, cov2."""
-        d1 = spatial.spatial_diagonal(self.cov1, self.n_spatial, self.full)
-        d2 = d1 if self.cov2 is None else spatial.spatial_diagonal(self.cov2, self.n_spatial, self.full)
-        return d1, d2
+    @property
+    def cov2(self) -> torch.Tensor | None:
+        """(N2, *R) K(x2_j, x2_j), None when ``x1_is_x2``."""
+        return None if self.x1_is_x2 else self.split(self.cov)[1]
+
+    @property
+    def mean1(self) -> torch.Tensor | None:
+        return None if self.mean is None else self.split(self.mean)[0]
+
+    @property
+    def mean2(self) -> torch.Tensor | None:
+        return None if self.mean is None else self.split(self.mean)[1]
+
+    def variances(self) -> torch.Tensor:
+        """The per-example, per-position variances (N1 + N2, *S), ordered as ``cov``: its spatial diagonal."""
+        return spatial.spatial_diagonal(self.cov, self.n_spatial, self.full)
 
     def map(self, f) -> dict[str, torch.Tensor | None]:
-        """``f`` applied to nngp, ntk, cov1 and cov2 (a linear map acting on the trailing layout axes),
-        as keyword arguments for :meth:`replace`."""
-        return {
-            "nngp": f(self.nngp),
-            "ntk": None if self.ntk is None else f(self.ntk),
-            "cov1": f(self.cov1),
-            "cov2": None if self.cov2 is None else f(self.cov2),
-        }
+        """``f`` applied to nngp, ntk and cov (a linear map acting on the trailing layout axes), as keyword
+        arguments for :meth:`replace`."""
+        return {"nngp": f(self.nngp), "ntk": None if self.ntk is None else f(self.ntk), "cov": f(self.cov)}
 
     def __repr__(self) -> str:
         def shape(t):

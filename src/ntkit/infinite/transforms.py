@@ -126,18 +126,16 @@ def weight_layer(
             ntk = in_channels * mapped["nngp"] + (0.0 if b_var is None else 1.0) + scale * mapped["ntk"]
             hidden, input_fed = sp_width
             sp_width = (hidden, max(input_fed, in_channels)) if k.is_input else (max(hidden, in_channels), input_fed)
-    spatial_shape = tuple(mapped["cov1"].shape[1:][:: 2 if k.full else 1]) if k.n_spatial else ()
+    spatial_shape = tuple(mapped["cov"].shape[1:][:: 2 if k.full else 1]) if k.n_spatial else ()
     return k.replace(
         nngp=nngp,
         ntk=ntk,
-        cov1=affine(mapped["cov1"]),
-        cov2=affine(mapped["cov2"]),
+        cov=affine(mapped["cov"]),
         spatial_shape=spatial_shape,
         channels=out_channels,
         is_gaussian=True,
         is_input=False,
-        mean1=None,
-        mean2=None,
+        mean=None,
         source=None,
         fn=None,
         fresh=object(),
@@ -171,29 +169,23 @@ def elementwise(g: Kernel, psi: GaussianFunction) -> Kernel:
 
     K' = E[ψ(u) ψ(v)],   Θ' = Θ_g · E[ψ'(u) ψ'(v)],   mean = E[ψ(u)],   (u, v) ~ N(0, Λ_g).
     """
-    d1, d2 = g.variances()
-    v1, v2 = spatial.pair_broadcast(d1, d2, g.full)
+    d = g.variances()
+    v1, v2 = spatial.pair_broadcast(*g.split(d), g.full)
     if psi.uses_quadrature:
         note_working_set(pair_entries(g.nngp) * (KERNEL_TEMPORARIES + 4 * _quadrature.RADIUS_NODES))
-    a1, b1 = spatial.self_broadcast(d1, g.full)
-    cov2 = None
-    if g.cov2 is not None:
-        a2, b2 = spatial.self_broadcast(d2, g.full)
-        cov2 = psi.nngp(a2, g.cov2, b2)
-    nngp, cov1 = psi.nngp(v1, g.nngp, v2), psi.nngp(a1, g.cov1, b1)
+    a, b = spatial.self_broadcast(d, g.full)
+    nngp, cov = psi.nngp(v1, g.nngp, v2), psi.nngp(a, g.cov, b)
     if g.x1_is_x2:
         # K(x_i, x_i) must equal the variance exactly: transcendental functions may round differently on a
         # vector and on a matrix, and a correlation off 1 by one ulp moves arc-cosines by √eps downstream.
-        nngp = torch.diagonal_scatter(nngp, cov1.movedim(0, -1), dim1=0, dim2=1)
+        nngp = torch.diagonal_scatter(nngp, cov.movedim(0, -1), dim1=0, dim2=1)
     return g.replace(
         nngp=nngp,
         ntk=None if g.ntk is None else g.ntk * psi.ntk_factor(v1, g.nngp, v2),
-        cov1=cov1,
-        cov2=cov2,
+        cov=cov,
         is_gaussian=False,
         is_input=False,
-        mean1=psi.mean(d1),
-        mean2=None if g.cov2 is None else psi.mean(d2),
+        mean=psi.mean(d),
         source=g,
         fn=psi,
         fresh=None,
@@ -211,15 +203,14 @@ def layer_norm(k: Kernel, *, eps: float, affine: bool) -> Kernel:
 
     Inputs that are not Gaussian (after a nonlinearity) only need their means, so this works anywhere.
     """
-    d1, d2 = k.variances()
-    m1 = torch.zeros_like(d1) if k.mean1 is None else k.mean1
-    m2 = m1 if k.x1_is_x2 else (torch.zeros_like(d2) if k.mean2 is None else k.mean2)
-    s1 = _safe_rsqrt((d1 - m1 * m1).clamp_min(0) + eps)
-    s2 = s1 if k.x1_is_x2 else _safe_rsqrt((d2 - m2 * m2).clamp_min(0) + eps)
+    d = k.variances()
+    m = torch.zeros_like(d) if k.mean is None else k.mean
+    scale = _safe_rsqrt((d - m * m).clamp_min(0) + eps)  # 1/√s per example and position
 
-    def normalise(t, ma, mb, sa, sb):
-        return (t - ma * mb) * (sa * sb)
+    def normalise(t, m_a, m_b, s_a, s_b):
+        return (t - m_a * m_b) * (s_a * s_b)
 
+    (m1, m2), (s1, s2) = k.split(m), k.split(scale)
     p_m1, p_m2 = spatial.pair_broadcast(m1, m2, k.full)
     p_s1, p_s2 = spatial.pair_broadcast(s1, s2, k.full)
     nngp = normalise(k.nngp, p_m1, p_m2, p_s1, p_s2)
@@ -228,11 +219,8 @@ def layer_norm(k: Kernel, *, eps: float, affine: bool) -> Kernel:
         ntk = k.ntk * (p_s1 * p_s2)
         if affine:
             ntk = ntk + nngp + 1.0
-    cov1 = normalise(k.cov1, *spatial.self_broadcast(m1, k.full), *spatial.self_broadcast(s1, k.full))
-    cov2 = None
-    if k.cov2 is not None:
-        cov2 = normalise(k.cov2, *spatial.self_broadcast(m2, k.full), *spatial.self_broadcast(s2, k.full))
-    return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, mean1=None, mean2=None, source=None, fn=None)
+    cov = normalise(k.cov, *spatial.self_broadcast(m, k.full), *spatial.self_broadcast(scale, k.full))
+    return k.replace(nngp=nngp, ntk=ntk, cov=cov, mean=None, source=None, fn=None)
 
 
 def _safe_rsqrt(x: torch.Tensor) -> torch.Tensor:
@@ -259,8 +247,7 @@ def dropout(k: Kernel, p: float) -> Kernel:
     return k.replace(
         nngp=scale_diagonal(k.nngp, True) if same else k.nngp,
         ntk=None if k.ntk is None else (scale_diagonal(k.ntk, True) if same and k.ntk.ndim else k.ntk),
-        cov1=scale_diagonal(k.cov1, False),
-        cov2=None if k.cov2 is None else scale_diagonal(k.cov2, False),
+        cov=scale_diagonal(k.cov, False),
         is_gaussian=False,
         source=None,
         fn=None,
@@ -312,12 +299,11 @@ def avg_pool(k: Kernel, kernel_size: tuple[int, ...], stride: tuple[int, ...], p
         return t / math.prod(kernel_size) ** copies
 
     fields = k.map(lambda t: pool(t, True))
-    shape = tuple(fields["cov1"].shape[1::2])
+    shape = tuple(fields["cov"].shape[1::2])
     return k.replace(
         **fields,
         spatial_shape=shape,
-        mean1=None if k.mean1 is None else pool(k.mean1, False),
-        mean2=None if k.mean2 is None else pool(k.mean2, False),
+        mean=None if k.mean is None else pool(k.mean, False),
         source=None,
         fn=None,
     )
@@ -365,8 +351,7 @@ def _reduce_spatial(k: Kernel, reduce) -> dict:
     return {
         **k.map(reduce),
         "spatial_shape": (),
-        "mean1": None if k.mean1 is None else k.mean1.mean(dim=dims),
-        "mean2": None if k.mean2 is None else k.mean2.mean(dim=dims),
+        "mean": None if k.mean is None else k.mean.mean(dim=dims),
     }
 
 
@@ -452,7 +437,7 @@ def fan_in_sum(kernels: list[Kernel], start: Kernel) -> Kernel:
 
     return _merged(
         parts,
-        **{name: add(name) for name in ("nngp", "ntk", "cov1", "cov2", "mean1", "mean2")},
+        **{name: add(name) for name in ("nngp", "ntk", "cov", "mean")},
         is_gaussian=all(p.is_gaussian for p in parts),
         fresh=None if any_dependent else object(),
     )
@@ -475,11 +460,10 @@ def fan_in_product(kernels: list[Kernel], start: Kernel) -> Kernel:
         ntk = sum(p.ntk * math.prod(q.nngp for q in parts if q is not p) for p in parts)
     return _merged(
         parts,
-        **{name: product(name) for name in ("nngp", "cov1", "cov2")},
+        **{name: product(name) for name in ("nngp", "cov")},
         ntk=ntk,
         is_gaussian=False,
-        mean1=None,  # a factor is an independent centred Gaussian
-        mean2=None,
+        mean=None,  # a factor is an independent centred Gaussian
         fresh=None if any_dependent else object(),
     )
 
@@ -498,7 +482,7 @@ def fan_in_concat(kernels: list[Kernel]) -> Kernel:
 
     return _merged(
         kernels,
-        **{name: mix(name) for name in ("nngp", "ntk", "cov1", "cov2", "mean1", "mean2")},
+        **{name: mix(name) for name in ("nngp", "ntk", "cov", "mean")},
         channels=total,
         is_gaussian=False,
         is_input=all(k.is_input for k in kernels),
