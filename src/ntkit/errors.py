@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "BatchCouplingError",
+    "DomainError",
     "IllConditionedError",
     "MemoryBudgetError",
     "NonFiniteError",
@@ -45,6 +46,13 @@ class BatchCouplingError(NtkitError, ValueError):
 
     (BatchNorm or dropout in train mode). Kernels are defined per pair of inputs, so such models are
     rejected; the message says how to fix it (usually ``model.eval()``).
+    """
+
+
+class DomainError(NtkitError, ValueError):
+    """An argument outside its valid range (a negative degree, ``n_samples < 1``), or a value where a quantity
+
+    is infinite (``Gaussian(b > 0)`` at a variance ≥ 1/(4b)). The message gives the bound and how to stay within it.
     """
 
 

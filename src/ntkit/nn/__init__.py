@@ -1,5 +1,45 @@
 """Layers that are torch modules and know their infinite-width kernels."""
 
-from .activations import Activation, Erf, ReLU
+from .activations import (
+    GELU,
+    RBF,
+    ABReLU,
+    Abs,
+    Activation,
+    Composed,
+    Cos,
+    Elementwise,
+    Erf,
+    Exp,
+    Gaussian,
+    LeakyReLU,
+    Monomial,
+    Polynomial,
+    ReLU,
+    SigmoidLike,
+    Sign,
+    Sin,
+    compose,
+)
 
-__all__ = ["Activation", "Erf", "ReLU"]
+__all__ = [
+    "GELU",
+    "RBF",
+    "ABReLU",
+    "Abs",
+    "Activation",
+    "Composed",
+    "Cos",
+    "Elementwise",
+    "Erf",
+    "Exp",
+    "Gaussian",
+    "LeakyReLU",
+    "Monomial",
+    "Polynomial",
+    "ReLU",
+    "SigmoidLike",
+    "Sign",
+    "Sin",
+    "compose",
+]
