@@ -4,14 +4,23 @@ The four capabilities, in the order data flows through them:
 
 - finite width: :func:`empirical_ntk`, :func:`empirical_nngp`, :func:`ntk_vector_product`;
 - linearized models: :func:`linearize`, :func:`taylor_expand`;
-- infinite width: :mod:`ntkit.nn` layers and :func:`kernel`;
+- infinite width: :mod:`ntkit.nn` layers and :func:`kernel`; :func:`monte_carlo_kernel` for any network;
 - training dynamics and GP inference: :mod:`ntkit.predict`.
 """
 
 from . import errors
 from .empirical import empirical_nngp, empirical_ntk
 from .errors import NtkitError
+from .monte_carlo import MonteCarloKernel, monte_carlo_kernel
 
 __version__ = "0.1.0"
 
-__all__ = ["NtkitError", "__version__", "empirical_nngp", "empirical_ntk", "errors"]
+__all__ = [
+    "MonteCarloKernel",
+    "NtkitError",
+    "__version__",
+    "empirical_nngp",
+    "empirical_ntk",
+    "errors",
+    "monte_carlo_kernel",
+]
