@@ -99,8 +99,8 @@ def test_chunked_quadrature_equals_unchunked_and_respects_the_budget():
         return torch.tanh(x)
 
     budget = 100_000
-    small = nnk.Elementwise(tanh, degree=16, memory_budget=budget)
-    big = nnk.Elementwise(torch.tanh, degree=16, memory_budget=2**30)
+    small = nnk.Elementwise(tanh, degree=16, memory_budget=budget, tolerance=None)
+    big = nnk.Elementwise(torch.tanh, degree=16, memory_budget=2**30, tolerance=None)
     torch.testing.assert_close(small.nngp(v1, c, v2), big.nngp(v1, c, v2), rtol=1e-14, atol=0)
     # one node array per chunk, with headroom for the function's temporaries: at most budget / 4 bytes each
     assert len(largest) > 10 and max(largest) <= budget // 4
@@ -111,7 +111,7 @@ def test_gradients_through_checkpointed_chunks_match_and_the_graph_keeps_no_node
     v1, c, v2 = (t.clone().requires_grad_() for t in _batch(30))
     grads = []
     for budget in (20_000, 2**30):
-        act = nnk.Elementwise(torch.tanh, degree=12, memory_budget=budget)
+        act = nnk.Elementwise(torch.tanh, degree=12, memory_budget=budget, tolerance=None)
         saved = []
 
         def pack(t, saved=saved):
@@ -125,6 +125,16 @@ def test_gradients_through_checkpointed_chunks_match_and_the_graph_keeps_no_node
         assert sum(saved) < 20 * out.numel()
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_refined_elements_keep_their_gradients():
+    # Elements at large variance fail the first check and are recomputed at higher degrees; the assembled
+    # result is still differentiable, and by Price's theorem ∂T/∂cov is erf's closed-form Ṫ.
+    var = torch.tensor([1.0, 30.0, 300.0], dtype=F64)
+    cov = (0.6 * var).requires_grad_()
+    t = nnk.Elementwise(torch.erf).nngp(var, cov, var)
+    (grad,) = torch.autograd.grad(t.sum(), cov)
+    torch.testing.assert_close(grad, nnk.Erf().ntk_factor(var, cov.detach(), var), rtol=1e-4, atol=0)
 
 
 def test_a_budget_below_one_element_is_a_clear_error():

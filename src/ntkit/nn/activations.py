@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import DomainError, UnsupportedError
 from ._gaussian import (
     DEFAULT_DEGREE,
+    DEFAULT_TOLERANCE,
     check_degree,
     clamp_cov,
     clamp_cov_det,
@@ -108,7 +109,7 @@ class Activation(nn.Module):
 
     def mean_derivative(self, var: torch.Tensor) -> torch.Tensor:
         """E[φ'(u)], u ~ N(0, var) (a.e. derivative), shape of ``var``. Default: quadrature."""
-        return gaussian_mean(self.derivative, var, degree=DEFAULT_DEGREE)
+        return gaussian_mean(self.derivative, var, tolerance=DEFAULT_TOLERANCE)
 
     def identity_cross(self, cov: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         """E[u φ(v)] for Cov(u, v) = ``cov``, Var(v) = ``var``: cov·E[φ'(v)] by Stein's lemma (φ continuous)."""
@@ -638,13 +639,13 @@ class _Quadrature(Activation):
 
     closed_form = False
 
-    def __init__(self, *, degree: int, memory_budget) -> None:
+    def __init__(self, *, degree: int, memory_budget, tolerance: float | None) -> None:
         super().__init__()
         check_degree(degree)
-        self.degree, self.memory_budget = degree, memory_budget
+        self.degree, self.memory_budget, self.tolerance = degree, memory_budget, tolerance
 
     def _options(self) -> dict:
-        return {"degree": self.degree, "memory_budget": self.memory_budget}
+        return {"degree": self.degree, "memory_budget": self.memory_budget, "tolerance": self.tolerance}
 
     def nngp(self, var1, cov, var2):
         return gaussian_cross(self.fn, None, var1, cov, var2, **self._options())
@@ -673,9 +674,15 @@ class Elementwise(_Quadrature):
     - ``derivative``: φ' (default: autograd of ``fn``, exact where ``fn`` is differentiable).
     - ``nngp_fn(var1, cov, var2)``: a closed form of T, if known; then ``closed_form`` is True and, unless
       ``ntk_fn`` is given, Ṫ = ∂T/∂cov by autograd (Price's theorem: ∂/∂cov E[φ(u)φ(v)] = E[φ'(u)φ'(v)]).
-    - ``degree``: Gauss-Hermite nodes per dimension (d² evaluations per 2-D expectation). Accuracy
-      (docs/infinite_activations.md): smooth functions converge geometrically (tanh at d = 32: ~1e-7
-      relative at unit variance), kinks algebraically (ReLU at d = 32: ~1e-3); large variances need more.
+    - ``degree``: quadrature nodes per dimension: degree² evaluations of fn (or φ') per 2-D expectation,
+      degree per 1-D one (:func:`~ntkit.nn._gaussian.gaussian_cross`: a polar Gauss rule split where the
+      inputs change sign). Measured accuracy at degree 32 (docs/infinite_activations.md): functions with
+      kinks or jumps at 0 (ReLU-like, ELU, |erf|) to round-off; smooth ones (tanh, SiLU, softplus) 1e-9 to
+      1e-11 at unit variance and ρ < 1, 1e-8 at ρ = 1, 2e-5 for tanh's Ṫ at variance 10. Saturating functions at
+      variances ≫ 10 converge slowly: the check below then refuses rather than return a wrong number.
+    - ``tolerance``: every expectation is recomputed with coarser rules and
+      :class:`~ntkit.errors.UnsupportedError` raised where they differ by more than tolerance·|value|
+      (1.5x the cost; ``None`` skips the check).
     - ``memory_budget``: bytes for the node arrays of one call (default: ntkit's budget); chunked beyond.
     """
 
@@ -688,8 +695,9 @@ class Elementwise(_Quadrature):
         ntk_fn: Callable[..., torch.Tensor] | None = None,
         degree: int = DEFAULT_DEGREE,
         memory_budget: int | str | None = None,
+        tolerance: float | None = DEFAULT_TOLERANCE,
     ) -> None:
-        super().__init__(degree=degree, memory_budget=memory_budget)
+        super().__init__(degree=degree, memory_budget=memory_budget, tolerance=tolerance)
         if not callable(fn):
             raise UnsupportedError(f"Elementwise needs a callable fn, got {type(fn).__name__}.")
         self.function = fn
@@ -734,8 +742,15 @@ class Composed(_Quadrature):
     φ'(x) = Π_i φ_i'(x_{i−1}) use each activation's own ``fn``/``derivative``; expectations by quadrature.
     """
 
-    def __init__(self, acts: Sequence[Activation], *, degree: int = DEFAULT_DEGREE, memory_budget=None) -> None:
-        super().__init__(degree=degree, memory_budget=memory_budget)
+    def __init__(
+        self,
+        acts: Sequence[Activation],
+        *,
+        degree: int = DEFAULT_DEGREE,
+        memory_budget=None,
+        tolerance: float | None = DEFAULT_TOLERANCE,
+    ) -> None:
+        super().__init__(degree=degree, memory_budget=memory_budget, tolerance=tolerance)
         self.acts = nn.ModuleList(acts)
 
     def extra_repr(self) -> str:
@@ -775,7 +790,12 @@ def _is_identity_activation(act: Activation) -> bool:
     )
 
 
-def compose(*acts: Activation | nn.Identity | None, degree: int = DEFAULT_DEGREE, memory_budget=None) -> Activation:
+def compose(
+    *acts: Activation | nn.Identity | None,
+    degree: int = DEFAULT_DEGREE,
+    memory_budget=None,
+    tolerance: float | None = DEFAULT_TOLERANCE,
+) -> Activation:
     """The activation x ↦ φ_k(...φ_1(x)) for ``acts`` = (φ_1, ..., φ_k), in the order they are applied.
 
     Two activations in a row (or a residual branch that starts with an activation after an activation) are
@@ -783,7 +803,8 @@ def compose(*acts: Activation | nn.Identity | None, degree: int = DEFAULT_DEGREE
     Identities (``None``, ``nn.Identity``) are dropped, nested compositions flattened, and adjacent pairs
     with a closed form folded: ABReLU family (ReLU∘ReLU = ReLU, Abs∘Abs = Abs, ReLU∘LeakyReLU = ReLU,
     LeakyReLU∘Abs = Abs, ...) and polynomials (Monomial(2)∘Monomial(3) = Monomial(6)). What remains, if more
-    than one, is a :class:`Composed` computed by quadrature with ``degree`` nodes per dimension.
+    than one, is a :class:`Composed` computed by quadrature with ``degree`` nodes per dimension, checked to
+    ``tolerance`` (see :class:`Elementwise`).
     """
     chain: list[Activation] = []
     for act in acts:
@@ -810,4 +831,4 @@ def compose(*acts: Activation | nn.Identity | None, degree: int = DEFAULT_DEGREE
         return Monomial(1)
     if len(chain) == 1:
         return chain[0]
-    return Composed(chain, degree=degree, memory_budget=memory_budget)
+    return Composed(chain, degree=degree, memory_budget=memory_budget, tolerance=tolerance)
