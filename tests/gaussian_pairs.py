@@ -20,6 +20,14 @@ def draw_pairs(var1: float, cov: float, var2: float, z: torch.Tensor) -> tuple[t
     return math.sqrt(var1) * z[0], a * z[0] + math.sqrt(max(var2 - a * a, 0.0)) * z[1]
 
 
+def pairs_at(point: tuple[float, float, float], z: torch.Tensor):
+    """For point = (var1, ρ, var2): draws (u, v) and the 0-d float64 tensors (var1, cov, var2)."""
+    var1, rho, var2 = point
+    cov = rho * math.sqrt(var1 * var2)
+    u, v = draw_pairs(var1, cov, var2, z)
+    return u, v, *(torch.tensor(float(a), dtype=torch.float64) for a in (var1, cov, var2))
+
+
 def mc_mean(values: torch.Tensor) -> tuple[float, float]:
     """Sample mean and its standard error."""
     return float(values.mean()), float(values.std()) / math.sqrt(values.numel())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ntkit.nn as nnk
-from gaussian_pairs import assert_matches_mc, draw_pairs
+from gaussian_pairs import assert_matches_mc, pairs_at
 from ntkit.errors import DomainError, UnsupportedError
 from ntkit.nn._gaussian import gaussian_cross
 
@@ -66,16 +66,13 @@ def _t(*xs):
 @pytest.mark.parametrize("point", POINTS + [pytest.param(p, marks=pytest.mark.slow) for p in MORE_POINTS])
 def test_expectations_match_monte_carlo(name, point, z):
     act = ALL[name]
-    var1, rho, var2 = point
-    cov = rho * math.sqrt(var1 * var2)
-    u, v = draw_pairs(var1, cov, var2, z)
-    v1, c, v2 = _t(var1, cov, var2)
+    u, v, v1, c, v2 = pairs_at(point, z)
     assert_matches_mc(act.nngp(v1, c, v2), act.fn(u) * act.fn(v), f"{name} nngp at {point}")
-    if not (var1 == 0 and name in KINK_AT_ZERO):
+    if not (point[0] == 0 and name in KINK_AT_ZERO):
         assert_matches_mc(act.ntk_factor(v1, c, v2), act.derivative(u) * act.derivative(v), f"{name} ntk at {point}")
-    assert_matches_mc(act.mean(v2), act.fn(v), f"{name} mean at var {var2}")
-    if var2 > 0 or name not in KINK_AT_ZERO:
-        assert_matches_mc(act.mean_derivative(v2), act.derivative(v), f"{name} mean_derivative at var {var2}")
+    assert_matches_mc(act.mean(v2), act.fn(v), f"{name} mean at var {point[2]}")
+    if point[2] > 0 or name not in KINK_AT_ZERO:
+        assert_matches_mc(act.mean_derivative(v2), act.derivative(v), f"{name} mean_derivative at var {point[2]}")
     assert_matches_mc(act.identity_cross(c, v2), u * act.fn(v), f"{name} E[u φ(v)] at {point}")
 
 

@@ -4,13 +4,12 @@ closed-form folding checked against the chained functions, everything else again
 from __future__ import annotations
 
 import itertools
-import math
 
 import pytest
 import torch
 
 import ntkit.nn as nnk
-from gaussian_pairs import assert_matches_mc, draw_pairs
+from gaussian_pairs import assert_matches_mc, pairs_at
 from ntkit.errors import UnsupportedError
 from ntkit.nn._gaussian import cross_nngp, cross_ntk_factor
 
@@ -99,10 +98,7 @@ COMPOSITES = {
 @pytest.mark.parametrize("point", POINTS)
 def test_composed_expectations_match_monte_carlo(name, point, z):
     act = COMPOSITES[name]
-    var1, rho, var2 = point
-    cov = rho * math.sqrt(var1 * var2)
-    u, v = draw_pairs(var1, cov, var2, z)
-    v1, c, v2 = _t(var1, cov, var2)
+    u, v, v1, c, v2 = pairs_at(point, z)
     assert_matches_mc(act.nngp(v1, c, v2), act.fn(u) * act.fn(v), f"{name} nngp")
     assert_matches_mc(act.ntk_factor(v1, c, v2), act.derivative(u) * act.derivative(v), f"{name} ntk")
     assert_matches_mc(act.mean(v1), act.fn(u), f"{name} mean")
@@ -137,10 +133,7 @@ PAIRS = {
 @pytest.mark.parametrize("point", POINTS)
 def test_cross_expectations_match_monte_carlo(name, point, z):
     act1, act2 = PAIRS[name]
-    var1, rho, var2 = point
-    cov = rho * math.sqrt(var1 * var2)
-    u, v = draw_pairs(var1, cov, var2, z)
-    v1, c, v2 = _t(var1, cov, var2)
+    u, v, v1, c, v2 = pairs_at(point, z)
     assert_matches_mc(cross_nngp(act1, act2, v1, c, v2), _fn(act1)(u) * _fn(act2)(v), f"{name} cross nngp")
     assert_matches_mc(
         cross_ntk_factor(act1, act2, v1, c, v2), _derivative(act1)(u) * _derivative(act2)(v), f"{name} cross ntk"
