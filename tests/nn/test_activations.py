@@ -242,3 +242,20 @@ def test_quadrature_is_accurate_or_refuses():
                 assert abs(float(got / want) - 1) < 1e-4, (var, rho, kind)
     with pytest.raises(UnsupportedError, match="tolerance"):
         quad.ntk_factor(*_t(1e6, 0.99e6, 1e6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_overflow_to_nan_at_any_representable_variance(dtype):
+    # Deep or large-W_std networks reach variances far beyond 1e6. Closed forms are written in units of
+    # λ = max(1, √(var1 var2)), so they stay finite wherever the kernel itself is representable (Exp and
+    # polynomials of degree ≥ 2 grow past the dtype's range by nature and are left out).
+    huge = 1e37 if dtype == torch.float32 else 1e300
+    var = torch.tensor([1e18, huge, huge, huge, huge], dtype=dtype)
+    cov = var * torch.tensor([0.5, 0.5, 1.0, -1.0, 0.0], dtype=dtype)
+    for name, act in CLOSED.items():
+        if name in ("exp", "gaussian_pos", "mono2", "mono3", "mono4", "poly"):
+            continue
+        for out in (act.nngp(var, cov, var), act.ntk_factor(var, cov, var), act.mean(var)):
+            assert torch.isfinite(out).all(), (name, out)
+    # and the homogeneous ones keep their exact scaling: ReLU's T at ρ = 1 is var / 2
+    torch.testing.assert_close(nnk.ReLU().nngp(var, var, var), var / 2, rtol=1e-6, atol=0)

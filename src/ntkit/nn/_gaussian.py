@@ -40,6 +40,7 @@ __all__ = [
     "gaussian_mean",
     "is_identity",
     "safe_sqrt",
+    "scaled_cov",
 ]
 
 #: Quadrature degree used when none is given: d² function evaluations per 2-D expectation, d per 1-D one.
@@ -56,28 +57,58 @@ _MAX_CHUNK_BYTES = 8 * 2**20
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _records(*ts: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in ts)
+
+
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     """√max(x, 0) with gradient 0 (not ∞ or NaN) where x ≤ 0."""
+    if not _records(x):  # no autograd: the two-pass form is enough
+        return torch.sqrt(torch.clamp_min(x, 0))
     positive = x > 0
     return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
+def _clamped(var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cov clamped to |cov| ≤ b, b = √var1·√var2): round-off can push |ρ| past 1."""
+    bound = safe_sqrt(var1) * safe_sqrt(var2)
+    if not _records(var1, cov, var2):
+        return torch.minimum(torch.maximum(cov, -bound), bound), bound
+    # torch.where, not minimum/maximum: at a tie (duplicate inputs) the gradient goes to cov, not half of it
+    return torch.where(cov > bound, bound, torch.where(cov < -bound, -bound, cov)), bound
+
+
 def clamp_cov(var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (cov clamped to |cov| ≤ √var1 √var2, √(var1 var2 − cov²)): round-off can push |ρ| past 1."""
-    cov, det = clamp_cov_det(var1, cov, var2)
-    return cov, safe_sqrt(det)
+    """Returns (cov clamped to |cov| ≤ √var1 √var2, √(var1 var2 − cov²)).
+
+    √det as √(b − cov)·√(b + cov): no overflow before the variances themselves overflow, gradient 0 (not ∞)
+    at |ρ| = 1.
+    """
+    cov, bound = _clamped(var1, cov, var2)
+    return cov, safe_sqrt(bound - cov) * safe_sqrt(bound + cov)
 
 
 def clamp_cov_det(var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (cov clamped to |cov| ≤ b = √var1 √var2, var1 var2 − cov² = (b − cov)(b + cov) ≥ 0).
 
     Use the determinant itself (not the square of √det) where a formula is polynomial in it: its gradient in
-    cov stays −2·cov at |ρ| = 1 instead of 0. The factored forms do not overflow before the variances do.
+    cov stays −2·cov at |ρ| = 1 instead of 0. It overflows once var1·var2 does (1e38 in float32): see
+    :func:`scaled_cov` for formulas that must not.
     """
-    bound = safe_sqrt(var1) * safe_sqrt(var2)
-    # torch.where, not minimum/maximum: at a tie (duplicate inputs) the gradient goes to cov, not half of it.
-    cov = torch.where(cov > bound, bound, torch.where(cov < -bound, -bound, cov))
+    cov, bound = _clamped(var1, cov, var2)
     return cov, (bound - cov) * (bound + cov)
+
+
+def scaled_cov(
+    var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (λ, ĉ, d̂) with λ = max(1, √var1 √var2), ĉ = clamped cov / λ and d̂ = (var1 var2 − cov²) / λ²:
+    the covariance and determinant in units of λ, all O(1), so closed forms written with them stay finite
+    (no inf/inf) at any variance the dtype holds. d̂ is polynomial in ĉ (exact gradient at |ρ| = 1)."""
+    cov, bound = _clamped(var1, cov, var2)
+    lam = torch.clamp_min(bound, 1.0)
+    b_hat, c_hat = bound / lam, cov / lam
+    return lam, c_hat, (b_hat - c_hat) * (b_hat + c_hat)
 
 
 def is_identity(act: object) -> bool:

@@ -38,12 +38,12 @@ from ._gaussian import (
     DEFAULT_TOLERANCE,
     check_degree,
     clamp_cov,
-    clamp_cov_det,
     gaussian_cross,
     gaussian_first_moment,
     gaussian_mean,
     is_identity,
     safe_sqrt,
+    scaled_cov,
 )
 
 __all__ = [
@@ -290,11 +290,11 @@ class Erf(Activation):
         if not isinstance(other, Erf):
             return None
         b1, b2 = self.b**2, other.b**2
-        cov, det = clamp_cov_det(var1, cov, var2)
-        root = torch.sqrt(1 + 2 * b1 * var1 + 2 * b2 * var2 + 4 * b1 * b2 * det)
+        lam, c_hat, d_hat = scaled_cov(var1, cov, var2)  # √D = λ·root: finite at any variance
+        root = torch.sqrt((1 + 2 * b1 * var1 + 2 * b2 * var2) / lam / lam + 4 * b1 * b2 * d_hat)
         if derivative:
-            return (self.a * self.b * other.a * other.b * 4 / math.pi) / root
-        angle = torch.atan2(2 * self.b * other.b * cov, root)
+            return (self.a * self.b * other.a * other.b * 4 / math.pi) / (lam * root)
+        angle = torch.atan2(2 * self.b * other.b * c_hat, root)
         return (self.a * other.a * 2 / math.pi) * angle + self.c * other.c
 
     def mean(self, var: torch.Tensor) -> torch.Tensor:
@@ -341,14 +341,17 @@ class GELU(Activation):
     def joint_expectation(self, other, var1, cov, var2, *, derivative):
         if not isinstance(other, GELU):
             return None
-        cov, s2 = clamp_cov_det(var1, cov, var2)
-        big_d = 1 + var1 + var2 + s2
+        # In units of λ = max(1, √(v1 v2)) (ĉ = c/λ, ŝ² = s²/λ², D̂ = D/λ²), nothing overflows; and
+        # 1/4 + α/2π = γ/2π with γ = atan2(√D̂, −ĉ) ∈ [0, π], which does not cancel as ρ → −1:
+        # T = λ(ĉ γ/2π + (ŝ² + ĉ² Σ1/p) / (2π √D̂)),   Ṫ = γ/2π + ĉ (1/D + Σ1/p) / (2π √D̂).
+        lam, c_hat, s2_hat = scaled_cov(var1, cov, var2)
+        big_d = (1 + var1 + var2) / lam / lam + s2_hat
         root = torch.sqrt(big_d)
         inv_sum = 1 / (1 + var1) + 1 / (1 + var2)
-        angle = torch.atan2(cov, root)
+        gamma = torch.atan2(root, -c_hat) / _TWO_PI
         if derivative:
-            return 0.25 + angle / _TWO_PI + cov * (1 + big_d * inv_sum) / (_TWO_PI * big_d * root)
-        return cov * (0.25 + angle / _TWO_PI) + (s2 + cov * cov * inv_sum) / (_TWO_PI * root)
+            return gamma + c_hat * (1 / (lam * (lam * big_d)) + inv_sum) / (_TWO_PI * root)
+        return lam * (c_hat * gamma + (s2_hat + c_hat * c_hat * inv_sum) / (_TWO_PI * root))
 
     def mean(self, var: torch.Tensor) -> torch.Tensor:
         return var / torch.sqrt(_TWO_PI * (1 + var))
@@ -390,7 +393,7 @@ class Sin(Activation):
     def joint_expectation(self, other, var1, cov, var2, *, derivative):
         if not isinstance(other, Sin):
             return None
-        cov, _ = clamp_cov(var1, cov, var2)
+        # No clamping of cov: only V∓ ≥ 0 matters, and √v1·√v2 rounds (1e-7 of 1e30 is far from 0).
         b1, b2 = self.b, other.b
         common = b1 * b1 * var1 + b2 * b2 * var2
         e_minus = torch.exp(-0.5 * torch.clamp_min(common - 2 * b1 * b2 * cov, 0))
@@ -440,7 +443,8 @@ class RBF(Sin):
 
 class Exp(Activation):
     """φ(x) = a·exp(b x): E[φ1 φ2] = a1a2 exp((b1² v1 + b2² v2 + 2 b1 b2 cov) / 2), E[φ1' φ2'] = b1b2 × that,
-    E φ = a exp(b² v / 2). Grows like exp(2b² v): it overflows (inf, not NaN) past v ≈ 22/b² in float32.
+    E φ = a exp(b² v / 2). Grows like exp(2b² v): it overflows (inf, not NaN) past v ≈ 44/b² in float32
+    (355/b² in float64).
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0) -> None:
@@ -459,7 +463,6 @@ class Exp(Activation):
     def joint_expectation(self, other, var1, cov, var2, *, derivative):
         if not isinstance(other, Exp):
             return None
-        cov, _ = clamp_cov(var1, cov, var2)
         b1, b2 = self.b, other.b
         scale = self.a * other.a * (b1 * b2 if derivative else 1.0)
         return scale * torch.exp(0.5 * (b1 * b1 * var1 + b2 * b2 * var2) + b1 * b2 * cov)
@@ -497,15 +500,15 @@ class Gaussian(Activation):
         if not isinstance(other, Gaussian):
             return None
         b1, b2 = self.b, other.b
-        cov, det = clamp_cov_det(var1, cov, var2)
-        big_d = 1 - 2 * b1 * var1 - 2 * b2 * var2 + 4 * b1 * b2 * det
+        lam, c_hat, d_hat = scaled_cov(var1, cov, var2)  # D = λ² D̂: finite at any variance
+        big_d = (1 - 2 * b1 * var1 - 2 * b2 * var2) / lam / lam + 4 * b1 * b2 * d_hat
         if b1 > 0 or b2 > 0:
             bad = (big_d <= 0) | (b1 * var1 + b2 * var2 >= 1)
             if bool(bad.any()):
                 self._domain_error(torch.maximum(torch.as_tensor(var1), torch.as_tensor(var2))[bad].max(), 4)
         if derivative:
-            return (4 * self.a * other.a * b1 * b2) * cov / big_d**1.5
-        return (self.a * other.a) / torch.sqrt(big_d)
+            return (4 * self.a * other.a * b1 * b2) * c_hat / ((lam * torch.sqrt(big_d)) * (lam * big_d))
+        return (self.a * other.a) / (lam * torch.sqrt(big_d))
 
     def mean(self, var: torch.Tensor) -> torch.Tensor:
         base = 1 - 2 * self.b * var
