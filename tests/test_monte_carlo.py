@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import ntkit as nk
-from ntkit.errors import BatchCouplingError, DomainError, UnsupportedError
+from ntkit.errors import BatchCouplingError, InvalidArgumentError, UnsupportedError
 
 F64 = torch.float64
 W_STD, B_STD, DEPTH = 1.4, 0.3, 2
@@ -161,16 +161,18 @@ def test_layers_without_closed_forms_and_cross_kernels():
 
 def test_errors(x):
     good = lambda g: relu_mlp(6, 8, 1, g)  # noqa: E731
-    with pytest.raises(DomainError, match="positive"):
+    with pytest.raises(InvalidArgumentError, match="positive"):
         nk.monte_carlo_kernel(good, x, n_samples=0)
-    with pytest.raises(DomainError, match="increase"):
+    with pytest.raises(InvalidArgumentError, match="increase"):
         nk.monte_carlo_kernel(good, x, n_samples=[8, 4])
-    with pytest.raises(UnsupportedError, match="get"):
+    with pytest.raises(InvalidArgumentError, match="get"):
         nk.monte_carlo_kernel(good, x, get="cov")
     with pytest.raises(UnsupportedError, match=r"not an nn\.Module"):
         nk.monte_carlo_kernel(lambda: "net", x, n_samples=1)
     with pytest.raises(UnsupportedError, match="callable"):
         nk.monte_carlo_kernel(3, x, n_samples=1)
+    with pytest.raises(InvalidArgumentError, match="progress"):
+        nk.monte_carlo_kernel(good, x, n_samples=1, progress="yes")
 
     class Scale(nn.Module):
         def __init__(self):

@@ -8,19 +8,25 @@ The four capabilities, in the order data flows through them:
 - training dynamics and GP inference: :mod:`ntkit.predict`.
 """
 
-from . import errors
+from . import errors, predict
 from .empirical import empirical_nngp, empirical_ntk
 from .errors import NtkitError
+from .linearize import LinearizedModel, TaylorExpandedModel, linearize, taylor_expand
 from .monte_carlo import MonteCarloKernel, monte_carlo_kernel
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LinearizedModel",
     "MonteCarloKernel",
     "NtkitError",
+    "TaylorExpandedModel",
     "__version__",
     "empirical_nngp",
     "empirical_ntk",
     "errors",
+    "linearize",
     "monte_carlo_kernel",
+    "predict",
+    "taylor_expand",
 ]

@@ -26,7 +26,7 @@ from torch import nn
 from ._functional import ParamsArg
 from ._validation import check_input_pair
 from .empirical import empirical_nngp, empirical_ntk
-from .errors import DomainError, UnsupportedError
+from .errors import InvalidArgumentError, UnsupportedError
 
 __all__ = ["MonteCarloKernel", "monte_carlo_kernel"]
 
@@ -123,16 +123,16 @@ def monte_carlo_kernel(
 def _check_get(get) -> tuple[str, ...]:
     kinds = (get,) if isinstance(get, str) else tuple(get)
     if not kinds or any(k not in _KINDS for k in kinds):
-        raise UnsupportedError(f"get must be 'nngp', 'ntk' or both, got {get!r}.")
+        raise InvalidArgumentError(f"get must be 'nngp', 'ntk' or both, got {get!r}.")
     return kinds
 
 
 def _check_counts(n_samples) -> list[int]:
     counts = [n_samples] if isinstance(n_samples, int) else list(n_samples)
     if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
-        raise DomainError(f"n_samples must be a positive integer or an iterable of them, got {n_samples!r}.")
+        raise InvalidArgumentError(f"n_samples must be a positive integer or an iterable of them, got {n_samples!r}.")
     if any(b <= a for a, b in itertools.pairwise(counts)):
-        raise DomainError(f"n_samples must increase (the samples accumulate), got {counts}.")
+        raise InvalidArgumentError(f"n_samples must increase (the samples accumulate), got {counts}.")
     return counts
 
 
@@ -236,4 +236,4 @@ def _progress(progress, total: int) -> Callable[[int | None], None]:
         return lambda done: bar.close() if done is None else bar.update(1)
     if callable(progress):
         return lambda done: None if done is None else progress(done, total)
-    raise UnsupportedError(f"progress must be True, None or a callback progress(done, total), got {progress!r}.")
+    raise InvalidArgumentError(f"progress must be True, None or a callback progress(done, total), got {progress!r}.")

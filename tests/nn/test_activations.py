@@ -10,7 +10,7 @@ import torch
 
 import ntkit.nn as nnk
 from gaussian_pairs import assert_matches_mc, pairs_at
-from ntkit.errors import DomainError, UnsupportedError
+from ntkit.errors import InvalidArgumentError, UnsupportedError
 from ntkit.nn._gaussian import gaussian_cross
 
 CLOSED = {
@@ -202,9 +202,9 @@ def test_gaussian_with_positive_b_rejects_divergent_variances():
     act = nnk.Gaussian(1.0, 0.1)
     ok = _t(1.0, 0.5, 1.0)
     assert torch.isfinite(act.nngp(*ok))
-    with pytest.raises(DomainError, match="diverges"):
+    with pytest.raises(InvalidArgumentError, match="diverges"):
         act.nngp(*_t(3.0, 3.0, 3.0))  # E[exp(0.1·2u²)] needs var < 2.5
-    with pytest.raises(DomainError, match="b·var < 1/2"):
+    with pytest.raises(InvalidArgumentError, match="b·var < 1/2"):
         act.mean(torch.tensor([1.0, 6.0]))
     assert torch.isfinite(act.mean(torch.tensor(4.0)))
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ntkit.nn as nnk
-from ntkit.errors import DomainError, MemoryBudgetError, UnsupportedError
+from ntkit.errors import InvalidArgumentError, MemoryBudgetError, UnsupportedError
 from ntkit.nn._gaussian import gaussian_cross, gaussian_mean
 
 F64 = torch.float64
@@ -176,11 +176,11 @@ def test_module_fn_and_autograd_derivative():
 def test_bad_arguments():
     with pytest.raises(UnsupportedError, match="callable"):
         nnk.Elementwise("tanh")
-    with pytest.raises(DomainError, match="degree"):
+    with pytest.raises(InvalidArgumentError, match="degree"):
         nnk.Elementwise(torch.tanh, degree=0)
-    with pytest.raises(DomainError, match="degree"):
+    with pytest.raises(InvalidArgumentError, match="degree"):
         nnk.compose(nnk.ReLU(), nnk.Erf(), degree=2.5)
-    with pytest.raises(DomainError, match="Monomial"):
+    with pytest.raises(InvalidArgumentError, match="Monomial"):
         nnk.Monomial(-1)
-    with pytest.raises(DomainError, match="coefficient"):
+    with pytest.raises(InvalidArgumentError, match="coefficient"):
         nnk.Polynomial([])

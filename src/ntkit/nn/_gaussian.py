@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .._memory import check_fits, resolve_budget
-from ..errors import DomainError, UnsupportedError
+from ..errors import InvalidArgumentError, UnsupportedError
 
 __all__ = [
     "DEFAULT_DEGREE",
@@ -167,9 +167,11 @@ def _as(arrays, like: torch.Tensor) -> list[torch.Tensor]:
 
 
 def check_degree(degree: object) -> None:
-    """Raise :class:`~ntkit.errors.DomainError` unless ``degree`` is a positive integer."""
+    """Raise :class:`~ntkit.errors.InvalidArgumentError` unless ``degree`` is a positive integer."""
     if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
-        raise DomainError(f"the quadrature degree must be a positive integer (default {DEFAULT_DEGREE}), got {degree}.")
+        raise InvalidArgumentError(
+            f"the quadrature degree must be a positive integer (default {DEFAULT_DEGREE}), got {degree}."
+        )
 
 
 def _points(degree: int) -> int:

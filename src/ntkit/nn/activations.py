@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import DomainError, UnsupportedError
+from ..errors import InvalidArgumentError, UnsupportedError
 from ._gaussian import (
     DEFAULT_DEGREE,
     DEFAULT_TOLERANCE,
@@ -480,7 +480,7 @@ class Gaussian(Activation):
     E[φ1 φ2] = a1a2 / √D,   E[φ1' φ2'] = 4 a1a2 b1b2 · cov / D^{3/2},   E φ = a / √(1 − 2 b v),   E φ' = 0.
 
     For b > 0 these are finite only while both eigenvalues of 2·diag(b1, b2)·Σ stay below 1 (b v < 1/4 on the
-    diagonal of the NNGP, b v < 1/2 for the mean); outside, :class:`~ntkit.errors.DomainError`.
+    diagonal of the NNGP, b v < 1/2 for the mean); outside, :class:`~ntkit.errors.InvalidArgumentError`.
     """
 
     def __init__(self, a: float = 1.0, b: float = -1.0) -> None:
@@ -520,7 +520,7 @@ class Gaussian(Activation):
         return torch.zeros_like(var)
 
     def _domain_error(self, var: torch.Tensor, k: int) -> None:
-        raise DomainError(
+        raise InvalidArgumentError(
             f"Gaussian(a={self.a}, b={self.b}): E[exp(b u²)...] diverges at the variance {float(var):.4g}; "
             f"b > 0 needs b·var < 1/{k}. Lower b, or the input scale / W_std of the layers before it."
         )
@@ -564,7 +564,7 @@ class Polynomial(Activation):
         super().__init__()
         coefs = [float(c) for c in coefficients]
         if not coefs:
-            raise DomainError("Polynomial needs at least one coefficient (c_0, c_1, ...).")
+            raise InvalidArgumentError("Polynomial needs at least one coefficient (c_0, c_1, ...).")
         while len(coefs) > 1 and coefs[-1] == 0.0:
             coefs.pop()
         self.coefficients = tuple(coefs)
@@ -604,7 +604,7 @@ class Monomial(Polynomial):
 
     def __init__(self, degree: int) -> None:
         if not isinstance(degree, int) or degree < 0:
-            raise DomainError(f"Monomial degree must be an integer ≥ 0, got {degree!r}.")
+            raise InvalidArgumentError(f"Monomial degree must be an integer ≥ 0, got {degree!r}.")
         super().__init__([0.0] * degree + [1.0])
         self.degree = degree
 
