@@ -259,3 +259,19 @@ def test_no_overflow_to_nan_at_any_representable_variance(dtype):
             assert torch.isfinite(out).all(), (name, out)
     # and the homogeneous ones keep their exact scaling: ReLU's T at ρ = 1 is var / 2
     torch.testing.assert_close(nnk.ReLU().nngp(var, var, var), var / 2, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_results_do_not_depend_on_the_position_in_the_tensor(dtype):
+    # K(x, x) and K(x, x') for a duplicate x' = x must stay bitwise equal, or deep networks in the chaotic
+    # phase (erf with W_std² = 2) amplify the last-bit difference until duplicates decorrelate. On CPU,
+    # torch.atan2's vectorised loop and its scalar tail differ in the last bit; the closed forms avoid it.
+    g = torch.Generator().manual_seed(7)
+    var = torch.rand(7, dtype=dtype, generator=g) + 0.2
+    cov = var * (torch.rand(7, dtype=dtype, generator=g) * 2 - 1)
+    big = [t.repeat(9) for t in (var, cov, var)]
+    for name in [*CLOSED, "tanh"]:
+        act = ALL[name]
+        for f in (act.nngp, act.ntk_factor):
+            small, large = f(var, cov, var), f(*big).reshape(9, 7)
+            assert (large == small).all(), name

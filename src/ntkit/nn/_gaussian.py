@@ -30,6 +30,7 @@ from ..errors import InvalidArgumentError, UnsupportedError
 __all__ = [
     "DEFAULT_DEGREE",
     "DEFAULT_TOLERANCE",
+    "angle",
     "check_degree",
     "clamp_cov",
     "clamp_cov_det",
@@ -70,8 +71,12 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
 
 
 def _clamped(var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cov clamped to |cov| ≤ b, b = √var1·√var2): round-off can push |ρ| past 1."""
-    bound = safe_sqrt(var1) * safe_sqrt(var2)
+    """(cov clamped to |cov| ≤ b, b = √(var1 var2)): round-off can push |ρ| past 1.
+
+    b is √var1·√var2 (no overflow or underflow of the product), except that equal variances give b = var
+    exactly (fl(√v)² is not v: a duplicate input would get √det ≈ 1e-8·v instead of 0).
+    """
+    bound = torch.where(var1 == var2, 0.5 * var1 + 0.5 * var2, safe_sqrt(var1) * safe_sqrt(var2))
     if not _records(var1, cov, var2):
         return torch.minimum(torch.maximum(cov, -bound), bound), bound
     # torch.where, not minimum/maximum: at a tie (duplicate inputs) the gradient goes to cov, not half of it
@@ -109,6 +114,21 @@ def scaled_cov(
     lam = torch.clamp_min(bound, 1.0)
     b_hat, c_hat = bound / lam, cov / lam
     return lam, c_hat, (b_hat - c_hat) * (b_hat + c_hat)
+
+
+def angle(s: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """atan2(s, c) ∈ [0, π] for s ≥ 0 (the angle ϑ between two inputs, s = √det, c = cov), atan2(0, 0) = 0.
+
+    Built from one atan of a ratio bounded by 1, not torch.atan2: on CPU the vectorised atan2 and its scalar
+    tail differ in the last bit, so equal inputs at different positions of a tensor would get different
+    angles; deep networks in the chaotic phase amplify that until duplicate inputs decorrelate. Finite
+    gradients everywhere (the divisors are ≥ the numerators in size, or replaced by 1 where unused).
+    """
+    flat = c.abs() >= s  # includes s = c = 0
+    num = torch.where(flat, s, c)
+    den = torch.where(flat, c, s)
+    a = torch.atan(num / torch.where(den == 0, torch.ones_like(den), den))
+    return torch.where(flat, torch.where(c < 0, a + math.pi, a), math.pi / 2 - a)
 
 
 def is_identity(act: object) -> bool:
@@ -360,7 +380,7 @@ def _polar_chunk(f: Fn, g: Fn, same: bool, n_angle: int, n_radius: int):
         c, s = clamp_cov(v1, c, v2)
         sd1, sd2 = safe_sqrt(v1), safe_sqrt(v2)
         r, omega = _radial_nodes(n_radius, torch.maximum(sd1, sd2).detach())
-        theta = torch.atan2(s, c)[:, None]  # (C, 1)
+        theta = angle(s, c)[:, None]  # (C, 1)
         rest = math.pi - theta
         phi = torch.cat([theta * x, theta + rest * x], dim=1)  # (C, 2 n_angle): the two sectors
         weight = torch.cat([theta * w, rest * w], dim=1) / (2 * math.pi)

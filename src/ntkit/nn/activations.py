@@ -36,6 +36,7 @@ from ..errors import InvalidArgumentError, UnsupportedError
 from ._gaussian import (
     DEFAULT_DEGREE,
     DEFAULT_TOLERANCE,
+    angle,
     check_degree,
     clamp_cov,
     gaussian_cross,
@@ -162,7 +163,7 @@ class ABReLU(Activation):
         p = self.a * other.a + self.b * other.b
         q = self.a * other.b + self.b * other.a
         cov, s = clamp_cov(var1, cov, var2)
-        angle_term = p * math.pi + (q - p) * torch.atan2(s, cov)  # p(π − ϑ) + qϑ
+        angle_term = p * math.pi + (q - p) * angle(s, cov)  # p(π − ϑ) + qϑ
         if derivative:
             return angle_term / _TWO_PI
         return ((p - q) * s + angle_term * cov) / _TWO_PI
@@ -244,7 +245,7 @@ class Sign(Activation):
         cov, s = clamp_cov(var1, cov, var2)
         if derivative:
             return torch.zeros_like(s * cov)
-        t = 1 - torch.atan2(s, cov) * (2 / math.pi)
+        t = 1 - angle(s, cov) * (2 / math.pi)
         return torch.where((var1 > 0) & (var2 > 0), t, torch.zeros_like(t))
 
     def mean(self, var: torch.Tensor) -> torch.Tensor:
@@ -294,8 +295,9 @@ class Erf(Activation):
         root = torch.sqrt((1 + 2 * b1 * var1 + 2 * b2 * var2) / lam / lam + 4 * b1 * b2 * d_hat)
         if derivative:
             return (self.a * self.b * other.a * other.b * 4 / math.pi) / (lam * root)
-        angle = torch.atan2(2 * self.b * other.b * c_hat, root)
-        return (self.a * other.a * 2 / math.pi) * angle + self.c * other.c
+        # atan2(y, x) for x = root > 0 is atan(y/x); torch.atan2 is not position-independent (see angle)
+        arc = torch.atan(2 * self.b * other.b * c_hat / root)
+        return (self.a * other.a * 2 / math.pi) * arc + self.c * other.c
 
     def mean(self, var: torch.Tensor) -> torch.Tensor:
         return torch.full_like(var, self.c)
@@ -348,7 +350,7 @@ class GELU(Activation):
         big_d = (1 + var1 + var2) / lam / lam + s2_hat
         root = torch.sqrt(big_d)
         inv_sum = 1 / (1 + var1) + 1 / (1 + var2)
-        gamma = torch.atan2(root, -c_hat) / _TWO_PI
+        gamma = (math.pi / 2 + torch.atan(c_hat / root)) / _TWO_PI  # atan2(√D̂, −ĉ), as one atan (root > 0)
         if derivative:
             return gamma + c_hat * (1 / (lam * (lam * big_d)) + inv_sum) / (_TWO_PI * root)
         return lam * (c_hat * gamma + (s2_hat + c_hat * c_hat * inv_sum) / (_TWO_PI * root))
