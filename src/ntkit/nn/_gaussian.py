@@ -78,7 +78,7 @@ def _clamped(var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> tuple
     """
     bound = torch.where(var1 == var2, 0.5 * var1 + 0.5 * var2, safe_sqrt(var1) * safe_sqrt(var2))
     if not _records(var1, cov, var2):
-        return torch.minimum(torch.maximum(cov, -bound), bound), bound
+        return torch.clamp(cov, -bound, bound), bound
     # torch.where, not minimum/maximum: at a tie (duplicate inputs) the gradient goes to cov, not half of it
     return torch.where(cov > bound, bound, torch.where(cov < -bound, -bound, cov)), bound
 
@@ -124,6 +124,8 @@ def angle(s: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     angles; deep networks in the chaotic phase amplify that until duplicate inputs decorrelate. Finite
     gradients everywhere (the divisors are ≥ the numerators in size, or replaced by 1 where unused).
     """
+    if not _records(s, c):  # π/2 − atan(c/s): ±inf ratios give 0 and π; 0/0 (zero variance) gives NaN → 0
+        return torch.nan_to_num(math.pi / 2 - torch.atan(c / s), nan=0.0)
     flat = c.abs() >= s  # includes s = c = 0
     num = torch.where(flat, s, c)
     den = torch.where(flat, c, s)
