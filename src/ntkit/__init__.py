@@ -9,9 +9,9 @@ The four capabilities, in the order data flows through them:
 """
 
 from . import errors
-from .empirical import empirical_nngp, empirical_ntk
+from .empirical import empirical_nngp, empirical_ntk, ntk_vector_product
 from .errors import NtkitError
 
 __version__ = "0.1.0"
 
-__all__ = ["NtkitError", "__version__", "empirical_nngp", "empirical_ntk", "errors"]
+__all__ = ["NtkitError", "__version__", "empirical_nngp", "empirical_ntk", "errors", "ntk_vector_product"]
