@@ -1,9 +1,10 @@
 """The cost model: FLOPs and memory of each method from shapes, the block size, and the automatic choice.
 
 Notation (all per call of :func:`ntkit.empirical_ntk`): N1, N2 examples; O outputs; P selected parameters;
-FP the FLOPs of one example's forward pass (matmul/conv FLOPs counted by ``FlopCounterMode`` plus one per
-activation entry); ACT the entries of all tensors one example's forward creates; a = 1 for the traced
-kernel and 2 for the full one (the contraction over outputs is O-fold or O²-fold).
+FP the FLOPs of one example's forward pass (2·m·k·n per matrix product, linear layer and convolution, plus
+one per activation entry, counted in the traced forward pass); ACT the entries of all tensors one example's
+forward creates; a = 1 for the traced kernel and 2 for the full one (the contraction over outputs is O-fold
+or O²-fold).
 
 Each method is described by a :class:`MethodCost`: for each side (x1, x2) the FLOPs and memory of one
 example's *features* (what is computed per example before examples are paired), and the FLOPs and memory of
@@ -81,11 +82,17 @@ class SideCost:
 
 @dataclass(frozen=True)
 class MethodCost:
+    """Per-side feature costs; per pair of examples FLOPs and intermediate entries; and work redone for each
+    block an example takes part in (``block_flops``, e.g. forming a weight's Jacobian from its factors)
+    with the entries it needs (``workspace_words``)."""
+
     side1: SideCost
     side2: SideCost
     pair_flops: float
     pair_words: float
     same_features: bool
+    block_flops: float = 0.0
+    workspace_words: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -103,22 +110,26 @@ def _block_bytes(cost: MethodCost, problem: Problem, b: int, itemsize: int) -> f
     pairs = b1 if problem.diagonal else b1 * b2
     transient = max(b1, b2) * max(cost.side1.transient, cost.side2.transient)
     features = b1 * cost.side1.words + (0 if shared else b2 * cost.side2.words)
-    return itemsize * (features + transient + pairs * cost.pair_words)
+    workspace = (b1 + (0 if shared else b2)) * cost.workspace_words
+    return itemsize * (features + transient + workspace + pairs * cost.pair_words)
 
 
 def _total_flops(cost: MethodCost, problem: Problem, b: int) -> float:
     n1, n2 = problem.n1, problem.n2
     f1, f2 = cost.side1.flops, cost.side2.flops
     if problem.diagonal:
-        return n1 * (f1 + (0 if cost.same_features and problem.symmetric else f2)) + n1 * cost.pair_flops
+        shared = cost.same_features and problem.symmetric
+        return n1 * (f1 + (0 if shared else f2)) + n1 * (cost.pair_flops + cost.block_flops * (1 if shared else 2))
     if problem.symmetric:
         chunks = math.ceil(n1 / b)
         # row i computes its own features, then those of the chunks after it (all of them for ntvp's x2 side)
         extra = (chunks - 1) / 2 if cost.same_features else (chunks + 1) / 2
         pairs = min(b, n1) ** 2 * chunks * (chunks + 1) / 2
-        return n1 * f1 + n1 * extra * f2 + pairs * cost.pair_flops
-    rows = 1 if b >= n2 else math.ceil(n1 / b)  # a single x2 chunk is computed once and kept
-    return n1 * f1 + n2 * rows * f2 + n1 * n2 * cost.pair_flops
+        return n1 * f1 + n1 * extra * f2 + pairs * cost.pair_flops + n1 * chunks * cost.block_flops
+    rows, cols = math.ceil(n1 / b), math.ceil(n2 / b)
+    x2_evaluations = 1 if cols == 1 else rows  # a single x2 chunk is computed once and kept
+    block_examples = n1 * cols + n2 * rows
+    return n1 * f1 + n2 * x2_evaluations * f2 + n1 * n2 * cost.pair_flops + block_examples * cost.block_flops
 
 
 def plan_blocks(
@@ -137,6 +148,8 @@ def plan_blocks(
                 f"{what} with chunk_size={chunk_size} needs about {format_bytes(need(size))} per block, over the "
                 f"memory budget of {format_bytes(budget)}. Use a smaller chunk_size, or leave it to ntkit."
             )
+    elif need(n_max) <= budget:
+        size = n_max  # one block (with x2 = x1 its features are computed once)
     else:
         if need(1) > budget:
             raise MemoryBudgetError(
@@ -144,8 +157,8 @@ def plan_blocks(
                 f"budget of {format_bytes(budget)}. Raise memory_budget, select fewer parameters (params=...), "
                 "or choose another method."
             )
-        lo, hi = 1, n_max
-        while lo < hi:  # largest b with need(b) <= budget; need grows with b
+        lo, hi = 1, n_max - 1
+        while lo < hi:  # largest b with need(b) <= budget; need grows with b below n_max
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if need(mid) <= budget else (lo, mid - 1)
         size = lo

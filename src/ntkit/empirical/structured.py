@@ -7,7 +7,7 @@ autograd. Each parameter's contribution is then contracted in the cheapest exact
 :mod:`.cost`):
 
 - a linear or convolution weight in Gram form, (A1 A2ᵀ) ⊙ (G1 G2ᵀ) summed over positions, or in Jacobian form
-  J = Σ_l g_l a_lᵀ built from the same tensors;
+  J = Σ_l g_l a_lᵀ formed from the same tensors while a block is contracted, one weight at a time;
 - an embedding table through index equality;
 - biases and normalisation affine parameters (LayerNorm, GroupNorm, BatchNorm in eval mode) as small
   Jacobians Σ_l g_l, Σ_l x̂_l ⊙ g_l;
@@ -29,7 +29,16 @@ from .autodiff import autodiff_context
 from .cost import MethodCost, Problem, SideCost
 from .interception import LayerCall, LayerInterceptor
 from .rules import LINEAR_FAMILY, embedding_term, linear_family_dims, linear_family_term, parameter_jacobian
-from .terms import GramTerm, IndexTerm, JacobianTerm, Term, contract, contract_diagonal
+from .terms import (
+    FactoredJacobianTerm,
+    GramTerm,
+    IndexTerm,
+    JacobianTerm,
+    Term,
+    Workspace,
+    contract,
+    contract_diagonal,
+)
 from .tracing import ModelTrace
 
 __all__ = ["StructuredMethod"]
@@ -50,6 +59,8 @@ class _Group:
     pair_words: float
     feature_flops: float
     feature_words: float
+    block_flops: float = 0.0  # per example and block: forming the Jacobian of the 'jacobian' form
+    workspace_words: float = 0.0  # per example of a block: that Jacobian
 
 
 def _use_flops(call: LayerCall, slot: str, o: int) -> float:
@@ -82,9 +93,10 @@ def _candidate_forms(fm: FunctionalModel, trace: ModelTrace, name: str, uses: Us
             K, _, d_in, d_out = dims[0]
             L = sum(d[1] for d in dims)
             factors = K * L * (d_in + o * d_out)
+            gram_pair = 2.0 * K * L * L * (d_in + o_a * d_out)
             return [
-                _Group(name, "gram", uses, 2.0 * K * L * L * (d_in + o_a * d_out), K * L * L * (2 + o_a), 0.0, factors),
-                _Group(name, "jacobian", uses, 2.0 * o_a * p, o_a, 2.0 * o * L * p, o * p + factors),
+                _Group(name, "gram", uses, gram_pair, K * L * L * (2 + o_a), 0.0, factors),
+                _Group(name, "jacobian", uses, 2.0 * o_a * p, o_a, 0.0, factors, 2.0 * o * L * p, o * p),
             ]
     if weights_only and all(c.kind == "embedding" for c in calls):
         V, D = calls[0].weight_shape
@@ -100,7 +112,7 @@ def _cat(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
 
 
 def _total(form: _Group, problem: Problem) -> float:
-    return problem.examples * form.feature_flops + problem.pairs * form.pair_flops
+    return problem.examples * (form.feature_flops + form.block_flops) + problem.pairs * form.pair_flops
 
 
 class StructuredMethod:
@@ -114,6 +126,7 @@ class StructuredMethod:
             for name, uses in trace.uses.items()
         ]
         self.fallback_size = sum(fm.params[k].numel() for k in trace.fallback)
+        self.workspace = Workspace()
 
     def cost(self) -> MethodCost:
         t, o_a = self.trace, self.trace.n_outputs**self.problem.output_power
@@ -126,7 +139,15 @@ class StructuredMethod:
         )
         pair_words = max([g.pair_words for g in self.groups], default=0.0) + o_a
         pair_flops = sum(g.pair_flops for g in self.groups) + 2.0 * o_a * self.fallback_size
-        return MethodCost(side, side, pair_flops, pair_words, same_features=True)
+        return MethodCost(
+            side,
+            side,
+            pair_flops,
+            pair_words,
+            same_features=True,
+            block_flops=sum(g.block_flops for g in self.groups),
+            workspace_words=max([g.workspace_words for g in self.groups], default=0.0),
+        )
 
     def _capture(self, x: torch.Tensor):
         """Per-example inputs of the recorded calls, output cotangents (N, O, *out_shape) per call, and the
@@ -163,7 +184,7 @@ class StructuredMethod:
             if g.form in ("gram", "jacobian"):
                 parts = [linear_family_term(calls[i], inputs[i], cots[i]) for i, _ in g.uses]
                 term = GramTerm(_cat([t.A for t in parts], 2), _cat([t.G for t in parts], 3))
-                terms.append(term if g.form == "gram" else term.jacobian())
+                terms.append(term if g.form == "gram" else FactoredJacobianTerm(term))
             elif g.form == "index":
                 parts = [embedding_term(calls[i], inputs[i], cots[i]) for i, _ in g.uses]
                 indices, G = _cat([t.indices for t in parts], 1), _cat([t.G for t in parts], 2)
@@ -177,7 +198,7 @@ class StructuredMethod:
     features2 = features
 
     def pair(self, f1: list[Term], f2: list[Term], full: bool) -> torch.Tensor:
-        return contract(f1, f2, full)
+        return contract(f1, f2, full, self.workspace)
 
     def diag(self, f1: list[Term], f2: list[Term], full: bool) -> torch.Tensor:
-        return contract_diagonal(f1, f2, full)
+        return contract_diagonal(f1, f2, full, self.workspace)
