@@ -102,7 +102,7 @@ def _candidate_forms(fm: FunctionalModel, trace: ModelTrace, name: str, uses: Us
         V, D = calls[0].weight_shape
         L = sum(math.prod(c.in_shape) for c in calls)
         rows = min(L * L, V)
-        return [_Group(name, "index", uses, 2.0 * o_a * D * rows, rows * (1 + o_a), 0.0, L * (1 + o * D)), layout]
+        return [_Group(name, "index", uses, 2.0 * o_a * D * rows, rows * (1 + o_a), 0.0, L * (1 + o * D))]
     return [layout]
 
 

@@ -67,8 +67,9 @@ def trace_model(fm: FunctionalModel, x: torch.Tensor) -> ModelTrace:
     """Trace ``fm`` on the first example of ``x`` (see module docs)."""
     params = {k: v.detach().requires_grad_() for k, v in fm.params.items()}
     icpt = LayerInterceptor({id(v): k for k, v in params.items()}, make_probes=True, count_costs=True)
+    first = x[:1]
     with model_errors(x), autodiff_context(), icpt:
-        out = fm.fn(params, x[:1])
+        out = fm.fn(params, first)
     if out.shape[1] == 0:
         raise ShapeError("the model returns no outputs (shape (N, 0)); there is no kernel to compute.")
     uses: dict[str, list[tuple[int, str]]] = {}
@@ -147,6 +148,7 @@ def _zero_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor
 def measure_forward(fm: FunctionalModel, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """The outputs (1, O) of the first example and the entries of all tensors its forward pass creates."""
     icpt = LayerInterceptor({}, count_costs=True)
+    first = x[:1]
     with model_errors(x), torch.no_grad(), autodiff_context(), icpt:
-        out = fm.fn(fm.params, x[:1])
+        out = fm.fn(fm.params, first)
     return out, icpt.activation_words
