@@ -130,16 +130,19 @@ def batchnorm_mlp():
 
 
 class TiedLM(nn.Module):
-    """Embedding whose table is also the output layer (weight tying), and a linear layer applied twice."""
+    """Embedding whose table is also the output layer (module-level weight tying, as in language models),
+    a linear layer applied twice, and the table read once more through F.linear."""
 
     def __init__(self) -> None:
         super().__init__()
         self.emb = nn.Embedding(9, 6)
         self.mix = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 9, bias=False)
+        self.head.weight = self.emb.weight
 
     def forward(self, ids):
-        h = torch.tanh(self.mix(torch.tanh(self.mix(self.emb(ids)))))
-        return F.linear(h.mean(1), self.emb.weight)
+        h = torch.tanh(self.mix(torch.tanh(self.mix(self.emb(ids))))).mean(1)
+        return self.head(h) + 0.5 * F.linear(torch.tanh(h), self.emb.weight)
 
 
 def tied():

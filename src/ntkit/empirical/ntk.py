@@ -57,10 +57,14 @@ def empirical_ntk(
             formed), ``"structured"`` (per-layer structure: Gram products of layer inputs and output
             cotangents for linear/conv weights, index equality for embeddings, small Jacobians for biases and
             normalisation parameters, Jacobian contraction for everything else), or ``"auto"``. All are exact.
-            ``"auto"`` estimates the FLOPs of each method from the shapes seen in one traced forward pass
-            (N1, N2, O, the size and positions of every layer's weight, the forward FLOPs; the model is in
-            :mod:`ntkit.empirical.cost`), including features recomputed because of chunking, and takes the
-            cheapest.
+            ``"auto"`` estimates the FLOPs of each method from the shapes seen in one traced forward pass and
+            takes the cheapest (details in :mod:`ntkit.empirical.cost`). With FP the FLOPs of one example's
+            forward pass, P the selected parameters and a = 1 (traced) or 2 (full):
+            jacobian (1 + 2·O)·FP per example + 2·O^a·P per pair of examples; ntvp (1 + 2·O)·FP per x2
+            example + 2·O·FP per pair; structured (1 + O)·FP per example + per pair, for each weight with
+            L positions, the cheaper of 2·L²·(d_in + O^a·d_out) (Gram form) and 2·O^a·d_in·d_out (after
+            2·O·L·d_in·d_out per example to form its Jacobian), and 2·O^a·P_k for the other parameters. The
+            total counts features that chunking computes more than once.
         trace_outputs: ``True``: the mean over outputs of the diagonal output blocks, (N1, N2), the estimate of
             the per-output infinite-width kernel; ``False``: the full kernel (N1, N2, O, O).
         diagonal: only Θ̂(x1_n, x2_n) (x2 ``None`` or with N2 = N1): (N1,) or (N1, O, O); its cost is linear in N.
