@@ -191,7 +191,6 @@ class LayerInterceptor(TorchFunctionMode):
     calls: list[LayerCall] = field(default_factory=list)
     inputs: list[torch.Tensor | None] = field(default_factory=list)
     made_probes: list[torch.Tensor] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
     flagged: set[str] = field(default_factory=set)
     activation_words: int = 0
     matmul_flops: int = 0
@@ -205,7 +204,6 @@ class LayerInterceptor(TorchFunctionMode):
         names = {self.watched[id(t)] for t in _tensors((args, kwargs)) if id(t) in self.watched}
         if not names:
             return self._count(func, args, func(*args, **kwargs))
-        self.seen |= names
         spec = LAYER_FUNCTIONS.get(func)
         if spec is not None:
             out = self._layer_call(spec, func, args, kwargs, names)

@@ -12,8 +12,7 @@ from .._functional import FunctionalModel, ParamsArg, check_input_dtype, functio
 from .._memory import check_fits, resolve_budget
 from .._validation import check_input_pair, format_shape
 from ..errors import ParameterSelectionError, ShapeError, UnsupportedError
-from .blocks import chunk_for_budget, chunks
-from .ntk import check_chunk_size
+from .blocks import check_chunk_size, chunk_for_budget, chunks
 from .tracing import measure_forward, model_errors
 
 __all__ = ["empirical_nngp"]

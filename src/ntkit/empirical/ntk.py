@@ -8,25 +8,20 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .._functional import ParamsArg, check_input_dtype, functionalize
+from .._functional import FunctionalModel, ParamsArg, check_input_dtype, functionalize
 from .._memory import check_fits, resolve_budget
 from .._validation import check_input_pair, format_shape
 from ..errors import MemoryBudgetError, ShapeError, UnsupportedError
-from .blocks import KernelMethod, assemble, assemble_diagonal
+from .blocks import KernelMethod, assemble, assemble_diagonal, check_chunk_size
 from .cost import BlockPlan, Problem, plan_blocks
 from .jacobian import JacobianMethod
 from .ntvp import NtvpMethod
 from .structured import StructuredMethod
-from .tracing import trace_model
+from .tracing import ModelTrace, trace_model
 
 __all__ = ["METHODS", "empirical_ntk"]
 
 METHODS: dict[str, type] = {"structured": StructuredMethod, "jacobian": JacobianMethod, "ntvp": NtvpMethod}
-
-
-def check_chunk_size(chunk_size: object) -> None:
-    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
-        raise UnsupportedError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
 
 
 def empirical_ntk(
@@ -120,7 +115,13 @@ def empirical_ntk(
 
 
 def choose_method(
-    fm, trace, problem: Problem, method: str, budget: float, chunk_size: int | None, itemsize: int
+    fm: FunctionalModel,
+    trace: ModelTrace,
+    problem: Problem,
+    method: str,
+    budget: float,
+    chunk_size: int | None,
+    itemsize: int,
 ) -> tuple[KernelMethod, BlockPlan]:
     """The method asked for, or for ``"auto"`` the one with the fewest estimated FLOPs, with its block plan."""
     names = list(METHODS) if method == "auto" else [method]

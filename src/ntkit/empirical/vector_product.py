@@ -13,8 +13,7 @@ from .._memory import resolve_budget
 from .._validation import check_input_pair, check_tensor, format_shape
 from ..errors import ShapeError
 from .autodiff import autodiff_context
-from .blocks import chunk_for_budget, chunks
-from .ntk import check_chunk_size
+from .blocks import check_chunk_size, chunk_for_budget, chunks
 from .tracing import measure_forward, model_errors
 
 __all__ = ["ntk_vector_product"]
