@@ -6,6 +6,8 @@ layer features); both routes do the same float64 arithmetic up to summation orde
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from kernels_reference import case
@@ -52,6 +54,15 @@ def test_params_dict_sets_values():
     with torch.no_grad():
         f = model[:4](x1) @ new["4.weight"].T + model[4].bias
     assert rel_err(nk.empirical_nngp(model, x1, params=new), f @ f.T / 3) < 1e-12
+
+
+def test_frozen_feature_extractor():
+    """No derivative is taken, so a model without trainable parameters has an NNGP kernel too."""
+    model, x1, _, _, _ = case("cnn2d")
+    frozen = copy.deepcopy(model).requires_grad_(False)
+    with torch.no_grad():
+        f = model(x1)
+    assert rel_err(nk.empirical_nngp(frozen, x1), f @ f.T / 3) < 1e-12
 
 
 def test_plain_function():

@@ -77,7 +77,8 @@ def empirical_nngp(
 
     Args:
         model, x1, x2, params: as in :func:`ntkit.empirical_ntk` (``params`` given as a dict sets parameter
-            values; a selection by names changes nothing here, as no derivative is taken).
+            values; a selection by names changes nothing here, as no derivative is taken, and frozen
+            parameters are fine).
         layer: name of a submodule whose output gives the features; its first axis must index the examples.
         trace_outputs: ``False`` gives the full output kernel f(x1)_a f(x2)_b, shape (N1, N2, O, O) (only
             with ``layer=None``).
@@ -93,6 +94,9 @@ def empirical_nngp(
         raise UnsupportedError("trace_outputs=False (per-output blocks) is defined for outputs only; use layer=None.")
     if diagonal and x2 is not None and x2.shape[0] != x1.shape[0]:
         raise ShapeError("diagonal=True pairs x1[n] with x2[n], so they need the same number of examples.")
+    if params is None and isinstance(model, nn.Module):
+        # no derivative is taken, so frozen parameters (requires_grad=False) are fine here
+        params = {name: p.detach() for name, p in model.named_parameters()}
     fm = functionalize(model, params)
     check_input_dtype(fm, x1)
     features = _layer_features(fm, layer)
