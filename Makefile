@@ -30,8 +30,10 @@ $(VENV)/.test: pyproject.toml $(VENV)/.torch
 	$(PIP) install -e ".[dev]"
 	touch $@ $(VENV)/.repro
 
+# OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads sleep instead of spinning while they wait; on a machine whose
+# cores are shared with other busy processes this made the quick run several times faster (benchmarks/reproduce.py).
 demo: $(VENV)/.repro
-	$(VENV)/bin/ntkit reproduce --quick
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/ntkit reproduce --quick
 	@echo "Report: $(CURDIR)/ntkit-report/index.html (figures in ntkit-report/figures, numbers in ntkit-report/results.json)"
 
 test: lint
@@ -41,7 +43,7 @@ test-all: lint
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
 lint: $(VENV)/.test
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/empirical.py

@@ -8,10 +8,23 @@ The four capabilities, in the order data flows through them:
 - training dynamics and GP inference: :mod:`ntkit.predict`.
 """
 
-from . import errors
+from . import errors, predict
 from .empirical import empirical_nngp, empirical_ntk, ntk_vector_product
 from .errors import NtkitError
+from .linearize import LinearizedModel, TaylorExpandedModel, linearize, taylor_expand
 
 __version__ = "0.1.0"
 
-__all__ = ["NtkitError", "__version__", "empirical_nngp", "empirical_ntk", "errors", "ntk_vector_product"]
+__all__ = [
+    "LinearizedModel",
+    "NtkitError",
+    "TaylorExpandedModel",
+    "__version__",
+    "empirical_nngp",
+    "empirical_ntk",
+    "errors",
+    "linearize",
+    "ntk_vector_product",
+    "predict",
+    "taylor_expand",
+]

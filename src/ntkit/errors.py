@@ -9,11 +9,16 @@ from __future__ import annotations
 
 __all__ = [
     "BatchCouplingError",
+    "ChecksumError",
+    "DataFormatError",
+    "DataNotFoundError",
     "IllConditionedError",
+    "InvalidArgumentError",
     "MemoryBudgetError",
     "NonFiniteError",
     "NotPSDError",
     "NtkitError",
+    "NumericalWarning",
     "ParameterSelectionError",
     "ShapeError",
     "UnsupportedError",
@@ -61,3 +66,28 @@ class IllConditionedError(NtkitError, ValueError):
 
     The message gives the condition number and suggests ``diag_reg`` or float64.
     """
+
+
+class DataNotFoundError(NtkitError, FileNotFoundError):
+    """The files of a data set are not where they were looked for (and downloading was not asked for).
+
+    The message lists the files and the folder searched, and says to put them there or pass ``download=True``.
+    """
+
+
+class ChecksumError(NtkitError, ValueError):
+    """A downloaded file whose checksum differs from the official one (a corrupt or altered download)."""
+
+
+class DataFormatError(NtkitError, ValueError):
+    """A data file that exists but is not in the expected format (bad magic number, truncated, wrong keys)."""
+
+
+class InvalidArgumentError(NtkitError, ValueError):
+    """A scalar argument outside its valid range or an unknown option (a negative learning rate or time,
+    momentum >= 1, an unknown ``reduction``); the message names the valid values."""
+
+
+class NumericalWarning(RuntimeWarning):
+    """A result was computed after a numerical repair (negative eigenvalues clipped, jitter added) or
+    describes a diverging iteration; the message says what was done and how to avoid it."""

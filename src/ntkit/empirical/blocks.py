@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import UnsupportedError
+from ..errors import InvalidArgumentError
 
 __all__ = ["KernelMethod", "assemble", "assemble_diagonal", "check_chunk_size", "chunk_for_budget", "chunks"]
 
@@ -40,7 +40,7 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 
 def check_chunk_size(chunk_size: object) -> None:
     if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
-        raise UnsupportedError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+        raise InvalidArgumentError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
 
 
 def chunk_for_budget(n: int, bytes_per_example: float, budget: float, chunk_size: int | None) -> int:

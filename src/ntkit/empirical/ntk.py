@@ -11,7 +11,7 @@ from torch import nn
 from .._functional import FunctionalModel, ParamsArg, check_input_dtype, functionalize
 from .._memory import check_fits, resolve_budget
 from .._validation import check_input_pair, format_shape
-from ..errors import MemoryBudgetError, ShapeError, UnsupportedError
+from ..errors import InvalidArgumentError, MemoryBudgetError, ShapeError
 from .blocks import KernelMethod, assemble, assemble_diagonal, check_chunk_size
 from .cost import BlockPlan, Problem, plan_blocks
 from .jacobian import JacobianMethod
@@ -72,7 +72,7 @@ def empirical_ntk(
         A tensor in the model's dtype on the inputs' device: (N1, N2), (N1, N2, O, O), (N1,) or (N1, O, O).
     """
     if method != "auto" and method not in METHODS:
-        raise UnsupportedError(f"unknown method {method!r}; use one of 'auto', {', '.join(map(repr, METHODS))}.")
+        raise InvalidArgumentError(f"unknown method {method!r}; use one of 'auto', {', '.join(map(repr, METHODS))}.")
     check_chunk_size(chunk_size)
     x1, x2 = check_input_pair(x1, x2, allow_integer=True)
     if x2 is x1:

@@ -1,7 +1,7 @@
 """Parameter selections and plain functions f(params, x), against the dense float64 reference.
 
 The reference Jacobian is restricted to the selected parameters (columns of the full dense Jacobian, in
-``named_parameters`` order); tolerance as in :data:`kernels_reference.TOL`.
+``named_parameters`` order); tolerance as in :data:`empirical_reference.TOL`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import fnmatch
 
 import pytest
 import torch
-from kernels_reference import TOL, case, kernel_from_jacobians
+from empirical_reference import TOL, case, kernel_from_jacobians
+from empirical_zoo import functional_mlp
 from torch.func import jacrev, vmap
-from zoo import functional_mlp
 
 import ntkit as nk
 from reference import dense_jacobian, rel_err

@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from kernels_reference import case
+from empirical_reference import case
 from torch import nn
 
 import ntkit as nk

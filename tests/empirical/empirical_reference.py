@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 
 import torch
-from zoo import MODELS
+from empirical_zoo import MODELS
 
 from reference import dense_jacobian
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernels_reference import case
+from empirical_reference import case
 
 import ntkit as nk
 from ntkit.errors import MemoryBudgetError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernels_reference import TOL, kernel_from_jacobians
+from empirical_reference import TOL, kernel_from_jacobians
 from torch import nn
 
 import ntkit as nk

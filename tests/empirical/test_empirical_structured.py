@@ -1,6 +1,6 @@
 """The structured method's machinery: the rules are really used, and anything they cannot see falls back.
 
-The kernels themselves are checked against the dense reference in ``test_methods.py``; here the white-box
+The kernels themselves are checked against the dense reference in ``test_empirical_methods.py``; here the white-box
 checks make sure that passing those tests does not just mean "everything fell back to Jacobian contraction",
 and that uses of a weight the rules do not cover are detected (then the kernel is still exact).
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from kernels_reference import TOL, case, kernel_from_jacobians
+from empirical_reference import TOL, case, kernel_from_jacobians
+from empirical_zoo import MODELS
 from torch import nn
-from zoo import MODELS
 
 import ntkit as nk
 from ntkit._functional import functionalize

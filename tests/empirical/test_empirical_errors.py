@@ -9,6 +9,7 @@ from torch import nn
 import ntkit as nk
 from ntkit.errors import (
     BatchCouplingError,
+    InvalidArgumentError,
     NonFiniteError,
     NtkitError,
     ParameterSelectionError,
@@ -113,10 +114,10 @@ def test_dropout_in_train_mode(method):
 
 
 def test_unknown_method_and_bad_chunk_size():
-    with pytest.raises(UnsupportedError, match="unknown method"):
+    with pytest.raises(InvalidArgumentError, match="unknown method"):
         nk.empirical_ntk(mlp(), x(), method="fast")
     for bad in (0, -2, 1.5, True):
-        with pytest.raises(UnsupportedError, match="chunk_size"):
+        with pytest.raises(InvalidArgumentError, match="chunk_size"):
             nk.empirical_ntk(mlp(), x(), chunk_size=bad)
 
 

@@ -3,15 +3,15 @@
 Each model of the zoo (MLP with a multi-output head, Conv1d/Conv2d CNNs with pooling, BatchNorm in eval mode
 and GroupNorm, a residual network with LayerNorm, Embedding + MultiheadAttention, a TransformerEncoder,
 tied weights, a LoRA adapter) is checked for x2 = x1 (x2=None) and x2 != x1, traced and full output
-kernels, and the diagonal. Tolerance: :data:`kernels_reference.TOL` (see there why).
+kernels, and the diagonal. Tolerance: :data:`empirical_reference.TOL` (see there why).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from kernels_reference import TOL, case, kernel_from_jacobians
-from zoo import MODELS
+from empirical_reference import TOL, case, kernel_from_jacobians
+from empirical_zoo import MODELS
 
 import ntkit as nk
 from reference import rel_err

@@ -1,14 +1,14 @@
 """ntk_vector_product against the dense float64 full kernel applied to v.
 
 out[n, a] = Σ_{m, b} Θ̂(x1_n, x2_m)[a, b] v[m, b]; reference: the dense (N1, N2, O, O) kernel from plain
-autograd Jacobians, contracted with v. Tolerance as in :data:`kernels_reference.TOL`.
+autograd Jacobians, contracted with v. Tolerance as in :data:`empirical_reference.TOL`.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from kernels_reference import TOL, case, kernel_from_jacobians
+from empirical_reference import TOL, case, kernel_from_jacobians
 from torch import nn
 
 import ntkit as nk

@@ -1,0 +1,39 @@
+"""The paper's experiments (E1-E8), their registry and run loop, and the helpers they share.
+
+Each experiment is a module ``eN_<name>.py`` holding a configuration dataclass, its ``QUICK`` and ``FULL``
+instances and a function ``fn(config, ctx) -> ExperimentResult`` registered with :func:`register`; importing this
+package registers them all. Run them with :func:`run_experiments` (or ``ntkit reproduce``).
+"""
+
+from . import e3_width_scaling
+from .context import RunContext
+from .models import NTKDense, dense, dense_layers, mlp, readout_parameters
+from .registry import EXPERIMENTS, Experiment, known_ids, register, select
+from .runner import run_experiments, run_one
+from .stats import SlopeFit, accuracy, fit_loglog_slope, relative_change, rmse
+from .training import TrainHistory, log_spaced_steps, train_full_batch
+
+__all__ = [
+    "EXPERIMENTS",
+    "Experiment",
+    "NTKDense",
+    "RunContext",
+    "SlopeFit",
+    "TrainHistory",
+    "accuracy",
+    "dense",
+    "dense_layers",
+    "e3_width_scaling",
+    "fit_loglog_slope",
+    "known_ids",
+    "log_spaced_steps",
+    "mlp",
+    "readout_parameters",
+    "register",
+    "relative_change",
+    "rmse",
+    "run_experiments",
+    "run_one",
+    "select",
+    "train_full_batch",
+]

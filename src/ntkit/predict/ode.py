@@ -1,0 +1,233 @@
+"""Gradient descent on any loss of the outputs, in function space (theory.md 2.5-2.6).
+
+A linearized model trained by ``torch.optim.SGD(lr, momentum)`` on a loss L(f(X), Y) moves in function
+space as (v: gradient-space velocity, torch's momentum buffer seen through J)
+
+    g_t = ∇_f L(f_t, Y),   w_{t+1} = β w_t + g_t,   f_{t+1} = f_t − lr Θ w_{t+1},
+
+and test outputs follow as f_t(x) = f_0(x) − Θ(x, X) α_t with α_t = lr Σ_{k<=t} w_k. Whole steps are
+iterated exactly like this. ``continuous=True`` integrates the ODE limit with
+``scipy.integrate.solve_ivp``: α̇ = ∇_f L(f_0 − Θα) in time t·lr (gradient flow), or with momentum
+α̈ = −γ α̇ + ∇_f L(f_0 − Θα), γ = (1 − β)/√lr, in time t·√lr (theory.md 2.5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+from .._validation import check_tensor, format_shape
+from ..errors import InvalidArgumentError, NonFiniteError, NtkitError, ShapeError, UnsupportedError
+from ._args import check_dtype, check_learning_rate, check_momentum, check_nonnegative
+from ._layout import Layout, check_device, layout_of, promote_dtype
+from ._predictor import FunctionSpacePredictor
+from ._train_kernels import TrainKernels
+
+__all__ = ["LossPredictor", "gradient_descent"]
+
+
+def gradient_descent(
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ntk_train_train: torch.Tensor,
+    y_train: torch.Tensor,
+    learning_rate: float = 1.0,
+    *,
+    momentum: float = 0.0,
+    continuous: bool = False,
+    ode_method: str = "DOP853",
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+    dtype: torch.dtype = torch.float64,
+) -> LossPredictor:
+    """Predictor of gradient-descent training of a linearized model on any loss of its outputs.
+
+    Args:
+        loss: ``loss(f, y) -> scalar tensor`` with f the outputs (N, O) (or (N,) for 1-D float targets), e.g.
+            ``torch.nn.CrossEntropyLoss()`` (with integer class labels (N,) or class probabilities (N, O)) or
+            ``torch.nn.MSELoss()``. Its gradient with respect to f is taken by autograd.
+        ntk_train_train: per-output (N, N) or full (N, N, O, O) NTK on the training set.
+        y_train: targets passed to ``loss`` as they are (integer labels stay integer).
+        learning_rate, momentum: ``lr`` and ``momentum`` of torch.optim.SGD.
+        continuous: integrate the ODE limit (time t·lr, or t·√lr with momentum) instead of iterating steps.
+        ode_method, rtol, atol: ``scipy.integrate.solve_ivp`` method and tolerances (on α, for ``continuous``).
+            For very long, stiff horizons ``"LSODA"`` or ``"Radau"`` can be faster.
+        dtype: dtype of the computation (float64 by default).
+
+    Returns:
+        A :class:`LossPredictor` with the interface of :func:`gradient_descent_mse`'s predictor. There is no
+        converged limit in general (cross-entropy logits grow without bound), so ``t`` must be finite.
+    """
+    if not callable(loss):
+        raise UnsupportedError(f"loss must be a callable loss(f, y) -> scalar, got {type(loss).__name__}.")
+    k = check_tensor(ntk_train_train, "ntk_train_train", min_ndim=2)
+    y = check_tensor(y_train, "y_train", min_ndim=1, allow_integer=True)
+    check_device(y, "y_train", k.device)
+    if k.shape[0] != y.shape[0]:
+        raise ShapeError(
+            f"ntk_train_train has shape {format_shape(k.shape)} but y_train {format_shape(y.shape)}: both must "
+            "have the N training examples first."
+        )
+    solver = _Solver(ode_method, check_nonnegative(rtol, "rtol"), check_nonnegative(atol, "atol"))
+    lr, beta = check_learning_rate(learning_rate), check_momentum(momentum)
+    return LossPredictor(loss, k, y, lr, beta, bool(continuous), solver, check_dtype(dtype))
+
+
+@dataclass(frozen=True)
+class _Solver:
+    """``scipy.integrate.solve_ivp`` settings."""
+
+    method: str
+    rtol: float
+    atol: float
+
+
+class LossPredictor(FunctionSpacePredictor):
+    """See :func:`gradient_descent`."""
+
+    def __init__(
+        self,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        kernel: torch.Tensor,
+        y: torch.Tensor,
+        lr: float,
+        momentum: float,
+        continuous: bool,
+        solver: _Solver,
+        dtype: torch.dtype,
+    ):
+        self.loss, self.lr, self.momentum, self.continuous, self.solver = loss, lr, momentum, continuous, solver
+        self.dtype, self._kernel, self._out_dtype = dtype, kernel, promote_dtype(kernel, y)
+        self._y = y.to(dtype) if y.is_floating_point() else y
+        self._layouts: dict[int, tuple[Layout, TrainKernels]] = {}
+
+    def _layout(self, fx_train_0: object) -> Layout:
+        """O comes from a full kernel, from float targets (N, O), or else from ``fx_train_0`` (N, O)."""
+        k, y = self._kernel, self._y
+        regression_vector = y.is_floating_point() and y.ndim == 1
+        if k.ndim == 4:
+            n_outputs = k.shape[2]
+        elif y.is_floating_point():
+            n_outputs = y.shape[1] if y.ndim == 2 else 1
+        elif isinstance(fx_train_0, torch.Tensor) and fx_train_0.ndim == 2:
+            n_outputs = fx_train_0.shape[1]
+        else:
+            raise ShapeError(
+                "with integer targets and a per-output (N, N) kernel the number of outputs is unknown; pass "
+                "fx_train_0 as a tensor of shape (N, O)."
+            )
+        if n_outputs not in self._layouts:
+            layout = layout_of(k, k.shape[0], n_outputs, regression_vector, "ntk_train_train")
+            matrix = layout.kernel_matrix(k, "ntk_train_train")
+            kernels = TrainKernels(
+                lambda _: matrix, lambda _: "ntk_train_train", diag_reg=0.0, absolute=False, dtype=self.dtype
+            )
+            self._layouts[n_outputs] = (layout, kernels)
+        return self._layouts[n_outputs][0]
+
+    def _gradient(self, f: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """∇_f L at outputs f (D, C), by autograd, in the same (D, C) layout."""
+        with torch.enable_grad():
+            f_user = layout.from_matrix(f).detach().requires_grad_(True)
+            value = self.loss(f_user, self._y)
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise UnsupportedError(
+                    "loss(f, y) must return a scalar tensor (use reduction='mean' or 'sum'), got "
+                    f"{type(value).__name__} {tuple(getattr(value, 'shape', ()))}."
+                )
+            (grad,) = torch.autograd.grad(value.reshape(()), f_user)
+        if not bool(torch.isfinite(grad).all()):
+            raise NonFiniteError(
+                "the loss gradient is not finite; the outputs have diverged (learning rate too large?)."
+            )
+        return layout.to_matrix(grad)
+
+    def _evolve(self, times: torch.Tensor, f0: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+        if not bool(torch.isfinite(times).all()):
+            raise InvalidArgumentError(
+                "t = inf: gradient descent on a general loss has no closed-form limit (cross-entropy logits grow "
+                "without bound); pass finite times, or use gradient_descent_mse for MSE."
+            )
+        k = self._layouts[layout.n_outputs][1].matrix("ntk")
+        if self.continuous:
+            return self._integrate(times, f0, k, layout)
+        return self._iterate(times, f0, k, layout)
+
+    def _iterate(
+        self, times: torch.Tensor, f0: torch.Tensor, k: torch.Tensor, layout: Layout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if bool((times != times.round()).any()):
+            raise InvalidArgumentError(
+                f"t = {times[times != times.round()][0].item()} is not a whole number of steps; pass integers or "
+                "continuous=True."
+            )
+        steps = [int(s) for s in times.tolist()]
+        wanted = set(steps)
+        f, w, alpha = f0.clone(), torch.zeros_like(f0), torch.zeros_like(f0)
+        saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for step in range(max(steps) + 1):
+            if step in wanted:
+                saved[step] = (f.clone(), alpha.clone())
+            if step == max(steps):
+                break
+            w = self.momentum * w + self._gradient(f, layout)
+            f = f - self.lr * (k @ w)
+            alpha = alpha + self.lr * w
+        train = torch.stack([saved[s][0] for s in steps])
+        coef = torch.stack([saved[s][1] for s in steps])
+        return train, coef
+
+    def _integrate(
+        self, times: torch.Tensor, f0: torch.Tensor, k: torch.Tensor, layout: Layout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        shape, size = f0.shape, f0.numel()
+        h = math.sqrt(self.lr)
+        # gradient flow in τ = t·lr; heavy ball in τ = t·√lr with damping γ
+        tau = (times * (h if self.momentum > 0 else self.lr)).numpy()
+        gamma = (1 - self.momentum) / h
+
+        def grad_at(alpha_flat: np.ndarray) -> np.ndarray:
+            alpha = torch.from_numpy(alpha_flat).reshape(shape).to(device=self.device, dtype=self.dtype)
+            g = self._gradient(f0 - k @ alpha, layout)
+            return g.reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
+
+        if self.momentum > 0:
+
+            def rhs(_, state):
+                alpha, speed = state[:size], state[size:]
+                return np.concatenate([speed, -gamma * speed + grad_at(alpha)])
+
+            start = np.zeros(2 * size)
+        else:
+
+            def rhs(_, state):
+                return grad_at(state)
+
+            start = np.zeros(size)
+        if float(tau.max()) == 0.0:
+            coef = torch.zeros(tau.size, *shape, dtype=self.dtype, device=self.device)
+            return f0.expand_as(coef).clone(), coef
+        order = np.argsort(tau, kind="stable")
+        sol = solve_ivp(
+            rhs,
+            (0.0, float(tau.max())),
+            start,
+            method=self.solver.method,
+            t_eval=tau[order],
+            rtol=self.solver.rtol,
+            atol=self.solver.atol,
+        )
+        if not sol.success:
+            raise NtkitError(
+                f"the ODE solver ({self.solver.method}) failed: {sol.message}. Try ode_method='LSODA' or 'Radau', "
+                "looser rtol/atol, or whole steps (continuous=False)."
+            )
+        alphas = np.empty((tau.size, size))
+        alphas[order] = sol.y[:size].T
+        coef = torch.from_numpy(alphas).to(device=self.device, dtype=self.dtype).reshape(tau.size, *shape)
+        train = f0 - torch.einsum("ij,tjc->tic", k, coef)
+        return train, coef
