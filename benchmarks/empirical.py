@@ -30,8 +30,9 @@ the examples, then ``einsum('nap,map->nm')`` per parameter. neural-tangents 0.6.
 its structured-derivatives and Jacobian-contraction implementations, jit-compiled, timed after compilation,
 when ``/work/nt-venv`` (or ``--nt-python``) exists. Machines shared with other jobs make absolute times
 noisy; the ratios measured in one run are what to compare. On an oversubscribed machine (load average well
-above the core count) two OpenMP threads can make torch's small matrix products ten times slower than one
-thread; ``--threads 1`` then gives steadier numbers (it also restricts XLA to one thread).
+above the core count) spinning OpenMP threads can make torch's small matrix products ten times slower; run
+with ``OMP_WAIT_POLICY=PASSIVE`` in the environment (the workers inherit it), or ``--threads 1`` (which also
+restricts XLA to one thread).
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ def main() -> None:
     with_nt = not args.no_nt and Path(args.nt_python).exists()
     print(
         f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, float32, best of "
-        f"{args.repeats}; "
+        f"{args.repeats}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     header = f"{'case':12s} {'method':14s} {'time (s)':>9s} {'peak (MiB)':>11s} {'speed-up':>9s} {'memory':>7s}  note"
