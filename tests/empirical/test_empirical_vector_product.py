@@ -54,3 +54,43 @@ def test_v_of_the_wrong_shape():
         nk.ntk_vector_product(model, x1, x2, torch.randn(3, dtype=DT))
     with pytest.raises(ShapeError, match="v must have shape"):
         nk.ntk_vector_product(model, x1, x2, torch.randn(4, 3, dtype=DT))
+
+
+class Cube(torch.autograd.Function):
+    """x ** 3 with a backward but no jvp: forward mode through it raises inside torch."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x**3
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 3 * x**2 * grad
+
+
+class CubeNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return Cube.apply(self.lin(x))
+
+
+def test_operation_without_forward_derivative():
+    """ntvp and ntk_vector_product fall back to two reverse passes (exact) where forward mode is missing."""
+    model = CubeNet().to(DT)
+    x1, x2 = torch.randn(4, 3, dtype=DT), torch.randn(3, 3, dtype=DT)
+    K = kernel_from_jacobians(dense_jacobian(model, x1), dense_jacobian(model, x2), False)
+    v = torch.randn(3, 2, dtype=DT)
+    assert rel_err(nk.ntk_vector_product(model, x1, x2, v), torch.einsum("nmab,mb->na", K, v)) < TOL
+    assert rel_err(nk.empirical_ntk(model, x1, x2, method="ntvp", trace_outputs=False), K) < TOL
+    diag = nk.empirical_ntk(model, x2, method="ntvp", diagonal=True)
+    assert rel_err(diag, kernel_from_jacobians(dense_jacobian(model, x2), dense_jacobian(model, x2), True, True)) < TOL

@@ -8,10 +8,10 @@ tangents; one jvp of f(·, x1 chunk) per tangent gives the columns Θ̂(x1, x2_m
 from __future__ import annotations
 
 import torch
-from torch.func import jvp, vmap
+from torch.func import vmap
 
 from .._functional import FunctionalModel
-from .autodiff import autodiff_context
+from .autodiff import autodiff_context, jacobian_vector_product
 from .cost import MethodCost, Problem, SideCost
 from .jacobian import jacobian_side_cost, per_example_jacobians
 from .tracing import ModelTrace
@@ -44,7 +44,7 @@ class NtvpMethod:
 
     def _push(self, x: torch.Tensor, tangent: dict[str, torch.Tensor]) -> torch.Tensor:
         """J(x) t: (N, O)."""
-        return jvp(lambda p: self.fm.fn(p, x), (self.fm.params,), (tangent,))[1]
+        return jacobian_vector_product(lambda p: self.fm.fn(p, x), self.fm.params, tangent)
 
     def pair(self, x1: torch.Tensor, rows: dict[str, torch.Tensor], full: bool) -> torch.Tensor:
         b2, o = next(iter(rows.values())).shape[:2]

@@ -6,13 +6,13 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.func import jvp, vjp
+from torch.func import vjp
 
 from .._functional import ParamsArg, check_input_dtype, functionalize
 from .._memory import resolve_budget
 from .._validation import check_input_pair, check_tensor, format_shape
 from ..errors import ShapeError
-from .autodiff import autodiff_context
+from .autodiff import autodiff_context, jacobian_vector_product
 from .blocks import check_chunk_size, chunk_for_budget, chunks
 from .tracing import measure_forward, model_errors
 
@@ -34,8 +34,9 @@ def ntk_vector_product(
     ``out[n, a] = Σ_{m, b} Θ̂(x1_n, x2_m)[a, b] v[m, b]``: ``v`` of shape (N2, O) gives (N1, O); for a model
     with one output, ``v`` of shape (N2,) gives (N1,). This is the operator of the full (N·O × N·O) kernel
     used by exact finite-width dynamics, not of the output-averaged (traced) kernel. Cost: one vjp over x2
-    (u = J(x2)ᵀ v, a vector in parameter space) and one jvp over x1 (J(x1) u), in chunks of examples that
-    fit the memory budget. ``x2=None`` means x1. Other arguments as in :func:`ntkit.empirical_ntk`.
+    (u = J(x2)ᵀ v, a vector in parameter space) and one jvp over x1 (J(x1) u; two reverse passes instead
+    for models with an operation that has no forward-mode derivative), in chunks of examples that fit the
+    memory budget. ``x2=None`` means x1. Other arguments as in :func:`ntkit.empirical_ntk`.
     """
     check_chunk_size(chunk_size)
     x1, x2 = check_input_pair(x1, x2, allow_integer=True)
@@ -62,6 +63,9 @@ def ntk_vector_product(
             for k, g in pull(v[rows])[0].items():
                 u[k] += g
         out = torch.cat(
-            [jvp(lambda p, xs=x1[rows]: fm.fn(p, xs), (fm.params,), (u,))[1] for rows in chunks(x1.shape[0], size)]
+            [
+                jacobian_vector_product(lambda p, xs=x1[rows]: fm.fn(p, xs), fm.params, u)
+                for rows in chunks(x1.shape[0], size)
+            ]
         )
     return out[:, 0] if squeeze else out
