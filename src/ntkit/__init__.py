@@ -9,7 +9,7 @@ The four capabilities, in the order data flows through them:
 """
 
 from . import errors, predict
-from .empirical import empirical_nngp, empirical_ntk
+from .empirical import empirical_nngp, empirical_ntk, ntk_vector_product
 from .errors import NtkitError
 from .linearize import LinearizedModel, TaylorExpandedModel, linearize, taylor_expand
 from .monte_carlo import MonteCarloKernel, monte_carlo_kernel
@@ -27,6 +27,7 @@ __all__ = [
     "errors",
     "linearize",
     "monte_carlo_kernel",
+    "ntk_vector_product",
     "predict",
     "taylor_expand",
 ]
