@@ -7,7 +7,6 @@ Activations map to the ``ntkit.nn`` activation with the same function.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -15,76 +14,29 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UnsupportedError
-from ..nn.activations import Activation, ReLU
-from . import _quadrature, transforms
+from ..nn.activations import GELU, Activation, Elementwise, LeakyReLU, ReLU
+from . import transforms
 from .kernel_type import Kernel
 from .registry import apply_layer, declared_init, register_kernel
 
 __all__ = ["ACTIVATIONS"]
 
 
-class _ByQuadrature(Activation):
-    """An elementwise function and its derivative with Gaussian expectations by quadrature (``_quadrature``)."""
-
-    closed_form = False
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], derivative: Callable[[torch.Tensor], torch.Tensor]):
-        super().__init__()
-        self._fn, self._derivative = fn, derivative
-
-    def fn(self, x: torch.Tensor) -> torch.Tensor:
-        return self._fn(x)
-
-    def derivative(self, x: torch.Tensor) -> torch.Tensor:
-        return self._derivative(x)
-
-    def nngp(self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
-        return _quadrature.pair_expectation(self._fn, self._fn, var1, cov, var2)
-
-    def ntk_factor(self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
-        return _quadrature.pair_expectation(self._derivative, self._derivative, var1, cov, var2)
-
-    def mean(self, var: torch.Tensor) -> torch.Tensor:
-        return _quadrature.expectation(self._fn, var)
-
-
-def _sigmoid_derivative(x: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(x)
-    return s * (1 - s)
-
-
-def _silu_derivative(x: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(x)
-    return s * (1 + x * (1 - s))
-
-
-def _gelu_derivative(x: torch.Tensor) -> torch.Tensor:
-    # d/dx x Φ(x) = Φ(x) + x φ(x)
-    return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-
-
 def _gelu(m: nn.GELU) -> Activation:
     if m.approximate != "none":
         raise _unsupported(m, "the tanh approximation of GELU")
-    return _ByQuadrature(F.gelu, _gelu_derivative)
-
-
-def _leaky_relu(m: nn.LeakyReLU) -> Activation:
-    slope = m.negative_slope
-    return _ByQuadrature(
-        lambda x: F.leaky_relu(x, slope), lambda x: torch.where(x > 0, torch.ones_like(x), torch.full_like(x, slope))
-    )
+    return GELU()
 
 
 #: PyTorch activation module type -> the ntkit activation with the same elementwise function (closed forms where
-#: ntkit.nn has them; otherwise Gaussian quadrature, exact for LeakyReLU's kink at 0).
+#: ntkit.nn has them, Gaussian quadrature through ``Elementwise`` otherwise).
 ACTIVATIONS: dict[type, Callable[[nn.Module], Activation]] = {
     nn.ReLU: lambda m: ReLU(),
-    nn.LeakyReLU: _leaky_relu,
-    nn.Tanh: lambda m: _ByQuadrature(torch.tanh, lambda x: 1 - torch.tanh(x) ** 2),
-    nn.Sigmoid: lambda m: _ByQuadrature(torch.sigmoid, _sigmoid_derivative),
-    nn.SiLU: lambda m: _ByQuadrature(F.silu, _silu_derivative),
+    nn.LeakyReLU: lambda m: LeakyReLU(m.negative_slope),
     nn.GELU: _gelu,
+    nn.Tanh: lambda m: Elementwise(torch.tanh),
+    nn.Sigmoid: lambda m: Elementwise(torch.sigmoid),
+    nn.SiLU: lambda m: Elementwise(F.silu),
 }
 
 

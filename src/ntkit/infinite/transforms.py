@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # only for annotations: ntkit.nn builds on this package, not the reverse
-    from ..nn.activations import Activation
-
 from ..errors import UnsupportedError
-from . import _quadrature, spatial
-from .gaussian_functions import Activations, GaussianFunction, Product, Sum
+from ..nn.activations import Activation
+from . import spatial
+from .gaussian_functions import GaussianFunction
 from .kernel_type import KERNEL_TEMPORARIES, Kernel, note_working_set, pair_entries
 
 __all__ = [
@@ -38,6 +35,10 @@ __all__ = [
 ]
 
 _MONTE_CARLO_HINT = "Estimate the kernel of such a network with nk.monte_carlo_kernel instead."
+
+#: Extra kernel-sized temporaries while a quadrature runs (the node arrays are chunked by ntkit.nn._gaussian
+#: under the memory budget; this covers the chunk in flight and the sums of cross terms).
+QUADRATURE_TEMPORARIES = 32
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def activation(k: Kernel, act: Activation) -> Kernel:
     """φ applied to the layer: its outputs are φ(u) for the last Gaussian u, or φ(ψ(u)) after other
     elementwise functions of u (two activations in a row; a residual sum of u and φ(u))."""
     if k.is_gaussian:
-        return elementwise(k, Activations((act,)))
+        return elementwise(k, GaussianFunction((act,)))
     if k.source is not None:
         return elementwise(k.source, k.fn.then(act))
     if k.is_input:
@@ -172,7 +173,7 @@ def elementwise(g: Kernel, psi: GaussianFunction) -> Kernel:
     d = g.variances()
     v1, v2 = spatial.pair_broadcast(*g.split(d), g.full)
     if psi.uses_quadrature:
-        note_working_set(pair_entries(g.nngp) * (KERNEL_TEMPORARIES + 4 * _quadrature.RADIUS_NODES))
+        note_working_set(pair_entries(g.nngp) * (KERNEL_TEMPORARIES + QUADRATURE_TEMPORARIES))
     a, b = spatial.self_broadcast(d, g.full)
     nngp, cov = psi.nngp(v1, g.nngp, v2), psi.nngp(a, g.cov, b)
     if g.x1_is_x2:
@@ -377,7 +378,7 @@ def _is_new_fresh(branch: Kernel, start: Kernel) -> bool:
 def _as_function_of_gaussian(k: Kernel) -> tuple[Kernel, GaussianFunction] | None:
     """(Gaussian layer g, ψ) with k = ψ(g), or None if k is not an elementwise function of one Gaussian."""
     if k.is_gaussian:
-        return k, Activations(())
+        return k, GaussianFunction.identity()
     if k.source is not None:
         return k.source, k.fn
     return None
@@ -427,7 +428,7 @@ def fan_in_sum(kernels: list[Kernel], start: Kernel) -> Kernel:
     Branches ending in their own random linear layer are independent of the rest (zero cross-covariance), so
     their K and Θ add; the others are combined exactly as elementwise functions of their common Gaussian.
     """
-    parts, any_dependent = _split_branches(kernels, start, Sum, "sum")
+    parts, any_dependent = _split_branches(kernels, start, GaussianFunction.sum, "sum")
     if len(parts) == 1:
         return parts[0]
 
@@ -447,7 +448,7 @@ def fan_in_product(kernels: list[Kernel], start: Kernel) -> Kernel:
     """y = Π_i branch_i(x) elementwise. Independent branches (own random linear layer) multiply:
     K = Π K_i, Θ = Σ_i Θ_i Π_{j≠i} K_j (the product rule; cross terms vanish in the limit); the other branches
     are combined exactly as elementwise functions of their common Gaussian."""
-    parts, any_dependent = _split_branches(kernels, start, Product, "product")
+    parts, any_dependent = _split_branches(kernels, start, GaussianFunction.product, "product")
     if len(parts) == 1:
         return parts[0]
 
