@@ -2,10 +2,14 @@
 
 NNGP: E[f(x1) f(x2)] estimated by f(x1) f(x2)ᵀ / O over draws; a wide readout (O outputs, each an independent
 sample given the hidden layers) averages many samples per draw. NTK: the mean of empirical NTKs Θ̂ = J Jᵀ
-(mean over outputs). Draws are evaluated together, ``torch.func.vmap`` over the stacked parameters of the
-independently initialised networks, with the Jacobian of the whole batch [x1; x2] at once, so random masks
-drawn in a forward pass (train-mode dropout) are shared by an example's value and its gradient.
-``test_mc_reference_matches_empirical_ntk`` ties this to ``nk.empirical_ntk``.
+(mean over outputs).
+
+- :func:`library_mc`: ``nk.monte_carlo_kernel`` (empirical kernels of independently initialised networks).
+- :func:`mc_nngp`, :func:`mc_ntk`: for networks with train-mode dropout, which the empirical kernels reject
+  (masks tie a batch together). Draws are evaluated together, ``torch.func.vmap`` over the stacked parameters
+  of the networks, with the Jacobian of the whole batch [x1; x2] at once, so the random masks drawn in a
+  forward pass are shared by an example's value and its gradient. ``test_mc_reference_matches_empirical_ntk``
+  ties this to ``nk.empirical_ntk``.
 
 Networks run in their own dtype (float32 is much faster for convolutions, and its round-off is far below the
 Monte Carlo error); estimates are returned in float64. Each estimate comes with its elementwise standard error,
@@ -24,6 +28,17 @@ from functools import partial
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, stack_module_state, vmap
+
+import ntkit as nk
+
+
+def library_mc(
+    make_net: Callable[[], nn.Module], x: torch.Tensor, n_samples: int, get: str, *, scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, standard error) of ``get`` ("nngp" or "ntk", times ``scale``) at x2 = x from nk.monte_carlo_kernel,
+    the networks in float32 (fast; its round-off is far below the Monte Carlo error), returned in float64."""
+    est = nk.monte_carlo_kernel(make_net, x.float(), None, n_samples, get=get, seed=0)
+    return scale * getattr(est, get).double(), scale * getattr(est, f"{get}_stderr").double()
 
 
 def _mean_se(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
