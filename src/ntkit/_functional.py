@@ -87,6 +87,12 @@ def _select_names(names: list[str], params: ParamsArg) -> list[str]:
 def _check_batch_independent(module: nn.Module) -> None:
     for name, sub in module.named_modules():
         where = f"module {name!r}" if name else "the model"
+        if isinstance(sub, nn.modules.batchnorm._BatchNorm) and not sub.training and sub.running_mean is None:
+            raise BatchCouplingError(
+                f"{where} ({type(sub).__name__}) has track_running_stats=False, so it normalises with batch "
+                "statistics even in eval mode and one example's output depends on the rest of the batch. Use "
+                "running statistics (track_running_stats=True), or replace it with GroupNorm/LayerNorm."
+            )
         if not sub.training:
             continue
         if isinstance(sub, nn.modules.batchnorm._BatchNorm):
@@ -133,6 +139,12 @@ def functionalize(model: nn.Module | Callable, params: ParamsArg = None) -> Func
         if not selected:
             raise ParameterSelectionError(
                 "the model has no parameters to differentiate (none with requires_grad, or an empty selection)."
+            )
+        complex_names = [k for k, v in selected.items() if v.is_complex()]
+        if complex_names:
+            raise UnsupportedError(
+                f"parameters {complex_names[:4]} are complex; ntkit works with real parameters. Split real and "
+                "imaginary parts into separate real parameters."
             )
         fixed = {n: p.detach() for n, p in all_params.items() if n not in selected}
         fixed.update(dict(model.named_buffers()))

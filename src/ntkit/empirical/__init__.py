@@ -1,5 +1,7 @@
-"""Finite-width kernels of any PyTorch model: the empirical NTK and NNGP."""
+"""Finite-width kernels of any PyTorch model: the empirical NTK and NNGP, and NTK-vector products."""
 
-from .kernels import empirical_nngp, empirical_ntk
+from .nngp import empirical_nngp
+from .ntk import empirical_ntk
+from .vector_product import ntk_vector_product
 
-__all__ = ["empirical_nngp", "empirical_ntk"]
+__all__ = ["empirical_nngp", "empirical_ntk", "ntk_vector_product"]

@@ -1,0 +1,53 @@
+"""The context every torch.func transform of a user's model runs in.
+
+- Scaled-dot-product attention uses the math backend: it has forward-mode derivatives (the fused CPU and
+  CUDA kernels do not) and batching rules (the fused CPU kernel falls back to a per-example loop under
+  ``vmap``, about 10x slower on a small transformer).
+- A pass-through torch function mode is active, so ``nn.MultiheadAttention`` and
+  ``nn.TransformerEncoderLayer`` never take their fused inference path (``_transformer_encoder_layer_fwd``),
+  which has no forward-mode derivative and which they would otherwise pick under ``jvp`` in eval mode.
+- Errors a user can fix are re-raised as ntkit errors (:func:`ntkit._functional.translate_transform_errors`).
+
+:func:`jacobian_vector_product` computes J t by forward mode, or, for a model with an operation that has no
+forward-mode derivative (a custom ``autograd.Function`` without ``jvp``), exactly by two reverse passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.func import jvp, vjp
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .._functional import translate_transform_errors
+from .interception import PassThroughMode
+
+__all__ = ["autodiff_context", "jacobian_vector_product"]
+
+
+@contextlib.contextmanager
+def autodiff_context() -> Iterator[None]:
+    with translate_transform_errors(), sdpa_kernel(SDPBackend.MATH), PassThroughMode():
+        yield
+
+
+def _no_forward_derivative(err: Exception) -> bool:
+    text = str(err).lower()
+    return "forward ad" in text or "forward mode" in text or "forward-mode" in text
+
+
+def jacobian_vector_product(
+    f: Callable[[dict[str, torch.Tensor]], torch.Tensor], params: dict[str, torch.Tensor], tangent: dict
+) -> torch.Tensor:
+    """J t for J = ∂f/∂params at ``params``: one jvp, or where an operation lacks a forward-mode derivative
+    the transpose of the vjp: g(u) = Jᵀu is linear in u, so the vjp of g with cotangent t is J t."""
+    try:
+        return jvp(f, (params,), (tangent,))[1]
+    except (RuntimeError, NotImplementedError) as err:
+        if not _no_forward_derivative(err):
+            raise
+    out, pull = vjp(f, params)
+    _, pull_transposed = vjp(lambda u: pull(u)[0], torch.zeros_like(out))
+    return pull_transposed(tangent)[0]

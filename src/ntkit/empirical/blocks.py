@@ -1,0 +1,87 @@
+"""Assembling a kernel from blocks of examples, so that intermediates stay within the memory budget.
+
+A method (:mod:`.jacobian`, :mod:`.ntvp`, :mod:`.structured`) computes *features* of a chunk of examples
+(``features`` for the x1 side, ``features2`` for the x2 side) and contracts two chunks' features into a
+block (``pair``) or matching rows into diagonal entries (``diag``). With x2 = x1 only the blocks on and above
+the diagonal are computed and the others are mirrored: Θ̂(x', x) = Θ̂(x, x')ᵀ, with the output axes swapped
+in the full kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import torch
+
+from ..errors import InvalidArgumentError
+
+__all__ = ["KernelMethod", "assemble", "assemble_diagonal", "check_chunk_size", "chunk_for_budget", "chunks"]
+
+
+class KernelMethod(Protocol):
+    name: str
+    same_features: bool
+
+    def features(self, x: torch.Tensor) -> Any: ...
+
+    def features2(self, x: torch.Tensor) -> Any: ...
+
+    def pair(self, f1: Any, f2: Any, full: bool) -> torch.Tensor: ...
+
+    def diag(self, f1: Any, f2: Any, full: bool) -> torch.Tensor: ...
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``size`` of range(n)."""
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def check_chunk_size(chunk_size: object) -> None:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+        raise InvalidArgumentError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+
+
+def chunk_for_budget(n: int, bytes_per_example: float, budget: float, chunk_size: int | None) -> int:
+    """``chunk_size`` if given, else the most examples (at most n, at least 1) whose bytes fit the budget."""
+    if chunk_size is not None:
+        return chunk_size
+    return int(max(1, min(n, budget // max(bytes_per_example, 1))))
+
+
+def assemble(
+    method: KernelMethod, x1: torch.Tensor, x2: torch.Tensor | None, out: torch.Tensor, full: bool, size: int
+) -> torch.Tensor:
+    """Fill ``out`` ((N1, N2) summed over outputs, or (N1, N2, O, O)) block by block; ``x2=None``: x1."""
+    symmetric = x2 is None
+    other = x1 if x2 is None else x2
+    cols = list(chunks(other.shape[0], size))
+    kept = method.features2(other) if not symmetric and len(cols) == 1 else None
+    for i, rows in enumerate(chunks(x1.shape[0], size)):
+        f1 = method.features(x1[rows])
+        for j in range(i if symmetric else 0, len(cols)):
+            if kept is not None:
+                f2 = kept
+            elif symmetric and j == i and method.same_features:
+                f2 = f1
+            else:
+                f2 = method.features2(other[cols[j]])
+            block = method.pair(f1, f2, full)
+            out[rows, cols[j]] = block
+            if symmetric and j != i:
+                out[cols[j], rows] = block.permute(1, 0, 3, 2) if full else block.T
+            del f2
+    return out
+
+
+def assemble_diagonal(
+    method: KernelMethod, x1: torch.Tensor, x2: torch.Tensor | None, out: torch.Tensor, full: bool, size: int
+) -> torch.Tensor:
+    """Fill ``out`` ((N,) summed over outputs, or (N, O, O)) with Θ̂(x1_n, x2_n), chunk by chunk."""
+    for rows in chunks(x1.shape[0], size):
+        f1 = method.features(x1[rows])
+        reuse = x2 is None and method.same_features
+        f2 = f1 if reuse else method.features2((x1 if x2 is None else x2)[rows])
+        out[rows] = method.diag(f1, f2, full)
+    return out

@@ -1,0 +1,204 @@
+"""Method ``"structured"``: the NTK from per-layer structure instead of per-example Jacobians.
+
+One forward pass per example records the inputs of the layer calls with a rule (:mod:`.interception`), and
+one batched reverse pass (``vmap(jacrev)`` with respect to zero probes added to the layer outputs) gives the
+cotangents of every layer output for all O model outputs at once; no parameter gradient is formed by
+autograd. Each parameter's contribution is then contracted in the cheapest exact form (:mod:`.terms`,
+:mod:`.cost`):
+
+- a linear or convolution weight in Gram form, (A1 A2ᵀ) ⊙ (G1 G2ᵀ) summed over positions, or in Jacobian form
+  J = Σ_l g_l a_lᵀ formed from the same tensors while a block is contracted, one weight at a time;
+- an embedding table through index equality;
+- biases and normalisation affine parameters (LayerNorm, GroupNorm, BatchNorm in eval mode) as small
+  Jacobians Σ_l g_l, Σ_l x̂_l ⊙ g_l;
+- every other selected parameter (layers without a rule, parameters used outside a rule, e.g. a transposed
+  or reshaped weight) by Jacobian contraction, computed by ``jacrev`` in the same reverse pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.func import jacrev, vmap
+
+from .._functional import FunctionalModel
+from ..errors import UnsupportedError
+from .autodiff import autodiff_context
+from .cost import MethodCost, Problem, SideCost
+from .interception import LayerCall, LayerInterceptor
+from .rules import LINEAR_FAMILY, embedding_term, linear_family_dims, linear_family_term, parameter_jacobian
+from .terms import (
+    FactoredJacobianTerm,
+    GramTerm,
+    IndexTerm,
+    JacobianTerm,
+    Term,
+    Workspace,
+    contract,
+    contract_diagonal,
+)
+from .tracing import ModelTrace
+
+__all__ = ["StructuredMethod"]
+
+Uses = tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True)
+class _Group:
+    """How one parameter's contribution is computed: ``form`` is 'gram' or 'jacobian' (a weight used only
+    by linear/conv calls of one shape), 'index' (an embedding table), or 'layout' (the sum over its uses of
+    the rule Jacobians, e.g. a bias, a norm weight, a table tied to an output layer)."""
+
+    name: str
+    form: str
+    uses: Uses
+    pair_flops: float
+    pair_words: float
+    feature_flops: float
+    feature_words: float
+    block_flops: float = 0.0  # per example and block: forming the Jacobian of the 'jacobian' form
+    workspace_words: float = 0.0  # per example of a block: that Jacobian
+
+
+def _use_flops(call: LayerCall, slot: str, o: int) -> float:
+    """FLOPs per example of one use's rule Jacobian (N, O, P) from the recorded tensors."""
+    if call.kind in LINEAR_FAMILY and slot == "weight":
+        K, L, d_in, d_out = linear_family_dims(call)
+        return 2.0 * o * L * K * d_in * d_out
+    extra = o * math.prod(call.weight_shape) if call.kind == "embedding" else 0
+    return 2.0 * o * math.prod(call.out_shape) + extra
+
+
+def _candidate_forms(fm: FunctionalModel, trace: ModelTrace, name: str, uses: Uses, problem: Problem) -> list[_Group]:
+    """The exact forms one parameter's contribution can be computed in, with their costs."""
+    calls = [trace.calls[i] for i, _ in uses]
+    o, o_a = trace.n_outputs, trace.n_outputs**problem.output_power
+    p = fm.params[name].numel()
+    weights_only = all(slot == "weight" for _, slot in uses)
+    layout = _Group(
+        name,
+        "layout",
+        uses,
+        pair_flops=2.0 * o_a * p,
+        pair_words=o_a,
+        feature_flops=sum(_use_flops(c, s, o) for c, (_, s) in zip(calls, uses, strict=True)),
+        feature_words=o * p,
+    )
+    if weights_only and all(c.kind in LINEAR_FAMILY for c in calls):
+        dims = [linear_family_dims(c) for c in calls]
+        if len({(K, d_in, d_out) for K, _, d_in, d_out in dims}) == 1:
+            K, _, d_in, d_out = dims[0]
+            L = sum(d[1] for d in dims)
+            factors = K * L * (d_in + o * d_out)
+            gram_pair = 2.0 * K * L * L * (d_in + o_a * d_out)
+            return [
+                _Group(name, "gram", uses, gram_pair, K * L * L * (2 + o_a), 0.0, factors),
+                _Group(name, "jacobian", uses, 2.0 * o_a * p, o_a, 0.0, factors, 2.0 * o * L * p, o * p),
+            ]
+    if weights_only and all(c.kind == "embedding" for c in calls):
+        V, D = calls[0].weight_shape
+        L = sum(math.prod(c.in_shape) for c in calls)
+        rows = min(L * L, V)
+        return [_Group(name, "index", uses, 2.0 * o_a * D * rows, rows * (1 + o_a), 0.0, L * (1 + o * D))]
+    return [layout]
+
+
+def _cat(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """Positions of several calls of one parameter, side by side (no copy for a single call)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
+
+
+def _total(form: _Group, problem: Problem) -> float:
+    return problem.examples * (form.feature_flops + form.block_flops) + problem.pairs * form.pair_flops
+
+
+class StructuredMethod:
+    name = "structured"
+    same_features = True
+
+    def __init__(self, fm: FunctionalModel, trace: ModelTrace, problem: Problem) -> None:
+        self.fm, self.trace, self.problem = fm, trace, problem
+        self.groups = [
+            min(_candidate_forms(fm, trace, name, tuple(uses), problem), key=lambda g: _total(g, problem))
+            for name, uses in trace.uses.items()
+        ]
+        self.fallback_size = sum(fm.params[k].numel() for k in trace.fallback)
+        self.workspace = Workspace()
+
+    def cost(self) -> MethodCost:
+        t, o_a = self.trace, self.trace.n_outputs**self.problem.output_power
+        o, fp = t.n_outputs, t.forward_flops
+        fallback_share = self.fallback_size / max(1, t.n_params)
+        side = SideCost(
+            flops=(1 + o + o * fallback_share) * fp + sum(g.feature_flops for g in self.groups),
+            words=sum(g.feature_words for g in self.groups) + o * self.fallback_size,
+            transient=(2 + o) * t.activation_words,
+        )
+        pair_words = max([g.pair_words for g in self.groups], default=0.0) + o_a
+        pair_flops = sum(g.pair_flops for g in self.groups) + 2.0 * o_a * self.fallback_size
+        return MethodCost(
+            side,
+            side,
+            pair_flops,
+            pair_words,
+            same_features=True,
+            block_flops=sum(g.block_flops for g in self.groups),
+            workspace_words=max([g.workspace_words for g in self.groups], default=0.0),
+        )
+
+    def _capture(self, x: torch.Tensor):
+        """Per-example inputs of the recorded calls, output cotangents (N, O, *out_shape) per call, and the
+        Jacobians (N, O, *shape) of the fallback parameters, from one batched reverse pass."""
+        calls = self.trace.calls
+        rule = {k: v for k, v in self.fm.params.items() if k in self.trace.uses}
+        fallback = {k: self.fm.params[k] for k in self.trace.fallback}
+        watched = {id(v): k for k, v in rule.items()}
+        dtype, device = self.fm.dtype, next(iter(self.fm.params.values())).device
+        probes = [torch.zeros(c.out_shape, dtype=dtype, device=device) for c in calls]
+        expected = [c.signature() for c in calls]
+
+        def per_example(xn, probes, fallback):
+            icpt = LayerInterceptor(watched, probes=probes)
+            with icpt:
+                out = self.fm.fn({**rule, **fallback}, xn.unsqueeze(0)).squeeze(0)
+            if [c.signature() for c in icpt.calls] != expected:
+                raise UnsupportedError(
+                    "the model calls its layers differently for different examples (data-dependent control "
+                    "flow?), so the structured method cannot be used; pass method='jacobian'."
+                )
+            return out, {str(i): t for i, t in enumerate(icpt.inputs) if t is not None}
+
+        with autodiff_context():
+            grad = jacrev(per_example, argnums=(1, 2), has_aux=True)
+            (cotangents, fallback_jac), inputs = vmap(grad, in_dims=(0, None, None))(x, probes, fallback)
+        return {int(k): v for k, v in inputs.items()}, cotangents, fallback_jac
+
+    def features(self, x: torch.Tensor) -> list[Term]:
+        inputs, cots, fallback_jac = self._capture(x)
+        calls = self.trace.calls
+        terms: list[Term] = []
+        for g in self.groups:
+            if g.form in ("gram", "jacobian"):
+                parts = [linear_family_term(calls[i], inputs[i], cots[i]) for i, _ in g.uses]
+                term = GramTerm(_cat([t.A for t in parts], 2), _cat([t.G for t in parts], 3))
+                terms.append(term if g.form == "gram" else FactoredJacobianTerm(term))
+            elif g.form == "index":
+                parts = [embedding_term(calls[i], inputs[i], cots[i]) for i, _ in g.uses]
+                indices, G = _cat([t.indices for t in parts], 1), _cat([t.G for t in parts], 2)
+                terms.append(IndexTerm(indices, G, parts[0].num_embeddings))
+            else:
+                J = sum(parameter_jacobian(calls[i], s, inputs.get(i), cots[i]).J for i, s in g.uses)
+                terms.append(JacobianTerm(J))
+        terms += [JacobianTerm(fallback_jac[k].flatten(2)) for k in self.trace.fallback]
+        return terms
+
+    features2 = features
+
+    def pair(self, f1: list[Term], f2: list[Term], full: bool) -> torch.Tensor:
+        return contract(f1, f2, full, self.workspace)
+
+    def diag(self, f1: list[Term], f2: list[Term], full: bool) -> torch.Tensor:
+        return contract_diagonal(f1, f2, full, self.workspace)

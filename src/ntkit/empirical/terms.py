@@ -1,0 +1,227 @@
+"""The pieces an empirical NTK is summed from, and their pairwise contractions.
+
+Θ̂(x, x') = Σ_θ J_θ(x) J_θ(x')ᵀ is a sum over parameter tensors θ (theory.md 1.3, eq. 4). Each term of the
+sum is held, for a batch of examples, in one of three forms:
+
+- :class:`JacobianTerm`: the per-example Jacobian J, shape (N, O, P). Contraction costs N1·N2·O·P (traced)
+  or N1·N2·O²·P (full).
+- :class:`GramTerm`: a weight used as ``y_l = W a_l`` at positions l (a linear layer on sequences, the
+  unfolded patches of a convolution), stored as its inputs A (N, K, L, d_in) and output cotangents
+  G (N, O, K, L, d_out) for K independent blocks (convolution groups). Then J(x) = Σ_l g_l a_lᵀ and
+
+      Θ̂_W(x, x')_{oo'} = Σ_k Σ_{l,l'} (a_{kl} · a'_{kl'}) (g_{okl} · g'_{o'kl'}),
+
+  which for one position is (A1 A2ᵀ) ⊙ (G1 G2ᵀ) and costs N1·N2·L1·L2·(d_in + O·d_out) instead of
+  N1·N2·O·d_in·d_out.
+- :class:`FactoredJacobianTerm`: the same factors, contracted through J(x) = Σ_l g_l a_lᵀ, which is formed
+  one parameter at a time when a block is contracted, in a reused buffer (:class:`Workspace`), so the
+  Jacobians of all parameters never coexist. Cheaper than the Gram form when L is large (convolutions).
+- :class:`IndexTerm`: an embedding table looked up at indices i_l with output cotangents g_l: the input
+  Gram is the index equality [i_l = i'_{l'}], so no one-hot Jacobian is ever formed.
+
+Every ``pair`` returns the block (N1, N2) summed over the O outputs (the caller divides by O for the traced
+kernel), or the full block (N1, N2, O, O); every ``diag`` returns the same for matching rows of two
+batches: (N,) or (N, O, O). Both take an optional :class:`Workspace` for scratch buffers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "FactoredJacobianTerm",
+    "GramTerm",
+    "IndexTerm",
+    "JacobianTerm",
+    "Term",
+    "Workspace",
+    "contract",
+    "contract_diagonal",
+]
+
+
+class Workspace:
+    """Scratch buffers reused from one contraction to the next. A fresh large tensor costs page faults on
+    first touch, about as long as the matrix product that fills it; a reused one does not."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, torch.Tensor] = {}
+
+    def take(self, slot: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised tensor of ``shape`` with ``like``'s dtype and device, from buffer ``slot``."""
+        size = math.prod(shape)
+        buf = self._buffers.get(slot)
+        if buf is None or buf.numel() < size or buf.dtype != like.dtype or buf.device != like.device:
+            buf = torch.empty(size, dtype=like.dtype, device=like.device)
+            self._buffers[slot] = buf
+        return buf[:size].view(shape)
+
+
+@dataclass
+class JacobianTerm:
+    """J of shape (N, O, P): d f_o(x_n) / d θ_p for one parameter tensor (or several, concatenated)."""
+
+    J: torch.Tensor
+
+    def pair(self, other: JacobianTerm, full: bool, workspace: Workspace | None = None) -> torch.Tensor:
+        (n1, o, p), n2 = self.J.shape, other.J.shape[0]
+        if not full:
+            return self.J.reshape(n1, o * p) @ other.J.reshape(n2, o * p).T
+        block = self.J.reshape(n1 * o, p) @ other.J.reshape(n2 * o, p).T
+        return block.reshape(n1, o, n2, o).permute(0, 2, 1, 3)
+
+    def diag(self, other: JacobianTerm, full: bool, workspace: Workspace | None = None) -> torch.Tensor:
+        if not full:
+            return (self.J * other.J).sum((1, 2))
+        return torch.einsum("nap,nbp->nab", self.J, other.J)
+
+
+def _gram_pair(SA: torch.Tensor, G1: torch.Tensor, G2: torch.Tensor, full: bool) -> torch.Tensor:
+    """Σ_k Σ_{l,l'} SA[k, n, l, m, l'] (G1[n, o, k, l] · G2[m, o', k, l']).
+
+    SA: (K, N1, L1, N2, L2) input Gram; G1: (N1, O, K, L1, D); G2: (N2, O, K, L2, D).
+    """
+    K, n1, l1, n2, l2 = SA.shape
+    o, d = G1.shape[1], G1.shape[-1]
+    if not full:
+        g1 = G1.permute(2, 0, 3, 1, 4).reshape(K, n1 * l1, o * d)
+        g2 = G2.permute(2, 0, 3, 1, 4).reshape(K, n2 * l2, o * d)
+        SG = (g1 @ g2.mT).reshape(K, n1, l1, n2, l2)
+        return (SA * SG).sum((0, 2, 4))
+    g1 = G1.permute(2, 0, 3, 1, 4).reshape(K, n1 * l1 * o, d)
+    g2 = G2.permute(2, 0, 3, 1, 4).reshape(K, n2 * l2 * o, d)
+    SG = (g1 @ g2.mT).reshape(K, n1, l1, o, n2, l2, o)
+    return (SA.reshape(K, n1, l1, 1, n2, l2, 1) * SG).sum((0, 2, 5)).permute(0, 2, 1, 3)
+
+
+def _gram_diag(SA: torch.Tensor, G1: torch.Tensor, G2: torch.Tensor, full: bool) -> torch.Tensor:
+    """Σ_k Σ_{l,l'} SA[n, k, l, l'] (G1[n, o, k, l] · G2[n, o', k, l']); SA: (N, K, L1, L2)."""
+    if not full:
+        SG = torch.einsum("nokla,nokja->nklj", G1, G2)
+        return (SA * SG).sum((1, 2, 3))
+    SG = torch.einsum("nokla,npkja->nkljop", G1, G2)
+    return torch.einsum("nklj,nkljop->nop", SA, SG)
+
+
+@dataclass
+class GramTerm:
+    """A weight applied at positions: inputs A (N, K, L, d_in), output cotangents G (N, O, K, L, d_out)
+    (either may be a strided view)."""
+
+    A: torch.Tensor
+    G: torch.Tensor
+
+    def pair(self, other: GramTerm, full: bool, workspace: Workspace | None = None) -> torch.Tensor:
+        K, n1, l1, n2, l2 = self.A.shape[1], self.A.shape[0], self.A.shape[2], other.A.shape[0], other.A.shape[2]
+        a1 = self.A.transpose(0, 1).reshape(K, n1 * l1, -1)
+        a2 = other.A.transpose(0, 1).reshape(K, n2 * l2, -1)
+        SA = (a1 @ a2.mT).reshape(K, n1, l1, n2, l2)
+        return _gram_pair(SA, self.G, other.G, full)
+
+    def diag(self, other: GramTerm, full: bool, workspace: Workspace | None = None) -> torch.Tensor:
+        SA = torch.einsum("nkli,nkji->nklj", self.A, other.A)
+        return _gram_diag(SA, self.G, other.G, full)
+
+    def jacobian(self, out: torch.Tensor | None = None) -> JacobianTerm:
+        """Σ_l g_l a_lᵀ per example and output, laid out as the weight (K·d_out, d_in): (N, O, P).
+
+        One batched matrix product (O·d_out, L) @ (L, d_in) per example and block, written into ``out``
+        (shape (N·K, O·d_out, d_in)) if given; for one block the views of a convolution's cotangents and
+        unfolded patches need no copy.
+        """
+        n, o, K, L, d_out = self.G.shape
+        g = self.G.permute(0, 2, 1, 4, 3).reshape(n * K, o * d_out, L)
+        J = torch.bmm(g, self.A.reshape(n * K, L, -1), out=out).reshape(n, K, o, -1)
+        return JacobianTerm(J.transpose(1, 2).reshape(n, o, -1))
+
+
+@dataclass
+class FactoredJacobianTerm:
+    """A weight's Jacobian kept as its factors and formed only while a block is contracted."""
+
+    factors: GramTerm
+
+    def _jacobian(self, workspace: Workspace, slot: int) -> JacobianTerm:
+        n, o, K, _, d_out = self.factors.G.shape
+        shape = (n * K, o * d_out, self.factors.A.shape[-1])
+        return self.factors.jacobian(out=workspace.take(slot, shape, self.factors.G))
+
+    def _both(self, other: FactoredJacobianTerm, workspace: Workspace | None) -> tuple[JacobianTerm, JacobianTerm]:
+        workspace = workspace or Workspace()
+        J1 = self._jacobian(workspace, 0)
+        return J1, J1 if other is self else other._jacobian(workspace, 1)
+
+    def pair(self, other: FactoredJacobianTerm, full: bool, workspace: Workspace | None = None) -> torch.Tensor:
+        J1, J2 = self._both(other, workspace)
+        return J1.pair(J2, full)
+
+    def diag(self, other: FactoredJacobianTerm, full: bool, workspace: Workspace | None = None) -> torch.Tensor:
+        J1, J2 = self._both(other, workspace)
+        return J1.diag(J2, full)
+
+
+@dataclass
+class IndexTerm:
+    """An embedding table (V, D) read at ``indices`` (N, L) (−1: a position that gets no gradient, e.g. the
+    padding index) with output cotangents G (N, O, L, D)."""
+
+    indices: torch.Tensor
+    G: torch.Tensor
+    num_embeddings: int
+
+    def pair(self, other: IndexTerm, full: bool, workspace: Workspace | None = None) -> torch.Tensor:
+        l1, l2 = self.indices.shape[1], other.indices.shape[1]
+        rows = torch.unique(torch.cat([self.indices[self.indices >= 0], other.indices[other.indices >= 0]]))
+        # The Jacobians restricted to the rows either batch touches cost U·O·D per pair; the index-equality
+        # Gram costs L1·L2·O·D per pair. Take the cheaper (both exact).
+        if rows.numel() <= l1 * l2:
+            return self._compact(rows).pair(other._compact(rows), full)
+        i1, i2 = self.indices[:, :, None, None], other.indices[None, None]
+        SA = ((i1 == i2) & (i1 >= 0)).to(self.G.dtype)
+        return _gram_pair(SA.unsqueeze(0), self.G.unsqueeze(2), other.G.unsqueeze(2), full)
+
+    def diag(self, other: IndexTerm, full: bool, workspace: Workspace | None = None) -> torch.Tensor:
+        SA = (self.indices[:, :, None] == other.indices[:, None, :]) & (self.indices >= 0)[:, :, None]
+        return _gram_diag(SA.unsqueeze(1).to(self.G.dtype), self.G.unsqueeze(2), other.G.unsqueeze(2), full)
+
+    def _compact(self, rows: torch.Tensor) -> JacobianTerm:
+        """The Jacobian on the table rows ``rows`` only: (N, O, U·D), rows in the order given."""
+        n, o, _, d = self.G.shape
+        u = rows.numel()
+        slot = torch.full((self.num_embeddings + 1,), u, dtype=torch.long, device=self.indices.device)
+        slot[rows] = torch.arange(u, device=self.indices.device)
+        # masked positions go to the spare row u
+        index = slot[torch.where(self.indices >= 0, self.indices, self.num_embeddings)]
+        J = self.G.new_zeros(n, o, u + 1, d)
+        J.scatter_add_(2, index[:, None, :, None].expand(n, o, -1, d), self.G)
+        return JacobianTerm(J[:, :, :u].reshape(n, o, u * d))
+
+    def jacobian(self) -> JacobianTerm:
+        """The dense Jacobian in the table's layout (V, D): (N, O, V·D)."""
+        return self._compact(torch.arange(self.num_embeddings, device=self.indices.device))
+
+
+Term = JacobianTerm | GramTerm | FactoredJacobianTerm | IndexTerm
+
+
+def contract(terms1: list[Term], terms2: list[Term], full: bool, workspace: Workspace | None = None) -> torch.Tensor:
+    """Σ over terms of the block contraction: (N1, N2) summed over outputs, or (N1, N2, O, O)."""
+    total = None
+    for t1, t2 in zip(terms1, terms2, strict=True):
+        block = t1.pair(t2, full, workspace)
+        total = block if total is None else total.add_(block)
+    return total  # type: ignore[return-value]
+
+
+def contract_diagonal(
+    terms1: list[Term], terms2: list[Term], full: bool, workspace: Workspace | None = None
+) -> torch.Tensor:
+    """Σ over terms of the row-wise contraction: (N,) summed over outputs, or (N, O, O)."""
+    total = None
+    for t1, t2 in zip(terms1, terms2, strict=True):
+        block = t1.diag(t2, full, workspace)
+        total = block if total is None else total.add_(block)
+    return total  # type: ignore[return-value]

@@ -1,0 +1,154 @@
+"""One traced forward pass on a single example: the model's layer calls, output count and costs.
+
+Every kernel computation starts with :func:`trace_model`. It runs the model on ``x[:1]`` under a
+:class:`~.interception.LayerInterceptor`, which records the layer calls with a rule and counts the forward
+pass's FLOPs (matrix products and convolutions) and activation entries, and then **checks the rules on that
+example**: for a random
+output cotangent r it compares each rule parameter's gradient rᵀ J rebuilt from the recorded inputs and
+output cotangents with the gradient autograd computes. A parameter that the model also uses in a way the
+interceptor cannot see (a custom autograd function, say) fails the check and is moved to Jacobian
+contraction, so the structured method stays exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .._functional import FunctionalModel
+from ..errors import ShapeError, UnsupportedError
+from .autodiff import autodiff_context
+from .interception import LayerCall, LayerInterceptor
+from .rules import parameter_jacobian
+
+__all__ = ["ModelTrace", "measure_forward", "model_errors", "trace_model"]
+
+
+@dataclass(frozen=True)
+class ModelTrace:
+    """What one example's forward pass looks like.
+
+    ``calls``: the layer calls with a rule, in order. ``uses``: for each parameter computed by rules, its
+    (call index, slot) pairs. ``fallback``: the other selected parameters (Jacobian contraction).
+    ``forward_flops``: matmul/conv FLOPs plus one per activation entry, per example.
+    ``activation_words``: entries of all tensors the forward creates, per example.
+    """
+
+    calls: list[LayerCall]
+    uses: dict[str, list[tuple[int, str]]]
+    fallback: list[str]
+    n_outputs: int
+    n_params: int
+    forward_flops: float
+    activation_words: int
+
+
+@contextlib.contextmanager
+def model_errors(x: torch.Tensor) -> Iterator[None]:
+    """Re-raise the errors of a model that cannot take inputs of this shape or dtype as ntkit errors."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        shape = "(N, " + ", ".join(str(s) for s in x.shape[1:]) + ")"
+        if any(w in text for w in ("shape", "size", "dimension", "mat1 and mat2", "Expected", "expected")):
+            if "dtype" in text or "scalar type" in text:
+                raise UnsupportedError(f"the model cannot take inputs of dtype {x.dtype}: {text}") from err
+            raise ShapeError(f"the model cannot take inputs of per-example shape {shape}: {text}") from err
+        raise
+
+
+def trace_model(fm: FunctionalModel, x: torch.Tensor) -> ModelTrace:
+    """Trace ``fm`` on the first example of ``x`` (see module docs)."""
+    params = {k: v.detach().requires_grad_() for k, v in fm.params.items()}
+    icpt = LayerInterceptor({id(v): k for k, v in params.items()}, make_probes=True, count_costs=True)
+    first = x[:1]
+    with model_errors(x), autodiff_context(), icpt:
+        out = fm.fn(params, first)
+    if out.shape[1] == 0:
+        raise ShapeError("the model returns no outputs (shape (N, 0)); there is no kernel to compute.")
+    uses: dict[str, list[tuple[int, str]]] = {}
+    for i, call in enumerate(icpt.calls):
+        for slot, name in call.params.items():
+            uses.setdefault(name, []).append((i, slot))
+    uses = {k: v for k, v in uses.items() if k not in icpt.flagged}
+    uses = _verified(uses, icpt, params, out)
+    calls, uses = _without_fallback(icpt.calls, uses)
+    return ModelTrace(
+        calls=calls,
+        uses=uses,
+        fallback=[k for k in fm.params if k not in uses],
+        n_outputs=out.shape[1],
+        n_params=fm.n_params,
+        forward_flops=float(icpt.matmul_flops + icpt.activation_words),
+        activation_words=icpt.activation_words,
+    )
+
+
+def _verified(
+    uses: dict[str, list[tuple[int, str]]],
+    icpt: LayerInterceptor,
+    params: dict[str, torch.Tensor],
+    out: torch.Tensor,
+) -> dict[str, list[tuple[int, str]]]:
+    """The entries of ``uses`` whose rule-built gradient rᵀJ matches autograd's on this example."""
+    if not uses:
+        return uses
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    r = torch.randn(out.shape[1], generator=gen, dtype=torch.float64).to(out)
+    names = list(uses)
+    with autodiff_context():
+        grads = torch.autograd.grad(
+            (out[0] * r).sum(), [params[n] for n in names] + icpt.made_probes, allow_unused=True
+        )
+    true = {n: _zero_if_none(g, params[n]).reshape(-1) for n, g in zip(names, grads, strict=False)}
+    cotangents = [_zero_if_none(g, z) for g, z in zip(grads[len(names) :], icpt.made_probes, strict=True)]
+    tol = math.sqrt(torch.finfo(out.dtype).eps)
+    kept = {}
+    with torch.no_grad():
+        for name, where in uses.items():
+            rebuilt = sum(
+                parameter_jacobian(
+                    icpt.calls[i],
+                    slot,
+                    icpt.inputs[i].detach()[None] if icpt.inputs[i] is not None else None,
+                    cotangents[i][None, None],
+                ).J.reshape(-1)
+                for i, slot in where
+            )
+            error = float(torch.linalg.norm(rebuilt - true[name]))
+            if error <= tol * (float(torch.linalg.norm(true[name])) + tol):
+                kept[name] = where
+    return kept
+
+
+def _without_fallback(
+    calls: list[LayerCall], uses: dict[str, list[tuple[int, str]]]
+) -> tuple[list[LayerCall], dict[str, list[tuple[int, str]]]]:
+    """The calls as the capture pass will see them, watching only the parameters kept for rules: slots of
+    other parameters are dropped, and calls left without a watched slot are not intercepted at all."""
+    kept_calls, new_index = [], {}
+    for i, call in enumerate(calls):
+        slots = {slot: name for slot, name in call.params.items() if name in uses}
+        if slots:
+            new_index[i] = len(kept_calls)
+            kept_calls.append(dataclasses.replace(call, params=slots))
+    return kept_calls, {name: [(new_index[i], slot) for i, slot in where] for name, where in uses.items()}
+
+
+def _zero_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if grad is None else grad.detach()
+
+
+def measure_forward(fm: FunctionalModel, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The outputs (1, O) of the first example and the entries of all tensors its forward pass creates."""
+    icpt = LayerInterceptor({}, count_costs=True)
+    first = x[:1]
+    with model_errors(x), torch.no_grad(), autodiff_context(), icpt:
+        out = fm.fn(fm.params, first)
+    return out, icpt.activation_words

@@ -1,0 +1,246 @@
+"""``nk.kernel(model, x1, x2)``: the infinite-width NNGP and NTK of an architecture, tiled under a memory budget."""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch import nn
+
+from .._memory import check_fits, format_bytes, resolve_budget
+from .._validation import check_input_pair, format_shape
+from ..errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError, UnsupportedError
+from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
+from .kernel_type import Kernel
+from .planning import Plan, plan
+from .registry import apply_layer
+
+__all__ = ["kernel"]
+
+_GET = ("nngp", "ntk")
+
+#: Entries per kernel tensor of one tile on CPU. Below torch's grain size (32768 elements) an operation runs
+#: single-threaded, without a parallel region, and its data stays in cache; tiles are then spread over a
+#: thread pool instead. A parallel region per small elementwise operation costs more than the operation on a
+#: busy machine (tuned with benchmarks/infinite.py). Kernels whose single pair exceeds this run tile after tile
+#: with parallel operations.
+_TILE_ENTRIES = 2**15 - 1
+
+
+def kernel(
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    *,
+    get: str | tuple[str, ...] = _GET,
+    memory_budget: int | str | None = None,
+    block_size: int | None = None,
+    dtype: torch.dtype | None = None,
+    diagonal_spatial: bool | None = None,
+) -> Kernel:
+    """The infinite-width NNGP K and NTK Θ of ``model``'s architecture between x1 and x2 (theory.md section 4).
+
+    Widths are ignored (the infinite limit; the kernels are per output: the limit is K ⊗ I over outputs).
+
+    Args:
+        model: ``ntkit.nn`` layers, PyTorch layers with a registered kernel (``torch.nn.Sequential`` of Linear,
+            Conv1d/2d, AvgPool, AdaptiveAvgPool(1), Flatten, activations, Identity, Dropout, LayerNorm), or
+            both mixed. Plain PyTorch weight layers use the standard parameterization and their own
+            initialisation variances (:func:`ntkit.declare_init`).
+        x1: (N1, D) or (N1, C, *S) inputs (channels first); x2: (N2, same) or None for x1 (then only one
+            triangle of tiles is computed and the result is exactly symmetric).
+        get: "nngp", "ntk" or both.
+        memory_budget: bytes (or "4G") for the output and the working set; default a quarter of free memory.
+        block_size: at most this many examples per tile side (tiles are chosen to fit the budget anyway).
+        dtype: computation dtype (default: x1's). float32 results that overflow are recomputed in float64.
+        diagonal_spatial: force the spatial layout (default: full only if some layer pools).
+
+    Returns:
+        :class:`Kernel` with ``nngp`` and ``ntk`` of shape (N1, N2) (with the output's spatial layout
+        appended if the network does not pool or flatten), ``cov1`` (N1,) = K(x1_i, x1_i) and ``cov2``.
+        For the standard parameterization Θ is normalised by the width n of the widest hidden layer
+        (Θ = J Jᵀ / n in expectation; theory.md 4.4): multiply by ``Kernel.sp_width[0]`` to get neural-tangents'.
+
+    Differentiable with respect to x1, x2 and ``W_std``/``b_std`` given as tensors.
+
+    Raises:
+        UnsupportedError: a layer without a kernel (the message names it) or an unsupported combination.
+        MemoryBudgetError: the result or one tile cannot fit the budget (raised before computing).
+        NonFiniteError: the true kernel overflows the dtype.
+    """
+    wanted = _parse_get(get)
+    if not isinstance(model, nn.Module):
+        raise UnsupportedError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    x1, x2 = check_input_pair(x1, x2)
+    if x1.ndim < 2:
+        raise ShapeError(f"inputs must be (N, features) or (N, C, *spatial), got x1 of shape {format_shape(x1.shape)}.")
+    dtype = dtype or x1.dtype
+    if not dtype.is_floating_point:
+        raise InvalidArgumentError(f"dtype must be a floating-point type, got {dtype}.")
+    result, finite = _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_spatial)
+    if not finite and dtype == torch.float32:
+        # Products of variances inside the recursions can overflow float32 before the result does: recompute in
+        # float64 and keep the result if it fits float32.
+        result, finite = _compute(model, x1, x2, wanted, memory_budget, block_size, torch.float64, diagonal_spatial)
+        result = result.replace(**{name: _cast(getattr(result, name), dtype) for name in _TENSORS})
+        finite = finite and all(t is None or bool(torch.isfinite(t).all()) for t in _fields(result))
+    if not finite:
+        raise NonFiniteError(
+            f"the kernel is not finite in {dtype} (largest value {torch.finfo(dtype).max:.3g}): the network's "
+            "variances grow like W_std^(2·depth). Use dtype=torch.float64, a smaller W_std, or fewer layers."
+        )
+    return result if "nngp" in wanted else result.replace(nngp=None)
+
+
+def _parse_get(get) -> tuple[str, ...]:
+    wanted = (get,) if isinstance(get, str) else tuple(get)
+    if not wanted or any(g not in _GET for g in wanted):
+        raise InvalidArgumentError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}.")
+    return wanted
+
+
+_TENSORS = ("nngp", "ntk", "cov")
+
+
+def _fields(k: Kernel) -> list[torch.Tensor | None]:
+    return [getattr(k, name) for name in _TENSORS]
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+def _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_spatial) -> tuple[Kernel, bool]:
+    """The kernel in ``dtype``, and whether it is finite."""
+    need_ntk = "ntk" in wanted
+    p = plan(model, x1, x2, dtype=dtype, ntk=need_ntk, diagonal_spatial=diagonal_spatial)
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    pooled = not p.requires_grad and x1.device.type == "cpu" and p.kernel_entries <= _TILE_ENTRIES
+    n_workers = torch.get_num_threads() if pooled else 0  # 0: tile after tile in this thread
+    budget = resolve_budget(memory_budget, x1.device)
+    b = _block_size(p, n1, n2, len(wanted), torch.finfo(dtype).bits // 8, budget, n_workers, block_size)
+    return _run_tiles(model, x1.to(dtype), None if x2 is None else x2.to(dtype), p, b, need_ntk, n_workers)
+
+
+def _block_size(
+    p: Plan, n1: int, n2: int, n_kernels: int, itemsize: int, budget: int, n_workers: int, block_size: int | None
+) -> int:
+    """Examples per tile side: tiles of about ``_TILE_ENTRIES`` entries per kernel tensor, fewer if ``n_workers``
+    tiles in flight next to the result would exceed the budget (which raises if even one pair cannot fit)."""
+    out_bytes = p.output_bytes(n1, n2, itemsize, n_kernels)
+    check_fits(
+        out_bytes,
+        budget,
+        f"the result ({n_kernels} kernel(s) of {n1} x {n2} pairs x {p.output_entries:,} entries)",
+        "Compute it in blocks of x1 and x2 that fit, or raise memory_budget.",
+    )
+    if p.requires_grad:
+        check_fits(
+            out_bytes + p.tile_bytes(n1, n2, itemsize),
+            budget,
+            f"computing the kernel with gradients ({p.describe_pair(itemsize)}, all kept for the backward pass)",
+            "Use fewer examples, or torch.no_grad() if no gradients are needed.",
+        )
+        return max(n1, n2)
+    room = (budget - out_bytes) // max(n_workers, 1)
+    pair_bytes = p.tile_bytes(1, 1, itemsize) // 3
+    if 3 * pair_bytes > room:
+        raise MemoryBudgetError(
+            f"one pair of examples needs {format_bytes(3 * pair_bytes)}: {p.describe_pair(itemsize)}; the memory "
+            f"budget leaves {format_bytes(room)} next to the result. Raise memory_budget, or use a network that "
+            "flattens instead of pooling (diagonal spatial covariances are much smaller)."
+        )
+    fits = math.isqrt(1 + room // pair_bytes) - 1  # the largest b with (b² + 2b) · pair_bytes <= room
+    fast = math.isqrt(max(_TILE_ENTRIES // p.kernel_entries, 1)) if n_workers else fits
+    return max(1, min(fits, fast, block_size or fits, max(n1, n2)))
+
+
+def _transpose_pair(t: torch.Tensor, full: bool, n_spatial: int) -> torch.Tensor:
+    """K(x2, x1) from K(x1, x2): swap the batch axes and, in the full layout, each pair of position axes."""
+    if t.ndim == 0:
+        return t
+    order = [1, 0]
+    for i in range(n_spatial if full else 0):
+        order += [3 + 2 * i, 2 + 2 * i]
+    order += list(range(len(order), t.ndim))
+    return t.permute(order)
+
+
+def _tiles(n1: int, n2: int, b: int, symmetric: bool) -> list[tuple[slice, slice]]:
+    """(rows, cols) blocks covering the result; only the upper triangle when x2 is x1."""
+    return [
+        (slice(i, min(i + b, n1)), slice(j, min(j + b, n2)))
+        for i in range(0, n1, b)
+        for j in range(i if symmetric else 0, n2, b)
+    ]
+
+
+def _no_grad(fn):
+    """``fn`` under torch.no_grad() (grad mode is per thread; pooled tiles never need gradients)."""
+
+    def run(*args):
+        with torch.no_grad():
+            return fn(*args)
+
+    return run
+
+
+def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -> tuple[Kernel, bool]:
+    """Compute the kernel tile by tile into preallocated results (differentiable: slices are copied in); also
+    returns whether every entry is finite. The standard-parameterization NTK is normalised here (4.4)."""
+    symmetric = x2 is None
+    xs2 = x1 if symmetric else x2
+    n1, n2 = x1.shape[0], xs2.shape[0]
+    meta = p.output
+    pair_shape = tuple(meta.nngp.shape[2:])
+    new = {"dtype": x1.dtype, "device": x1.device}
+    nngp = torch.empty((n1, n2, *pair_shape), **new)
+    ntk = torch.empty((n1, n2, *pair_shape), **new) if need_ntk else None
+    cov = torch.empty((n1 if symmetric else n1 + n2, *meta.cov.shape[1:]), **new)  # x1's, then x2's
+    full, n_spatial = meta.full, meta.n_spatial
+    ntk_scale = 1.0
+    if need_ntk and meta.parameterization == "standard":
+        hidden, input_fed = meta.sp_width
+        ntk_scale = 1.0 / (hidden or input_fed)
+
+    def tile(rows: slice, cols: slice) -> bool:
+        diagonal = symmetric and rows == cols
+        k0 = Kernel.from_inputs(
+            x1[rows], None if diagonal else xs2[cols], diagonal_spatial=p.diagonal_spatial, ntk=need_ntk
+        )
+        k = apply_layer(model, k0)
+        results = [(nngp, k.nngp)] + ([(ntk, (k.ntk * ntk_scale).expand_as(k.nngp))] if need_ntk else [])
+        for out, value in results:
+            if diagonal:  # symmetric up to round-off: make it exact
+                value = (value + _transpose_pair(value, full, n_spatial)) / 2
+            out[rows, cols] = value
+            if symmetric and not diagonal:
+                out[cols, rows] = _transpose_pair(value, full, n_spatial)
+        if cols.start == (rows.start if symmetric else 0):
+            cov[rows] = k.cov1
+        if not symmetric and rows.start == 0:
+            cov[n1 + cols.start : n1 + cols.stop] = k.cov2
+        return all(bool(torch.isfinite(value).all()) for _, value in results) and bool(torch.isfinite(k.cov).all())
+
+    tiles = _tiles(n1, n2, b, symmetric)
+    if n_workers:
+        # Worker threads, even just one: in the calling thread the same small operations ran 7-10x slower on a
+        # busy machine, its OpenMP helpers spinning after each parallel operation (OMP_WAIT_POLICY=PASSIVE
+        # removes that too); workers whose operations all stay below the grain size start no such helpers.
+        with ThreadPoolExecutor(n_workers) as pool:
+            finite = all(pool.map(_no_grad(tile), *zip(*tiles, strict=True)))
+    else:
+        finite = all([tile(rows, cols) for rows, cols in tiles])
+    out = meta.replace(
+        nngp=nngp,
+        ntk=ntk,
+        cov=cov,
+        x1_is_x2=symmetric,
+        mean=None,
+        source=None,
+        fn=None,
+        fresh=None,
+    )
+    return out, finite

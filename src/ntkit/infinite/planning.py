@@ -1,0 +1,98 @@
+"""The requirements pass of ``nk.kernel``: what the architecture needs, and its memory, before computing.
+
+1. Layout: the full spatial covariance if any layer mixes positions (pooling), else only its diagonal
+   (enough when the network flattens), as neural-tangents does, but chosen from the module tree.
+2. No weight sharing: a module used twice would correlate branches in ways the recursions ignore.
+3. A dry run of every layer's kernel map for one example per side: it checks the whole architecture
+   (unsupported layers, shapes) and records the largest working set per pair of examples. With diagonal
+   spatial covariances one pair is no bigger than one feature map, so it runs on the inputs' device (fast);
+   with full covariances one pair can be huge, so it runs on the ``meta`` device, allocating nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .._memory import format_bytes
+from ..errors import UnsupportedError
+from .kernel_type import KERNEL_TEMPORARIES, Kernel, _working_set_probe, pair_entries
+from .registry import apply_layer, mixes_positions
+
+__all__ = ["Plan", "plan"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the dry run found. ``output`` is the output layer's kernel on the meta device (its metadata)."""
+
+    diagonal_spatial: bool
+    working_entries: int  # tensor entries alive at once per pair of examples, at the most demanding layer
+    output_entries: int  # entries of the output kernel per pair of examples
+    output: Kernel
+    requires_grad: bool
+
+    @property
+    def kernel_entries(self) -> int:
+        """Entries per pair of examples of the largest kernel tensor."""
+        return max(self.working_entries // KERNEL_TEMPORARIES, 1)
+
+    def tile_bytes(self, b1: int, b2: int, itemsize: int) -> int:
+        """Memory of one tile of b1 x b2 pairs (per-example covariances counted as pairs too)."""
+        return self.working_entries * itemsize * (b1 * b2 + b1 + b2)
+
+    def output_bytes(self, n1: int, n2: int, itemsize: int, n_kernels: int) -> int:
+        return self.output_entries * itemsize * (n_kernels * n1 * n2 + n1 + n2)
+
+    def describe_pair(self, itemsize: int) -> str:
+        layout = "diagonal" if self.diagonal_spatial else "full"
+        return (
+            f"{self.working_entries:,} entries ({format_bytes(self.working_entries * itemsize)}) per pair of "
+            f"examples at the largest layer ({layout} spatial layout)"
+        )
+
+
+def _check_no_weight_sharing(model: nn.Module) -> None:
+    seen: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            raise UnsupportedError(
+                f"parameters {seen[id(param)]!r} and {name!r} are the same tensor (weight sharing); the "
+                "infinite-width recursions assume independent weights in every layer. Use nk.monte_carlo_kernel."
+            )
+        seen[id(param)] = name
+
+
+def needs_full_spatial(model: nn.Module) -> bool:
+    """True if some layer's outputs at one position depend on inputs at other positions."""
+    return any(mixes_positions(m) for m in model.modules())
+
+
+def plan(
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    *,
+    dtype: torch.dtype,
+    ntk: bool,
+    diagonal_spatial: bool | None,
+) -> Plan:
+    """Run the requirements pass (see the module docstring)."""
+    _check_no_weight_sharing(model)
+    if diagonal_spatial is None:
+        diagonal_spatial = not needs_full_spatial(model)
+    probe = [0]
+    token = _working_set_probe.set(probe)
+    try:
+        device = x1.device if diagonal_spatial else "meta"
+        a = x1[:1].to(device=device, dtype=dtype)
+        b = None if x2 is None else x2[:1].to(device=device, dtype=dtype)
+        out = apply_layer(model, Kernel.from_inputs(a, b, diagonal_spatial=diagonal_spatial, ntk=ntk))
+    finally:
+        _working_set_probe.reset(token)
+    requires_grad = torch.is_grad_enabled() and (
+        out.nngp.requires_grad or (out.ntk is not None and out.ntk.requires_grad)
+    )
+    return Plan(diagonal_spatial, probe[0], pair_entries(out.nngp), out, requires_grad)

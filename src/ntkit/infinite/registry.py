@@ -1,0 +1,121 @@
+"""Which kernel map each module type has: ``ntkit.nn`` layers carry their own, other modules are looked up here.
+
+``register_kernel(ModuleType, fn)`` adds a type; ``fn(module, kernel) -> kernel`` gets the module instance (its
+sizes and settings) and the input :class:`Kernel`. The entries for PyTorch's own layers live in
+:mod:`.torch_layers`, all in one table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedError
+from .kernel_type import Kernel
+
+__all__ = ["apply_layer", "declare_init", "declared_init", "mixes_positions", "register_kernel"]
+
+KernelFn = Callable[[nn.Module, Kernel], Kernel]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    fn: KernelFn
+    mixes_positions: bool
+
+
+_TABLE: dict[type, _Entry] = {}
+
+
+def register_kernel(module_type: type, fn: KernelFn, *, mixes_positions: bool = False) -> None:
+    """Teach ``nk.kernel`` the infinite-width kernel map of a module type.
+
+    Args:
+        module_type: a ``torch.nn.Module`` subclass; its subclasses use the entry too unless registered.
+        fn: ``fn(module, k) -> Kernel`` maps the kernel of the module's inputs to that of its outputs. Build it
+            from :mod:`ntkit.infinite.transforms` (or ``k.replace(...)``); it must use only tensor operations
+            (it also runs on the ``meta`` device, to plan memory before computing).
+        mixes_positions: True if outputs at one position depend on inputs at other positions (pooling), so
+            kernels need the covariances between all pairs of positions.
+    """
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise UnsupportedError(f"register_kernel expects a torch.nn.Module subclass, got {module_type!r}.")
+    if not callable(fn):
+        raise UnsupportedError(f"register_kernel expects a function fn(module, kernel), got {fn!r}.")
+    _TABLE[module_type] = _Entry(fn, mixes_positions)
+
+
+def _entry(module: nn.Module) -> _Entry | None:
+    for cls in type(module).__mro__:
+        if cls in _TABLE:
+            return _TABLE[cls]
+    return None
+
+
+def apply_layer(module: nn.Module, k: Kernel) -> Kernel:
+    """The kernel of ``module``'s outputs given the kernel ``k`` of its inputs."""
+    transform = getattr(module, "kernel_transform", None)
+    if transform is not None:
+        return transform(k)
+    entry = _entry(module)
+    if entry is None:
+        raise UnsupportedError(
+            f"no infinite-width kernel is known for {type(module).__name__} ({module!r}). Write the network with "
+            "ntkit.nn layers, register the layer's kernel with nk.register_kernel, or estimate the kernel of "
+            "the finite network by sampling with nk.monte_carlo_kernel."
+        )
+    return entry.fn(module, k)
+
+
+def mixes_positions(module: nn.Module) -> bool:
+    """Whether the layer's outputs at one position depend on inputs at other positions (pooling)."""
+    own = getattr(module, "mixes_positions", None)
+    if own is not None:
+        return bool(own)
+    entry = _entry(module)
+    return entry is not None and entry.mixes_positions
+
+
+# ----- initialisation of plain PyTorch weight layers ------------------------------------------------------------
+
+_DECLARED = "_ntkit_init"
+
+
+def declare_init(module: nn.Module, *, W_std, b_std, reinit: bool = False) -> nn.Module:
+    """Declare how a plain PyTorch weight layer (nn.Linear, nn.Conv1d/2d) is initialised, for ``nk.kernel``:
+    weights ~ N(0, W_std² / fan_in) and bias ~ N(0, b_std²) (``b_std`` is ignored if the layer has no bias).
+
+    Without a declaration ``nk.kernel`` assumes PyTorch's default initialisation (kaiming_uniform with a = √5):
+    Var W = 1 / (3 fan_in), i.e. W_std² = 1/3, and bias ~ U(±1/√fan_in), i.e. b_std² = 1 / (3 fan_in).
+    Only the variances matter in the infinite-width limit, so uniform and normal draws are the same here.
+
+    With ``reinit=True`` the weights and bias are redrawn from those normal distributions (under no_grad), so
+    the finite module and its kernel cannot disagree. Returns the module. ``W_std``, ``b_std`` may be tensors
+    (for gradients of the kernel with respect to them).
+    """
+    if not isinstance(getattr(module, "weight", None), nn.Parameter) or not hasattr(module, "bias"):
+        raise UnsupportedError(
+            f"declare_init expects a layer with weight and bias (nn.Linear, nn.Conv*), got {module!r}."
+        )
+    setattr(module, _DECLARED, (W_std, b_std))
+    if reinit:
+        with torch.no_grad():
+            fan_in = module.weight[0].numel()
+            module.weight.normal_(0.0, float(W_std) / math.sqrt(fan_in))
+            if module.bias is not None:
+                module.bias.normal_(0.0, float(b_std))
+    return module
+
+
+def declared_init(module: nn.Module) -> tuple[object, object | None]:
+    """(W_var, b_var) of a plain weight layer: declared with :func:`declare_init`, or PyTorch's default.
+
+    ``b_var`` is None when the layer has no bias.
+    """
+    fan_in = module.weight[0].numel()
+    W_std, b_std = getattr(module, _DECLARED, (math.sqrt(1 / 3), math.sqrt(1 / (3 * fan_in))))
+    return W_std**2, (None if module.bias is None else b_std**2)

@@ -1,0 +1,140 @@
+"""Spatial layouts of kernel tensors, and the per-axis linear maps that convolution and pooling induce.
+
+A kernel tensor has leading batch axes (two for a pair kernel ``(N1, N2, ...)``, one for the per-example
+covariance ``(N, ...)``) followed by its spatial layout R for k spatial axes S = (S_1, ..., S_k):
+
+- diagonal: R = (S_1, ..., S_k): only Cov[x1(s), x2(s)], one position at a time;
+- full:     R = (S_1, S_1', ..., S_k, S_k'): Cov[x1(s), x2(s')] for every pair of positions, the two positions
+  of each spatial axis side by side (neural-tangents' layout).
+
+Every function here works on the trailing axes only, so one implementation serves pair kernels and
+per-example covariances. A 0-dim tensor stands for a kernel that is identically zero (the NTK of the
+input) and passes through the linear maps unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+__all__ = [
+    "conv_padding",
+    "conv_paddings",
+    "layout_shape",
+    "pad_trailing",
+    "pair_broadcast",
+    "self_broadcast",
+    "shifted_sum",
+    "spatial_axes",
+    "spatial_diagonal",
+]
+
+
+def layout_shape(spatial_shape: tuple[int, ...], full: bool) -> tuple[int, ...]:
+    """R for spatial shape S: S itself (diagonal) or (S_1, S_1, ..., S_k, S_k) (full)."""
+    return tuple(s for s in spatial_shape for _ in range(2)) if full else tuple(spatial_shape)
+
+
+def spatial_axes(n_spatial: int, i: int, full: bool) -> tuple[int, ...]:
+    """The (negative) tensor axes holding spatial axis ``i``: one (diagonal) or the pair (s_i, s_i') (full)."""
+    if full:
+        return (-2 * n_spatial + 2 * i, -2 * n_spatial + 2 * i + 1)
+    return (-n_spatial + i,)
+
+
+def spatial_diagonal(t: torch.Tensor, n_spatial: int, full: bool) -> torch.Tensor:
+    """(..., *R) -> (..., *S): the entries with s = s' (the variances at each position)."""
+    if not full:
+        return t
+    for j in range(n_spatial):
+        # The leading pair (s_j, s_j') of the remaining full axes becomes a trailing axis s_j; after j steps
+        # there are n - j pairs followed by j diagonal axes.
+        first = -(2 * n_spatial - j)
+        t = torch.diagonal(t, dim1=first, dim2=first + 1)
+    return t
+
+
+def pair_broadcast(d1: torch.Tensor, d2: torch.Tensor, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example, per-position values (N1, *S), (N2, *S) -> broadcastable against a pair kernel (N1, N2, *R).
+
+    Diagonal: (N1, 1, *S) and (1, N2, *S). Full: (N1, 1, S_1, 1, ..., S_k, 1) and (1, N2, 1, S_1, ..., 1, S_k).
+    """
+    if not full:
+        return d1.unsqueeze(1), d2.unsqueeze(0)
+    return _interleave(d1, first=True).unsqueeze(1), _interleave(d2, first=False).unsqueeze(0)
+
+
+def self_broadcast(d: torch.Tensor, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example values (N, *S) -> the two factors broadcastable against the per-example covariance (N, *R)."""
+    if not full:
+        return d, d
+    return _interleave(d, first=True), _interleave(d, first=False)
+
+
+def _interleave(d: torch.Tensor, first: bool) -> torch.Tensor:
+    """(N, S_1, ..., S_k) -> (N, S_1, 1, ..., S_k, 1) if ``first`` else (N, 1, S_1, ..., 1, S_k)."""
+    shape = [d.shape[0]]
+    for s in d.shape[1:]:
+        shape += [s, 1] if first else [1, s]
+    return d.reshape(shape)
+
+
+def pad_trailing(t: torch.Tensor, pads: list[tuple[int, int]], circular: bool) -> torch.Tensor:
+    """Pad the last ``len(pads)`` axes by (before, after) each, with zeros (one ``F.pad``) or circularly."""
+    if not any(before or after for before, after in pads):
+        return t
+    if not circular:
+        return F.pad(t, [p for pair in reversed(pads) for p in pair])
+    for i, (before, after) in enumerate(pads):
+        axis = i - len(pads)
+        n = t.shape[axis]
+        if before > n or after > n:
+            raise ValueError(f"circular padding of {before}/{after} is larger than the axis ({n})")
+        t = torch.cat([t.narrow(axis, n - before, before), t, t.narrow(axis, 0, after)], dim=axis)
+    return t
+
+
+def _strided(t: torch.Tensor, axis: int, start: int, n_out: int, stride: int) -> torch.Tensor:
+    """t[..., start : start + stride * (n_out - 1) + 1 : stride, ...] along ``axis``."""
+    index = [slice(None)] * t.ndim
+    index[axis] = slice(start, start + stride * (n_out - 1) + 1, stride)
+    return t[tuple(index)]
+
+
+def shifted_sum(t: torch.Tensor, axes: tuple[int, ...], size: int, stride: int) -> torch.Tensor:
+    """Σ_{d < size} t[..., stride·p + d, ...], the same shift d applied jointly to every axis in ``axes``.
+
+    Along one axis this is a window sum (pooling); applied jointly to the two position axes (s, s') of a full
+    kernel, or to the one axis of a diagonal kernel, it is the kernel map of a convolution: weights at
+    different filter offsets are independent, so only equal offsets on the two sides correlate.
+    """
+    n_out = (t.shape[axes[0]] - size) // stride + 1
+    total = None
+    for d in range(size):
+        shifted = t
+        for axis in axes:
+            shifted = _strided(shifted, axis, d, n_out, stride)
+        total = shifted if total is None else total + shifted
+    return total
+
+
+def conv_padding(size: int, kernel_size: int, stride: int, padding: str | int) -> tuple[int, int]:
+    """(before, after) padding of one axis for ``padding`` = "same" | "valid" | an int (both sides).
+
+    "same" pads as TensorFlow and JAX do: the output has ceil(size / stride) positions and an odd total
+    padding puts the extra row at the end.
+    """
+    if padding == "valid":
+        return 0, 0
+    if padding == "same":
+        n_out = -(-size // stride)
+        total = max((n_out - 1) * stride + kernel_size - size, 0)
+        return total // 2, total - total // 2
+    return int(padding), int(padding)
+
+
+def conv_paddings(
+    spatial_shape: tuple[int, ...], kernel_size: tuple[int, ...], stride: tuple[int, ...], padding: str | int
+) -> tuple[tuple[int, int], ...]:
+    """:func:`conv_padding` for every spatial axis."""
+    return tuple(conv_padding(n, k, s, padding) for n, k, s in zip(spatial_shape, kernel_size, stride, strict=True))

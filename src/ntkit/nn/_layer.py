@@ -1,0 +1,95 @@
+"""Base classes of the ``ntkit.nn`` layers: torch modules that also map infinite-width kernels."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError
+from ..infinite import transforms
+from ..infinite.kernel_type import Kernel
+
+__all__ = ["KernelLayer", "WeightLayer", "as_tuple"]
+
+PARAMETERIZATIONS = ("ntk", "standard")
+
+
+def as_tuple(value, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
+    """An int or a tuple of ``n`` ints (each >= ``minimum``) as a tuple of ``n`` ints; else InvalidArgumentError."""
+    out = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(out) != n or any(not isinstance(v, int) or v < minimum for v in out):
+        raise InvalidArgumentError(f"{name} must be an int >= {minimum} or a tuple of {n} of them, got {value!r}.")
+    return out
+
+
+class KernelLayer(nn.Module):
+    """A layer that is a finite torch module and defines the kernel map of its infinite-width limit."""
+
+    #: True if outputs at one position depend on inputs at other positions (pooling): kernels then need the
+    #: covariances between all pairs of positions.
+    mixes_positions: bool = False
+
+    def kernel_transform(self, k: Kernel) -> Kernel:
+        """The :class:`~ntkit.Kernel` of this layer's outputs given the kernel ``k`` of its inputs."""
+        raise NotImplementedError
+
+
+class WeightLayer(KernelLayer):
+    """Weights W (out, in, *filter) and an optional bias b, in either parameterization (theory.md 1.1-1.2):
+
+    - "ntk" (default): W, b ~ N(0, 1) are the trainable variables and y = (W_std/√fan_in)·(x ⋆ W) + b_std·b;
+    - "standard": W ~ N(0, W_std²/fan_in), b ~ N(0, b_std²) and y = x ⋆ W + b.
+
+    Both give the same function distribution at initialisation (the same NNGP) but different gradients (NTK).
+    ``b_std=None`` means no bias. ``W_std``, ``b_std`` may be tensors (kernels are differentiable in them); they
+    are kept as given, not as parameters of the finite network.
+    """
+
+    def __init__(self, weight_shape: tuple[int, ...], *, W_std, b_std, parameterization: str) -> None:
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise InvalidArgumentError(f"parameterization must be 'ntk' or 'standard', got {parameterization!r}.")
+        self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
+        self.weight = nn.Parameter(torch.empty(weight_shape))
+        self.bias = nn.Parameter(torch.empty(weight_shape[0])) if b_std is not None else None
+        self.reset_parameters()
+
+    @property
+    def fan_in(self) -> int:
+        return math.prod(self.weight.shape[1:])
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            if self.parameterization == "ntk":
+                self.weight.normal_()
+                if self.bias is not None:
+                    self.bias.normal_()
+            else:
+                self.weight.normal_(0.0, float(self.W_std) / math.sqrt(self.fan_in))
+                if self.bias is not None:
+                    self.bias.normal_(0.0, float(self.b_std))
+
+    def _finish(self, y: torch.Tensor) -> torch.Tensor:
+        """Scale x ⋆ W (computed without bias) and add the bias, per the parameterization; channels on dim 1."""
+        shape = (1, -1) + (1,) * (y.ndim - 2)
+        if self.parameterization == "ntk":
+            y = y * (self.W_std / math.sqrt(self.fan_in))
+            return y if self.bias is None else y + (self.b_std * self.bias).reshape(shape)
+        return y if self.bias is None else y + self.bias.reshape(shape)
+
+    def _weight_kernel(self, k: Kernel, in_channels: int, out_channels: int, geometry=None) -> Kernel:
+        """``transforms.weight_layer`` with this layer's variances and parameterization."""
+        return transforms.weight_layer(
+            k,
+            W_var=self.W_std**2,
+            b_var=None if self.b_std is None else self.b_std**2,
+            parameterization=self.parameterization,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            geometry=geometry,
+        )
+
+    def extra_repr(self) -> str:
+        return f"W_std={self.W_std}, b_std={self.b_std}, parameterization={self.parameterization!r}"

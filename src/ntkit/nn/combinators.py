@@ -1,0 +1,85 @@
+"""``Sequential``, ``Residual`` and ``Parallel``: layers composed in series or in parallel branches."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError
+from ..infinite import transforms
+from ..infinite.kernel_type import Kernel
+from ..infinite.registry import apply_layer
+from ._layer import KernelLayer
+
+__all__ = ["Parallel", "Residual", "Sequential"]
+
+
+class Sequential(nn.Sequential, KernelLayer):
+    """Layers in series (a ``torch.nn.Sequential``); the kernel passes through each layer's map in turn.
+
+    Layers may be ``ntkit.nn`` layers or PyTorch layers known to :func:`ntkit.register_kernel`'s registry.
+    """
+
+    def kernel_transform(self, k: Kernel) -> Kernel:
+        for layer in self:
+            k = apply_layer(layer, k)
+        return k
+
+
+_FAN_IN = ("sum", "product", "concat")
+
+
+class Parallel(KernelLayer):
+    """Branches applied to the same input, their outputs combined by ``fan_in``:
+
+    - "sum": Σ_i branch_i(x);
+    - "product": Π_i branch_i(x) elementwise;
+    - "concat": the outputs concatenated along channels (dim 1).
+
+    Kernels: branches that end in their own Linear/convolution are independent of the others (zero
+    cross-covariance); branches that are elementwise functions (identity, activations) of the same Gaussian
+    layer are combined exactly (cross terms E[ψ_i(u) ψ_j(v)] by quadrature); concatenation needs no cross terms.
+    Other correlated branches raise :class:`~ntkit.errors.UnsupportedError` (use Monte Carlo).
+    """
+
+    def __init__(self, *branches: nn.Module, fan_in: str = "sum") -> None:
+        super().__init__()
+        if fan_in not in _FAN_IN:
+            raise InvalidArgumentError(f"fan_in must be one of {_FAN_IN}, got {fan_in!r}.")
+        if not branches:
+            raise InvalidArgumentError("Parallel needs at least one branch.")
+        self.branches = nn.ModuleList(branches)
+        self.fan_in = fan_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [branch(x) for branch in self.branches]
+        if self.fan_in == "concat":
+            return torch.cat(outs, dim=1)
+        total = outs[0]
+        for out in outs[1:]:
+            total = total + out if self.fan_in == "sum" else total * out
+        return total
+
+    def kernel_transform(self, k: Kernel) -> Kernel:
+        outs = [apply_layer(branch, k) for branch in self.branches]
+        if self.fan_in == "concat":
+            return transforms.fan_in_concat(outs)
+        combine = transforms.fan_in_sum if self.fan_in == "sum" else transforms.fan_in_product
+        return combine(outs, start=k)
+
+    def extra_repr(self) -> str:
+        return f"fan_in={self.fan_in!r}"
+
+
+class Residual(KernelLayer):
+    """x + block(x), with ``block`` = ``Sequential(*block)`` (a :class:`Parallel` of Identity and the block)."""
+
+    def __init__(self, *block: nn.Module) -> None:
+        super().__init__()
+        self.block = Sequential(*block)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+    def kernel_transform(self, k: Kernel) -> Kernel:
+        return transforms.fan_in_sum([k, self.block.kernel_transform(k)], start=k)

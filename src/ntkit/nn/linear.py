@@ -1,0 +1,40 @@
+"""``Linear``: a dense layer in the NTK or standard parameterization, and its kernel map."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from ..infinite.kernel_type import Kernel
+from ._layer import WeightLayer
+
+__all__ = ["Linear"]
+
+
+class Linear(WeightLayer):
+    """y = x Wᵀ scaled by the parameterization, plus bias: (N, in_features) -> (N, out_features).
+
+    Kernel (theory.md 4.1): K' = W_std² K + b_std²; NTK parameterization Θ' = K' + W_std² Θ; standard
+    parameterization Θ' = in_features·K + [bias] + W_std² Θ, normalised by the width in ``nk.kernel`` (4.4).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        W_std=1.0,
+        b_std=0.0,
+        parameterization: str = "ntk",
+    ) -> None:
+        self.in_features, self.out_features = in_features, out_features
+        super().__init__((out_features, in_features), W_std=W_std, b_std=b_std, parameterization=parameterization)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._finish(F.linear(x, self.weight))
+
+    def kernel_transform(self, k: Kernel) -> Kernel:
+        return self._weight_kernel(k, self.in_features, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, " + super().extra_repr()

@@ -1,0 +1,67 @@
+"""Every method against the dense float64 reference (plain autograd) on every model kind.
+
+Each model of the zoo (MLP with a multi-output head, Conv1d/Conv2d CNNs with pooling, BatchNorm in eval mode
+and GroupNorm, a residual network with LayerNorm, Embedding + MultiheadAttention, a TransformerEncoder,
+tied weights, a LoRA adapter) is checked for x2 = x1 (x2=None) and x2 != x1, traced and full output
+kernels, and the diagonal. Tolerance: :data:`empirical_reference.TOL` (see there why).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from empirical_reference import TOL, case, kernel_from_jacobians
+from empirical_zoo import MODELS
+
+import ntkit as nk
+from reference import rel_err
+
+METHODS = ["jacobian", "ntvp", "structured"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_matches_dense_reference(name, method):
+    model, x1, x2, J1, J2 = case(name)
+    for other, J_other in ((None, J1), (x2, J2)):
+        for trace_outputs in (True, False):
+            got = nk.empirical_ntk(model, x1, other, method=method, trace_outputs=trace_outputs)
+            want = kernel_from_jacobians(J1, J_other, trace_outputs)
+            assert got.shape == want.shape
+            assert got.dtype == torch.float64
+            assert rel_err(got, want) < TOL, (other is None, trace_outputs)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", ["mlp", "cnn2d", "attention", "transformer"])
+def test_diagonal_matches_dense_reference(name, method):
+    model, x1, x2, J1, J2 = case(name)
+    pairs = x2.shape[0]
+    for trace_outputs in (True, False):
+        got = nk.empirical_ntk(model, x1, method=method, trace_outputs=trace_outputs, diagonal=True)
+        assert rel_err(got, kernel_from_jacobians(J1, J1, trace_outputs, diagonal=True)) < TOL
+        # paired rows: Θ̂(x1_n, x2_n)
+        got = nk.empirical_ntk(model, x1[:pairs], x2, method=method, trace_outputs=trace_outputs, diagonal=True)
+        want = kernel_from_jacobians(J1[:pairs], J2, trace_outputs, diagonal=True)
+        assert rel_err(got, want) < TOL
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn1d", "residual", "tied", "lora"])
+def test_auto_matches_dense_reference(name):
+    model, x1, x2, J1, J2 = case(name)
+    got = nk.empirical_ntk(model, x1, x2, trace_outputs=False)
+    assert rel_err(got, kernel_from_jacobians(J1, J2, False)) < TOL
+
+
+def test_x2_identical_object_is_symmetric_case():
+    model, x1, _, J1, _ = case("mlp")
+    assert rel_err(nk.empirical_ntk(model, x1, x1), kernel_from_jacobians(J1, J1, True)) < TOL
+
+
+def test_float32_model_gives_float32_kernel():
+    model, x1, x2, J1, J2 = case("mlp")
+    got = nk.empirical_ntk(model.float(), x1.float(), x2.float())
+    model.double()
+    assert got.dtype == torch.float32
+    # float32 round-off: about 1e-7 relative per operation
+    assert rel_err(got.double(), kernel_from_jacobians(J1, J2, True)) < 1e-5

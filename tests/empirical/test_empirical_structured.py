@@ -1,0 +1,152 @@
+"""The structured method's machinery: the rules are really used, and anything they cannot see falls back.
+
+The kernels themselves are checked against the dense reference in ``test_empirical_methods.py``; here the white-box
+checks make sure that passing those tests does not just mean "everything fell back to Jacobian contraction",
+and that uses of a weight the rules do not cover are detected (then the kernel is still exact).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from empirical_reference import TOL, case, kernel_from_jacobians
+from empirical_zoo import MODELS
+from torch import nn
+
+import ntkit as nk
+from ntkit._functional import functionalize
+from ntkit.empirical.cost import Problem
+from ntkit.empirical.structured import StructuredMethod
+from ntkit.empirical.tracing import trace_model
+from ntkit.errors import UnsupportedError
+from reference import dense_jacobian, rel_err
+
+DT = torch.float64
+
+
+def structured(model, x1, n2=None, full=False):
+    fm = functionalize(model)
+    trace = trace_model(fm, x1)
+    n2 = x1.shape[0] if n2 is None else n2
+    return trace, StructuredMethod(fm, trace, Problem(x1.shape[0], n2, n2 is None, False, full, trace.n_outputs))
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n != "lora"])
+def test_every_parameter_of_the_zoo_has_a_rule(name):
+    """Linear, conv, embedding, norm, attention projection and tied parameters are all covered by rules."""
+    model, x1, _, _, _ = case(name)
+    trace, _ = structured(model, x1)
+    assert trace.fallback == []
+    assert set(trace.uses) == {n for n, _ in model.named_parameters()}
+
+
+def test_raw_parameter_adapters_fall_back():
+    model, x1, _, _, _ = case("lora")
+    trace, method = structured(model, x1)
+    assert sorted(trace.fallback) == ["0.lora_A", "0.lora_B", "2.lora_A", "2.lora_B"]
+    assert {g.name for g in method.groups} == {"0.base.weight", "0.base.bias", "2.base.weight", "2.base.bias"}
+
+
+def test_forms_follow_the_cost_model():
+    """Gram form for dense layers on vectors; Jacobian form for convolutions over many positions."""
+    model, x1, _, _, _ = case("mlp")
+    _, method = structured(model, x1)
+    assert {g.name: g.form for g in method.groups if g.name.endswith("weight")} == {
+        "0.weight": "gram",
+        "2.weight": "gram",
+        "4.weight": "gram",
+    }
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2)).to(DT)
+    x = torch.randn(6, 3, 12, 12, dtype=DT)
+    model(x)
+    _, method = structured(model.eval(), x)
+    assert {g.name: g.form for g in method.groups}["0.weight"] == "jacobian"
+
+
+class HiddenUse(nn.Module):
+    """Uses one weight through F.linear and once more where no torch function mode can see it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x))
+        with torch._C.DisableTorchFunction():
+            hidden = torch.tanh(h @ self.lin.weight.T)
+        return self.out(hidden)
+
+
+def test_use_invisible_to_the_interceptor_is_caught_by_the_gradient_check():
+    model = HiddenUse().to(DT).eval()
+    x1, x2 = torch.randn(4, 4, dtype=DT), torch.randn(3, 4, dtype=DT)
+    trace, _ = structured(model, x1)
+    assert trace.fallback == ["lin.weight"]  # the rule alone would miss the hidden term
+    want = kernel_from_jacobians(dense_jacobian(model, x1), dense_jacobian(model, x2), False)
+    got = nk.empirical_ntk(model, x1, x2, method="structured", trace_outputs=False)
+    assert rel_err(got, want) < TOL
+
+
+class TransposedUse(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x) + torch.tanh(x @ self.lin.weight.T)
+
+
+def test_use_outside_a_rule_is_flagged():
+    model = TransposedUse().to(DT).eval()
+    x1 = torch.randn(4, 4, dtype=DT)
+    trace, _ = structured(model, x1)
+    assert trace.fallback == ["lin.weight"]
+    assert "lin.bias" in trace.uses
+    want = kernel_from_jacobians(dense_jacobian(model, x1), dense_jacobian(model, x1), True)
+    assert rel_err(nk.empirical_ntk(model, x1, method="structured"), want) < TOL
+
+
+class ChangesItsMind(nn.Module):
+    """Calls its layer twice on the first forward pass and once afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        h = self.lin(x)
+        return self.lin(h) if self.calls == 1 else h
+
+
+def test_layer_calls_that_change_between_examples():
+    with pytest.raises(UnsupportedError, match="method='jacobian'"):
+        nk.empirical_ntk(ChangesItsMind().to(DT), torch.randn(3, 3, dtype=DT), method="structured")
+
+
+def test_functional_layers_in_a_plain_function_use_rules():
+    """f(params, x) built from F.conv1d, F.layer_norm and F.linear gets the same rules as modules."""
+    params = {
+        "conv": torch.randn(3, 2, 3, dtype=DT),
+        "ln_w": torch.randn(3, dtype=DT),
+        "ln_b": torch.randn(3, dtype=DT),
+        "head": torch.randn(2, 3, dtype=DT),
+    }
+
+    def f(p, x):
+        h = F.conv1d(x, p["conv"], padding="same").transpose(1, 2)  # (N, L, C)
+        h = F.layer_norm(torch.tanh(h), (3,), p["ln_w"], p["ln_b"])
+        return F.linear(h.mean(1), p["head"])
+
+    x1 = torch.randn(4, 2, 6, dtype=DT)
+    fm = functionalize(f, params)
+    assert trace_model(fm, x1).fallback == []
+    from torch.func import jacrev, vmap
+
+    J = vmap(jacrev(lambda p, xi: f(p, xi[None])[0]), (None, 0))(params, x1)
+    J = torch.cat([j.flatten(2) for j in J.values()], -1)
+    got = nk.empirical_ntk(f, x1, params=params, method="structured", trace_outputs=False)
+    assert rel_err(got, kernel_from_jacobians(J, J, False)) < TOL
