@@ -18,7 +18,9 @@ from ntkit.experiments import Experiment
 from ntkit.experiments.e3_width_scaling import WidthScalingConfig
 from ntkit.experiments.registry import EXPERIMENTS
 
-TINY_E3 = WidthScalingConfig(widths=(16, 64), depth=1, n_train=8, n_kernel=4, steps=4, n_times=2, repeats=1)
+TINY_E3 = WidthScalingConfig(
+    widths=(16, 64), depth=1, n_train=8, n_kernel=4, n_test=None, steps=4, n_times=2, repeats=1
+)
 
 
 def _error(capsys, argv) -> str:
@@ -57,7 +59,7 @@ def test_bad_choice_is_an_argparse_usage_error(capsys):
 
 def test_list(capsys):
     assert main(["reproduce", "--list"]) == 0
-    assert "E3  Weight and kernel change versus width" in capsys.readouterr().out
+    assert "E3  Weights, kernels and linearization vs width" in capsys.readouterr().out
 
 
 def test_a_run_writes_the_report_and_prints_the_summary(capsys, monkeypatch, tmp_path):
@@ -65,13 +67,13 @@ def test_a_run_writes_the_report_and_prints_the_summary(capsys, monkeypatch, tmp
     out = tmp_path / "rep"
     assert main(["reproduce", "--quick", "--only", "E3", "--out", str(out), "--seed", "3", "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "[1/1] E3 Weight and kernel change versus width" in text
+    assert "[1/1] E3 Weights, kernels and linearization vs width" in text
     assert "ID  Experiment" in text and f"Report: {(out / 'index.html').resolve()}" in text
     data = json.loads((out / "results.json").read_text())
     assert data["run"]["seed"] == 3 and data["run"]["mode"] == "quick" and data["run"]["dataset"] == "digits"
     assert data["run"]["command"] == f"ntkit reproduce --quick --only E3 --out {out} --seed 3 --no-progress"
     assert data["experiments"][0]["config"]["widths"] == [16, 64]
-    assert sorted(p.name for p in (out / "figures").iterdir()) == ["E3-kernels.png", "E3-weights.png"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["E3-kernels.png", "E3-rmse.png", "E3-weights.png"]
 
 
 def test_a_failed_experiment_gives_exit_code_1_and_is_in_the_report(capsys, monkeypatch, tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 import ntkit as nk
 from ntkit.errors import InvalidArgumentError
-from ntkit.experiments import NTKDense, dense_layers, mlp, readout_parameters
+from ntkit.experiments import NTKDense, dense_layers, mlp, readout_parameters, standard_from_ntk
 from reference import dense_ntk, rel_err
 
 
@@ -75,3 +75,15 @@ def test_mlp_rejects_bad_options_and_respects_dtype_device_seed():
     assert next(net.parameters()).dtype == torch.float32 and "parameterization='ntk'" in repr(net)
     assert torch.equal(mlp(3, [4], 1, seed=7)[0].weight, mlp(3, [4], 1, seed=7)[0].weight)
     assert not torch.equal(mlp(3, [4], 1, seed=7)[0].weight, mlp(3, [4], 1, seed=8)[0].weight)
+
+
+def test_standard_from_ntk_is_the_same_function_with_standard_parameters():
+    ntk = mlp(10, [32, 32], 2, seed=4)
+    std = standard_from_ntk(ntk)
+    reference = mlp(10, [32, 32], 2, seed=4, parameterization="standard")  # drawn directly in the standard form
+    for a, b in zip(std.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-15, atol=0)
+    assert all(m.parameterization == "standard" for _, m in dense_layers(std))
+    assert all(m.parameterization == "ntk" for _, m in dense_layers(ntk))  # the original is untouched
+    x = torch.randn(5, 10, dtype=torch.float64)
+    torch.testing.assert_close(std(x), ntk(x), rtol=1e-13, atol=1e-13)

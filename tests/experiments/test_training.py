@@ -1,12 +1,15 @@
 """The full-batch training loop against closed forms for a model that is linear in its parameters
 (theory.md 2.3: the linearized dynamics are exact there) and an explicit heavy-ball recursion."""
 
+import copy
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
 from ntkit.errors import InvalidArgumentError
-from ntkit.experiments import NTKDense, log_spaced_steps, train_full_batch
+from ntkit.experiments import NTKDense, log_spaced_steps, train_full_batch, train_side_by_side
 from reference import dense_jacobian, dense_ntk
 
 
@@ -87,3 +90,59 @@ def test_log_spaced_steps():
     assert log_spaced_steps(5, 20, include_zero=False) == [1, 2, 3, 4, 5]
     with pytest.raises(InvalidArgumentError):
         log_spaced_steps(0, 3)
+
+
+def test_loss_curve_has_every_step_and_matches_the_recorded_losses():
+    model, x, y = _linear_problem()
+    hist = train_full_batch(model, x, y, lr=0.1, steps=6, record_steps=[0, 3])
+    assert len(hist.loss_curve) == 7 and hist.loss_curve[0] == hist.loss[0] and hist.loss_curve[3] == hist.loss[1]
+    assert all(b < a for a, b in itertools.pairwise(hist.loss_curve))  # a small step on a convex loss
+    model, x, y = _linear_problem()
+    hist = train_full_batch(model, x, y, lr=1e6, steps=200)
+    assert hist.diverged and not np.isfinite(hist.loss_curve[-1]) and len(hist.loss_curve) < 201
+
+
+def test_per_parameter_learning_rates():
+    """One SGD step with ``param_lr`` moves each parameter by −(its lr)·(its gradient), computed here by autograd."""
+    model, x, y = _linear_problem()
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    g_w, g_b = torch.autograd.grad(loss, [model.weight, model.bias])
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    train_full_batch(model, x, y, lr=0.3, steps=1, param_lr={"bias": 0.05})
+    torch.testing.assert_close(model.weight.detach(), w0 - 0.3 * g_w, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(model.bias.detach(), b0 - 0.05 * g_b, rtol=1e-14, atol=1e-15)
+    with pytest.raises(InvalidArgumentError, match="unknown parameters"):
+        train_full_batch(model, x, y, lr=0.3, steps=1, param_lr={"weights": 0.1})
+
+
+def test_side_by_side_full_batch_equals_the_single_model_loop():
+    model, x, y = _linear_problem()
+    reference = copy.deepcopy(model)
+    ref = train_full_batch(reference, x, y, lr=0.2, momentum=0.9, steps=7, record_steps=[0, 7])
+    models = {"a": model, "b": copy.deepcopy(model)}
+    hist = train_side_by_side(
+        models, x, y, lr=0.2, momentum=0.9, steps=7, loss="mse", record_steps=[0, 7],
+        on_record=lambda step, ms: {k: m(x).detach() for k, m in ms.items()},
+    )  # fmt: skip
+    assert hist.steps == [0, 7]
+    for rec, out in zip(hist.records, ref.outputs, strict=True):
+        assert torch.equal(rec["a"], out) and torch.equal(rec["b"], out)
+
+
+def test_side_by_side_minibatches_are_shared_and_seeded():
+    """The models see the same minibatches: an explicit loop with the same generator gives the same parameters."""
+    model, x, _ = _linear_problem(k=3)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    twin = copy.deepcopy(model)
+    explicit = copy.deepcopy(model)
+    train_side_by_side({"m": model, "twin": twin}, x, labels, lr=0.5, momentum=0.5, steps=5, batch_size=3, seed=4)
+    gen, opt = torch.Generator().manual_seed(4), torch.optim.SGD(explicit.parameters(), lr=0.5, momentum=0.5)
+    for _ in range(5):
+        idx = torch.randint(0, 8, (3,), generator=gen)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(explicit(x[idx]), labels[idx]).backward()
+        opt.step()
+    for a, b, c in zip(model.parameters(), twin.parameters(), explicit.parameters(), strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    with pytest.raises(InvalidArgumentError, match="batch_size"):
+        train_side_by_side({"m": model}, x, labels, lr=0.1, steps=1, batch_size=0)

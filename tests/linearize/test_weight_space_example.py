@@ -18,11 +18,11 @@ def load_example():
 
 def test_weight_space_example_tiny(tmp_path):
     out = tmp_path / "fig.png"
-    history = load_example().main(["--steps", "5", "--width", "64", "--out", str(out)])
+    history = load_example().main(["--steps", "5", "--width", "64", "--n-train", "128", "--out", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert history["step"] == [0, 1, 2, 3, 4, 5]
+    assert history["steps"] == [0, 1, 2, 3, 4, 5]
     # same θ0: identical outputs before training (float32 round-off), then the two models part
     assert history["test_rmse"][0] < 1e-5 < history["test_rmse"][-1]
     for name in ("network", "linearized"):
-        losses = history[f"{name}/train_loss"]
+        losses = history[name]["train_loss"]
         assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]

@@ -5,25 +5,29 @@ instances and a function ``fn(config, ctx) -> ExperimentResult`` registered with
 package registers them all. Run them with :func:`run_experiments` (or ``ntkit reproduce``).
 """
 
-from . import e3_width_scaling
-from .context import RunContext
-from .models import NTKDense, dense, dense_layers, mlp, readout_parameters
+from . import e3_width_scaling, e5_learning_rate, e6_momentum_cross_entropy, e7_parameterization
+from .context import RunContext, run_config
+from .models import NTKDense, dense, dense_layers, mlp, readout_parameters, standard_from_ntk
 from .registry import EXPERIMENTS, Experiment, known_ids, register, select
 from .runner import run_experiments, run_one
 from .stats import SlopeFit, accuracy, fit_loglog_slope, relative_change, rmse
-from .training import TrainHistory, log_spaced_steps, train_full_batch
+from .training import SideBySideHistory, TrainHistory, log_spaced_steps, train_full_batch, train_side_by_side
 
 __all__ = [
     "EXPERIMENTS",
     "Experiment",
     "NTKDense",
     "RunContext",
+    "SideBySideHistory",
     "SlopeFit",
     "TrainHistory",
     "accuracy",
     "dense",
     "dense_layers",
     "e3_width_scaling",
+    "e5_learning_rate",
+    "e6_momentum_cross_entropy",
+    "e7_parameterization",
     "fit_loglog_slope",
     "known_ids",
     "log_spaced_steps",
@@ -32,8 +36,11 @@ __all__ = [
     "register",
     "relative_change",
     "rmse",
+    "run_config",
     "run_experiments",
     "run_one",
     "select",
+    "standard_from_ntk",
     "train_full_batch",
+    "train_side_by_side",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,7 +13,7 @@ import torch
 from .. import data as ntdata
 from ..data import Dataset
 
-__all__ = ["RunContext"]
+__all__ = ["RunContext", "run_config"]
 
 T = TypeVar("T")
 
@@ -71,3 +71,15 @@ class RunContext:
         from tqdm.auto import tqdm
 
         yield from tqdm(iterable, desc=desc, total=total, leave=leave, dynamic_ncols=True, disable=None)
+
+
+def run_config(cfg: Any, data: Dataset) -> dict[str, Any]:
+    """A result's ``config``: the fields of the configuration dataclass ``cfg`` and the data the experiment used
+    (data set name, class pair or ``None``, the actual numbers of train and test points)."""
+    return {
+        **asdict(cfg),
+        "dataset": data.name,
+        "classes": data.info.get("classes"),
+        "n_train": data.n_train,
+        "n_test": data.n_test,
+    }

@@ -14,6 +14,7 @@ Every network is built through :func:`dense`, the one place to switch to ``ntkit
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 
-__all__ = ["ACTIVATIONS", "NTKDense", "dense", "dense_layers", "mlp", "readout_parameters"]
+__all__ = ["ACTIVATIONS", "NTKDense", "dense", "dense_layers", "mlp", "readout_parameters", "standard_from_ntk"]
 
 PARAMETERIZATIONS = ("ntk", "standard")
 
@@ -152,3 +153,19 @@ def readout_parameters(model: nn.Module) -> list[str]:
     empirical NNGP K̂ = x̄ x̄ᵀ of the last hidden layer (theory.md 3.3)."""
     name, module = dense_layers(model)[-1]
     return [f"{name}.{p}" for p, _ in module.named_parameters()]
+
+
+def standard_from_ntk(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every NTK-parameterization :class:`NTKDense` layer turned into the standard
+    parameterization with the same effective weights, W = (σ_w / √n_in) · ω and b = σ_b · β (SM eq. S36): the same
+    function, whose parameters are W and b instead of ω and β, so gradient descent moves it differently. The
+    model itself is not modified."""
+    out = copy.deepcopy(model)
+    for layer in out.modules():
+        if isinstance(layer, NTKDense) and layer.parameterization == "ntk":
+            with torch.no_grad():
+                layer.weight.mul_(layer.w_scale)
+                if layer.bias is not None:
+                    layer.bias.mul_(layer.b_scale)
+            layer.w_scale, layer.b_scale, layer.parameterization = 1.0, 1.0, "standard"
+    return out
