@@ -11,6 +11,7 @@ from . import (
     e5_learning_rate,
     e6_momentum_cross_entropy,
     e7_parameterization,
+    e8_kernel_accuracy,
 )
 from .context import RunContext, run_config
 from .models import NTKDense, dense, dense_layers, mlp, readout_parameters, standard_from_ntk
@@ -35,6 +36,7 @@ __all__ = [
     "e5_learning_rate",
     "e6_momentum_cross_entropy",
     "e7_parameterization",
+    "e8_kernel_accuracy",
     "fit_loglog_slope",
     "known_ids",
     "log_spaced_steps",
