@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data import binary_classes
 from ..infinite.compute import kernel
 from ..predict import gp_inference, gradient_descent_mse_ensemble, max_learning_rate
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
@@ -227,9 +228,11 @@ def _figure(cfg, widths, per_network, numbers, steps: int) -> Figure:
 def kernel_accuracy(cfg: KernelAccuracyConfig, ctx: RunContext) -> ExperimentResult:
     """Run E8 (module docstring) and return its result with figure E8-accuracy."""
     dtype = getattr(torch, cfg.dtype)
+    if binary_classes(ctx.dataset) is None:  # a regression set (its loader also wants a number of test points)
+        raise ValueError(
+            f"E8 measures classification accuracy and needs a classification data set, not {ctx.dataset!r}."
+        )
     data = ctx.load_data(task="multiclass", n_train=cfg.n_train, n_test=cfg.n_test, dtype=dtype)
-    if not data.is_classification:
-        raise ValueError(f"E8 measures classification accuracy and needs a classification data set, not {data.name!r}.")
     x, x_test, labels = data.x_train, data.x_test, data.y_test
     y, y_test = data.targets()
     ref = _reference(cfg, ctx, _network(cfg, ctx, 1, 0, x, y.shape[1]), x, y, x_test)
