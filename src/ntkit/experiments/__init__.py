@@ -5,7 +5,14 @@ instances and a function ``fn(config, ctx) -> ExperimentResult`` registered with
 package registers them all. Run them with :func:`run_experiments` (or ``ntkit reproduce``).
 """
 
-from . import e3_width_scaling, e5_learning_rate, e6_momentum_cross_entropy, e7_parameterization
+from . import (
+    e1_kernel_convergence,
+    e3_width_scaling,
+    e5_learning_rate,
+    e6_momentum_cross_entropy,
+    e7_parameterization,
+    e8_kernel_accuracy,
+)
 from .context import RunContext, run_config
 from .models import NTKDense, dense, dense_layers, mlp, readout_parameters, standard_from_ntk
 from .registry import EXPERIMENTS, Experiment, known_ids, register, select
@@ -24,10 +31,12 @@ __all__ = [
     "accuracy",
     "dense",
     "dense_layers",
+    "e1_kernel_convergence",
     "e3_width_scaling",
     "e5_learning_rate",
     "e6_momentum_cross_entropy",
     "e7_parameterization",
+    "e8_kernel_accuracy",
     "fit_loglog_slope",
     "known_ids",
     "log_spaced_steps",
