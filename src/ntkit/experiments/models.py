@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from ..infinite.kernel_type import Kernel
+from ..infinite.transforms import weight_layer
 
 __all__ = ["ACTIVATIONS", "NTKDense", "dense", "dense_layers", "mlp", "readout_parameters", "standard_from_ntk"]
 
@@ -66,6 +68,18 @@ class NTKDense(nn.Module):
         if self.bias is not None:
             h = h + self.b_scale * self.bias
         return h
+
+    def kernel_transform(self, k: Kernel) -> Kernel:
+        """The layer's infinite-width kernel map (theory.md 4.1; the one of ``ntkit.nn.Linear``), so that
+        ``nk.kernel`` computes the analytic NNGP and NTK of the experiment networks themselves."""
+        return weight_layer(
+            k,
+            W_var=self.W_std**2,
+            b_var=None if self.b_std is None else self.b_std**2,
+            parameterization=self.parameterization,
+            in_channels=self.in_features,
+            out_channels=self.out_features,
+        )
 
     def extra_repr(self) -> str:
         return (
