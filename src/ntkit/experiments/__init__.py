@@ -5,7 +5,14 @@ instances and a function ``fn(config, ctx) -> ExperimentResult`` registered with
 package registers them all. Run them with :func:`run_experiments` (or ``ntkit reproduce``).
 """
 
-from . import e2_linearization, e3_width_scaling, e5_learning_rate, e6_momentum_cross_entropy, e7_parameterization
+from . import (
+    e2_linearization,
+    e3_width_scaling,
+    e4_ensemble_gp,
+    e5_learning_rate,
+    e6_momentum_cross_entropy,
+    e7_parameterization,
+)
 from .context import RunContext, run_config
 from .models import NTKDense, dense, dense_layers, mlp, readout_parameters, standard_from_ntk
 from .registry import EXPERIMENTS, Experiment, known_ids, register, select
@@ -26,6 +33,7 @@ __all__ = [
     "dense_layers",
     "e2_linearization",
     "e3_width_scaling",
+    "e4_ensemble_gp",
     "e5_learning_rate",
     "e6_momentum_cross_entropy",
     "e7_parameterization",
