@@ -27,9 +27,9 @@ m̄ and s² the ensemble's sample mean and (unbiased) variance:
 - coverage: the fraction of the pairs (network, α) with |f_m(x(α)) − μ(α)| ≤ 2σ(α), 95.4% for Gaussian outputs.
   It is about the individual networks, not the ensemble mean (which is judged by z).
 
-Points where the GP's sd is below ``sd_floor`` (5%) of its prior sd √K(x, x) are left out of all three: at the
-training points the GP's variance decays to 0 with training, and any finite-width deviation, however small, would
-give an unbounded normalised error there.
+Points where either GP's sd is below ``sd_floor`` (5%) of the prior sd √K(x, x) are left out of all three, for
+both GPs: at the training points the GPs' variance decays to 0 with training, and any finite-width deviation,
+however small, would give an unbounded normalised error there.
 
 Verdict rule. The ensemble *matches* a GP at a step when the RMS of z is at most ``z_max`` (3: the path points are
 strongly correlated, so the RMS of N(0, 1) values along it can reach 2 by chance), the geometric-mean variance
@@ -252,7 +252,7 @@ def _figures(cfg, alpha, times, outputs, gp, keep, comparisons, limits: Limits, 
             axes[1].plot(t, [v["variance_ratio"] for v in c], "o-", color=color)
             axes[2].plot(t, [v["coverage"] for v in c], "o-", color=color)
         axes[0].axhline(cfg.z_max, color="0.4", ls="--", lw=1, label=f"limit {cfg.z_max:g}")
-        axes[0].set(ylabel="RMS over the path of z = (mean − μ)/(σ/√M)", yscale="log")
+        axes[0].set(ylabel="RMS of z = (m̄ − μ)/(σ/√M) over the path", ylim=(0, None))
         axes[0].legend(fontsize=7)
         axes[1].axhspan(*limits.variance, color="0.85", lw=0, label=f"{cfg.variance_level:.0%} χ² interval")
         axes[1].set(ylabel="variance ratio s²/σ² (geometric mean)", yscale="log")
@@ -268,7 +268,7 @@ def _figures(cfg, alpha, times, outputs, gp, keep, comparisons, limits: Limits, 
                 "E4-errors",
                 fig,
                 f"The ensemble against each GP at each step, on the {int(keep.sum())}–{keep.shape[1]} path points "
-                f"where the GP's sd is at least {cfg.sd_floor:g} of its prior sd: RMS of the normalised mean error "
+                f"where both GPs' sd is at least {cfg.sd_floor:g} of the prior sd: RMS of the normalised mean error "
                 "(about 1 if the networks are distributed as the GP), geometric mean of the variance ratio (grey: "
                 "the χ² interval of one point), and coverage of the individual networks' outputs by μ ± 2σ (dotted: "
                 "95.4%; grey: the accepted range, the binomial interval of M networks).",
@@ -336,8 +336,8 @@ def ensemble_vs_gp(cfg: EnsembleConfig, ctx: RunContext) -> ExperimentResult:
         raise FloatingPointError(f"training diverged (η = {lr:.3g}); lower lr_fraction.")
     outputs = torch.stack(history.eval_outputs).to(dtype)  # (T, P, M)
 
-    prior_sd = gp["ntk"]["var"][0].clamp_min(0).sqrt()
-    keep = torch.stack([gp["ntk"]["var"][i].clamp_min(0).sqrt() >= cfg.sd_floor * prior_sd for i in range(len(steps))])
+    prior_sd = gp["ntk"]["var"][0].clamp_min(0).sqrt()  # √K(x, x): both GPs start at the prior
+    keep = torch.stack([g["var"].clamp_min(0).sqrt() >= cfg.sd_floor * prior_sd for g in gp.values()]).all(0)
     comparisons = {
         name: [_compare(outputs[i], g["mean"][i], g["var"][i], keep[i]) for i in range(len(steps))]
         for name, g in gp.items()
@@ -359,8 +359,9 @@ def ensemble_vs_gp(cfg: EnsembleConfig, ctx: RunContext) -> ExperimentResult:
             f"M = {cfg.n_networks} networks, η = {lr:.4g} = {cfg.lr_fraction:g} η_max(Θ), {x.shape[0]} training "
             "points; "
             f"{cfg.n_path} path points α ∈ [{cfg.alpha_range[0]:g}, {cfg.alpha_range[1]:g}], of which those with "
-            f"σ ≥ {cfg.sd_floor:g} × prior σ are kept. Expected if the networks follow the GP: RMS z about 1, variance "
-            f"ratio in [{limits.variance[0]:.2f}, {limits.variance[1]:.2f}] ({cfg.variance_level:.0%}, one point), "
+            f"σ ≥ {cfg.sd_floor:g} × prior σ for both GPs are kept. Expected if the networks follow the GP: RMS z "
+            f"about 1, variance ratio in [{limits.variance[0]:.2f}, {limits.variance[1]:.2f}] "
+            f"({cfg.variance_level:.0%}, one point), "
             f"coverage about 0.954 (accepted: [{limits.coverage[0]:.3g}, {limits.coverage[1]:.3g}]).",
         )
     ]
