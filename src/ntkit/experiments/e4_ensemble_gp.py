@@ -239,9 +239,10 @@ def _figures(cfg, alpha, times, outputs, gp, keep, comparisons, limits: Limits, 
                 f"{cfg.width}, NTK parameterization, σ_w² = {cfg.W_std**2:g}) trained by full-batch GD from "
                 "independent initializations, on the line through two training points of different classes: "
                 "ensemble mean ± 2 sample sd (black), NTK-GP of eqs. 14-15 (blue) and readout-only NNGP of "
-                "S22-S23 (red), mean ± 2σ, at four training steps (nk.predict.gradient_descent_mse_ensemble with "
-                "the analytic kernels of nk.kernel). Paper (Fig. 2): the ensemble follows the NTK-GP; the NNGP is "
-                "similar but noticeably different at the end of training.",
+                f"S22-S23 (red), mean ± 2σ, at {len(times)} training steps (nk.predict.gradient_descent_mse_ensemble "
+                "with the analytic kernels of nk.kernel); at step 0 both GPs are the prior N(0, K) and coincide. "
+                "Paper (Fig. 2): the ensemble follows the NTK-GP; the NNGP is similar but noticeably different at "
+                "the end of training.",
             )
         )
         fig, axes = new_figure(ncols=3, panel_size=(3.6, 3.1))
