@@ -126,7 +126,11 @@ def _judge(cfg: LinearizationConfig, gap: dict[str, list[float]], moved: float) 
 
 
 def _figure(cfg, steps, net, lin, gap, weights, loss_curve, points) -> Figure:
+    """The four panels of Fig. 3; tensors may be on any device."""
     t = np.asarray(steps[1:], dtype=float)
+    net = {**net, "test_out": net["test_out"].cpu().numpy()}
+    lin = {name: {**v, "test_out": v["test_out"].cpu().numpy()} for name, v in lin.items()}
+    weights = {name: w.cpu().numpy() for name, w in weights.items()}
     styles = {"network": ("k", "-"), "empirical": ("C0", "--"), "analytic": ("C3", ":")}
     with plot_style():
         fig, axes = new_figure(ncols=4, panel_size=(3.6, 3.3))
