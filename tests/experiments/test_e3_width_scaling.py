@@ -16,12 +16,12 @@ from ntkit.experiments.e3_width_scaling import (
     QUICK,
     RMSE_EXPECTED,
     WidthScalingConfig,
-    _blocked_ntk,
     _initial,
     _judge,
     _network,
     width_scaling,
 )
+from ntkit.experiments.kernels import blocked_ntk
 
 TINY = WidthScalingConfig(
     widths=(16, 64, 256), depth=2, n_train=16, n_kernel=8, n_test=8, steps=24, n_times=4, repeats=1
@@ -130,5 +130,5 @@ def test_blocked_kernel_equals_the_one_call_kernel():
     """Blocks of 3 points (the last one shorter) assemble the same Θ̂ as one call, to float64 round-off."""
     net = _network(TINY, RunContext(seed=0), 16, 0, torch.zeros(1, 5, dtype=torch.float64), 2)
     x = torch.randn(8, 5, dtype=torch.float64)
-    torch.testing.assert_close(_blocked_ntk(net, x, 3), nk.empirical_ntk(net, x), rtol=1e-12, atol=1e-12)
-    assert torch.equal(_blocked_ntk(net, x, None), nk.empirical_ntk(net, x))
+    torch.testing.assert_close(blocked_ntk(net, x, 3), nk.empirical_ntk(net, x), rtol=1e-12, atol=1e-12)
+    assert torch.equal(blocked_ntk(net, x, None), nk.empirical_ntk(net, x))

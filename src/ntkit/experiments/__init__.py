@@ -7,7 +7,9 @@ package registers them all. Run them with :func:`run_experiments` (or ``ntkit re
 
 from . import (
     e1_kernel_convergence,
+    e2_linearization,
     e3_width_scaling,
+    e4_ensemble_gp,
     e5_learning_rate,
     e6_momentum_cross_entropy,
     e7_parameterization,
@@ -32,7 +34,9 @@ __all__ = [
     "dense",
     "dense_layers",
     "e1_kernel_convergence",
+    "e2_linearization",
     "e3_width_scaling",
+    "e4_ensemble_gp",
     "e5_learning_rate",
     "e6_momentum_cross_entropy",
     "e7_parameterization",

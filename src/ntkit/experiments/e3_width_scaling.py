@@ -49,9 +49,10 @@ import numpy as np
 import torch
 
 from ..empirical import empirical_ntk
-from ..predict import gradient_descent_mse, max_learning_rate
+from ..predict import max_learning_rate
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
 from .context import RunContext, run_config
+from .kernels import blocked_ntk, linearized_outputs
 from .models import dense_layers, mlp, readout_parameters
 from .registry import register
 from .stats import SlopeFit, fit_loglog_slope, relative_change, rmse
@@ -143,24 +144,9 @@ class _Initial:
     max_lr: float
 
 
-def _blocked_ntk(model, x: torch.Tensor, block: int | None) -> torch.Tensor:
-    """Θ̂ on ``x`` (N, N) by ``nk.empirical_ntk`` on blocks of ``block`` points (the upper triangle of blocks,
-    mirrored), so that at most the Jacobians of 2·block points are held at once; ``None``: one call."""
-    n = x.shape[0]
-    if block is None or block >= n:
-        return empirical_ntk(model, x)
-    out = x.new_empty(n, n)
-    for i in range(0, n, block):
-        for j in range(i, n, block):
-            xi, xj = x[i : i + block], x[j : j + block]
-            out[i : i + block, j : j + block] = empirical_ntk(model, xi) if i == j else empirical_ntk(model, xi, xj)
-            out[j : j + block, i : i + block] = out[i : i + block, j : j + block].T
-    return out
-
-
 def _initial(cfg: WidthScalingConfig, model, x: torch.Tensor, x_test: torch.Tensor, k: int) -> _Initial:
     n = x.shape[0]
-    ntk = _blocked_ntk(model, torch.cat([x, x_test]), cfg.kernel_block)
+    ntk = blocked_ntk(model, torch.cat([x, x_test]), cfg.kernel_block)
     with torch.no_grad():
         outputs = model(torch.cat([x, x_test]))
     nngp = empirical_ntk(model, x[: cfg.n_kernel], params=readout_parameters(model))
@@ -173,10 +159,8 @@ def _one_network(
 ) -> dict[str, Any]:  # fmt: skip
     """Train one network; its relative changes, and its test RMSE against the linearization at the record steps
     (the linearization's outputs by ``gradient_descent_mse`` with the network's Θ̂_0, module docstring)."""
-    n, nk_ = x.shape[0], cfg.n_kernel
-    _, lin_test = gradient_descent_mse(init.ntk[:n, :n], y, lr)(
-        record, init.outputs[:n], init.outputs[n:], init.ntk[n:, :n]
-    )
+    nk_ = cfg.n_kernel
+    _, lin_test = linearized_outputs(init.ntk, init.outputs, y, lr, record)
     model = _network(cfg, ctx, width, repeat, x, y.shape[1])
     xk = x[:nk_]
     weights0 = [m.weight.detach().clone() for _, m in dense_layers(model)]

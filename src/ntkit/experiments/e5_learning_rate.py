@@ -58,9 +58,10 @@ import torch
 
 from ..empirical import empirical_ntk
 from ..errors import NumericalWarning
-from ..predict import critical_learning_rate, gradient_descent_mse, max_learning_rate
+from ..predict import critical_learning_rate, max_learning_rate
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
 from .context import RunContext, run_config
+from .kernels import linearized_outputs
 from .models import mlp
 from .registry import register
 from .stats import relative_change, rmse
@@ -120,10 +121,9 @@ def _outcome(loss_curve: list[float], fraction: float) -> str:
 def _linearization(ntk0: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, lr: float, steps: list[int]):
     """(train, test) outputs of the linearization after each of ``steps``, (T, N, k) and (T, M, k), from the closed
     form with Θ̂_0 on train and test points (N + M, N + M); above η_max they grow without bound (and may overflow)."""
-    n = y.shape[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NumericalWarning)  # "gradient descent diverges": that is what E5 measures
-        return gradient_descent_mse(ntk0[:n, :n], y, lr)(steps, f0[:n], f0[n:], ntk0[n:, :n])
+        return linearized_outputs(ntk0, f0, y, lr, steps)
 
 
 def _one_rate(cfg: LearningRateConfig, ctx: RunContext, lr: float, x, y, x_test, ntk0, f0) -> dict[str, Any]:

@@ -11,7 +11,7 @@ initialization; only their gradients (and so their training) differ. ``b_std=Non
 Every network is built through :func:`dense`, the one place to switch to ``ntkit.nn.Linear`` (same arguments:
 ``W_std``, ``b_std``, ``parameterization``) once it exists, without touching the experiments.
 
-:class:`NTKDense` is registered with ``nk.register_kernel`` (the map of ``ntkit.nn.Linear``, theory.md 4.1), so
+:class:`NTKDense` has the kernel map of ``ntkit.nn.Linear`` (``kernel_transform``, theory.md 4.1), so
 ``nk.kernel(mlp(...), x)`` gives the infinite-width NNGP and NTK of the very network an experiment trains.
 """
 
@@ -26,9 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
-from ..infinite.registry import register_kernel
+from ..infinite.transforms import weight_layer
 
 __all__ = ["ACTIVATIONS", "NTKDense", "dense", "dense_layers", "mlp", "readout_parameters", "standard_from_ntk"]
 
@@ -73,27 +72,23 @@ class NTKDense(nn.Module):
             h = h + self.b_scale * self.bias
         return h
 
+    def kernel_transform(self, k: Kernel) -> Kernel:
+        """The layer's infinite-width kernel map (theory.md 4.1; the one of ``ntkit.nn.Linear``), so that
+        ``nk.kernel`` computes the analytic NNGP and NTK of the experiment networks themselves."""
+        return weight_layer(
+            k,
+            W_var=self.W_std**2,
+            b_var=None if self.b_std is None else self.b_std**2,
+            parameterization=self.parameterization,
+            in_channels=self.in_features,
+            out_channels=self.out_features,
+        )
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_features}, {self.out_features}, W_std={self.W_std:g}, b_std={self.b_std}, "
             f"parameterization={self.parameterization!r}"
         )
-
-
-def _ntk_dense_kernel(layer: NTKDense, k: Kernel) -> Kernel:
-    """The infinite-width kernel map of :class:`NTKDense` (the same map as ``ntkit.nn.Linear``): K' = σ_w² K + σ_b²,
-    and in the NTK parameterization Θ' = K' + σ_w² Θ (theory.md 4.1; the standard one: 4.4)."""
-    return transforms.weight_layer(
-        k,
-        W_var=layer.W_std**2,
-        b_var=None if layer.b_std is None else layer.b_std**2,
-        parameterization=layer.parameterization,
-        in_channels=layer.in_features,
-        out_channels=layer.out_features,
-    )
-
-
-register_kernel(NTKDense, _ntk_dense_kernel)
 
 
 class _Erf(nn.Module):
