@@ -63,6 +63,12 @@ class RunContext:
             )
         return self._cache[key]
 
+    def binary_task(self, cfg: Any) -> tuple[Dataset, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The two-class task of an experiment config (``cfg.n_train``, ``cfg.n_test``, ``cfg.dtype`` a torch dtype
+        name): ``(data, x_train (N, d), targets (N, 1) of ±1, x_test (M, d))`` (regression targets for circle)."""
+        data = self.load_data(task="binary", n_train=cfg.n_train, n_test=cfg.n_test, dtype=getattr(torch, cfg.dtype))
+        return data, data.x_train, data.targets()[0], data.x_test
+
     def bar(self, iterable: Iterable[T], *, desc: str, total: int | None = None, leave: bool = False) -> Iterator[T]:
         """``iterable`` wrapped in a tqdm progress bar when ``progress`` is on and stderr is a terminal."""
         if not self.progress:

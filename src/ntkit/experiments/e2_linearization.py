@@ -43,7 +43,7 @@ from ..predict import max_learning_rate, weight_change
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
 from .context import RunContext, run_config
 from .kernels import blocked_ntk, linearized_outputs
-from .models import mlp
+from .models import config_mlp
 from .registry import register
 from .stats import relative_change, rmse
 from .training import log_spaced_steps, train_full_batch
@@ -181,18 +181,13 @@ def _figure(cfg, steps, net, lin, gap, weights, loss_curve, points) -> Figure:
 @register("E2", title=TITLE, claim=CLAIM, quick=QUICK, full=FULL)
 def network_vs_linearization(cfg: LinearizationConfig, ctx: RunContext) -> ExperimentResult:
     """Run E2 (module docstring) and return its result with the figure E2-dynamics."""
-    dtype = getattr(torch, cfg.dtype)
-    data = ctx.load_data(task="binary", n_train=cfg.n_train, n_test=cfg.n_test, dtype=dtype)
-    x, y, x_test = data.x_train, data.targets()[0], data.x_test
+    data, x, y, x_test = ctx.binary_task(cfg)
     n, k = x.shape[0], y.shape[1]
-    model = mlp(
-        x.shape[1], [cfg.width] * cfg.depth, k, W_std=cfg.W_std, b_std=cfg.b_std,
-        seed=ctx.derive_seed("E2"), dtype=dtype, device=x.device,
-    )  # fmt: skip
+    model = config_mlp(cfg, x, k, ctx.derive_seed("E2"))
     x_all = torch.cat([x, x_test])
     kernels = {
         "empirical": blocked_ntk(model, x_all, cfg.kernel_block),
-        "analytic": analytic_kernel(model, x_all, get="ntk").ntk.to(dtype),
+        "analytic": analytic_kernel(model, x_all, get="ntk").ntk.to(x.dtype),
     }
     with torch.no_grad():
         f0 = model(x_all)

@@ -53,7 +53,7 @@ from ..predict import max_learning_rate
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
 from .context import RunContext, run_config
 from .kernels import blocked_ntk, linearized_outputs
-from .models import dense_layers, mlp, readout_parameters
+from .models import config_mlp, dense_layers, readout_parameters
 from .registry import register
 from .stats import SlopeFit, fit_loglog_slope, relative_change, rmse
 from .training import log_spaced_steps, train_full_batch
@@ -126,10 +126,7 @@ def _expected_layer_slope(i: int, n_layers: int) -> float:
 
 def _network(cfg: WidthScalingConfig, ctx: RunContext, width: int, repeat: int, x: torch.Tensor, k: int):
     """The network of (``width``, ``repeat``): the same one every time it is built (its seed is derived from both)."""
-    return mlp(
-        x.shape[1], [width] * cfg.depth, k, W_std=cfg.W_std, b_std=cfg.b_std,
-        seed=ctx.derive_seed("E3", width, repeat), dtype=x.dtype, device=x.device,
-    )  # fmt: skip
+    return config_mlp(cfg, x, k, ctx.derive_seed("E3", width, repeat), width=width)
 
 
 @dataclass
@@ -339,9 +336,7 @@ def _figures(cfg, widths, layer_names, series, xs, per_width, fits, runs, record
 @register("E3", title=TITLE, claim=CLAIM, quick=QUICK, full=FULL)
 def width_scaling(cfg: WidthScalingConfig, ctx: RunContext) -> ExperimentResult:
     """Run E3 (module docstring) and return its result with figures E3-weights, E3-kernels and E3-rmse."""
-    dtype = getattr(torch, cfg.dtype)
-    data = ctx.load_data(task="binary", n_train=cfg.n_train, n_test=cfg.n_test, dtype=dtype)
-    x, y, x_test = data.x_train, data.targets()[0], data.x_test
+    data, x, y, x_test = ctx.binary_task(cfg)
     record = log_spaced_steps(cfg.steps, cfg.n_times)
     jobs = list(product(cfg.widths, range(cfg.repeats)))
     k = y.shape[1]

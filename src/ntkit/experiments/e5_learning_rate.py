@@ -62,7 +62,7 @@ from ..predict import critical_learning_rate, max_learning_rate
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
 from .context import RunContext, run_config
 from .kernels import linearized_outputs
-from .models import mlp
+from .models import config_mlp
 from .registry import register
 from .stats import relative_change, rmse
 from .training import log_spaced_steps, train_full_batch
@@ -128,10 +128,7 @@ def _linearization(ntk0: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, lr: fl
 
 def _one_rate(cfg: LearningRateConfig, ctx: RunContext, lr: float, x, y, x_test, ntk0, f0) -> dict[str, Any]:
     """Train the network at ``lr`` and compare it with its linearization (module docstring)."""
-    model = mlp(
-        x.shape[1], [cfg.width] * cfg.depth, y.shape[1], W_std=cfg.W_std, b_std=cfg.b_std,
-        seed=ctx.derive_seed("E5"), dtype=x.dtype, device=x.device,
-    )  # fmt: skip
+    model = config_mlp(cfg, x, y.shape[1], ctx.derive_seed("E5"))
     record = log_spaced_steps(cfg.steps, cfg.n_times)
     history = train_full_batch(model, x, y, lr=lr, steps=cfg.steps, record_steps=record, x_eval=x_test)
     lin_train, lin_test = _linearization(ntk0, f0, y, lr, record)
@@ -366,14 +363,9 @@ def _figures(cfg: LearningRateConfig, runs: list[dict[str, Any]], lr_max: float,
 @register("E5", title=TITLE, claim=CLAIM, quick=QUICK, full=FULL)
 def learning_rate_sweep(cfg: LearningRateConfig, ctx: RunContext) -> ExperimentResult:
     """Run E5 (module docstring) and return its result with figures E5-sweep and E5-curves."""
-    dtype = getattr(torch, cfg.dtype)
-    data = ctx.load_data(task="binary", n_train=cfg.n_train, n_test=cfg.n_test, dtype=dtype)
-    x, y, x_test = data.x_train, data.targets()[0], data.x_test
+    data, x, y, x_test = ctx.binary_task(cfg)
     n, k = x.shape[0], y.shape[1]
-    model = mlp(
-        x.shape[1], [cfg.width] * cfg.depth, k, W_std=cfg.W_std, b_std=cfg.b_std,
-        seed=ctx.derive_seed("E5"), dtype=dtype, device=x.device,
-    )  # fmt: skip
+    model = config_mlp(cfg, x, k, ctx.derive_seed("E5"))
     x_all = torch.cat([x, x_test])
     ntk0 = empirical_ntk(model, x_all)
     with torch.no_grad():

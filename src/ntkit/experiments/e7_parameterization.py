@@ -59,7 +59,7 @@ from ..empirical import empirical_ntk
 from ..predict import max_learning_rate
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
 from .context import RunContext, run_config
-from .models import dense_layers, mlp, standard_from_ntk
+from .models import config_mlp, dense_layers, standard_from_ntk
 from .registry import register
 from .stats import SlopeFit, accuracy, fit_loglog_slope, rmse
 from .training import log_spaced_steps, train_full_batch
@@ -137,10 +137,7 @@ def limit_rates(model: nn.Module, lr0: float) -> dict[str, float]:
 
 
 def _network(cfg: ParameterizationConfig, ctx: RunContext, width: int, x: torch.Tensor, k: int, *parts: object):
-    return mlp(
-        x.shape[1], [width] * cfg.depth, k, W_std=cfg.W_std, b_std=cfg.b_std,
-        seed=ctx.derive_seed("E7", width, *parts), dtype=x.dtype, device=x.device,
-    )  # fmt: skip
+    return config_mlp(cfg, x, k, ctx.derive_seed("E7", width, *parts), width=width)
 
 
 def _dynamics(cfg: ParameterizationConfig, width: int, ntk_net: nn.Module, x, y, x_test, lr: float) -> dict:
@@ -319,11 +316,9 @@ def _figures(cfg: ParameterizationConfig, runs: list[dict], fits: dict[str, Slop
 @register("E7", title=TITLE, claim=CLAIM, quick=QUICK, full=FULL)
 def parameterizations(cfg: ParameterizationConfig, ctx: RunContext) -> ExperimentResult:
     """Run E7 (module docstring) and return its result with figures E7-dynamics and E7-accuracy."""
-    dtype = getattr(torch, cfg.dtype)
-    data = ctx.load_data(task="binary", n_train=cfg.n_train, n_test=cfg.n_test, dtype=dtype)
+    data, x, y, x_test = ctx.binary_task(cfg)
     if not data.is_classification:
         raise ValueError(f"E7's accuracy sweep (Fig. S7) needs a classification data set, not {data.name!r}.")
-    x, y, x_test = data.x_train, data.targets()[0], data.x_test
     k = y.shape[1]
     nets = {w: _network(cfg, ctx, w, x, k) for w in cfg.widths}
     lr = cfg.lr_fraction * min(max_learning_rate(empirical_ntk(net, x), n_outputs=k) for net in nets.values())

@@ -21,6 +21,7 @@ import copy
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +30,16 @@ from ..errors import InvalidArgumentError
 from ..infinite.kernel_type import Kernel
 from ..infinite.transforms import weight_layer
 
-__all__ = ["ACTIVATIONS", "NTKDense", "dense", "dense_layers", "mlp", "readout_parameters", "standard_from_ntk"]
+__all__ = [
+    "ACTIVATIONS",
+    "NTKDense",
+    "config_mlp",
+    "dense",
+    "dense_layers",
+    "mlp",
+    "readout_parameters",
+    "standard_from_ntk",
+]
 
 PARAMETERIZATIONS = ("ntk", "standard")
 
@@ -119,6 +129,15 @@ def dense(
         generator=generator,
         dtype=dtype,
     )
+
+
+def config_mlp(cfg: Any, x: torch.Tensor, out_features: int, seed: int, *, width: int | None = None) -> nn.Sequential:
+    """The network of an experiment config: ``cfg.depth`` hidden layers of ``width`` (default ``cfg.width``), σ_w =
+    ``cfg.W_std``, σ_b = ``cfg.b_std``, for inputs like ``x`` (N, d): its width d, dtype and device."""
+    return mlp(
+        x.shape[1], [width or cfg.width] * cfg.depth, out_features, W_std=cfg.W_std, b_std=cfg.b_std,
+        seed=seed, dtype=x.dtype, device=x.device,
+    )  # fmt: skip
 
 
 def mlp(
