@@ -175,14 +175,18 @@ def elementwise(g: Kernel, psi: GaussianFunction) -> Kernel:
     if psi.uses_quadrature:
         note_working_set(pair_entries(g.nngp) * (KERNEL_TEMPORARIES + QUADRATURE_TEMPORARIES))
     a, b = spatial.self_broadcast(d, g.full)
-    nngp, cov = psi.nngp(v1, g.nngp, v2), psi.nngp(a, g.cov, b)
+    if g.ntk is None:
+        nngp, ntk_factor = psi.nngp(v1, g.nngp, v2), None
+    else:
+        nngp, ntk_factor = psi.nngp_and_ntk_factor(v1, g.nngp, v2)
+    cov = psi.nngp(a, g.cov, b)
     if g.x1_is_x2:
         # K(x_i, x_i) must equal the variance exactly: transcendental functions may round differently on a
         # vector and on a matrix, and a correlation off 1 by one ulp moves arc-cosines by √eps downstream.
         nngp = torch.diagonal_scatter(nngp, cov.movedim(0, -1), dim1=0, dim2=1)
     return g.replace(
         nngp=nngp,
-        ntk=None if g.ntk is None else g.ntk * psi.ntk_factor(v1, g.nngp, v2),
+        ntk=None if g.ntk is None else g.ntk * ntk_factor,
         cov=cov,
         is_gaussian=False,
         is_input=False,

@@ -36,6 +36,7 @@ from ..errors import InvalidArgumentError, UnsupportedError
 from ._gaussian import (
     DEFAULT_DEGREE,
     DEFAULT_TOLERANCE,
+    _records,
     angle,
     check_degree,
     clamp_cov,
@@ -104,6 +105,12 @@ class Activation(nn.Module):
         """Ṫ = E[φ'(u) φ'(v)], broadcast shape of the inputs."""
         return self._with_itself(var1, cov, var2, derivative=True)
 
+    def nngp_and_ntk_factor(
+        self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, Ṫ) together (a layer with an NTK needs both; closed forms share their intermediate results)."""
+        return self.nngp(var1, cov, var2), self.ntk_factor(var1, cov, var2)
+
     def mean(self, var: torch.Tensor) -> torch.Tensor:
         """E[φ(u)], u ~ N(0, var), shape of ``var``."""
         raise NotImplementedError
@@ -160,19 +167,50 @@ class ABReLU(Activation):
     def joint_expectation(self, other, var1, cov, var2, *, derivative):
         if not isinstance(other, ABReLU):
             return None
+        return self._arc_cosine(other, var1, cov, var2)[1 if derivative else 0]
+
+    def nngp_and_ntk_factor(self, var1, cov, var2):
+        return self._arc_cosine(self, var1, cov, var2)
+
+    def _arc_cosine(self, other: ABReLU, var1, cov, var2) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E[φ1(u) φ2(v)], E[φ1'(u) φ2'(v)]) from one angle ϑ."""
         p = self.a * other.a + self.b * other.b
         q = self.a * other.b + self.b * other.a
+        if not _records(var1, cov, var2):
+            return _arc_cosine_fast(p, q, var1, cov, var2)
         cov, s = clamp_cov(var1, cov, var2)
         angle_term = p * math.pi + (q - p) * angle(s, cov)  # p(π − ϑ) + qϑ
-        if derivative:
-            return angle_term / _TWO_PI
-        return ((p - q) * s + angle_term * cov) / _TWO_PI
+        return ((p - q) * s + angle_term * cov) / _TWO_PI, angle_term / _TWO_PI
 
     def mean(self, var: torch.Tensor) -> torch.Tensor:
         return (self.b - self.a) * safe_sqrt(var / _TWO_PI)
 
     def mean_derivative(self, var: torch.Tensor) -> torch.Tensor:
         return torch.full_like(var, (self.a + self.b) / 2)
+
+
+def _arc_cosine_fast(
+    p: float, q: float, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`ABReLU._arc_cosine` without autograd, in few passes over the kernel (most of them in place):
+
+        b = √var1 √var2 (1 − 4ε),  ρ = clamp(cov / b, ±1),
+        Ṫ = (pπ + (q − p) arccos ρ) / 2π,   T = (p − q) b √((1 − ρ)(1 + ρ)) / 2π + Ṫ cov.
+
+    The factor 1 − 4ε (ε the dtype's machine epsilon) makes b < var for equal variances whatever the rounding
+    of the square roots, so duplicate inputs get ρ = 1 exactly, hence T = Ṫ·var as on the diagonal
+    (correlations within 4ε of ±1 are indistinct from ±1 in this dtype anyway); elsewhere it changes T by
+    O(ε). Zero variance (b = 0) gives ρ = 1 (ϑ = 0, the ρ → 1 limit, as :func:`angle` does) and T = 0.
+    ``arccos`` is position-independent on CPU (its vectorised loop and scalar tail agree).
+    """
+    if var1 is cov and var2 is cov:  # an example's own variance: ρ = 1 exactly
+        return cov * (p / 2), torch.full_like(cov, p / 2)
+    shrink = 1.0 - 4.0 * torch.finfo(cov.dtype).eps
+    bound = torch.mul(torch.sqrt(var1), torch.sqrt(var2).mul_(shrink))
+    rho = torch.div(cov, bound).nan_to_num_(nan=1.0).clamp_(-1.0, 1.0)
+    ntk_factor = torch.acos(rho).mul_((q - p) / _TWO_PI).add_(p / 2)
+    s = torch.rsub(rho, 1.0).mul_(rho + 1.0).sqrt_()  # √(1 − ρ²), accurate near |ρ| = 1
+    return s.mul_(bound).mul_((p - q) / _TWO_PI).addcmul_(ntk_factor, cov), ntk_factor
 
 
 class ReLU(ABReLU):
