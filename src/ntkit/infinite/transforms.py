@@ -115,14 +115,19 @@ def weight_layer(
     bias = 0.0 if b_var is None else b_var
 
     def affine(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else scale * t + bias
+        return None if t is None else (t * scale).add_(bias)  # in place on the fresh product
 
     nngp = affine(mapped["nngp"])
     ntk = None
     sp_width = k.sp_width
     if k.ntk is not None:
         if parameterization == "ntk":
-            ntk = nngp + scale * mapped["ntk"]
+            # one pass when the scale is a number
+            ntk = (
+                torch.add(nngp, mapped["ntk"], alpha=scale)
+                if isinstance(scale, float)
+                else nngp + scale * mapped["ntk"]
+            )
         else:
             ntk = in_channels * mapped["nngp"] + (0.0 if b_var is None else 1.0) + scale * mapped["ntk"]
             hidden, input_fed = sp_width
