@@ -1,5 +1,7 @@
 """nk.kernel: symmetry and PSD, tiling, layouts, gradients, numerical stability, memory budgets and errors."""
 
+import threading
+
 import pytest
 import torch
 
@@ -270,3 +272,9 @@ def test_thread_count_is_restored():
     before = torch.get_num_threads()
     nk.kernel(mlp(), torch.randn(300, 4), block_size=50)
     assert torch.get_num_threads() == before
+    # set_num_threads(1) in a worker also sets the count that threads started later begin with: restored too.
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [before]

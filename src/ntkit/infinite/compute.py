@@ -20,12 +20,13 @@ __all__ = ["kernel"]
 
 _GET = ("nngp", "ntk")
 
-#: Entries per kernel tensor of one tile on CPU. Below torch's grain size (32768 elements) an operation runs
-#: single-threaded, without a parallel region, and its data stays in cache; tiles are then spread over a
-#: thread pool instead. A parallel region per small elementwise operation costs more than the operation on a
-#: busy machine (tuned with benchmarks/infinite.py). Kernels whose single pair exceeds this run tile after tile
-#: with parallel operations.
-_TILE_ENTRIES = 2**15 - 1
+#: Entries per kernel tensor of one tile on CPU (512 KiB in float32). Tiles are spread over a thread pool whose
+#: workers run their operations single-threaded: no parallel region per operation (on a busy machine its
+#: barrier costs more than a small operation), while a tile of this size pays the Python and dispatch cost of
+#: its few dozen operations once per 10^5 entries and its temporaries stay in the L2/L3 caches (tuned with
+#: benchmarks/infinite.py: 2^15 entries ran the pooled CNN 2.5x slower, 2^19 10-20% slower). Kernels whose
+#: single pair exceeds this run tile after tile with parallel operations.
+_TILE_ENTRIES = 2**17
 
 
 def kernel(
@@ -226,11 +227,16 @@ def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -
 
     tiles = _tiles(n1, n2, b, symmetric)
     if n_workers:
-        # Worker threads, even just one: in the calling thread the same small operations ran 7-10x slower on a
-        # busy machine, its OpenMP helpers spinning after each parallel operation (OMP_WAIT_POLICY=PASSIVE
-        # removes that too); workers whose operations all stay below the grain size start no such helpers.
-        with ThreadPoolExecutor(n_workers) as pool:
-            finite = all(pool.map(_no_grad(tile), *zip(*tiles, strict=True)))
+        # Worker threads, even just one: in the calling thread the same operations ran 7-10x slower on a busy
+        # machine, its OpenMP helpers spinning after each parallel operation; single-threaded workers start no
+        # such helpers. torch.set_num_threads(1) in a worker also sets the count that threads started later
+        # inherit, so the caller's count is restored afterwards.
+        threads = torch.get_num_threads()
+        try:
+            with ThreadPoolExecutor(n_workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                finite = all(pool.map(_no_grad(tile), *zip(*tiles, strict=True)))
+        finally:
+            torch.set_num_threads(threads)
     else:
         finite = all([tile(rows, cols) for rows, cols in tiles])
     out = meta.replace(
