@@ -195,7 +195,7 @@ def _arc_cosine_fast(
     """:meth:`ABReLU._arc_cosine` without autograd, in few passes over the kernel (most of them in place):
 
         b = √var1 √var2 (1 − 4ε),  ρ = clamp(cov / b, ±1),
-        Ṫ = (pπ + (q − p) arccos ρ) / 2π,   T = (p − q) b √((1 − ρ)(1 + ρ)) / 2π + Ṫ cov.
+        Ṫ = (pπ + (q − p) arccos ρ) / 2π,   T = (p − q) b √(1 − ρ²) / 2π + Ṫ cov.
 
     The factor 1 − 4ε (ε the dtype's machine epsilon) makes b < var for equal variances whatever the rounding
     of the square roots, so duplicate inputs get ρ = 1 exactly, hence T = Ṫ·var as on the diagonal
@@ -209,8 +209,9 @@ def _arc_cosine_fast(
     bound = torch.mul(torch.sqrt(var1), torch.sqrt(var2).mul_(shrink))
     rho = torch.div(cov, bound).nan_to_num_(nan=1.0).clamp_(-1.0, 1.0)
     ntk_factor = torch.acos(rho).mul_((q - p) / _TWO_PI).add_(p / 2)
-    s = torch.rsub(rho, 1.0).mul_(rho + 1.0).sqrt_()  # √(1 − ρ²), accurate near |ρ| = 1
-    return s.mul_(bound).mul_((p - q) / _TWO_PI).addcmul_(ntk_factor, cov), ntk_factor
+    # In place, rho -> D = 1 − |ρ| (exact near |ρ| = 1) -> D − D²/2 = (1 − ρ²)/2 -> T: three tensors in all.
+    nngp = rho.abs_().neg_().add_(1.0).addcmul_(rho, rho, value=-0.5).sqrt_()
+    return nngp.mul_(bound).mul_(math.sqrt(2) * (p - q) / _TWO_PI).addcmul_(ntk_factor, cov), ntk_factor
 
 
 class ReLU(ABReLU):
