@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -178,6 +180,38 @@ def _tiles(n1: int, n2: int, b: int, symmetric: bool) -> list[tuple[slice, slice
     ]
 
 
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, workers, pool)
+_POOL_LOCK = threading.Lock()
+
+
+def _worker_pool(n_workers: int) -> ThreadPoolExecutor:
+    """The process's pool of ``n_workers`` threads whose torch operations run single-threaded.
+
+    Worker threads, even just one: in the calling thread the same operations ran 7-10x slower on a busy
+    machine, its OpenMP helpers spinning after each parallel operation; single-threaded workers start no such
+    helpers. The pool is kept between calls (starting threads took milliseconds on a busy machine, a third of
+    a 1000-example MLP kernel) and made again after a fork (threads do not survive it) or for another count.
+    torch.set_num_threads(1) in a worker also sets the count that threads started later begin with, so the
+    caller's count is restored once every worker has started.
+    """
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[:2] != (os.getpid(), n_workers):
+            threads = torch.get_num_threads()
+            pool = ThreadPoolExecutor(
+                n_workers, thread_name_prefix="ntkit-kernel", initializer=torch.set_num_threads, initargs=(1,)
+            )
+            try:
+                started = threading.Barrier(n_workers)  # each task waits for all: every worker is started
+                list(pool.map(lambda _: started.wait(), range(n_workers)))
+            finally:
+                torch.set_num_threads(threads)
+            if _POOL is not None and _POOL[0] == os.getpid():
+                _POOL[2].shutdown(wait=False)
+            _POOL = (os.getpid(), n_workers, pool)
+        return _POOL[2]
+
+
 def _no_grad(fn):
     """``fn`` under torch.no_grad() (grad mode is per thread; pooled tiles never need gradients)."""
 
@@ -227,16 +261,7 @@ def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -
 
     tiles = _tiles(n1, n2, b, symmetric)
     if n_workers:
-        # Worker threads, even just one: in the calling thread the same operations ran 7-10x slower on a busy
-        # machine, its OpenMP helpers spinning after each parallel operation; single-threaded workers start no
-        # such helpers. torch.set_num_threads(1) in a worker also sets the count that threads started later
-        # inherit, so the caller's count is restored afterwards.
-        threads = torch.get_num_threads()
-        try:
-            with ThreadPoolExecutor(n_workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                finite = all(pool.map(_no_grad(tile), *zip(*tiles, strict=True)))
-        finally:
-            torch.set_num_threads(threads)
+        finite = all(_worker_pool(n_workers).map(_no_grad(tile), *zip(*tiles, strict=True)))
     else:
         finite = all([tile(rows, cols) for rows, cols in tiles])
     out = meta.replace(
