@@ -181,9 +181,9 @@ def elementwise(g: Kernel, psi: GaussianFunction) -> Kernel:
         note_working_set(pair_entries(g.nngp) * (KERNEL_TEMPORARIES + QUADRATURE_TEMPORARIES))
     a, b = spatial.self_broadcast(d, g.full)
     if g.ntk is None:
-        nngp, ntk_factor = psi.nngp(v1, g.nngp, v2), None
+        nngp, ntk = psi.nngp(v1, g.nngp, v2), None
     else:
-        nngp, ntk_factor = psi.nngp_and_ntk_factor(v1, g.nngp, v2)
+        nngp, ntk = psi.nngp_and_ntk(v1, g.nngp, v2, g.ntk)
     cov = psi.nngp(a, g.cov, b)
     if g.x1_is_x2:
         # K(x_i, x_i) must equal the variance exactly: transcendental functions may round differently on a
@@ -191,7 +191,7 @@ def elementwise(g: Kernel, psi: GaussianFunction) -> Kernel:
         nngp = torch.diagonal_scatter(nngp, cov.movedim(0, -1), dim1=0, dim2=1)
     return g.replace(
         nngp=nngp,
-        ntk=None if g.ntk is None else g.ntk * ntk_factor,
+        ntk=ntk,
         cov=cov,
         is_gaussian=False,
         is_input=False,

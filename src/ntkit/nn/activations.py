@@ -111,6 +111,13 @@ class Activation(nn.Module):
         """(T, Ṫ) together (a layer with an NTK needs both; closed forms share their intermediate results)."""
         return self.nngp(var1, cov, var2), self.ntk_factor(var1, cov, var2)
 
+    def nngp_and_ntk(
+        self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, ntk: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, Θ·Ṫ) for the layer's NTK Θ (broadcastable against the result): what a nonlinearity outputs."""
+        nngp, factor = self.nngp_and_ntk_factor(var1, cov, var2)
+        return nngp, ntk * factor
+
     def mean(self, var: torch.Tensor) -> torch.Tensor:
         """E[φ(u)], u ~ N(0, var), shape of ``var``."""
         raise NotImplementedError
@@ -171,6 +178,12 @@ class ABReLU(Activation):
 
     def nngp_and_ntk_factor(self, var1, cov, var2):
         return self._arc_cosine(self, var1, cov, var2)
+
+    def nngp_and_ntk(self, var1, cov, var2, ntk):
+        nngp, factor = self._arc_cosine(self, var1, cov, var2)
+        if _records(factor, ntk) or torch.broadcast_shapes(factor.shape, ntk.shape) != factor.shape:
+            return nngp, ntk * factor
+        return nngp, factor.mul_(ntk)  # in place: _arc_cosine's tensors are its own
 
     def _arc_cosine(self, other: ABReLU, var1, cov, var2) -> tuple[torch.Tensor, torch.Tensor]:
         """(E[φ1(u) φ2(v)], E[φ1'(u) φ2'(v)]) from one angle ϑ."""
