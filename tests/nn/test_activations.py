@@ -288,13 +288,14 @@ def test_relu_family_fast_path_equals_the_autograd_path(name):
     var1 = torch.rand(50, 1, dtype=torch.float64, generator=g) * 3 + 0.01
     var2 = torch.rand(1, 60, dtype=torch.float64, generator=g) * 3 + 0.01
     cov = (var1 * var2).sqrt() * (torch.rand(50, 60, dtype=torch.float64, generator=g) * 2 - 1)
-    with torch.no_grad():
-        fast = act.nngp_and_ntk_factor(var1, cov, var2)
-    slow = [f(var1, cov, var2.requires_grad_()).detach() for f in (act.nngp, act.ntk_factor)]
-    var2.requires_grad_(False)
     scale = (var1 * var2).sqrt()
-    for a, b in zip(fast, slow, strict=True):
-        assert float(((a - b).abs() / scale).max()) < 1e-12
+    # the full covariance, and one that broadcasts against the variances (not only the other way round)
+    for c, v2 in ((cov, var2), (cov[:, :1], var2[:, :1].expand(1, 60))):
+        with torch.no_grad():
+            fast = act.nngp_and_ntk_factor(var1, c, v2)
+        slow = [f(var1, c, v2.clone().requires_grad_()).detach() for f in (act.nngp, act.ntk_factor)]
+        for a, b in zip(fast, slow, strict=True):
+            assert a.shape == (50, 60) and float(((a - b).abs() / scale).max()) < 1e-12
     p = act.a**2 + act.b**2
     q = 2 * act.a * act.b
     var = torch.tensor([0.7, 2.0, 0.0, 1.5], dtype=torch.float64)

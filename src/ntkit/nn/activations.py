@@ -205,26 +205,32 @@ class ABReLU(Activation):
 def _arc_cosine_fast(
     p: float, q: float, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:meth:`ABReLU._arc_cosine` without autograd, in few passes over the kernel (most of them in place):
+    """:meth:`ABReLU._arc_cosine` without autograd, in few passes over the kernel, most of them in place,
+    and two new kernel-sized tensors (on a busy CPU each fresh tensor costs more in page faults than a pass):
 
-        b = √var1 √var2 (1 − 4ε),  ρ = clamp(cov / b, ±1),
-        Ṫ = (pπ + (q − p) arccos ρ) / 2π,   T = (p − q) b √(1 − ρ²) / 2π + Ṫ cov.
+        ρ = clamp(cov · (1/√var1) · (1/√var2) / (1 − 8ε), ±1),
+        Ṫ = (pπ + (q − p) arccos ρ) / 2π,   T = (p − q) √var1 √var2 √(1 − ρ²) / 2π + Ṫ cov.
 
-    The factor 1 − 4ε (ε the dtype's machine epsilon) makes b < var for equal variances whatever the rounding
-    of the square roots, so duplicate inputs get ρ = 1 exactly, hence T = Ṫ·var as on the diagonal
-    (correlations within 4ε of ±1 are indistinct from ±1 in this dtype anyway); elsewhere it changes T by
-    O(ε). Zero variance (b = 0) gives ρ = 1 (ϑ = 0, the ρ → 1 limit, as :func:`angle` does) and T = 0.
-    ``arccos`` is position-independent on CPU (its vectorised loop and scalar tail agree).
+    The factor 1/(1 − 8ε) (ε the dtype's machine epsilon) outweighs the rounding of the square roots,
+    reciprocals and products, so duplicate inputs (cov = var1 = var2) get ρ = 1 exactly, hence T = Ṫ·var as
+    on the diagonal (correlations within 8ε of ±1 are indistinct from ±1 in this dtype anyway); elsewhere it
+    changes T by O(ε). Zero variance gives ρ = 1 (ϑ = 0, the ρ → 1 limit, as :func:`angle` does) and T = 0.
+    ``cov`` is a covariance up to round-off (|cov| ≤ √(var1 var2)(1 + O(ε)), as the recursions produce): the
+    clamp guards ρ, while Ṫ·cov keeps cov itself. ``arccos`` is position-independent on CPU (its vectorised
+    loop and scalar tail agree).
     """
     if var1 is cov and var2 is cov:  # an example's own variance: ρ = 1 exactly
         return cov * (p / 2), torch.full_like(cov, p / 2)
-    shrink = 1.0 - 4.0 * torch.finfo(cov.dtype).eps
-    bound = torch.mul(torch.sqrt(var1), torch.sqrt(var2).mul_(shrink))
-    rho = torch.div(cov, bound).nan_to_num_(nan=1.0).clamp_(-1.0, 1.0)
+    sd1, sd2 = torch.sqrt(var1), torch.sqrt(var2)
+    grow = 1.0 / (1.0 - 8.0 * torch.finfo(cov.dtype).eps)
+    rho, factor2 = torch.mul(cov, sd1.reciprocal()), sd2.reciprocal().mul_(grow)
+    rho = rho.mul_(factor2) if torch.broadcast_shapes(rho.shape, factor2.shape) == rho.shape else rho * factor2
+    rho.nan_to_num_(nan=1.0).clamp_(-1.0, 1.0)
     ntk_factor = torch.acos(rho).mul_((q - p) / _TWO_PI).add_(p / 2)
-    # In place, rho -> D = 1 − |ρ| (exact near |ρ| = 1) -> D − D²/2 = (1 − ρ²)/2 -> T: three tensors in all.
+    # In place, rho -> D = 1 − |ρ| (exact near |ρ| = 1) -> D − D²/2 = (1 − ρ²)/2 -> T.
     nngp = rho.abs_().neg_().add_(1.0).addcmul_(rho, rho, value=-0.5).sqrt_()
-    return nngp.mul_(bound).mul_(math.sqrt(2) * (p - q) / _TWO_PI).addcmul_(ntk_factor, cov), ntk_factor
+    nngp.mul_(sd1).mul_(sd2).mul_(math.sqrt(2) * (p - q) / _TWO_PI)
+    return nngp.addcmul_(ntk_factor, cov), ntk_factor
 
 
 class ReLU(ABReLU):
