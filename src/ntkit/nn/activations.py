@@ -6,6 +6,8 @@ An activation φ enters the infinite-width recursions (theory.md section 4.1) th
 - ``nngp(var1, cov, var2)``       T(Σ) = E[φ(u) φ(v)]          (the NNGP map)
 - ``ntk_factor(var1, cov, var2)``  Ṫ(Σ) = E[φ'(u) φ'(v)]        (multiplies the NTK)
 - ``mean(var)``                   E[φ(u)], u ~ N(0, var)        (for normalisation after φ)
+- ``nngp_and_ntk_factor``, ``nngp_and_ntk(var1, cov, var2, ntk)``: (T, Ṫ) and (T, Θ·Ṫ) together, which the
+  ReLU family computes from one arc-cosine (in place when no gradient is recorded)
 
 and, for sums of branches and residual connections (:func:`ntkit.nn._gaussian.cross_nngp`):
 
