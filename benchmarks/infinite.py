@@ -6,9 +6,10 @@ Cases (NNGP and NTK, float32, x2 = x1):
   cnn-flat-500         the same with Flatten, 500 images 3x16x16 (diagonal spatial covariance)
 
 Each measurement runs in its own process (time of a warm call, peak resident memory above the process's
-memory before the call); the implementations run in turn, ``--repeats`` times, and the fastest run counts.
-neural-tangents runs under /work/nt-venv with JAX_PLATFORMS=cpu, its kernel_fn jit-compiled (a first call
-compiles; the second is timed). "plain torch" is the same recursion written
+memory before the timed call); the implementations run in turn, ``--repeats`` times, and the fastest run
+counts. Every implementation is timed on its second identical call: neural-tangents runs under /work/nt-venv
+with JAX_PLATFORMS=cpu, its kernel_fn jit-compiled (the first call compiles), and the torch ones get the same
+warm-up (the first call of a process also pays for mapping fresh memory). "plain torch" is the same recursion written
 directly with torch operations on whole arrays, with no tiling, checks or symmetry: the memory-bound
 elementwise work any implementation must do. Values of all three are compared (max relative difference).
 
@@ -95,7 +96,7 @@ def _ntkit_worker(case: dict, x_path: str, out_path: str) -> dict:
             N.GlobalAvgPool() if pool else N.Flatten(),
             N.Linear(64 if pool else 64 * h * w, 1, W_std=W_STD, b_std=B_STD),
         )
-    seconds, peak, k = _measure(lambda: nk.kernel(net, x), lambda: nk.kernel(net, x[:8]))
+    seconds, peak, k = _measure(lambda: nk.kernel(net, x), lambda: nk.kernel(net, x))
     np.save(out_path, np.stack([k.nngp.numpy(), k.ntk.numpy()]))
     return {"seconds": seconds, "peak_mib": peak}
 
@@ -163,7 +164,7 @@ def _plain_worker(case: dict, x_path: str, out_path: str) -> dict:
         return K, Th
 
     with torch.no_grad():
-        seconds, peak, (K, Th) = _measure(run, lambda: None)
+        seconds, peak, (K, Th) = _measure(run, run)
     np.save(out_path, np.stack([K.numpy(), Th.numpy()]))
     return {"seconds": seconds, "peak_mib": peak}
 

@@ -1,5 +1,8 @@
 """nk.kernel: symmetry and PSD, tiling, layouts, gradients, numerical stability, memory budgets and errors."""
 
+import multiprocessing
+import threading
+
 import pytest
 import torch
 
@@ -270,3 +273,30 @@ def test_thread_count_is_restored():
     before = torch.get_num_threads()
     nk.kernel(mlp(), torch.randn(300, 4), block_size=50)
     assert torch.get_num_threads() == before
+    # set_num_threads(1) in a worker also sets the count that threads started later begin with: restored too.
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [before]
+
+
+def _kernel_in_child(conn):
+    # (only small operations in this thread: OpenMP's helpers, used by the parent, do not survive a fork)
+    conn.send(nk.kernel(mlp(), torch.ones(300, 4), block_size=50).nngp[0].sum().item())
+
+
+def test_worker_pool_survives_fork():
+    # The tile workers are kept between calls; a forked child inherits the pool but not its threads, so it must
+    # make its own (else its first kernel waits forever). The child's result equals the parent's.
+    x = torch.ones(300, 4)
+    want = nk.kernel(mlp(), x, block_size=50).nngp[0].sum().item()  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_kernel_in_child, args=(child,))
+    proc.start()
+    proc.join(timeout=60)
+    if proc.is_alive():
+        proc.kill()
+    assert proc.exitcode == 0
+    assert parent.recv() == want

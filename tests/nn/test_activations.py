@@ -275,3 +275,35 @@ def test_results_do_not_depend_on_the_position_in_the_tensor(dtype):
         for f in (act.nngp, act.ntk_factor):
             small, large = f(var, cov, var), f(*big).reshape(9, 7)
             assert (large == small).all(), name
+
+
+@pytest.mark.parametrize("name", ["relu", "leaky", "abrelu", "abs"])
+def test_relu_family_fast_path_equals_the_autograd_path(name):
+    # Without autograd the ReLU family runs a fused in-place form (ρ = cov / √var1 √var2, arccos); with it,
+    # the clamp_cov/angle form. Independent formulas of the same T and Ṫ: float64 round-off (1e-12 relative
+    # to √(var1 var2), the kernel's scale) away from |ρ| = 1; duplicates, negated inputs and zero variance
+    # exactly, as the nk.kernel recursions rely on (K(x, x') = K(x, x) bitwise for x' = x).
+    act = CLOSED[name]
+    g = torch.Generator().manual_seed(3)
+    var1 = torch.rand(50, 1, dtype=torch.float64, generator=g) * 3 + 0.01
+    var2 = torch.rand(1, 60, dtype=torch.float64, generator=g) * 3 + 0.01
+    cov = (var1 * var2).sqrt() * (torch.rand(50, 60, dtype=torch.float64, generator=g) * 2 - 1)
+    scale = (var1 * var2).sqrt()
+    # the full covariance, and one that broadcasts against the variances (not only the other way round)
+    for c, v2 in ((cov, var2), (cov[:, :1], var2[:, :1].expand(1, 60))):
+        with torch.no_grad():
+            fast = act.nngp_and_ntk_factor(var1, c, v2)
+        slow = [f(var1, c, v2.clone().requires_grad_()).detach() for f in (act.nngp, act.ntk_factor)]
+        for a, b in zip(fast, slow, strict=True):
+            assert a.shape == (50, 60) and float(((a - b).abs() / scale).max()) < 1e-12
+    p = act.a**2 + act.b**2
+    q = 2 * act.a * act.b
+    var = torch.tensor([0.7, 2.0, 0.0, 1.5], dtype=torch.float64)
+    cov = torch.tensor([0.7, -2.0, 0.0, 0.0], dtype=torch.float64)
+    other = torch.tensor([0.7, 2.0, 0.0, 0.0], dtype=torch.float64)  # duplicate, negated, both zero, one zero
+    with torch.no_grad():
+        nngp, factor = act.nngp_and_ntk_factor(var, cov, other)
+    torch.testing.assert_close(
+        nngp, torch.tensor([p / 2 * 0.7, -q / 2 * 2.0, 0.0, 0.0], dtype=torch.float64), rtol=0, atol=0
+    )
+    torch.testing.assert_close(factor[:3], torch.tensor([p / 2, q / 2, p / 2], dtype=torch.float64), rtol=0, atol=0)

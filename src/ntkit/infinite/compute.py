@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
 
 from .._memory import check_fits, format_bytes, resolve_budget
-from .._validation import check_input_pair, format_shape
+from .._validation import all_finite, check_input_pair, format_shape
 from ..errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError, UnsupportedError
 from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
 from .kernel_type import Kernel
@@ -20,12 +22,17 @@ __all__ = ["kernel"]
 
 _GET = ("nngp", "ntk")
 
-#: Entries per kernel tensor of one tile on CPU. Below torch's grain size (32768 elements) an operation runs
-#: single-threaded, without a parallel region, and its data stays in cache; tiles are then spread over a
-#: thread pool instead. A parallel region per small elementwise operation costs more than the operation on a
-#: busy machine (tuned with benchmarks/infinite.py). Kernels whose single pair exceeds this run tile after tile
-#: with parallel operations.
-_TILE_ENTRIES = 2**15 - 1
+#: Entries per kernel tensor of one tile on CPU (512 KiB in float32). Tiles are spread over a thread pool whose
+#: workers run their operations single-threaded: no parallel region per operation (on a busy machine its
+#: barrier costs more than a small operation), while a tile of this size pays the Python and dispatch cost of
+#: its few dozen operations once per 10^5 entries and its temporaries stay in the L2/L3 caches (tuned with
+#: benchmarks/infinite.py: 2^15 entries ran the pooled CNN 2.5x slower, 2^19 10-20% slower). Kernels whose
+#: single pair exceeds this run tile after tile with parallel operations.
+_TILE_ENTRIES = 2**17
+#: ... but at least this many examples per tile side where one pair is large (full spatial layouts): each tile
+#: also recomputes its examples' own covariances, (b1 + b2) of them next to b1·b2 pairs, a quarter extra at 8
+#: (the pooled CNN of the benchmark ran 20% faster with 8 x 8 tiles than with 5 x 5).
+_MIN_TILE_SIDE = 8
 
 
 def kernel(
@@ -84,7 +91,7 @@ def kernel(
         # float64 and keep the result if it fits float32.
         result, finite = _compute(model, x1, x2, wanted, memory_budget, block_size, torch.float64, diagonal_spatial)
         result = result.replace(**{name: _cast(getattr(result, name), dtype) for name in _TENSORS})
-        finite = finite and all(t is None or bool(torch.isfinite(t).all()) for t in _fields(result))
+        finite = finite and all(t is None or all_finite(t) for t in _fields(result))
     if not finite:
         raise NonFiniteError(
             f"the kernel is not finite in {dtype} (largest value {torch.finfo(dtype).max:.3g}): the network's "
@@ -127,8 +134,9 @@ def _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_s
 def _block_size(
     p: Plan, n1: int, n2: int, n_kernels: int, itemsize: int, budget: int, n_workers: int, block_size: int | None
 ) -> int:
-    """Examples per tile side: tiles of about ``_TILE_ENTRIES`` entries per kernel tensor, fewer if ``n_workers``
-    tiles in flight next to the result would exceed the budget (which raises if even one pair cannot fit)."""
+    """Examples per tile side: tiles of about ``_TILE_ENTRIES`` entries per kernel tensor (at least
+    ``_MIN_TILE_SIDE`` examples per side), fewer if ``n_workers`` tiles in flight next to the result would
+    exceed the budget (which raises if even one pair cannot fit)."""
     out_bytes = p.output_bytes(n1, n2, itemsize, n_kernels)
     check_fits(
         out_bytes,
@@ -153,7 +161,7 @@ def _block_size(
             "flattens instead of pooling (diagonal spatial covariances are much smaller)."
         )
     fits = math.isqrt(1 + room // pair_bytes) - 1  # the largest b with (b² + 2b) · pair_bytes <= room
-    fast = math.isqrt(max(_TILE_ENTRIES // p.kernel_entries, 1)) if n_workers else fits
+    fast = max(math.isqrt(_TILE_ENTRIES // p.kernel_entries), _MIN_TILE_SIDE) if n_workers else fits
     return max(1, min(fits, fast, block_size or fits, max(n1, n2)))
 
 
@@ -175,6 +183,38 @@ def _tiles(n1: int, n2: int, b: int, symmetric: bool) -> list[tuple[slice, slice
         for i in range(0, n1, b)
         for j in range(i if symmetric else 0, n2, b)
     ]
+
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, workers, pool)
+_POOL_LOCK = threading.Lock()
+
+
+def _worker_pool(n_workers: int) -> ThreadPoolExecutor:
+    """The process's pool of ``n_workers`` threads whose torch operations run single-threaded.
+
+    Worker threads, even just one: in the calling thread the same operations ran 7-10x slower on a busy
+    machine, its OpenMP helpers spinning after each parallel operation; single-threaded workers start no such
+    helpers. The pool is kept between calls (starting threads took milliseconds on a busy machine, a third of
+    a 1000-example MLP kernel) and made again after a fork (threads do not survive it) or for another count.
+    torch.set_num_threads(1) in a worker also sets the count that threads started later begin with, so the
+    caller's count is restored once every worker has started.
+    """
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[:2] != (os.getpid(), n_workers):
+            threads = torch.get_num_threads()
+            pool = ThreadPoolExecutor(
+                n_workers, thread_name_prefix="ntkit-kernel", initializer=torch.set_num_threads, initargs=(1,)
+            )
+            try:
+                started = threading.Barrier(n_workers)  # each task waits for all: every worker is started
+                list(pool.map(lambda _: started.wait(), range(n_workers)))
+            finally:
+                torch.set_num_threads(threads)
+            if _POOL is not None and _POOL[0] == os.getpid():
+                _POOL[2].shutdown(wait=False)
+            _POOL = (os.getpid(), n_workers, pool)
+        return _POOL[2]
 
 
 def _no_grad(fn):
@@ -222,15 +262,11 @@ def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -
             cov[rows] = k.cov1
         if not symmetric and rows.start == 0:
             cov[n1 + cols.start : n1 + cols.stop] = k.cov2
-        return all(bool(torch.isfinite(value).all()) for _, value in results) and bool(torch.isfinite(k.cov).all())
+        return all(all_finite(value) for _, value in results) and all_finite(k.cov)
 
     tiles = _tiles(n1, n2, b, symmetric)
     if n_workers:
-        # Worker threads, even just one: in the calling thread the same small operations ran 7-10x slower on a
-        # busy machine, its OpenMP helpers spinning after each parallel operation (OMP_WAIT_POLICY=PASSIVE
-        # removes that too); workers whose operations all stay below the grain size start no such helpers.
-        with ThreadPoolExecutor(n_workers) as pool:
-            finite = all(pool.map(_no_grad(tile), *zip(*tiles, strict=True)))
+        finite = all(_worker_pool(n_workers).map(_no_grad(tile), *zip(*tiles, strict=True)))
     else:
         finite = all([tile(rows, cols) for rows, cols in tiles])
     out = meta.replace(

@@ -82,6 +82,14 @@ class GaussianFunction:
         """E[ψ'(u) ψ'(v)], broadcast shape."""
         return sum(cross_ntk_factor(a, b, var1, cov, var2) for a in self.terms for b in self.terms)
 
+    def nngp_and_ntk(
+        self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, ntk: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E[ψ(u) ψ(v)], Θ·E[ψ'(u) ψ'(v)]) for the NTK Θ of u; one activation computes both together."""
+        if len(self.terms) == 1 and self.terms[0] is not None:
+            return self.terms[0].nngp_and_ntk(var1, cov, var2, ntk)
+        return self.nngp(var1, cov, var2), ntk * self.ntk_factor(var1, cov, var2)
+
     def mean(self, var: torch.Tensor) -> torch.Tensor:
         """E[ψ(u)], u ~ N(0, var), shape of ``var``."""
         return sum(torch.zeros_like(var) if t is None else t.mean(var) for t in self.terms)

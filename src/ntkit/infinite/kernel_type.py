@@ -29,6 +29,11 @@ def note_working_set(entries_per_pair: int) -> None:
         probe[0] = max(probe[0], int(entries_per_pair))
 
 
+def planning() -> bool:
+    """True during the dry run (working sets are being recorded)."""
+    return _working_set_probe.get() is not None
+
+
 def pair_entries(t: torch.Tensor) -> int:
     """Entries per pair of examples of a pair kernel tensor (N1, N2, *R)."""
     return t[0, 0].numel() if t.ndim >= 2 else 1
@@ -88,7 +93,7 @@ class Kernel:
     sp_width: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
-        if self.nngp is not None:
+        if self.nngp is not None and planning():
             note_working_set(pair_entries(self.nngp) * KERNEL_TEMPORARIES)
 
     @classmethod

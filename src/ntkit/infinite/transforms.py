@@ -115,14 +115,19 @@ def weight_layer(
     bias = 0.0 if b_var is None else b_var
 
     def affine(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else scale * t + bias
+        return None if t is None else (t * scale).add_(bias)  # in place on the fresh product
 
     nngp = affine(mapped["nngp"])
     ntk = None
     sp_width = k.sp_width
     if k.ntk is not None:
         if parameterization == "ntk":
-            ntk = nngp + scale * mapped["ntk"]
+            # one pass when the scale is a number
+            ntk = (
+                torch.add(nngp, mapped["ntk"], alpha=scale)
+                if isinstance(scale, float)
+                else nngp + scale * mapped["ntk"]
+            )
         else:
             ntk = in_channels * mapped["nngp"] + (0.0 if b_var is None else 1.0) + scale * mapped["ntk"]
             hidden, input_fed = sp_width
@@ -175,14 +180,18 @@ def elementwise(g: Kernel, psi: GaussianFunction) -> Kernel:
     if psi.uses_quadrature:
         note_working_set(pair_entries(g.nngp) * (KERNEL_TEMPORARIES + QUADRATURE_TEMPORARIES))
     a, b = spatial.self_broadcast(d, g.full)
-    nngp, cov = psi.nngp(v1, g.nngp, v2), psi.nngp(a, g.cov, b)
+    if g.ntk is None:
+        nngp, ntk = psi.nngp(v1, g.nngp, v2), None
+    else:
+        nngp, ntk = psi.nngp_and_ntk(v1, g.nngp, v2, g.ntk)
+    cov = psi.nngp(a, g.cov, b)
     if g.x1_is_x2:
         # K(x_i, x_i) must equal the variance exactly: transcendental functions may round differently on a
         # vector and on a matrix, and a correlation off 1 by one ulp moves arc-cosines by √eps downstream.
         nngp = torch.diagonal_scatter(nngp, cov.movedim(0, -1), dim1=0, dim2=1)
     return g.replace(
         nngp=nngp,
-        ntk=None if g.ntk is None else g.ntk * psi.ntk_factor(v1, g.nngp, v2),
+        ntk=ntk,
         cov=cov,
         is_gaussian=False,
         is_input=False,

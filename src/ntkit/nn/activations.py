@@ -6,6 +6,8 @@ An activation φ enters the infinite-width recursions (theory.md section 4.1) th
 - ``nngp(var1, cov, var2)``       T(Σ) = E[φ(u) φ(v)]          (the NNGP map)
 - ``ntk_factor(var1, cov, var2)``  Ṫ(Σ) = E[φ'(u) φ'(v)]        (multiplies the NTK)
 - ``mean(var)``                   E[φ(u)], u ~ N(0, var)        (for normalisation after φ)
+- ``nngp_and_ntk_factor``, ``nngp_and_ntk(var1, cov, var2, ntk)``: (T, Ṫ) and (T, Θ·Ṫ) together, which the
+  ReLU family computes from one arc-cosine (in place when no gradient is recorded)
 
 and, for sums of branches and residual connections (:func:`ntkit.nn._gaussian.cross_nngp`):
 
@@ -36,6 +38,7 @@ from ..errors import InvalidArgumentError, UnsupportedError
 from ._gaussian import (
     DEFAULT_DEGREE,
     DEFAULT_TOLERANCE,
+    _records,
     angle,
     check_degree,
     clamp_cov,
@@ -104,6 +107,19 @@ class Activation(nn.Module):
         """Ṫ = E[φ'(u) φ'(v)], broadcast shape of the inputs."""
         return self._with_itself(var1, cov, var2, derivative=True)
 
+    def nngp_and_ntk_factor(
+        self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, Ṫ) together (a layer with an NTK needs both; closed forms share their intermediate results)."""
+        return self.nngp(var1, cov, var2), self.ntk_factor(var1, cov, var2)
+
+    def nngp_and_ntk(
+        self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, ntk: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, Θ·Ṫ) for the layer's NTK Θ (broadcastable against the result): what a nonlinearity outputs."""
+        nngp, factor = self.nngp_and_ntk_factor(var1, cov, var2)
+        return nngp, ntk * factor
+
     def mean(self, var: torch.Tensor) -> torch.Tensor:
         """E[φ(u)], u ~ N(0, var), shape of ``var``."""
         raise NotImplementedError
@@ -160,19 +176,63 @@ class ABReLU(Activation):
     def joint_expectation(self, other, var1, cov, var2, *, derivative):
         if not isinstance(other, ABReLU):
             return None
+        return self._arc_cosine(other, var1, cov, var2)[1 if derivative else 0]
+
+    def nngp_and_ntk_factor(self, var1, cov, var2):
+        return self._arc_cosine(self, var1, cov, var2)
+
+    def nngp_and_ntk(self, var1, cov, var2, ntk):
+        nngp, factor = self._arc_cosine(self, var1, cov, var2)
+        if _records(factor, ntk) or torch.broadcast_shapes(factor.shape, ntk.shape) != factor.shape:
+            return nngp, ntk * factor
+        return nngp, factor.mul_(ntk)  # in place: _arc_cosine's tensors are its own
+
+    def _arc_cosine(self, other: ABReLU, var1, cov, var2) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E[φ1(u) φ2(v)], E[φ1'(u) φ2'(v)]) from one angle ϑ."""
         p = self.a * other.a + self.b * other.b
         q = self.a * other.b + self.b * other.a
+        if not _records(var1, cov, var2):
+            return _arc_cosine_fast(p, q, var1, cov, var2)
         cov, s = clamp_cov(var1, cov, var2)
         angle_term = p * math.pi + (q - p) * angle(s, cov)  # p(π − ϑ) + qϑ
-        if derivative:
-            return angle_term / _TWO_PI
-        return ((p - q) * s + angle_term * cov) / _TWO_PI
+        return ((p - q) * s + angle_term * cov) / _TWO_PI, angle_term / _TWO_PI
 
     def mean(self, var: torch.Tensor) -> torch.Tensor:
         return (self.b - self.a) * safe_sqrt(var / _TWO_PI)
 
     def mean_derivative(self, var: torch.Tensor) -> torch.Tensor:
         return torch.full_like(var, (self.a + self.b) / 2)
+
+
+def _arc_cosine_fast(
+    p: float, q: float, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`ABReLU._arc_cosine` without autograd, in few passes over the kernel, most of them in place,
+    and two new kernel-sized tensors (on a busy CPU each fresh tensor costs more in page faults than a pass):
+
+        ρ = clamp(cov · (1/√var1) · (1/√var2) / (1 − 8ε), ±1),
+        Ṫ = (pπ + (q − p) arccos ρ) / 2π,   T = (p − q) √var1 √var2 √(1 − ρ²) / 2π + Ṫ cov.
+
+    The factor 1/(1 − 8ε) (ε the dtype's machine epsilon) outweighs the rounding of the square roots,
+    reciprocals and products, so duplicate inputs (cov = var1 = var2) get ρ = 1 exactly, hence T = Ṫ·var as
+    on the diagonal (correlations within 8ε of ±1 are indistinct from ±1 in this dtype anyway); elsewhere it
+    changes T by O(ε). Zero variance gives ρ = 1 (ϑ = 0, the ρ → 1 limit, as :func:`angle` does) and T = 0.
+    ``cov`` is a covariance up to round-off (|cov| ≤ √(var1 var2)(1 + O(ε)), as the recursions produce): the
+    clamp guards ρ, while Ṫ·cov keeps cov itself. ``arccos`` is position-independent on CPU (its vectorised
+    loop and scalar tail agree).
+    """
+    if var1 is cov and var2 is cov:  # an example's own variance: ρ = 1 exactly
+        return cov * (p / 2), torch.full_like(cov, p / 2)
+    sd1, sd2 = torch.sqrt(var1), torch.sqrt(var2)
+    grow = 1.0 / (1.0 - 8.0 * torch.finfo(cov.dtype).eps)
+    rho, factor2 = torch.mul(cov, sd1.reciprocal()), sd2.reciprocal().mul_(grow)
+    rho = rho.mul_(factor2) if torch.broadcast_shapes(rho.shape, factor2.shape) == rho.shape else rho * factor2
+    rho.nan_to_num_(nan=1.0).clamp_(-1.0, 1.0)
+    ntk_factor = torch.acos(rho).mul_((q - p) / _TWO_PI).add_(p / 2)
+    # In place, rho -> D = 1 − |ρ| (exact near |ρ| = 1) -> D − D²/2 = (1 − ρ²)/2 -> T.
+    nngp = rho.abs_().neg_().add_(1.0).addcmul_(rho, rho, value=-0.5).sqrt_()
+    nngp.mul_(sd1).mul_(sd2).mul_(math.sqrt(2) * (p - q) / _TWO_PI)
+    return nngp.addcmul_(ntk_factor, cov), ntk_factor
 
 
 class ReLU(ABReLU):
