@@ -82,7 +82,8 @@ def test_ntk_gp_mean_at_step_t_equals_eq14_for_discrete_steps(reference):
     evals, evecs = torch.linalg.eigh(theta)
     assert ref.lr == pytest.approx(TINY.lr_fraction * n * k / float(evals.max()), rel=1e-10)
     c = 2 * ref.lr / (n * k)
-    factor = -torch.expm1(TINY.steps * torch.log1p(-c * evals)) / evals  # 1 − (1 − cλ)^T, accurate at small cλ
+    # 1 − (1 − cλ)^T, accurate at small cλ; cλ_max = 1 up to round-off (η = ½ η_max), so clamp it to 1
+    factor = -torch.expm1(TINY.steps * torch.log1p(-(c * evals).clamp(max=1.0))) / evals
     expected = theta_test @ (evecs * factor) @ evecs.T @ y
     torch.testing.assert_close(ref.mean_t, expected, rtol=1e-8, atol=1e-10)
 
