@@ -8,8 +8,10 @@ A dense layer (theory.md 1.1, paper eq. 1) computes, for inputs x of width n_in,
 Both draw the same ω, β from the same generator, so for one seed the two networks compute the same function at
 initialization; only their gradients (and so their training) differ. ``b_std=None`` means no bias.
 
-Every network is built through :func:`dense`, the one place to switch to ``ntkit.nn.Linear`` (same arguments:
-``W_std``, ``b_std``, ``parameterization``) once it exists, without touching the experiments.
+Every network is built through :func:`dense`, the one place that chooses the layer class. It is :class:`NTKDense`
+rather than ``ntkit.nn.Linear`` (same arguments: ``W_std``, ``b_std``, ``parameterization``) because it takes a
+``generator``, so that both parameterizations draw the same ω, β for one seed and every experiment's networks are
+reproducible from the run's seed alone.
 
 :class:`NTKDense` has the kernel map of ``ntkit.nn.Linear`` (``kernel_transform``, theory.md 4.1), so
 ``nk.kernel(mlp(...), x)`` gives the infinite-width NNGP and NTK of the very network an experiment trains.
