@@ -30,6 +30,10 @@ _GET = ("nngp", "ntk")
 #: benchmarks/infinite.py: 2^15 entries ran the pooled CNN 2.5x slower, 2^19 10-20% slower). Kernels whose
 #: single pair exceeds this run tile after tile with parallel operations.
 _TILE_ENTRIES = 2**17
+#: Entries per tile of the dense fast path (``dense_chain``): its passes are in place on four buffers per worker
+#: (4 MiB in float32), so larger tiles stay in cache, and fewer tiles mean fewer torch calls, each of which hands
+#: Python's GIL between the workers (mlp-4000 of benchmarks/infinite.py: 0.13 s with 2^18, 0.16 s with 2^17).
+_CHAIN_TILE_ENTRIES = 2**18
 #: ... but at least this many examples per tile side where one pair is large (full spatial layouts): each tile
 #: also recomputes its examples' own covariances, (b1 + b2) of them next to b1·b2 pairs, a quarter extra at 8
 #: (the pooled CNN of the benchmark ran 20% faster with 8 x 8 tiles than with 5 x 5).
@@ -128,16 +132,26 @@ def _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_s
     pooled = not p.requires_grad and x1.device.type == "cpu" and p.kernel_entries <= _TILE_ENTRIES
     n_workers = torch.get_num_threads() if pooled else 0  # 0: tile after tile in this thread
     budget = resolve_budget(memory_budget, x1.device)
-    b = _block_size(p, n1, n2, len(wanted), torch.finfo(dtype).bits // 8, budget, n_workers, block_size)
-    x1, x2 = x1.to(dtype), None if x2 is None else x2.to(dtype)
     chain = p.chain is not None and pooled  # dense layers and ReLU-family activations: ``dense_chain``
+    tile_entries = _CHAIN_TILE_ENTRIES if chain else _TILE_ENTRIES
+    itemsize = torch.finfo(dtype).bits // 8
+    b = _block_size(p, n1, n2, len(wanted), itemsize, budget, n_workers, block_size, tile_entries)
+    x1, x2 = x1.to(dtype), None if x2 is None else x2.to(dtype)
     return _run_tiles(model, x1, x2, p, _tiles(n1, n2, b, x2 is None), need_ntk, n_workers, chain=chain)
 
 
 def _block_size(
-    p: Plan, n1: int, n2: int, n_kernels: int, itemsize: int, budget: int, n_workers: int, block_size: int | None
+    p: Plan,
+    n1: int,
+    n2: int,
+    n_kernels: int,
+    itemsize: int,
+    budget: int,
+    n_workers: int,
+    block_size: int | None,
+    tile_entries: int = _TILE_ENTRIES,
 ) -> int:
-    """Examples per tile side: tiles of about ``_TILE_ENTRIES`` entries per kernel tensor (at least
+    """Examples per tile side: tiles of about ``tile_entries`` entries per kernel tensor (at least
     ``_MIN_TILE_SIDE`` examples per side), fewer if ``n_workers`` tiles in flight next to the result would
     exceed the budget (which raises if even one pair cannot fit)."""
     out_bytes = p.output_bytes(n1, n2, itemsize, n_kernels)
@@ -164,7 +178,7 @@ def _block_size(
             "flattens instead of pooling (diagonal spatial covariances are much smaller)."
         )
     fits = math.isqrt(1 + room // pair_bytes) - 1  # the largest b with (b² + 2b) · pair_bytes <= room
-    fast = max(math.isqrt(_TILE_ENTRIES // p.kernel_entries), _MIN_TILE_SIDE) if n_workers else fits
+    fast = max(math.isqrt(tile_entries // p.kernel_entries), _MIN_TILE_SIDE) if n_workers else fits
     return max(1, min(fits, fast, block_size or fits, max(n1, n2)))
 
 
