@@ -14,6 +14,7 @@ from .._memory import check_fits, format_bytes, resolve_budget
 from .._validation import all_finite, check_input_pair, format_shape
 from ..errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError, UnsupportedError
 from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
+from .dense_chain import chain_variances, run_chain_tile
 from .kernel_type import Kernel
 from .planning import Plan, plan
 from .registry import apply_layer
@@ -29,6 +30,10 @@ _GET = ("nngp", "ntk")
 #: benchmarks/infinite.py: 2^15 entries ran the pooled CNN 2.5x slower, 2^19 10-20% slower). Kernels whose
 #: single pair exceeds this run tile after tile with parallel operations.
 _TILE_ENTRIES = 2**17
+#: Entries per tile of the dense fast path (``dense_chain``): its passes are in place on four buffers per worker
+#: (4 MiB in float32), so larger tiles stay in cache, and fewer tiles mean fewer torch calls, each of which hands
+#: Python's GIL between the workers (mlp-4000 of benchmarks/infinite.py: 0.13 s with 2^18, 0.16 s with 2^17).
+_CHAIN_TILE_ENTRIES = 2**18
 #: ... but at least this many examples per tile side where one pair is large (full spatial layouts): each tile
 #: also recomputes its examples' own covariances, (b1 + b2) of them next to b1·b2 pairs, a quarter extra at 8
 #: (the pooled CNN of the benchmark ran 20% faster with 8 x 8 tiles than with 5 x 5).
@@ -127,14 +132,26 @@ def _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_s
     pooled = not p.requires_grad and x1.device.type == "cpu" and p.kernel_entries <= _TILE_ENTRIES
     n_workers = torch.get_num_threads() if pooled else 0  # 0: tile after tile in this thread
     budget = resolve_budget(memory_budget, x1.device)
-    b = _block_size(p, n1, n2, len(wanted), torch.finfo(dtype).bits // 8, budget, n_workers, block_size)
-    return _run_tiles(model, x1.to(dtype), None if x2 is None else x2.to(dtype), p, b, need_ntk, n_workers)
+    chain = p.chain is not None and pooled  # dense layers and ReLU-family activations: ``dense_chain``
+    tile_entries = _CHAIN_TILE_ENTRIES if chain else _TILE_ENTRIES
+    itemsize = torch.finfo(dtype).bits // 8
+    b = _block_size(p, n1, n2, len(wanted), itemsize, budget, n_workers, block_size, tile_entries)
+    x1, x2 = x1.to(dtype), None if x2 is None else x2.to(dtype)
+    return _run_tiles(model, x1, x2, p, _tiles(n1, n2, b, x2 is None), need_ntk, n_workers, chain=chain)
 
 
 def _block_size(
-    p: Plan, n1: int, n2: int, n_kernels: int, itemsize: int, budget: int, n_workers: int, block_size: int | None
+    p: Plan,
+    n1: int,
+    n2: int,
+    n_kernels: int,
+    itemsize: int,
+    budget: int,
+    n_workers: int,
+    block_size: int | None,
+    tile_entries: int = _TILE_ENTRIES,
 ) -> int:
-    """Examples per tile side: tiles of about ``_TILE_ENTRIES`` entries per kernel tensor (at least
+    """Examples per tile side: tiles of about ``tile_entries`` entries per kernel tensor (at least
     ``_MIN_TILE_SIDE`` examples per side), fewer if ``n_workers`` tiles in flight next to the result would
     exceed the budget (which raises if even one pair cannot fit)."""
     out_bytes = p.output_bytes(n1, n2, itemsize, n_kernels)
@@ -161,7 +178,7 @@ def _block_size(
             "flattens instead of pooling (diagonal spatial covariances are much smaller)."
         )
     fits = math.isqrt(1 + room // pair_bytes) - 1  # the largest b with (b² + 2b) · pair_bytes <= room
-    fast = max(math.isqrt(_TILE_ENTRIES // p.kernel_entries), _MIN_TILE_SIDE) if n_workers else fits
+    fast = max(math.isqrt(tile_entries // p.kernel_entries), _MIN_TILE_SIDE) if n_workers else fits
     return max(1, min(fits, fast, block_size or fits, max(n1, n2)))
 
 
@@ -203,9 +220,7 @@ def _worker_pool(n_workers: int) -> ThreadPoolExecutor:
     with _POOL_LOCK:
         if _POOL is None or _POOL[:2] != (os.getpid(), n_workers):
             threads = torch.get_num_threads()
-            pool = ThreadPoolExecutor(
-                n_workers, thread_name_prefix="ntkit-kernel", initializer=torch.set_num_threads, initargs=(1,)
-            )
+            pool = ThreadPoolExecutor(n_workers, thread_name_prefix="ntkit-kernel", initializer=_single_threaded)
             try:
                 started = threading.Barrier(n_workers)  # each task waits for all: every worker is started
                 list(pool.map(lambda _: started.wait(), range(n_workers)))
@@ -215,6 +230,18 @@ def _worker_pool(n_workers: int) -> ThreadPoolExecutor:
                 _POOL[2].shutdown(wait=False)
             _POOL = (os.getpid(), n_workers, pool)
         return _POOL[2]
+
+
+def _single_threaded() -> None:
+    """Make this (worker) thread's torch operations single-threaded, for good.
+
+    torch.set_num_threads(1) alone is not enough: a thread's first parallel operation initialises its OpenMP/MKL
+    thread counts from torch's process-wide count (``at::internal::lazy_init_num_threads``), which the caller's
+    count has replaced by then, so every operation of the workers then opened a parallel region (a 64K-entry
+    multiply took 70 μs instead of 6). One operation large enough to be parallel does that initialisation now.
+    """
+    torch.set_num_threads(1)
+    torch.ones(1 << 16).add_(1.0)
 
 
 def _no_grad(fn):
@@ -227,9 +254,12 @@ def _no_grad(fn):
     return run
 
 
-def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -> tuple[Kernel, bool]:
-    """Compute the kernel tile by tile into preallocated results (differentiable: slices are copied in); also
-    returns whether every entry is finite. The standard-parameterization NTK is normalised here (4.4)."""
+def _run_tiles(
+    model, x1, x2, p: Plan, tiles: list[tuple[slice, slice]], need_ntk: bool, n_workers: int, *, chain: bool
+) -> tuple[Kernel, bool]:
+    """Compute the kernel tile by tile (by the layers' kernel maps, or ``dense_chain`` if ``chain``) into
+    preallocated results (differentiable: slices are copied in); also returns whether every entry is finite.
+    The standard-parameterization NTK is normalised here (4.4)."""
     symmetric = x2 is None
     xs2 = x1 if symmetric else x2
     n1, n2 = x1.shape[0], xs2.shape[0]
@@ -245,26 +275,42 @@ def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -
         hidden, input_fed = meta.sp_width
         ntk_scale = 1.0 / (hidden or input_fed)
 
+    if chain:  # prepared in a worker too: the caller's thread may be a forked child's, where MKL/OpenMP hang
+        evaluate = _worker_pool(n_workers).submit(_no_grad(_chain_evaluator), p, x1, x2, need_ntk, cov).result()
+    else:
+
+        def evaluate(rows: slice, cols: slice, diagonal: bool):
+            k0 = Kernel.from_inputs(
+                x1[rows], None if diagonal else xs2[cols], diagonal_spatial=p.diagonal_spatial, ntk=need_ntk
+            )
+            k = apply_layer(model, k0)
+            return k.nngp, None if k.ntk is None else k.ntk.expand_as(k.nngp), k
+
     def tile(rows: slice, cols: slice) -> bool:
         diagonal = symmetric and rows == cols
-        k0 = Kernel.from_inputs(
-            x1[rows], None if diagonal else xs2[cols], diagonal_spatial=p.diagonal_spatial, ntk=need_ntk
-        )
-        k = apply_layer(model, k0)
-        results = [(nngp, k.nngp)] + ([(ntk, (k.ntk * ntk_scale).expand_as(k.nngp))] if need_ntk else [])
+        nngp_value, ntk_value, k = evaluate(rows, cols, diagonal)
+        if need_ntk and ntk_scale != 1.0:
+            ntk_value = ntk_value * ntk_scale
+        results = [(nngp, nngp_value)] + ([(ntk, ntk_value)] if need_ntk else [])
         for out, value in results:
-            if diagonal:  # symmetric up to round-off: make it exact
-                value = (value + _transpose_pair(value, full, n_spatial)) / 2
+            if diagonal:  # symmetric up to round-off: make it exact, written straight into the result
+                if value.requires_grad:
+                    out[rows, cols] = (value + _transpose_pair(value, full, n_spatial)) / 2
+                else:
+                    torch.add(value, _transpose_pair(value, full, n_spatial), out=out[rows, cols]).mul_(0.5)
+                continue
             out[rows, cols] = value
-            if symmetric and not diagonal:
+            if symmetric:
                 out[cols, rows] = _transpose_pair(value, full, n_spatial)
+        finite = all(all_finite(out[rows, cols]) for out, _ in results)
+        if k is None:  # the per-example covariances are already in place
+            return finite
         if cols.start == (rows.start if symmetric else 0):
             cov[rows] = k.cov1
         if not symmetric and rows.start == 0:
             cov[n1 + cols.start : n1 + cols.stop] = k.cov2
-        return all(all_finite(value) for _, value in results) and all_finite(k.cov)
+        return finite and all_finite(k.cov)
 
-    tiles = _tiles(n1, n2, b, symmetric)
     if n_workers:
         finite = all(_worker_pool(n_workers).map(_no_grad(tile), *zip(*tiles, strict=True)))
     else:
@@ -280,3 +326,21 @@ def _run_tiles(model, x1, x2, p: Plan, b: int, need_ntk: bool, n_workers: int) -
         fresh=None,
     )
     return out, finite
+
+
+def _chain_evaluator(p: Plan, x1: torch.Tensor, x2: torch.Tensor | None, need_ntk: bool, cov: torch.Tensor):
+    """Tiles of a dense/ReLU-family chain (``dense_chain``): per-example variances once for all examples (into
+    ``cov``), then each tile in its thread's reused buffers. The returned values are valid until the thread's
+    next tile (the caller copies them into the result)."""
+    examples = x1 if x2 is None else torch.cat([x1, x2])
+    var0 = (examples * examples).sum(1) / examples.shape[1]
+    variances, var_out = chain_variances(p.chain, var0)
+    cov.copy_(var_out)
+    xs2, offset = (x1, 0) if x2 is None else (x2, x1.shape[0])
+
+    def evaluate(rows: slice, cols: slice, diagonal: bool):
+        i2 = slice(offset + cols.start, offset + cols.stop)
+        nngp, ntk = run_chain_tile(p.chain, variances, x1[rows], xs2[cols], rows, i2, diagonal, need_ntk)
+        return nngp, ntk, None
+
+    return evaluate

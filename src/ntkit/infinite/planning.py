@@ -18,6 +18,7 @@ from torch import nn
 
 from .._memory import format_bytes
 from ..errors import UnsupportedError
+from .dense_chain import Step, chain_recorder, linked_chain
 from .kernel_type import KERNEL_TEMPORARIES, Kernel, _working_set_probe, pair_entries
 from .registry import apply_layer, mixes_positions
 
@@ -33,6 +34,7 @@ class Plan:
     output_entries: int  # entries of the output kernel per pair of examples
     output: Kernel
     requires_grad: bool
+    chain: tuple[Step, ...] | None = None  # dense layers and ReLU-family activations only (``dense_chain``)
 
     @property
     def kernel_entries(self) -> int:
@@ -83,16 +85,19 @@ def plan(
     _check_no_weight_sharing(model)
     if diagonal_spatial is None:
         diagonal_spatial = not needs_full_spatial(model)
-    probe = [0]
-    token = _working_set_probe.set(probe)
+    probe, records = [0], []
+    token, chain_token = _working_set_probe.set(probe), chain_recorder().set(records)
     try:
         device = x1.device if diagonal_spatial else "meta"
         a = x1[:1].to(device=device, dtype=dtype)
         b = None if x2 is None else x2[:1].to(device=device, dtype=dtype)
-        out = apply_layer(model, Kernel.from_inputs(a, b, diagonal_spatial=diagonal_spatial, ntk=ntk))
+        k_input = Kernel.from_inputs(a, b, diagonal_spatial=diagonal_spatial, ntk=ntk)
+        out = apply_layer(model, k_input)
     finally:
         _working_set_probe.reset(token)
+        chain_recorder().reset(chain_token)
     requires_grad = torch.is_grad_enabled() and (
         out.nngp.requires_grad or (out.ntk is not None and out.ntk.requires_grad)
     )
-    return Plan(diagonal_spatial, probe[0], pair_entries(out.nngp), out, requires_grad)
+    chain = linked_chain(records, k_input, out) if x1.ndim == 2 and not requires_grad else None
+    return Plan(diagonal_spatial, probe[0], pair_entries(out.nngp), out, requires_grad, chain)

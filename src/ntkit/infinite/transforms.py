@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UnsupportedError
-from ..nn.activations import Activation
+from ..nn.activations import ABReLU, Activation
 from . import spatial
+from .dense_chain import ArcCosineStep, DenseStep, record_step
 from .gaussian_functions import GaussianFunction
 from .kernel_type import KERNEL_TEMPORARIES, Kernel, note_working_set, pair_entries
 
@@ -133,7 +134,7 @@ def weight_layer(
             hidden, input_fed = sp_width
             sp_width = (hidden, max(input_fed, in_channels)) if k.is_input else (max(hidden, in_channels), input_fed)
     spatial_shape = tuple(mapped["cov"].shape[1:][:: 2 if k.full else 1]) if k.n_spatial else ()
-    return k.replace(
+    out = k.replace(
         nngp=nngp,
         ntk=ntk,
         cov=affine(mapped["cov"]),
@@ -148,13 +149,19 @@ def weight_layer(
         parameterization=parameterization if k.ntk is not None else k.parameterization,
         sp_width=sp_width,
     )
+    if geometry is None:
+        record_step(k, out, DenseStep(W_var, b_var, parameterization, in_channels))
+    return out
 
 
 def activation(k: Kernel, act: Activation) -> Kernel:
     """φ applied to the layer: its outputs are φ(u) for the last Gaussian u, or φ(ψ(u)) after other
     elementwise functions of u (two activations in a row; a residual sum of u and φ(u))."""
     if k.is_gaussian:
-        return elementwise(k, GaussianFunction((act,)))
+        out = elementwise(k, GaussianFunction((act,)))
+        if isinstance(act, ABReLU) and type(act).nngp_and_ntk is ABReLU.nngp_and_ntk:
+            record_step(k, out, ArcCosineStep(act.a**2 + act.b**2, 2 * act.a * act.b))
+        return out
     if k.source is not None:
         return elementwise(k.source, k.fn.then(act))
     if k.is_input:
