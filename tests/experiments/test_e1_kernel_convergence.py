@@ -71,7 +71,7 @@ def _arccos_kernels(x, depth, w_var, b_var):
 
 @pytest.mark.parametrize("depth", [1, 3])
 def test_analytic_kernels_of_the_experiment_network_equal_the_arccos_recursion(depth):
-    """nk.kernel of E1's own network (NTKDense layers) against the recursion written out above: 1e-12 relative
+    """nk.kernel of E1's own network (ntkit.nn.Linear layers) against the recursion written out above: 1e-12 relative
     (float64; the two differ only in the order of operations)."""
     x = torch.randn(7, 5, dtype=torch.float64)
     net = mlp(5, [3] * depth, 1, W_std=math.sqrt(2.0), b_std=math.sqrt(0.1))

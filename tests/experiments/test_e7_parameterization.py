@@ -3,6 +3,8 @@
 grows, while the NTK network at a uniform η stays apart; the accuracies are similar), S37's rates against a
 hand-computed gradient step, and the verdict rule."""
 
+import math
+
 import pytest
 import torch
 
@@ -79,7 +81,11 @@ def test_s37_rates_reproduce_a_standard_gradient_step():
     opt = torch.optim.SGD([{"params": [p], "lr": rates[name]} for name, p in ntk.named_parameters()])
     torch.nn.functional.mse_loss(ntk(x), y).backward()
     opt.step()
-    got = [t for _, m in dense_layers(ntk) for t in (m.w_scale * m.weight.detach(), m.b_scale * m.bias.detach())]
+    got = [
+        t
+        for _, m in dense_layers(ntk)
+        for t in (m.W_std / math.sqrt(m.in_features) * m.weight.detach(), m.b_std * m.bias.detach())
+    ]
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 

@@ -8,16 +8,34 @@ import torch
 
 import ntkit as nk
 from ntkit.errors import InvalidArgumentError
-from ntkit.experiments import NTKDense, dense_layers, mlp, readout_parameters, standard_from_ntk
+from ntkit.experiments import dense, dense_layers, mlp, readout_parameters, standard_from_ntk
 from reference import dense_ntk, rel_err
 
 
-def test_ntk_dense_computes_the_formula():
-    layer = NTKDense(5, 3, W_std=1.5, b_std=0.3, generator=torch.Generator().manual_seed(1))
+def _dense(parameterization="ntk", b_std=0.3, seed=1):
+    return dense(
+        5, 3, W_std=1.5, b_std=b_std, parameterization=parameterization,
+        generator=torch.Generator().manual_seed(seed), dtype=torch.float64,
+    )  # fmt: skip
+
+
+def test_dense_draws_from_its_generator_and_computes_the_formula():
+    """ω, β ~ N(0, 1) from the generator (ω first), nothing from the global one; h = (σ_w/√n) x ωᵀ + σ_b β in the
+    NTK parameterization, and the standard one stores W = (σ_w/√n) ω, b = σ_b β: the same function."""
+    state = torch.random.get_rng_state()
+    layer, std = _dense(), _dense("standard")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    gen = torch.Generator().manual_seed(1)
+    omega, beta = (
+        torch.randn(3, 5, generator=gen, dtype=torch.float64),
+        torch.randn(3, generator=gen, dtype=torch.float64),
+    )
+    assert torch.equal(layer.weight, omega) and torch.equal(layer.bias, beta)
     x = torch.randn(4, 5, dtype=torch.float64)
-    expected = 1.5 / math.sqrt(5) * x @ layer.weight.T + 0.3 * layer.bias
+    expected = 1.5 / math.sqrt(5) * x @ omega.T + 0.3 * beta
     torch.testing.assert_close(layer(x), expected, rtol=1e-14, atol=1e-14)
-    assert NTKDense(5, 3, b_std=None).bias is None
+    torch.testing.assert_close(std(x), expected, rtol=1e-14, atol=1e-14)
+    assert _dense(b_std=None).bias is None
 
 
 def test_standard_and_ntk_agree_at_init_and_their_gradients_differ_by_the_scale():
@@ -28,8 +46,10 @@ def test_standard_and_ntk_agree_at_init_and_their_gradients_differ_by_the_scale(
     std(x).sum().backward()
     for (_, a), (_, b) in zip(dense_layers(ntk), dense_layers(std), strict=True):
         # h = s·x ωᵀ with W = s ω  ⇒  ∂f/∂ω = s ∂f/∂W and ∂f/∂β = σ_b ∂f/∂b
-        torch.testing.assert_close(a.weight.grad, a.w_scale * b.weight.grad, rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(a.bias.grad, a.b_scale * b.bias.grad, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(
+            a.weight.grad, a.W_std / math.sqrt(a.in_features) * b.weight.grad, rtol=1e-12, atol=1e-14
+        )
+        torch.testing.assert_close(a.bias.grad, a.b_std * b.bias.grad, rtol=1e-12, atol=1e-14)
 
 
 def test_output_variance_matches_the_nngp_recursion():
@@ -87,22 +107,3 @@ def test_standard_from_ntk_is_the_same_function_with_standard_parameters():
     assert all(m.parameterization == "ntk" for _, m in dense_layers(ntk))  # the original is untouched
     x = torch.randn(5, 10, dtype=torch.float64)
     torch.testing.assert_close(std(x), ntk(x), rtol=1e-13, atol=1e-13)
-
-
-def test_ntk_dense_kernel_transform_equals_ntkit_nn_linear():
-    """nk.kernel of an experiment network (NTKDense layers, through their kernel_transform) against the same
-    architecture written with ntkit.nn layers (tested against neural-tangents in tests/infinite): equal to float64
-    round-off, in both parameterizations and without bias."""
-    from ntkit import nn as N
-
-    x = torch.randn(5, 4, dtype=torch.float64)
-    for b_std, param in ((0.3, "ntk"), (None, "ntk"), (0.3, "standard")):
-        net = mlp(4, [8, 8], 1, W_std=1.4, b_std=b_std, activation="tanh", parameterization=param)
-        ref = N.Sequential(
-            N.Linear(4, 8, W_std=1.4, b_std=b_std, parameterization=param), torch.nn.Tanh(),
-            N.Linear(8, 8, W_std=1.4, b_std=b_std, parameterization=param), torch.nn.Tanh(),
-            N.Linear(8, 1, W_std=1.4, b_std=b_std, parameterization=param),
-        )  # fmt: skip
-        got, want = nk.kernel(net, x), nk.kernel(ref, x)
-        torch.testing.assert_close(got.nngp, want.nngp, rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(got.ntk, want.ntk, rtol=1e-12, atol=1e-14)

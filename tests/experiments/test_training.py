@@ -9,12 +9,15 @@ import pytest
 import torch
 
 from ntkit.errors import InvalidArgumentError
-from ntkit.experiments import NTKDense, log_spaced_steps, train_full_batch, train_side_by_side
+from ntkit.experiments import dense, log_spaced_steps, train_full_batch, train_side_by_side
 from reference import dense_jacobian, dense_ntk
 
 
 def _linear_problem(n=8, d=5, k=2):
-    model = NTKDense(d, k, W_std=1.2, b_std=0.4, generator=torch.Generator().manual_seed(0))
+    model = dense(
+        d, k, W_std=1.2, b_std=0.4, parameterization="ntk", generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )  # fmt: skip
     x = torch.randn(n, d, dtype=torch.float64)
     y = torch.randn(n, k, dtype=torch.float64)
     return model, x, y

@@ -13,7 +13,7 @@ from torch import nn
 
 import ntkit as nk
 from ntkit import nn as N
-from ntkit.experiments import NTKDense
+from ntkit.experiments import mlp
 from ntkit.infinite import planning
 
 
@@ -112,9 +112,7 @@ def test_zero_variance_without_bias():
 
 def test_plain_torch_and_experiment_layers():
     torch_model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 16), nn.LeakyReLU(0.1), nn.Linear(16, 1))
-    experiment = nn.Sequential(
-        NTKDense(5, 16, W_std=1.3, b_std=0.2), nn.ReLU(), NTKDense(16, 1, W_std=1.3, b_std=None, parameterization="ntk")
-    )
+    experiment = mlp(5, [16], 1, W_std=1.3, b_std=0.2)
     x1, x2 = inputs()
     for model in (torch_model, experiment):
         assert uses_chain(model, x1)

@@ -16,7 +16,7 @@ from . import (
     e8_kernel_accuracy,
 )
 from .context import RunContext, run_config
-from .models import NTKDense, dense, dense_layers, mlp, readout_parameters, standard_from_ntk
+from .models import dense, dense_layers, mlp, readout_parameters, standard_from_ntk
 from .registry import EXPERIMENTS, Experiment, known_ids, register, select
 from .runner import run_experiments, run_one
 from .stats import SlopeFit, accuracy, fit_loglog_slope, relative_change, rmse
@@ -25,7 +25,6 @@ from .training import SideBySideHistory, TrainHistory, log_spaced_steps, train_f
 __all__ = [
     "EXPERIMENTS",
     "Experiment",
-    "NTKDense",
     "RunContext",
     "SideBySideHistory",
     "SlopeFit",

@@ -8,13 +8,10 @@ A dense layer (theory.md 1.1, paper eq. 1) computes, for inputs x of width n_in,
 Both draw the same ω, β from the same generator, so for one seed the two networks compute the same function at
 initialization; only their gradients (and so their training) differ. ``b_std=None`` means no bias.
 
-Every network is built through :func:`dense`, the one place that chooses the layer class. It is :class:`NTKDense`
-rather than ``ntkit.nn.Linear`` (same arguments: ``W_std``, ``b_std``, ``parameterization``) because it takes a
-``generator``, so that both parameterizations draw the same ω, β for one seed and every experiment's networks are
-reproducible from the run's seed alone.
-
-:class:`NTKDense` has the kernel map of ``ntkit.nn.Linear`` (``kernel_transform``, theory.md 4.1), so
-``nk.kernel(mlp(...), x)`` gives the infinite-width NNGP and NTK of the very network an experiment trains.
+Every network is built from :func:`dense` layers: ``ntkit.nn.Linear`` modules whose ω, β are drawn from a
+generator, so that both parameterizations draw the same ω, β for one seed and every experiment's networks are
+reproducible from the run's seed alone. Being ``ntkit.nn`` layers, ``nk.kernel(mlp(...), x)`` gives the
+infinite-width NNGP and NTK of the very network an experiment trains.
 """
 
 from __future__ import annotations
@@ -29,12 +26,10 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from ..infinite.kernel_type import Kernel
-from ..infinite.transforms import weight_layer
+from ..nn.linear import Linear
 
 __all__ = [
     "ACTIVATIONS",
-    "NTKDense",
     "config_mlp",
     "dense",
     "dense_layers",
@@ -42,65 +37,6 @@ __all__ = [
     "readout_parameters",
     "standard_from_ntk",
 ]
-
-PARAMETERIZATIONS = ("ntk", "standard")
-
-
-class NTKDense(nn.Module):
-    """A dense layer in the NTK or standard parameterization (module docstring); input (N, n_in) → (N, n_out)."""
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        W_std: float = 1.0,
-        b_std: float | None = 0.0,
-        parameterization: str = "ntk",
-        generator: torch.Generator | None = None,
-        dtype: torch.dtype = torch.float64,
-    ) -> None:
-        super().__init__()
-        if parameterization not in PARAMETERIZATIONS:
-            raise InvalidArgumentError(f"parameterization={parameterization!r} is not one of {PARAMETERIZATIONS}.")
-        self.in_features, self.out_features = in_features, out_features
-        self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
-        omega = torch.randn(out_features, in_features, generator=generator, dtype=dtype)
-        beta = torch.randn(out_features, generator=generator, dtype=dtype) if b_std is not None else None
-        w_scale, b_scale = W_std / math.sqrt(in_features), (b_std or 0.0)
-        if parameterization == "ntk":
-            self.w_scale, self.b_scale = w_scale, b_scale
-        else:
-            omega, beta = omega * w_scale, (beta * b_scale if beta is not None else None)
-            self.w_scale, self.b_scale = 1.0, 1.0
-        self.weight = nn.Parameter(omega)
-        self.bias = nn.Parameter(beta) if beta is not None else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = nn.functional.linear(x, self.weight)
-        if self.w_scale != 1.0:
-            h = h * self.w_scale
-        if self.bias is not None:
-            h = h + self.b_scale * self.bias
-        return h
-
-    def kernel_transform(self, k: Kernel) -> Kernel:
-        """The layer's infinite-width kernel map (theory.md 4.1; the one of ``ntkit.nn.Linear``), so that
-        ``nk.kernel`` computes the analytic NNGP and NTK of the experiment networks themselves."""
-        return weight_layer(
-            k,
-            W_var=self.W_std**2,
-            b_var=None if self.b_std is None else self.b_std**2,
-            parameterization=self.parameterization,
-            in_channels=self.in_features,
-            out_channels=self.out_features,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_features}, {self.out_features}, W_std={self.W_std:g}, b_std={self.b_std}, "
-            f"parameterization={self.parameterization!r}"
-        )
 
 
 class _Erf(nn.Module):
@@ -120,17 +56,20 @@ def dense(
     parameterization: str,
     generator: torch.Generator,
     dtype: torch.dtype,
-) -> nn.Module:
-    """One dense layer of an experiment network (the single place that chooses its implementation)."""
-    return NTKDense(
-        in_features,
-        out_features,
-        W_std=W_std,
-        b_std=b_std,
-        parameterization=parameterization,
-        generator=generator,
-        dtype=dtype,
-    )
+) -> Linear:
+    """One dense layer of an experiment network: an ``ntkit.nn.Linear`` whose ω, β ~ N(0, 1) are drawn from
+    ``generator`` (ω first), so that one seed gives the same function in both parameterizations; the standard one
+    stores W = (σ_w / √n_in)·ω and b = σ_b·β (module docstring)."""
+    with torch.device("meta"):  # allocates and draws nothing: the values come from ``generator`` below
+        layer = Linear(in_features, out_features, W_std=W_std, b_std=b_std, parameterization=parameterization)
+    omega = torch.randn(out_features, in_features, generator=generator, dtype=dtype)
+    beta = torch.randn(out_features, generator=generator, dtype=dtype) if b_std is not None else None
+    if parameterization == "standard":
+        omega = omega * (W_std / math.sqrt(in_features))
+        beta = None if beta is None else beta * b_std
+    layer.weight = nn.Parameter(omega)
+    layer.bias = None if beta is None else nn.Parameter(beta)
+    return layer
 
 
 def config_mlp(cfg: Any, x: torch.Tensor, out_features: int, seed: int, *, width: int | None = None) -> nn.Sequential:
@@ -194,16 +133,16 @@ def readout_parameters(model: nn.Module) -> list[str]:
 
 
 def standard_from_ntk(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every NTK-parameterization :class:`NTKDense` layer turned into the standard
+    """A copy of ``model`` with every NTK-parameterization ``ntkit.nn.Linear`` layer turned into the standard
     parameterization with the same effective weights, W = (σ_w / √n_in) · ω and b = σ_b · β (SM eq. S36): the same
     function, whose parameters are W and b instead of ω and β, so gradient descent moves it differently. The
     model itself is not modified."""
     out = copy.deepcopy(model)
     for layer in out.modules():
-        if isinstance(layer, NTKDense) and layer.parameterization == "ntk":
+        if isinstance(layer, Linear) and layer.parameterization == "ntk":
             with torch.no_grad():
-                layer.weight.mul_(layer.w_scale)
+                layer.weight.mul_(layer.W_std / math.sqrt(layer.in_features))
                 if layer.bias is not None:
-                    layer.bias.mul_(layer.b_scale)
-            layer.w_scale, layer.b_scale, layer.parameterization = 1.0, 1.0, "standard"
+                    layer.bias.mul_(layer.b_std)
+            layer.parameterization = "standard"
     return out
