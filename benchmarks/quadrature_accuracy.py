@@ -19,7 +19,7 @@ import torch
 
 import ntkit.nn as nnk
 from ntkit.errors import UnsupportedError
-from ntkit.nn._gaussian import gaussian_cross
+from ntkit.gaussian.quadrature import gaussian_cross
 
 F64 = torch.float64
 DEGREES = (8, 16, 32, 64)

@@ -11,7 +11,7 @@ import torch
 import ntkit.nn as nnk
 from gaussian_pairs import assert_matches_mc, pairs_at
 from ntkit.errors import InvalidArgumentError, UnsupportedError
-from ntkit.nn._gaussian import gaussian_cross
+from ntkit.gaussian.quadrature import gaussian_cross
 
 CLOSED = {
     "relu": nnk.ReLU(),

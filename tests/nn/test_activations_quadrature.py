@@ -11,7 +11,7 @@ import torch
 
 import ntkit.nn as nnk
 from ntkit.errors import InvalidArgumentError, MemoryBudgetError, UnsupportedError
-from ntkit.nn._gaussian import gaussian_cross, gaussian_mean
+from ntkit.gaussian.quadrature import gaussian_cross, gaussian_mean
 
 F64 = torch.float64
 

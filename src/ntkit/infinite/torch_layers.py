@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UnsupportedError
-from ..nn.activations import GELU, Activation, Elementwise, LeakyReLU, ReLU
+from ..gaussian.activations import GELU, Activation, Elementwise, LeakyReLU, ReLU
 from . import transforms
 from .kernel_type import Kernel
 from .registry import apply_layer, declared_init, register_kernel

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UnsupportedError
-from ..nn.activations import ABReLU, Activation
+from ..gaussian.activations import ABReLU, Activation
+from ..gaussian.functions import GaussianFunction
 from . import spatial
 from .dense_chain import ArcCosineStep, DenseStep, record_step
-from .gaussian_functions import GaussianFunction
 from .kernel_type import KERNEL_TEMPORARIES, Kernel, note_working_set, pair_entries
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
 
 _MONTE_CARLO_HINT = "Estimate the kernel of such a network with nk.monte_carlo_kernel instead."
 
-#: Extra kernel-sized temporaries while a quadrature runs (the node arrays are chunked by ntkit.nn._gaussian
+#: Extra kernel-sized temporaries while a quadrature runs (the node arrays are chunked by ntkit.gaussian.quadrature
 #: under the memory budget; this covers the chunk in flight and the sums of cross terms).
 QUADRATURE_TEMPORARIES = 32
 

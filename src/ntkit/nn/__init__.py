@@ -1,6 +1,6 @@
 """Layers that are torch modules and know their infinite-width kernels."""
 
-from .activations import (
+from ..gaussian.activations import (
     GELU,
     RBF,
     ABReLU,

@@ -9,7 +9,7 @@ An activation φ enters the infinite-width recursions (theory.md section 4.1) th
 - ``nngp_and_ntk_factor``, ``nngp_and_ntk(var1, cov, var2, ntk)``: (T, Ṫ) and (T, Θ·Ṫ) together, which the
   ReLU family computes from one arc-cosine (in place when no gradient is recorded)
 
-and, for sums of branches and residual connections (:func:`ntkit.nn._gaussian.cross_nngp`):
+and, for sums of branches and residual connections (:func:`ntkit.gaussian.quadrature.cross_nngp`):
 
 - ``mean_derivative(var)``        E[φ'(u)]
 - ``identity_cross(cov, var)``    E[u φ(v)] with Cov(u, v) = cov, Var(v) = var
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError, UnsupportedError
-from ._gaussian import (
+from .quadrature import (
     DEFAULT_DEGREE,
     DEFAULT_TOLERANCE,
     _records,
@@ -700,7 +700,7 @@ def _autograd_derivative(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
 
 
 class _Quadrature(Activation):
-    """Expectations of ``fn`` and ``derivative`` by Gaussian quadrature (:mod:`ntkit.nn._gaussian`)."""
+    """Expectations of ``fn`` and ``derivative`` by Gaussian quadrature (:mod:`ntkit.gaussian.quadrature`)."""
 
     closed_form = False
 
@@ -740,7 +740,7 @@ class Elementwise(_Quadrature):
     - ``nngp_fn(var1, cov, var2)``: a closed form of T, if known; then ``closed_form`` is True and, unless
       ``ntk_fn`` is given, Ṫ = ∂T/∂cov by autograd (Price's theorem: ∂/∂cov E[φ(u)φ(v)] = E[φ'(u)φ'(v)]).
     - ``degree``: quadrature nodes per dimension: degree² evaluations of fn (or φ') per 2-D expectation,
-      degree per 1-D one (:func:`~ntkit.nn._gaussian.gaussian_cross`: a polar Gauss rule split where the
+      degree per 1-D one (:func:`~ntkit.gaussian.quadrature.gaussian_cross`: a polar Gauss rule split where the
       inputs change sign). Measured accuracy at degree 32 (docs/infinite_activations.md): functions with
       kinks or jumps at 0 (ReLU-like, ELU, |erf|) to round-off; smooth ones (tanh, SiLU, softplus) 1e-9 to
       1e-11 at unit variance and ρ < 1, 1e-8 at ρ = 1, 2e-5 for tanh's Ṫ at variance 10. Saturating functions at

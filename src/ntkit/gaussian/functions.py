@@ -10,7 +10,7 @@ kernels are the same expectations.
 
     E[ψ(u) ψ(v)] = Σ_ij E[φ_i(u) φ_j(v)],   E[ψ'(u) ψ'(v)] = Σ_ij E[φ_i'(u) φ_j'(v)],   E[ψ(u)] = Σ_i E[φ_i(u)],
 
-with the cross terms from :func:`ntkit.nn._gaussian.cross_nngp` / ``cross_ntk_factor`` (closed forms for pairs
+with the cross terms from :func:`ntkit.gaussian.quadrature.cross_nngp` / ``cross_ntk_factor`` (closed forms for pairs
 of one family and Stein's lemma against the identity, else polar Gaussian quadrature, checked). A product, or
 an activation applied after a sum, becomes one :class:`ntkit.nn.Elementwise` term (quadrature).
 """
@@ -21,8 +21,8 @@ import math
 
 import torch
 
-from ..nn._gaussian import cross_nngp, cross_ntk_factor
-from ..nn.activations import Activation, Elementwise, compose
+from .activations import Activation, Elementwise, compose
+from .quadrature import cross_nngp, cross_ntk_factor
 
 __all__ = ["GaussianFunction"]
 
