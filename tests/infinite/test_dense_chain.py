@@ -162,3 +162,23 @@ def test_gradients_take_the_generic_path():
     assert not uses_chain(deep(), x)
     nk.kernel(deep(), x).nngp.sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+class _HalvedReLU(N.ReLU):
+    """A ReLU whose NTK map a user has overridden (halved): it must not declare the arc-cosine fast path."""
+
+    def nngp_and_ntk(self, var1, cov, var2, ntk):
+        nngp, out = super().nngp_and_ntk(var1, cov, var2, ntk)
+        return nngp, out / 2
+
+
+def test_the_fast_path_is_a_capability_the_activation_declares():
+    assert N.ReLU().arc_cosine_slopes == (0.0, 1.0) and N.LeakyReLU(0.2).arc_cosine_slopes == (0.2, 1.0)
+    assert N.Erf().arc_cosine_slopes is None and _HalvedReLU().arc_cosine_slopes is None
+    x1, _ = inputs()
+    model = deep(act=_HalvedReLU)
+    assert not uses_chain(model, x1)
+    # the override is what the kernel uses (the generic path calls it): the kernels differ from the plain ReLU net
+    halved, plain = nk.kernel(model, x1), nk.kernel(deep(), x1)
+    torch.testing.assert_close(halved.nngp, plain.nngp)
+    assert not torch.allclose(halved.ntk, plain.ntk)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -76,6 +77,15 @@ __all__ = [
 
 _TWO_PI = 2 * math.pi
 
+K = TypeVar("K", bound="SupportsActivation")
+
+
+class SupportsActivation(Protocol):
+    """What an activation's kernel rule needs of the kernel of its inputs (:class:`ntkit.Kernel`, whose
+    ``activation`` method is the engine's map for elementwise nonlinearities)."""
+
+    def activation(self: K, act: Activation) -> K: ...
+
 
 class Activation(nn.Module):
     """Base class: an elementwise φ (``fn``), its derivative and its Gaussian expectations.
@@ -91,6 +101,19 @@ class Activation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
+
+    def kernel_transform(self, k: K) -> K:
+        """The :class:`~ntkit.Kernel` of φ's outputs given the kernel ``k`` of its inputs (theory.md 4.1):
+        K' = E[φ(u) φ(v)], Θ' = Θ·E[φ'(u) φ'(v)]. The rule is the engine's (``k.activation(self)``,
+        :func:`ntkit.infinite.transforms.activation`); this package stays below the engine."""
+        return k.activation(self)
+
+    @property
+    def arc_cosine_slopes(self) -> tuple[float, float] | None:
+        """(a, b) when φ(x) = a·min(x, 0) + b·max(x, 0) with :class:`ABReLU`'s own arc-cosine kernel maps, which
+        lets ``nk.kernel`` run dense networks of such layers on its fast path
+        (:mod:`ntkit.infinite.dense_chain`); None otherwise."""
+        return None
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -166,6 +189,11 @@ class ABReLU(Activation):
 
     def extra_repr(self) -> str:
         return f"a={self.a}, b={self.b}"
+
+    @property
+    def arc_cosine_slopes(self) -> tuple[float, float] | None:
+        # a subclass that overrides the kernel maps does not get the fast path, which computes ABReLU's
+        return (self.a, self.b) if type(self).nngp_and_ntk is ABReLU.nngp_and_ntk else None
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return torch.where(x > 0, self.b * x, self.a * x)

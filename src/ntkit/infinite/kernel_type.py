@@ -5,11 +5,15 @@ from __future__ import annotations
 import dataclasses
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .._validation import format_shape
 from . import spatial
+
+if TYPE_CHECKING:
+    from ..gaussian.activations import Activation
 
 __all__ = ["Kernel"]
 
@@ -180,6 +184,14 @@ class Kernel:
         """``f`` applied to nngp, ntk and cov (a linear map acting on the trailing layout axes), as keyword
         arguments for :meth:`replace`."""
         return {"nngp": f(self.nngp), "ntk": None if self.ntk is None else f(self.ntk), "cov": f(self.cov)}
+
+    def activation(self, act: Activation) -> Kernel:
+        """The kernel of φ applied to this layer's outputs, φ = ``act`` an elementwise activation
+        (:func:`.transforms.activation`). The activations' own ``kernel_transform`` calls this: they live below
+        the engine (:mod:`ntkit.gaussian`), so they reach its rule through the kernel they are given."""
+        from .transforms import activation  # transforms builds on this module: imported when first needed
+
+        return activation(self, act)
 
     def __repr__(self) -> str:
         def shape(t):

@@ -137,6 +137,5 @@ register_kernel(nn.Identity, lambda m, k: k)
 register_kernel(nn.Dropout, _dropout)
 register_kernel(nn.LayerNorm, _layer_norm)
 register_kernel(nn.Sequential, _sequential)
-register_kernel(Activation, lambda m, k: transforms.activation(k, m))
 for _type in ACTIVATIONS:
     register_kernel(_type, _activation)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UnsupportedError
-from ..gaussian.activations import ABReLU, Activation
+from ..gaussian.activations import Activation
 from ..gaussian.functions import GaussianFunction
 from . import spatial
 from .dense_chain import ArcCosineStep, DenseStep, record_step
@@ -159,8 +159,10 @@ def activation(k: Kernel, act: Activation) -> Kernel:
     elementwise functions of u (two activations in a row; a residual sum of u and φ(u))."""
     if k.is_gaussian:
         out = elementwise(k, GaussianFunction((act,)))
-        if isinstance(act, ABReLU) and type(act).nngp_and_ntk is ABReLU.nngp_and_ntk:
-            record_step(k, out, ArcCosineStep(act.a**2 + act.b**2, 2 * act.a * act.b))
+        slopes = act.arc_cosine_slopes
+        if slopes is not None:
+            a, b = slopes
+            record_step(k, out, ArcCosineStep(a**2 + b**2, 2 * a * b))
         return out
     if k.source is not None:
         return elementwise(k.source, k.fn.then(act))

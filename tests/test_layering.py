@@ -1,0 +1,95 @@
+"""The package layering: imports run one way, ntkit.gaussian -> ntkit.infinite -> ntkit.nn, and every
+ntkit.nn layer carries its own kernel rule (docs/infinite.md, "Layers").
+
+The imports are read from the source with ``ast`` (module level and inside functions alike), so a new upward
+import fails here whether or not it would create a cycle at run time.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+import ntkit.nn as nnk
+from ntkit.nn._layer import KernelLayer
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+#: ntkit modules that every layer may import: errors and the small shared helpers, which import no package.
+FOUNDATION = ("ntkit.errors", "ntkit._memory", "ntkit._validation")
+
+#: For each package, the ntkit packages it may import besides itself and FOUNDATION (lower layers only).
+ALLOWED = {
+    "ntkit.gaussian": (),
+    "ntkit.infinite": ("ntkit.gaussian",),
+}
+
+
+def _module_name(path: Path, src: Path = SRC) -> str:
+    parts = path.relative_to(src).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, src: Path = SRC) -> set[str]:
+    """Absolute names of every module ``path`` (under ``src``) imports, relative imports resolved; for
+    ``from a import b`` both ``a`` and ``a.b`` (b may be a module)."""
+    module = _module_name(path, src)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                name = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                name = node.module
+            if node.module:  # `from .. import x` imports ntkit.x, not all of ntkit
+                found.add(name)
+            found.update(f"{name}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_imports_run_one_way(package):
+    allowed = (package, *ALLOWED[package], *FOUNDATION)
+    files = sorted((SRC / package.replace(".", "/")).glob("*.py"))
+    assert files, f"no modules found for {package}"
+    upward = {
+        f"{_module_name(path)} imports {name}"
+        for path in files
+        for name in _imports(path)
+        if _within(name, "ntkit") and not any(_within(name, a) for a in allowed)
+    }
+    assert not upward, f"{package} may import only {allowed}: " + "; ".join(sorted(upward))
+
+
+def test_the_import_reader_sees_relative_and_nested_imports(tmp_path):
+    # A check that cannot fail is no check: upward imports inside a function, relative or not, must be found.
+    fake = tmp_path / "ntkit" / "gaussian"
+    fake.mkdir(parents=True)
+    (fake / "bad.py").write_text(
+        "def f():\n    from .. import nn\n    from ..infinite.transforms import x\n    import ntkit.predict\n"
+    )
+    found = _imports(fake / "bad.py", tmp_path)
+    assert {"ntkit.nn", "ntkit.infinite.transforms", "ntkit.predict"} <= found
+    assert "ntkit" not in found
+
+
+def _layer_classes() -> list[type]:
+    return [obj for name in nnk.__all__ if isinstance(obj := getattr(nnk, name), type) and issubclass(obj, nn.Module)]
+
+
+@pytest.mark.parametrize("cls", _layer_classes(), ids=lambda c: c.__name__)
+def test_every_nn_layer_has_its_own_kernel_rule(cls):
+    rule = getattr(cls, "kernel_transform", None)
+    assert rule is not None, f"ntkit.nn.{cls.__name__} has no kernel_transform"
+    assert rule is not KernelLayer.kernel_transform, f"ntkit.nn.{cls.__name__} keeps the abstract kernel_transform"
