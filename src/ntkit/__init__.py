@@ -5,10 +5,11 @@ The four capabilities, in the order data flows through them:
 - finite width: :func:`empirical_ntk`, :func:`empirical_nngp`, :func:`ntk_vector_product`;
 - linearized models: :func:`linearize`, :func:`taylor_expand`;
 - infinite width: :mod:`ntkit.nn` layers and :func:`kernel`; :func:`monte_carlo_kernel` for any network;
-- training dynamics and GP inference: :mod:`ntkit.predict`.
+- training dynamics and GP inference: :mod:`ntkit.predict`;
+- large N (stored, resumable, distributed kernels and their solvers): :mod:`ntkit.scale`.
 """
 
-from . import errors, nn, predict
+from . import errors, nn, predict, scale
 from .empirical import empirical_nngp, empirical_ntk, ntk_vector_product
 from .errors import NtkitError
 from .infinite.compute import kernel
@@ -37,5 +38,6 @@ __all__ = [
     "ntk_vector_product",
     "predict",
     "register_kernel",
+    "scale",
     "taylor_expand",
 ]

@@ -15,12 +15,16 @@ __all__ = [
     "IllConditionedError",
     "InvalidArgumentError",
     "MemoryBudgetError",
+    "MissingDependencyError",
     "NonFiniteError",
+    "NotConvergedError",
     "NotPSDError",
     "NtkitError",
     "NumericalWarning",
     "ParameterSelectionError",
     "ShapeError",
+    "StoreError",
+    "StoreMismatchError",
     "UnsupportedError",
 ]
 
@@ -86,6 +90,26 @@ class DataFormatError(NtkitError, ValueError):
 class InvalidArgumentError(NtkitError, ValueError):
     """A scalar argument outside its valid range or an unknown option (a negative learning rate or time,
     momentum >= 1, an unknown ``reduction``); the message names the valid values."""
+
+
+class MissingDependencyError(NtkitError, ImportError):
+    """An optional dependency that the called feature needs is not installed; the message names the extra
+    to install (``pip install 'ntkit[scale]'``)."""
+
+
+class StoreError(NtkitError, OSError):
+    """A kernel store that cannot be created, written or read (read-only location, full disk, a path holding
+    something else); the message names the location and what to do. Tiles not yet written stay not done."""
+
+
+class StoreMismatchError(NtkitError, ValueError):
+    """An existing kernel store whose fingerprint (network, inputs, dtype, kernels, ntkit version) differs from
+    the call's: the message names what differs. The store is left as it is."""
+
+
+class NotConvergedError(NtkitError, ArithmeticError):
+    """An iterative solver (conjugate gradients) that did not reach its tolerance; the message gives the
+    iterations and the residual, and what to change (more iterations, a larger preconditioner, diag_reg)."""
 
 
 class NumericalWarning(RuntimeWarning):
