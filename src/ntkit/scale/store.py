@@ -260,8 +260,8 @@ class KernelStore:
         if _DONE not in set(self._group.array_keys()):
             return np.zeros(self.grid.shape, dtype=bool)
         with store_errors(self.location, "reading the tile markers"):
-            markers: np.ndarray = np.asarray(self._array(_DONE)[...])
-        return markers == 1
+            markers: np.ndarray = np.asarray(self._array(_DONE)[...]) == 1
+        return markers
 
     def missing_tiles(self) -> list[tuple[int, int]]:
         done = self.done_mask()
