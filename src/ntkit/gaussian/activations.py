@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._derivatives import forward_mode_active
 from ..errors import InvalidArgumentError, UnsupportedError
 from .quadrature import (
     DEFAULT_DEGREE,
@@ -715,9 +716,23 @@ def _polynomial(coefficients: Sequence[float]) -> Polynomial:
 # --------------------------------------------------------------------------------- quadrature
 
 
+def _refuse_forward_mode(what: str) -> None:
+    """Reverse-mode autograd inside a kernel map cannot carry forward-mode tangents (it restarts from detached
+    tensors, and torch.func transforms forbid it): refuse rather than return a wrong tangent."""
+    if forward_mode_active():
+        raise UnsupportedError(
+            f"forward-mode derivatives (torch.func.jvp/jacfwd/hessian, torch.autograd.forward_ad) of a kernel "
+            f"through an Elementwise activation whose {what} comes from reverse-mode autograd are not supported. "
+            "Give Elementwise its derivative= (and ntk_fn= with nngp_fn=), or use reverse mode (torch.func.jacrev, "
+            "torch.autograd.grad)."
+        )
+
+
 def _autograd_derivative(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """φ'(x) of an elementwise ``fn`` by reverse-mode autograd, itself differentiable in x."""
     keep_graph = torch.is_grad_enabled() and x.requires_grad
+    if not keep_graph:
+        _refuse_forward_mode("its derivative φ' (no derivative= given)")
     with torch.enable_grad():
         xg = x if x.requires_grad else x.detach().requires_grad_()
         y = fn(xg)
@@ -822,6 +837,8 @@ def _price_derivative(nngp_fn, var1: torch.Tensor, cov: torch.Tensor, var2: torc
     """∂T/∂cov elementwise by autograd (Price's theorem: this is E[φ'(u) φ'(v)]), differentiable itself."""
     shape = torch.broadcast_shapes(var1.shape, cov.shape, var2.shape)
     keep_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (var1, cov, var2))
+    if not keep_graph:
+        _refuse_forward_mode("∂T/∂cov of its nngp_fn (no ntk_fn= given)")
     with torch.enable_grad():
         c = cov.expand(shape) if cov.requires_grad else cov.detach().expand(shape).clone().requires_grad_()
         (d,) = torch.autograd.grad(nngp_fn(var1, c, var2).sum(), c, create_graph=keep_graph, allow_unused=True)

@@ -24,6 +24,7 @@ from scipy.special import roots_legendre
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .._derivatives import tracks_derivatives as _records  # reverse mode recording, or forward mode active
 from .._memory import check_fits, resolve_budget
 from ..errors import InvalidArgumentError, UnsupportedError
 
@@ -56,10 +57,6 @@ _WORK_FACTOR = 4
 _MAX_CHUNK_BYTES = 8 * 2**20
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _records(*ts: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in ts)
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:

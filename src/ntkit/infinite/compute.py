@@ -72,9 +72,10 @@ def kernel(
         :class:`Kernel` with ``nngp`` and ``ntk`` of shape (N1, N2) (with the output's spatial layout
         appended if the network does not pool or flatten), ``cov1`` (N1,) = K(x1_i, x1_i) and ``cov2``.
         For the standard parameterization Θ is normalised by the width n of the widest hidden layer
-        (Θ = J Jᵀ / n in expectation; theory.md 4.4): multiply by ``Kernel.sp_width[0]`` to get neural-tangents'.
+        (Θ = J Jᵀ / n in expectation; theory.md 4.4): ``Kernel.neural_tangents_ntk()`` gives neural-tangents' J Jᵀ.
 
-    Differentiable with respect to x1, x2 and ``W_std``/``b_std`` given as tensors.
+    Differentiable with respect to x1, x2 and ``W_std``/``b_std`` given as tensors, in reverse and forward mode
+    (torch.func.jvp/jacfwd/hessian, torch.autograd.forward_ad).
 
     Raises:
         UnsupportedError: a layer without a kernel (the message names it) or an unsupported combination.
@@ -137,6 +138,8 @@ def _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_s
     itemsize = torch.finfo(dtype).bits // 8
     b = _block_size(p, n1, n2, len(wanted), itemsize, budget, n_workers, block_size, tile_entries)
     x1, x2 = x1.to(dtype), None if x2 is None else x2.to(dtype)
+    if p.requires_grad:
+        return _whole(model, x1, x2, p, need_ntk)
     return _run_tiles(model, x1, x2, p, _tiles(n1, n2, b, x2 is None), need_ntk, n_workers, chain=chain)
 
 
@@ -254,6 +257,36 @@ def _no_grad(fn):
     return run
 
 
+def _ntk_scale(meta: Kernel) -> float:
+    """The factor that normalises the accumulated standard-parameterization NTK (J Jᵀ) by the width (4.4)."""
+    return 1.0 / meta.sp_normalizer()
+
+
+def _whole(model, x1, x2, p: Plan, need_ntk: bool) -> tuple[Kernel, bool]:
+    """The kernel in one piece and out of place, when derivatives are taken: reverse mode keeps every tile for
+    the backward pass anyway, and forward mode (``torch.func`` transforms, dual tensors) cannot follow results
+    written into preallocated tensors by worker threads. Also returns whether every entry is finite."""
+    k = apply_layer(model, Kernel.from_inputs(x1, x2, diagonal_spatial=p.diagonal_spatial, ntk=need_ntk))
+    nngp, ntk = k.nngp, None if k.ntk is None else k.ntk.expand_as(k.nngp) * _ntk_scale(p.output)
+    if x2 is None:  # symmetric up to round-off: make it exact
+        meta = p.output
+        nngp, ntk = [
+            None if t is None else (t + _transpose_pair(t, meta.full, meta.n_spatial)) / 2 for t in (nngp, ntk)
+        ]
+    out = p.output.replace(
+        nngp=nngp,
+        ntk=ntk,
+        cov=k.cov,
+        x1_is_x2=x2 is None,
+        mean=None,
+        source=None,
+        fn=None,
+        fresh=None,
+        ntk_divisor=p.output.sp_normalizer() if need_ntk else 1,
+    )
+    return out, all(t is None or all_finite(t) for t in _fields(out))
+
+
 def _run_tiles(
     model, x1, x2, p: Plan, tiles: list[tuple[slice, slice]], need_ntk: bool, n_workers: int, *, chain: bool
 ) -> tuple[Kernel, bool]:
@@ -270,10 +303,7 @@ def _run_tiles(
     ntk = torch.empty((n1, n2, *pair_shape), **new) if need_ntk else None
     cov = torch.empty((n1 if symmetric else n1 + n2, *meta.cov.shape[1:]), **new)  # x1's, then x2's
     full, n_spatial = meta.full, meta.n_spatial
-    ntk_scale = 1.0
-    if need_ntk and meta.parameterization == "standard":
-        hidden, input_fed = meta.sp_width
-        ntk_scale = 1.0 / (hidden or input_fed)
+    ntk_scale = _ntk_scale(meta) if need_ntk else 1.0
 
     if chain:  # prepared in a worker too: the caller's thread may be a forked child's, where MKL/OpenMP hang
         evaluate = _worker_pool(n_workers).submit(_no_grad(_chain_evaluator), p, x1, x2, need_ntk, cov).result()
@@ -294,10 +324,7 @@ def _run_tiles(
         results = [(nngp, nngp_value)] + ([(ntk, ntk_value)] if need_ntk else [])
         for out, value in results:
             if diagonal:  # symmetric up to round-off: make it exact, written straight into the result
-                if value.requires_grad:
-                    out[rows, cols] = (value + _transpose_pair(value, full, n_spatial)) / 2
-                else:
-                    torch.add(value, _transpose_pair(value, full, n_spatial), out=out[rows, cols]).mul_(0.5)
+                torch.add(value, _transpose_pair(value, full, n_spatial), out=out[rows, cols]).mul_(0.5)
                 continue
             out[rows, cols] = value
             if symmetric:
@@ -324,6 +351,7 @@ def _run_tiles(
         source=None,
         fn=None,
         fresh=None,
+        ntk_divisor=meta.sp_normalizer() if need_ntk else 1,
     )
     return out, finite
 

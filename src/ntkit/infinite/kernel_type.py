@@ -77,7 +77,10 @@ class Kernel:
         parameterization: "ntk" or "standard", from the weight layers met so far (they must agree for Θ).
         sp_width: for the standard parameterization, the widest fan-in channel counts of the weight layers
             (after the input, on the input): Θ accumulates unnormalised (J Jᵀ) contributions and
-            ``nk.kernel`` divides by the first (the second if there is no hidden layer) at the end (theory.md 4.4).
+            ``nk.kernel`` divides by :meth:`sp_normalizer` at the end (theory.md 4.4).
+        ntk_divisor: what ``ntk`` has been divided by: :meth:`sp_normalizer` in results of ``nk.kernel`` for
+            the standard parameterization, else 1 (kernels composed by hand stay unnormalised).
+            :meth:`neural_tangents_ntk` undoes it.
     """
 
     nngp: torch.Tensor
@@ -95,6 +98,7 @@ class Kernel:
     fresh: object | None = None
     parameterization: str | None = None
     sp_width: tuple[int, int] = (0, 0)
+    ntk_divisor: int = 1
 
     def __post_init__(self) -> None:
         if self.nngp is not None and planning():
@@ -175,6 +179,21 @@ class Kernel:
     @property
     def mean2(self) -> torch.Tensor | None:
         return None if self.mean is None else self.split(self.mean)[1]
+
+    def sp_normalizer(self) -> int:
+        """The width n by which ``nk.kernel`` normalises the standard-parameterization NTK, Θ = J Jᵀ / n
+        (theory.md 4.4): the widest fan-in channel count of a weight layer after the input, or, if every weight
+        layer reads the input, the widest of theirs; 1 for the NTK parameterization."""
+        if self.parameterization != "standard":
+            return 1
+        hidden, input_fed = self.sp_width
+        return hidden or input_fed or 1
+
+    def neural_tangents_ntk(self) -> torch.Tensor | None:
+        """Θ as neural-tangents defines it: ``ntk`` itself for the NTK parameterization, and for the standard
+        one the unnormalised J Jᵀ at the module's finite widths (``ntk`` · :meth:`sp_normalizer` for results
+        of ``nk.kernel``, which normalise it). None if the kernel has no NTK."""
+        return None if self.ntk is None else self.ntk * self.ntk_divisor
 
     def variances(self) -> torch.Tensor:
         """The per-example, per-position variances (N1 + N2, *S), ordered as ``cov``: its spatial diagonal."""

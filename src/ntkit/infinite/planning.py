@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._derivatives import tracks_derivatives
 from .._memory import format_bytes
 from ..errors import UnsupportedError
 from .dense_chain import Step, chain_recorder, linked_chain
@@ -33,7 +34,7 @@ class Plan:
     working_entries: int  # tensor entries alive at once per pair of examples, at the most demanding layer
     output_entries: int  # entries of the output kernel per pair of examples
     output: Kernel
-    requires_grad: bool
+    requires_grad: bool  # derivatives are taken (reverse mode records, or forward mode is active)
     chain: tuple[Step, ...] | None = None  # dense layers and ReLU-family activations only (``dense_chain``)
 
     @property
@@ -96,8 +97,6 @@ def plan(
     finally:
         _working_set_probe.reset(token)
         chain_recorder().reset(chain_token)
-    requires_grad = torch.is_grad_enabled() and (
-        out.nngp.requires_grad or (out.ntk is not None and out.ntk.requires_grad)
-    )
+    requires_grad = tracks_derivatives(out.nngp, out.ntk)
     chain = linked_chain(records, k_input, out) if x1.ndim == 2 and not requires_grad else None
     return Plan(diagonal_spatial, probe[0], pair_entries(out.nngp), out, requires_grad, chain)

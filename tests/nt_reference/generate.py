@@ -1,0 +1,97 @@
+"""Writes values.json: neural-tangents 0.6.5's float64 kernels for the architectures the tests compare against.
+
+CI has no neural-tangents (JAX), so its values are stored as data. Regenerate with the interpreter that
+/work/shared/anchors/neural-tangents-env.sh builds (any environment with neural-tangents 0.6.5 and jax):
+
+    JAX_PLATFORMS=cpu /path/to/nt-venv/bin/python tests/nt_reference/generate.py
+
+Each case stores its inputs (channels first, as PyTorch; neural-tangents gets them channels last), and the NNGP
+and NTK of ``kernel_fn(x1, x2)``. The ntkit side of each case is written in the test that reads it.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+from neural_tangents import stax  # noqa: E402
+
+SP = {"parameterization": "standard"}
+
+
+def cases():
+    """name -> (stax layers, x1 shape (N, C, *S), x2 rows or None)."""
+    yield "sp_one_dense", [stax.Dense(1, W_std=1.3, b_std=0.2, **SP)], (3, 4), None
+    yield (
+        "sp_two_dense",
+        [
+            stax.Dense(7, W_std=1.3, b_std=0.2, **SP),
+            stax.Relu(),
+            stax.Dense(1, W_std=1.1, b_std=0.1, **SP),
+        ],
+        (3, 4),
+        2,
+    )
+    yield (
+        "sp_three_dense",
+        [
+            stax.Dense(7, W_std=1.3, b_std=0.2, **SP),
+            stax.Relu(),
+            stax.Dense(11, W_std=1.1, b_std=0.1, **SP),
+            stax.Erf(),
+            stax.Dense(1, **SP),
+        ],
+        (3, 4),
+        None,
+    )
+    yield (
+        "sp_conv_flatten",
+        [
+            stax.Conv(6, (3, 3), padding="SAME", W_std=1.3, b_std=0.2, **SP),
+            stax.Relu(),
+            stax.Flatten(),
+            stax.Dense(1, **SP),
+        ],
+        (2, 2, 5, 5),
+        None,
+    )
+    yield (
+        "sp_one_conv",
+        [stax.Conv(1, (3, 3), padding="SAME", W_std=1.3, b_std=0.2, **SP), stax.Flatten()],
+        (
+            2,
+            2,
+            5,
+            5,
+        ),
+        None,
+    )
+
+
+def channels_last(x):
+    return np.moveaxis(x, 1, -1) if x.ndim > 2 else x
+
+
+def main():
+    rng = np.random.RandomState(0)
+    out = {}
+    for name, layers, shape, n2 in cases():
+        x1 = rng.randn(*shape)
+        x2 = None if n2 is None else rng.randn(n2, *shape[1:])
+        _, _, kernel_fn = stax.serial(*layers)
+        k = kernel_fn(channels_last(x1), None if x2 is None else channels_last(x2), ("nngp", "ntk"))
+        out[name] = {
+            "x1": x1.tolist(),
+            "x2": None if x2 is None else x2.tolist(),
+            "nngp": np.asarray(k.nngp).tolist(),
+            "ntk": np.asarray(k.ntk).tolist(),
+        }
+    path = Path(__file__).with_name("values.json")
+    path.write_text(json.dumps(out) + "\n")
+    print(f"wrote {len(out)} cases to {path}")
+
+
+if __name__ == "__main__":
+    main()
