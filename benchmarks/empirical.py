@@ -2,7 +2,7 @@
 
     python benchmarks/empirical.py                 # all cases, 3 timed repeats each
     python benchmarks/empirical.py --cases mlp1 --repeats 1
-    python benchmarks/empirical.py --no-nt         # without the neural-tangents column
+    python benchmarks/empirical.py --nt-python PATH  # with the neural-tangents columns (default: $NT_PYTHON)
     python benchmarks/empirical.py --threads 1     # one intra-op thread (see below)
 
 Cases (float32, CPU, the traced kernel Θ̂(x, x) of shape (N, N), the default of ``empirical_ntk``):
@@ -32,11 +32,11 @@ then times three warm runs in one process (its peak memory counts from before th
 The baseline "torch.func recipe" is the PyTorch tutorial's Jacobian contraction: ``vmap(jacrev(f))`` over
 the examples, then ``einsum('nap,map->nm')`` per parameter. neural-tangents 0.6.5 (JAX, CPU) runs with
 its structured-derivatives and Jacobian-contraction implementations, jit-compiled, timed after compilation,
-when ``/work/nt-venv`` (or ``--nt-python``) exists. Machines shared with other jobs make absolute times
-noisy; the ratios measured in one run are what to compare. On an oversubscribed machine (load average well
-above the core count) spinning OpenMP threads can make torch's small matrix products ten times slower; run
-with ``OMP_WAIT_POLICY=PASSIVE`` in the environment (the workers inherit it), or ``--threads 1`` (which also
-restricts XLA to one thread).
+when an interpreter with it is given (``--nt-python``, default ``$NT_PYTHON``; benchmarks/README.md).
+Machines shared with other jobs make absolute times noisy; the ratios measured in one run are what to compare. On an
+oversubscribed machine (load average well above the core count) spinning OpenMP threads can make torch's small
+matrix products ten times slower; run with ``OMP_WAIT_POLICY=PASSIVE`` in the environment (the workers inherit it),
+or ``--threads 1`` (which also restricts XLA to one thread).
 """
 
 from __future__ import annotations
@@ -50,13 +50,14 @@ import sys
 import time
 from pathlib import Path
 
+from nt_python import add_nt_python_option, nt_python
+
 CASES = ["mlp1", "mlp10", "cnn", "transformer"]
 TORCH_METHODS = ["recipe", "jacobian", "ntvp", "structured", "auto"]
 NT_METHODS = ["nt-structured", "nt-jacobian"]
 NT_CASES = {"mlp1", "mlp10", "cnn"}
 SLOW = 20.0  # seconds: a method slower than this is timed once
 TIMEOUT = 900.0  # seconds per case and method
-DEFAULT_NT_PYTHON = "/work/nt-venv/bin/python"
 
 
 # ---------------------------------------------------------------------------------------------- torch side
@@ -221,8 +222,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=TORCH_METHODS, choices=TORCH_METHODS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="intra-op threads for torch and XLA (default: theirs)")
-    parser.add_argument("--no-nt", action="store_true", help="skip neural-tangents")
-    parser.add_argument("--nt-python", default=DEFAULT_NT_PYTHON)
+    add_nt_python_option(parser)
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -233,7 +233,7 @@ def main() -> None:
 
     import torch
 
-    with_nt = not args.no_nt and Path(args.nt_python).exists()
+    with_nt = nt_python(args) is not None
     print(
         f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, float32, best of "
         f"{args.repeats}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "

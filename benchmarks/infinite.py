@@ -7,16 +7,17 @@ Cases (NNGP and NTK, float32, x2 = x1):
 
 Each measurement runs in its own process (time of a warm call, peak resident memory above the process's
 memory before the timed call); the implementations run in turn, ``--repeats`` times, and the fastest run
-counts. Every implementation is timed on its second identical call: neural-tangents runs under /work/nt-venv
+counts. Every implementation is timed on its second identical call: neural-tangents runs in the
+``--nt-python`` interpreter (default ``$NT_PYTHON``; its columns are skipped without one, benchmarks/README.md)
 with JAX_PLATFORMS=cpu, its kernel_fn jit-compiled (the first call compiles), and the torch ones get the same
-warm-up (the first call of a process also pays for mapping fresh memory). "plain torch" is the same recursion written
-directly with torch operations on whole arrays, with no tiling, checks or symmetry: the memory-bound
+warm-up (the first call of a process also pays for mapping fresh memory). "plain torch" is the same recursion
+written directly with torch operations on whole arrays, with no tiling, checks or symmetry: the memory-bound
 elementwise work any implementation must do. Values of all three are compared (max relative difference).
 
 Targets: >= 2x faster than neural-tangents on the MLP cases, >= 5x on the pooled CNN, and at most 3x the
 time of the plain torch pass.
 
-    PYTHONPATH=src python benchmarks/infinite.py [--cases mlp-1000 cnn-pool-100 ...]
+    PYTHONPATH=src python benchmarks/infinite.py [--cases mlp-1000 cnn-pool-100 ...] [--nt-python PATH]
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-NT_PYTHON = os.environ.get("NT_PYTHON", "/work/nt-venv/bin/python")
+from nt_python import add_nt_python_option, nt_python
+
 W_STD, B_STD = 1.5, 0.05
 CASES = {
     "mlp-1000": {"kind": "mlp", "shape": (1000, 64)},
@@ -201,8 +203,8 @@ WORKERS = {"ntkit": _ntkit_worker, "plain": _plain_worker, "nt": _nt_worker}
 # ----- driver ---------------------------------------------------------------------------------------------------
 
 
-def _run_worker(impl: str, name: str, x_path: str, out_path: str) -> dict:
-    python = NT_PYTHON if impl == "nt" else sys.executable
+def _run_worker(impl: str, name: str, x_path: str, out_path: str, nt: str | None) -> dict:
+    python = nt if impl == "nt" else sys.executable
     env = dict(os.environ)
     if impl == "nt":
         env = {
@@ -230,6 +232,7 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=2, help="interleaved runs per implementation; the fastest counts"
     )
+    add_nt_python_option(parser)
     parser.add_argument("--worker", nargs=4, metavar=("IMPL", "CASE", "X", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -239,6 +242,8 @@ def main() -> None:
 
     import numpy as np
 
+    nt = nt_python(args)
+    impls = [impl for impl in WORKERS if impl != "nt" or nt is not None]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cases:
@@ -247,14 +252,14 @@ def main() -> None:
             np.save(x_path, x)
             res: dict[str, dict] = {}
             for _ in range(args.repeats):  # interleaved, so that a busy spell on the machine hits all alike
-                for impl in WORKERS:
-                    r = _run_worker(impl, name, x_path, os.path.join(tmp, f"{name}-{impl}.npy"))
+                for impl in impls:
+                    r = _run_worker(impl, name, x_path, os.path.join(tmp, f"{name}-{impl}.npy"), nt)
                     if impl not in res or "error" in r or r["seconds"] < res[impl].get("seconds", float("inf")):
                         res[impl] = r
             ok = {impl: "error" not in r for impl, r in res.items()}
             row = {"case": name, **{impl: r for impl, r in res.items()}}
             for other in ("nt", "plain"):
-                if ok["ntkit"] and ok[other]:
+                if ok["ntkit"] and ok.get(other):
                     row[f"diff_{other}"] = _max_rel_diff(
                         os.path.join(tmp, f"{name}-ntkit.npy"), os.path.join(tmp, f"{name}-{other}.npy")
                     )
@@ -269,7 +274,9 @@ def _print_row(row: dict) -> None:
 
 
 def _fmt(r: dict, key: str, spec: str) -> str:
-    return "error" if "error" in r else format(r[key], spec)
+    if "error" in r:
+        return "skipped" if r["error"] == "skipped" else "error"
+    return format(r[key], spec)
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -280,7 +287,8 @@ def _print_table(rows: list[dict]) -> None:
     print(header)
     print("|" + "|".join("---" for _ in range(10)) + "|")
     for row in rows:
-        a, n, p = row["ntkit"], row["nt"], row["plain"]
+        skipped = {"error": "skipped"}  # neural-tangents without an interpreter
+        a, n, p = row["ntkit"], row.get("nt", skipped), row["plain"]
         speedup = n["seconds"] / a["seconds"] if "error" not in a and "error" not in n else float("nan")
         vs_plain = a["seconds"] / p["seconds"] if "error" not in a and "error" not in p else float("nan")
         target = TARGET_VS_NT.get(row["case"])
@@ -293,7 +301,7 @@ def _print_table(rows: list[dict]) -> None:
         )
     for row in rows:
         for impl in WORKERS:
-            if "error" in row[impl]:
+            if impl in row and "error" in row[impl]:
                 print(f"{row['case']} {impl}: {row[impl]['error']}")
 
 

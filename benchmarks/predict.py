@@ -12,13 +12,14 @@ shared machine hits both):
 - t=inf: gp_inference "ntk" mean and covariance (neural-tangents also on 1 output, its quoted 2.0 s anchor).
 
 Naive: a matrix exponential and dense solves per time, timed on 5 of the 50 times and scaled by 10 (each time
-costs the same). neural-tangents 0.6.5 runs in /work/nt-venv (JAX on CPU, x64) in a subprocess on the same
+costs the same). neural-tangents 0.6.5 runs in the ``--nt-python`` interpreter (default ``$NT_PYTHON``; skipped without
+one; benchmarks/README.md) with JAX on CPU, x64, in a subprocess on the same
 kernels saved to .npy; its results are checked against ntkit's. Each system's time is the best of 2 runs,
 each from scratch (the eigendecomposition included). Both run on ``--threads`` threads (default 1: on a
 shared, loaded machine two OpenMP threads can make one eigh 10x slower, which would make every ratio noise).
 Targets: every 50-time row within 2x one eigh, and at least as fast as neural-tangents.
 
-    PYTHONPATH=src python benchmarks/predict.py [--nt-python /work/nt-venv/bin/python] [--no-nt]
+    PYTHONPATH=src python benchmarks/predict.py [--nt-python PATH]
         [--n-train 2000 --n-test 500] [--threads 1]
 """
 
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nt_python import add_nt_python_option, nt_python
 
 import ntkit as nk
 
@@ -187,8 +189,7 @@ def run_neural_tangents(python: str, kernels: dict[str, np.ndarray], y, f0, time
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nt-python", default="/work/nt-venv/bin/python")
-    parser.add_argument("--no-nt", action="store_true", help="skip neural-tangents")
+    add_nt_python_option(parser)
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
@@ -262,8 +263,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{rel(mean[last], naive_out[-1][0]):.1e}, cov rel diff {rel(cov[last], naive_out[-1][1]):.1e}"
         )
 
-    if not args.no_nt:
-        timing, nt_res = run_neural_tangents(args.nt_python, {"nngp": nngp_np, "ntk": ntk_np}, y_np, f0_np, times_np)
+    nt = nt_python(args)
+    if nt is not None:
+        timing, nt_res = run_neural_tangents(nt, {"nngp": nngp_np, "ntk": ntk_np}, y_np, f0_np, times_np)
         for key, row in [
             ("gd_mse", "gd_mse"),
             ("ensemble_ntk", "ensemble ntk + cov"),

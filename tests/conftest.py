@@ -1,10 +1,8 @@
-import sys
-from pathlib import Path
+"""Fixtures shared by every test: a fixed random state. The helper modules next to this file (reference.py,
+datafiles.py, ...) are importable because pyproject.toml puts tests/ on the path (pytest's ``pythonpath``)."""
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ def format_shape(shape: torch.Size | tuple[int, ...]) -> str:
 
 def all_finite(t: torch.Tensor) -> bool:
     """No NaN or ±inf in the floating-point tensor ``t``: its min and max are finite (NaN propagates through
-    both). One reduction and no temporary: ``torch.isfinite(t).all()`` took 30 ms on 64K entries on CPU."""
+    both). One reduction and no temporary (``torch.isfinite(t).all()`` makes a boolean copy of ``t`` and reduces it)."""
     if t.numel() == 0:
         return True
     lo, hi = torch.aminmax(t.detach())

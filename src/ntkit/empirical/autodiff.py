@@ -2,7 +2,7 @@
 
 - Scaled-dot-product attention uses the math backend: it has forward-mode derivatives (the fused CPU and
   CUDA kernels do not) and batching rules (the fused CPU kernel falls back to a per-example loop under
-  ``vmap``, about 10x slower on a small transformer).
+  ``vmap``).
 - A pass-through torch function mode is active, so ``nn.MultiheadAttention`` and
   ``nn.TransformerEncoderLayer`` never take their fused inference path (``_transformer_encoder_layer_fwd``),
   which has no forward-mode derivative and which they would otherwise pick under ``jvp`` in eval mode.

@@ -24,19 +24,18 @@ __all__ = ["kernel"]
 _GET = ("nngp", "ntk")
 
 #: Entries per kernel tensor of one tile on CPU (512 KiB in float32). Tiles are spread over a thread pool whose
-#: workers run their operations single-threaded: no parallel region per operation (on a busy machine its
-#: barrier costs more than a small operation), while a tile of this size pays the Python and dispatch cost of
-#: its few dozen operations once per 10^5 entries and its temporaries stay in the L2/L3 caches (tuned with
-#: benchmarks/infinite.py: 2^15 entries ran the pooled CNN 2.5x slower, 2^19 10-20% slower). Kernels whose
-#: single pair exceeds this run tile after tile with parallel operations.
+#: workers run their operations single-threaded: no parallel region, and so no barrier, per operation, while a
+#: tile of this size pays the Python and dispatch cost of its few dozen operations once per 10^5 entries and its
+#: temporaries stay in the L2/L3 caches (tuned with benchmarks/infinite.py; the measurements are in
+#: benchmarks/README.md). Kernels whose single pair exceeds this run tile after tile with parallel operations.
 _TILE_ENTRIES = 2**17
 #: Entries per tile of the dense fast path (``dense_chain``): its passes are in place on four buffers per worker
 #: (4 MiB in float32), so larger tiles stay in cache, and fewer tiles mean fewer torch calls, each of which hands
-#: Python's GIL between the workers (mlp-4000 of benchmarks/infinite.py: 0.13 s with 2^18, 0.16 s with 2^17).
+#: Python's GIL between the workers (benchmarks/README.md).
 _CHAIN_TILE_ENTRIES = 2**18
 #: ... but at least this many examples per tile side where one pair is large (full spatial layouts): each tile
 #: also recomputes its examples' own covariances, (b1 + b2) of them next to b1·b2 pairs, a quarter extra at 8
-#: (the pooled CNN of the benchmark ran 20% faster with 8 x 8 tiles than with 5 x 5).
+#: and more for smaller tiles (benchmarks/README.md).
 _MIN_TILE_SIDE = 8
 
 
@@ -212,12 +211,12 @@ _POOL_LOCK = threading.Lock()
 def _worker_pool(n_workers: int) -> ThreadPoolExecutor:
     """The process's pool of ``n_workers`` threads whose torch operations run single-threaded.
 
-    Worker threads, even just one: in the calling thread the same operations ran 7-10x slower on a busy
-    machine, its OpenMP helpers spinning after each parallel operation; single-threaded workers start no such
-    helpers. The pool is kept between calls (starting threads took milliseconds on a busy machine, a third of
-    a 1000-example MLP kernel) and made again after a fork (threads do not survive it) or for another count.
-    torch.set_num_threads(1) in a worker also sets the count that threads started later begin with, so the
-    caller's count is restored once every worker has started.
+    Worker threads, even just one: in the calling thread every small operation opens an OpenMP parallel region
+    whose helper threads spin afterwards, which costs most when the cores are shared; single-threaded workers
+    start no such helpers (benchmarks/README.md). The pool is kept between calls (starting threads costs a
+    noticeable part of a small kernel's time) and made again after a fork (threads do not survive it) or for
+    another count. torch.set_num_threads(1) in a worker also sets the count that threads started later begin
+    with, so the caller's count is restored once every worker has started.
     """
     global _POOL
     with _POOL_LOCK:
@@ -240,8 +239,8 @@ def _single_threaded() -> None:
 
     torch.set_num_threads(1) alone is not enough: a thread's first parallel operation initialises its OpenMP/MKL
     thread counts from torch's process-wide count (``at::internal::lazy_init_num_threads``), which the caller's
-    count has replaced by then, so every operation of the workers then opened a parallel region (a 64K-entry
-    multiply took 70 μs instead of 6). One operation large enough to be parallel does that initialisation now.
+    count has replaced by then, so every operation of the workers then opened a parallel region, which costs more
+    than the operation itself at these sizes. One operation large enough to be parallel does that initialisation now.
     """
     torch.set_num_threads(1)
     torch.ones(1 << 16).add_(1.0)

@@ -1,7 +1,7 @@
 """A fast path of ``nk.kernel`` for the commonest architecture: dense layers and ReLU-family activations.
 
 The generic path runs each layer's kernel map (``transforms``) on every tile: about 20 eager passes per layer
-and several fresh kernel-sized tensors, whose first touch and Python dispatch cost 3-4x the arithmetic. A chain
+and several fresh kernel-sized tensors, whose first touch and Python dispatch cost more than the arithmetic. A chain
 
     weight_layer (dense) -> [ReLU / LeakyReLU / Abs / ABReLU] -> weight_layer -> ...
 
