@@ -44,12 +44,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     times = [10, 1000, math.inf]
     means, covs = zip(*(ensemble(t, x_test, "ntk", compute_cov=True) for t in times), strict=True)
     gp = nk.predict.gp_inference(k_train, y_train, diag_reg=1e-8)
-    nngp_mean, nngp_cov = gp("nngp", nk.kernel(net, x_test, x_train), nk.kernel(net, x_test))
+    nngp_mean, nngp_cov = gp("nngp", nk.kernel(net, x_test, x_train), nk.kernel(net, x_test))  # eq. 13
     truth = torch.sin(x_test)
     for t, mean, cov in zip(times, means, covs, strict=True):
         rmse = float((mean - truth).pow(2).mean().sqrt())
         print(f"NTK ensemble after {t} steps: test RMSE {rmse:.3f}, mean sd {float(cov.diagonal().sqrt().mean()):.3f}")
-    print(f"NNGP posterior: test RMSE {float((nngp_mean - truth).pow(2).mean().sqrt()):.3f}")
+    nngp_rmse = float((nngp_mean - truth).pow(2).mean().sqrt())
+    print(f"NNGP posterior: test RMSE {nngp_rmse:.3f}, mean sd {float(nngp_cov.diagonal().sqrt().mean()):.3f}")
 
     # 2. One finite network: predicted against trained.
     ntk = nk.empirical_ntk(net, x_train)
