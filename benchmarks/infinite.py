@@ -104,7 +104,7 @@ def _ntkit_worker(case: dict, x_path: str, out_path: str) -> dict:
 
 
 def _plain_worker(case: dict, x_path: str, out_path: str) -> dict:
-    """The recursions of theory.md 4.1-4.2 written directly on whole arrays (no tiling, checks, symmetry)."""
+    """The recursions of theory.md §4.1-4.2 written directly on whole arrays (no tiling, checks, symmetry)."""
     import numpy as np
     import torch
 

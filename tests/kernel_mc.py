@@ -14,7 +14,7 @@ sample given the hidden layers) averages many samples per draw. NTK: the mean of
 Networks run in their own dtype (float32 is much faster for convolutions, and its round-off is far below the
 Monte Carlo error); estimates are returned in float64. Each estimate comes with its elementwise standard error,
 and ``assert_matches`` bounds the difference by a few standard errors plus the finite-width bias, which is
-O(1/width): the expected kernels of a finite network differ from the limit by O(1/n) (theory.md 4.4 and 7).
+O(1/width): the expected kernels of a finite network differ from the limit by O(1/n) (theory.md §5.2).
 
 A private test helper (until ``nk.monte_carlo_kernel``); it uses only torch.
 """

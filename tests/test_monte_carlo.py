@@ -17,7 +17,7 @@ W_STD, B_STD, DEPTH = 1.4, 0.3, 2
 
 
 class NTKLinear(nn.Module):
-    """x ↦ W_std/√n_in · x Wᵀ + b_std · b with W, b ~ N(0, 1): the NTK parameterization (theory.md 1.1)."""
+    """x ↦ W_std/√n_in · x Wᵀ + b_std · b with W, b ~ N(0, 1): the NTK parameterization (theory.md §1.1)."""
 
     def __init__(self, n_in, n_out, generator=None):
         super().__init__()
@@ -43,7 +43,7 @@ def relu_mlp(d, width, n_out=1, generator=None):
 
 
 def arccos_kernels(x):
-    """Infinite-width NNGP and NTK of relu_mlp (theory.md 4.1-4.2), from the arc-cosine formulas."""
+    """Infinite-width NNGP and NTK of relu_mlp (theory.md §4.1-4.2), from the arc-cosine formulas."""
     k = W_STD**2 * x @ x.T / x.shape[1] + B_STD**2
     theta = k
     for _ in range(DEPTH):

@@ -3,7 +3,7 @@
 For ``apply(p) -> Tensor`` (the model's output at parameters ``p``), base parameters θ0 and a
 direction δ (dicts of tensors with the same keys, shapes and dtypes), both functions here return
 
-    T_k = Σ_{j=0}^{k} D^j f(θ0)[δ, …, δ] / j!          (theory.md §2.1 for k = 1: f0 + J0 δ)
+    T_k = Σ_{j=0}^{k} D^j f(θ0)[δ, …, δ] / j!          (theory.md §2.1; k = 1 gives f0 + J0 δ)
 
 with the shape of ``apply``'s output, differentiable with respect to δ by ordinary autograd (so a
 loss on T_k can be back-propagated to the parameters that δ was computed from). Two routes:

@@ -7,8 +7,8 @@ torch module), the infinite-width kernels are estimated by drawing finite networ
 
 each term an :func:`ntkit.empirical_nngp` / :func:`ntkit.empirical_ntk` of a freshly initialised network,
 with the per-entry standard error of the mean, √(sample variance / S). As the width grows the average
-tends to the infinite-width kernel (theory.md section 1.3); at finite width it is the expected finite
-kernel, which differs from the limit by O(1/width).
+tends to the infinite-width kernel (theory.md §1.4); at finite width it is the expected finite
+kernel, which differs from the limit by O(1/width) (theory.md §5.2).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def test_error_falls_with_width(result):
 
 
 def _arccos_kernels(x, depth, w_var, b_var):
-    """theory.md 4.1-4.2, NTK parameterization: K¹ = σ_w² x·x'/n_0 + σ_b², Kˡ⁺¹ = σ_w² T(Kˡ) + σ_b²,
+    """theory.md §4.1-4.2, NTK parameterization: K¹ = σ_w² x·x'/n_0 + σ_b², Kˡ⁺¹ = σ_w² T(Kˡ) + σ_b²,
     Θˡ⁺¹ = Kˡ⁺¹ + σ_w² Θˡ Ṫ(Kˡ), with the arc-cosine T, Ṫ of ReLU."""
     k = w_var * x @ x.T / x.shape[1] + b_var
     theta = k
@@ -83,7 +83,7 @@ def test_analytic_kernels_of_the_experiment_network_equal_the_arccos_recursion(d
 
 def test_empirical_kernels_against_a_dense_jacobian_and_the_readout_features():
     """E1's Θ̂ against the dense float64 Jacobian of tests/reference.py, and its K̂ (readout tangent kernel)
-    against the readout's inputs x̄ = [σ_w x^L / √n_L, σ_b] written out (theory.md 3.3): round-off, 1e-10."""
+    against the readout's inputs x̄ = [σ_w x^L / √n_L, σ_b] written out (theory.md §3.3): round-off, 1e-10."""
     ctx = RunContext(seed=0)
     x = torch.randn(5, 4, dtype=torch.float64)
     net = _network(TINY, ctx, 2, 32, 0, x)

@@ -37,7 +37,7 @@ def test_structure(result):
 
 
 def test_learning_rate_limits_are_those_of_the_kernel_spectrum(result):
-    """η_max = N/λ_max and η_critical = N/(λ_min + λ_max) for MSELoss(mean) with one output (theory.md 4.5)."""
+    """η_max = N/λ_max and η_critical = N/(λ_min + λ_max) for MSELoss(mean) with one output (theory.md §2.7)."""
     m, n = result.metrics, TINY.n_train
     assert m["max_learning_rate"] == pytest.approx(n / m["lambda_max"], rel=1e-12)
     assert m["critical_learning_rate"] == pytest.approx(n / (m["lambda_min"] + m["lambda_max"]), rel=1e-12)

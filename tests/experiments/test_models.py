@@ -1,5 +1,5 @@
-"""The experiment networks: the NTK and standard parameterizations (theory.md 1.1-1.2), their kernels, and the
-readout-only tangent kernel (= empirical NNGP of the last hidden layer, theory.md 3.3)."""
+"""The experiment networks: the NTK and standard parameterizations (theory.md §1.1-1.2), their kernels, and the
+readout-only tangent kernel (= empirical NNGP of the last hidden layer, theory.md §3.3)."""
 
 import math
 
@@ -54,7 +54,7 @@ def test_standard_and_ntk_agree_at_init_and_their_gradients_differ_by_the_scale(
 
 def test_output_variance_matches_the_nngp_recursion():
     """Monte Carlo over 4000 outputs of one wide network (outputs are i.i.d. given the last hidden layer) against
-    K¹ = σ_w²‖x‖²/n₀ + σ_b², K^{l+1} = σ_w² K^l / 2 + σ_b² (ReLU diagonal, theory.md 4.1-4.2). Tolerance 10%:
+    K¹ = σ_w²‖x‖²/n₀ + σ_b², K^{l+1} = σ_w² K^l / 2 + σ_b² (ReLU diagonal, theory.md §4.1-4.2). Tolerance 10%:
     the Monte Carlo error of a variance from 4000 draws is 2.2% and the width-1024 fluctuation a few %."""
     x = torch.randn(3, 20, dtype=torch.float64)
     net = mlp(20, [1024, 1024], 4000, W_std=math.sqrt(2.0), b_std=math.sqrt(0.1), seed=2)

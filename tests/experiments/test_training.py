@@ -1,5 +1,5 @@
 """The full-batch training loop against closed forms for a model that is linear in its parameters
-(theory.md 2.3: the linearized dynamics are exact there) and an explicit heavy-ball recursion."""
+(theory.md §2.3: the linearized dynamics are exact there) and an explicit heavy-ball recursion."""
 
 import copy
 import itertools

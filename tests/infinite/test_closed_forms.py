@@ -1,4 +1,4 @@
-"""nk.kernel against kernels written out in closed form here (theory.md 4.1-4.4), in float64.
+"""nk.kernel against kernels written out in closed form here (theory.md §4.1-4.4), in float64.
 
 Tolerance 1e-12 relative: the same formulas in a different order differ only by round-off.
 """
@@ -13,7 +13,7 @@ from ntkit import nn as N
 
 
 def arccos_relu(K12, K11, K22):
-    """Cho & Saul degree-1 arc-cosine kernel T and its derivative kernel Ṫ (theory.md 4.2), written directly."""
+    """Cho & Saul degree-1 arc-cosine kernel T and its derivative kernel Ṫ (theory.md §4.2), written directly."""
     norms = torch.sqrt(K11 * K22)
     theta = torch.acos((K12 / norms).clamp(-1, 1))
     T = norms * (torch.sin(theta) + (math.pi - theta) * torch.cos(theta)) / (2 * math.pi)
@@ -55,7 +55,7 @@ def test_one_hidden_layer_relu_against_arccos_formula(param):
 
 
 def test_deep_relu_network_against_recursion():
-    # Depth-L recursion of theory.md 4.1, unrolled by hand.
+    # Depth-L recursion of theory.md §4.1, unrolled by hand.
     x = torch.randn(6, 4, dtype=torch.float64)
     W, b, depth = 1.5, 0.1, 5
     layers = [N.Linear(4, 32, W_std=W, b_std=b)]

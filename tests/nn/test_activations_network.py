@@ -4,7 +4,7 @@ infinite-width kernels (nk.kernel) must match the average of its empirical kerne
 
 With one hidden layer both averages are exact at any width: the hidden pre-activations are exactly Gaussian,
 so E[f fᵀ] = W_std² T + b_std² and E[J Jᵀ] is the NTK recursion term by term (the standard parameterization's
-Θ is normalised by the width n, with its O(1/n) first-layer and bias terms kept, theory.md 4.4). So the only
+Θ is normalised by the width n, with its O(1/n) first-layer and bias terms kept, theory.md §4.4). So the only
 difference is Monte Carlo noise, and the bound is 5 reported standard errors (about 3 expected false failures
 in 10⁵ such tests); each test also checks that those errors are below 10% of the kernel's scale, so it can fail.
 With 200 networks the standard errors are about 3.5% (NNGP) and 0.8% (NTK) of the scale: this catches wiring
@@ -82,7 +82,7 @@ def test_activation_in_a_network_matches_monte_carlo(name, parameterization):
     n_samples = SAMPLES.get(name, 200)
     est = nk.monte_carlo_kernel(lambda: network(act, parameterization), x, n_samples=n_samples, seed=0)
     ntk_mc, ntk_se = est.ntk, est.ntk_stderr
-    if parameterization == "standard":  # Θ = J Jᵀ / n (theory.md 4.4)
+    if parameterization == "standard":  # Θ = J Jᵀ / n (theory.md §4.4)
         ntk_mc, ntk_se = ntk_mc / k.sp_width[0], ntk_se / k.sp_width[0]
     assert_within_standard_errors(est.nngp, est.nngp_stderr, k.nngp, f"{name} NNGP")
     assert_within_standard_errors(ntk_mc, ntk_se, k.ntk, f"{name} NTK")

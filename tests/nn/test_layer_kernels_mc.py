@@ -141,7 +141,7 @@ def _check_nngp(arch, width, n_samples):
 def _check_ntk(arch, param, width, n_samples):
     x = _inputs(ARCHITECTURES[arch][1])
     k = nk.kernel(_net(arch, param, width=width), x)
-    # Standard parameterization: Θ = J Jᵀ / n with n the widest hidden fan-in (theory.md 4.4).
+    # Standard parameterization: Θ = J Jᵀ / n with n the widest hidden fan-in (theory.md §4.4).
     scale = 1.0 / k.sp_width[0] if param == "standard" else 1.0
     mc = _monte_carlo(arch, lambda: _net(arch, param, width=width), x, n_samples, "ntk", scale)
     assert_matches(k.ntk, mc, bias=3 / width)

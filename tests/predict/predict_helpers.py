@@ -63,7 +63,7 @@ def sgd_loop(model, x_train, y_train, loss_fn, lr, steps, *, momentum=0.0, recor
 
 def relu_kernels(x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
     """NNGP and NTK of a one-hidden-layer ReLU network (NTK parameterization, σ_w² = 2, σ_b² = 0.1;
-    theory.md 4.1-4.2), per output: a PSD pair with K ≠ Θ, computed directly from the closed forms."""
+    theory.md §4.1-4.2), per output: a PSD pair with K ≠ Θ, computed directly from the closed forms."""
     d = x1.shape[1]
     k11 = (x1 * x1).sum(1) / d + 0.1
     k22 = (x2 * x2).sum(1) / d + 0.1

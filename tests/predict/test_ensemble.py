@@ -102,7 +102,7 @@ def test_matches_dense_affine_gaussian(get, options):
 
 
 def test_readout_only_variance_uses_twice_the_rate():
-    """theory.md 3.3 erratum: Var f_t = K_** − K_*X K⁻¹ (I − e^{−2ηKt}) K_X* (not e^{−ηKt})."""
+    """theory.md §3.3 (the v3 erratum): Var f_t = K_** − K_*X K⁻¹ (I − e^{−2ηKt}) K_X* (not e^{−ηKt})."""
     x_train, x_test, y = problem()
     k, k_s, k_ss = relu_kernels(x_train, x_train)["nngp"], relu_kernels(x_test, x_train)["nngp"], None
     k_ss = relu_kernels(x_test, x_test)["nngp"]

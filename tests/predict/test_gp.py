@@ -1,4 +1,4 @@
-"""gp_inference against the posterior formulas written with dense solves (theory.md 3.1-3.4)."""
+"""gp_inference against the posterior formulas written with dense solves (theory.md §3.1-3.4)."""
 
 import pytest
 import torch

@@ -88,7 +88,7 @@ def test_weight_change_parameter_selection():
 
 
 def dense_gradient_flow(k_train, k_test, f0_train, f0_test, y, c, t):
-    """f_t on train and test by a dense matrix exponential and solve (theory.md eqs. 9-11, with cΘ)."""
+    """f_t on train and test by a dense matrix exponential and solve (theory.md §2.2-2.3, eqs. 9-11, with cΘ)."""
     decay = torch.linalg.matrix_exp(-c * t * k_train)
     r0 = f0_train - y
     train = y + decay @ r0
@@ -114,7 +114,7 @@ def test_gradient_flow_matches_matrix_exponential(reduction):
 
 
 def test_momentum_flow_matches_ode_solver():
-    """Continuous heavy ball (theory.md 2.5): r̈ = −γṙ − sΘr in τ = t·√lr, γ = (1 − β)/√lr, solved by scipy
+    """Continuous heavy ball (theory.md §2.5): r̈ = −γṙ − sΘr in τ = t·√lr, γ = (1 − β)/√lr, solved by scipy
     with tight tolerances on the dense system; the closed form (per-mode matrix exponentials) must agree to
     the solver's accuracy (rtol 1e-11 -> 1e-8 relative is safe)."""
     _, _, y, k_train, _ = setup(full=False)

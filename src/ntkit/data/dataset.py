@@ -11,9 +11,9 @@ Every loader reads its raw arrays (images as uint8 or float, labels as integers)
    train split (one scalar each, as neural-tangents' examples do); ``"feature"`` does it per feature (pixel),
    features that are constant on the train split are only centred; ``None`` leaves the values as they are.
    Statistics always come from the train split and are applied to both splits;
-5. ``normalize``: ``"unit"`` rescales each row to Euclidean norm 1 (the theorem's ‖x‖ ≤ 1, theory.md 4.5);
+5. ``normalize``: ``"unit"`` rescales each row to Euclidean norm 1 (the theorem's ‖x‖ ≤ 1, theory.md §5.1);
    ``"sqrt_dim"`` rescales each row to norm √d, so that the input kernel x·x'/d of the NTK parameterization
-   (theory.md 4.1) has unit diagonal; ``None`` leaves the rows as they are. Zero rows stay zero;
+   (theory.md §4.1) has unit diagonal; ``None`` leaves the rows as they are. Zero rows stay zero;
 6. ``flatten``: rows of shape (d,) (True) or images in NCHW (False).
 """
 

@@ -1,7 +1,7 @@
 """Method ``"jacobian"``: per-example Jacobians J(x) of shape (N, O, P), contracted per parameter tensor.
 
 J comes from ``vmap(jacrev(f))`` over the examples (one batched reverse pass per output); the kernel block
-is J(x1) J(x2)ᵀ, one matrix product per parameter tensor (theory.md 1.3, eq. 4).
+is J(x1) J(x2)ᵀ, one matrix product per parameter tensor (theory.md §1.3, eq. 4).
 """
 
 from __future__ import annotations

@@ -69,11 +69,11 @@ def empirical_nngp(
     chunk_size: int | None = None,
     memory_budget: int | str | None = None,
 ) -> torch.Tensor:
-    """The empirical NNGP kernel K̂(x1, x2) = φ(x1) φ(x2)ᵀ / F (theory.md 1.3).
+    """The empirical NNGP kernel K̂(x1, x2) = φ(x1) φ(x2)ᵀ / F (theory.md §1.3).
 
     φ is the model output (F = O outputs) or, with ``layer="name.of.submodule"``, that submodule's output
     flattened per example (F its feature count), e.g. the penultimate layer whose Gram matrix is the kernel of
-    readout-only training (theory.md 3.3).
+    readout-only training (theory.md §3.3).
 
     Args:
         model, x1, x2, params: as in :func:`ntkit.empirical_ntk` (``params`` given as a dict sets parameter

@@ -36,7 +36,7 @@ def empirical_ntk(
     chunk_size: int | None = None,
     memory_budget: int | str | None = None,
 ) -> torch.Tensor:
-    """The empirical NTK Θ̂(x1, x2) = J(x1) J(x2)ᵀ, J = ∂f/∂θ over the selected parameters (theory.md 1.3, eq. 4).
+    """The empirical NTK Θ̂(x1, x2) = J(x1) J(x2)ᵀ, J = ∂f/∂θ over the selected parameters (theory.md §1.3, eq. 4).
 
     Args:
         model: a ``torch.nn.Module`` mapping a batch (N, ...) to outputs (N, ...) (flattened to (N, O)), or a

@@ -1,6 +1,6 @@
 """The pieces an empirical NTK is summed from, and their pairwise contractions.
 
-Θ̂(x, x') = Σ_θ J_θ(x) J_θ(x')ᵀ is a sum over parameter tensors θ (theory.md 1.3, eq. 4). Each term of the
+Θ̂(x, x') = Σ_θ J_θ(x) J_θ(x')ᵀ is a sum over parameter tensors θ (theory.md §1.3, eq. 4). Each term of the
 sum is held, for a batch of examples, in one of three forms:
 
 - :class:`JacobianTerm`: the per-example Jacobian J, shape (N, O, P). Contraction costs N1·N2·O·P (traced)

@@ -10,7 +10,7 @@ Here: ReLU networks in the NTK parameterization (``mlp``: σ_w² = 2, σ_b² = 0
 hidden layers of every width in ``widths``, ``samples`` independent initializations per width, on ``n_points``
 inputs of the run's data set (standardised, rescaled to norm √d, so x·x'/n_0 is 1 on the diagonal, as the paper's
 N(0, 1) inputs). Θ̂ is ``nk.empirical_ntk`` of the network; K̂ is the tangent kernel of its readout layer alone
-(``params=`` the last layer), which is exactly the empirical NNGP x̄ x̄ᵀ of the last hidden layer (theory.md 3.3),
+(``params=`` the last layer), which is exactly the empirical NNGP x̄ x̄ᵀ of the last hidden layer (theory.md §3.3),
 the kernel whose fluctuation is the CLT one (the outputs' own outer product f fᵀ would add the O(1) noise of one
 Gaussian draw at every width). The analytic Θ and K are ``nk.kernel`` of the same network (the width plays no
 role). The error is ‖K̂ − K‖_F / ‖K‖_F on the (N, N) kernels. For the first depth, ``mc_samples`` networks per

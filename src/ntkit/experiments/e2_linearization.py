@@ -4,14 +4,14 @@ Paper: Lee et al. 2019, Fig. 3 (binary CIFAR-10, MSE, ReLU, 5 hidden layers of w
 |D| = 256, full-batch GD). Panels: test outputs of a few points, the change ω_t = θ_t − θ_0 of random parameters,
 train and test loss, and RMSE(network, linearization) on test points over time, the linearization predicted with
 the empirical kernel Θ̂_0 of the network and with the analytic (infinite-width) Θ. Claims: "remarkably good
-agreement", and Θ̂_0 gives more accurate dynamics than Θ (theory.md 5; the kernel moves by O(1/n) during training
-while Θ̂_0 − Θ = O(n^{-1/2}), theory.md Fig. 1 notes).
+agreement", and Θ̂_0 gives more accurate dynamics than Θ (the kernel moves by O(1/n) during training while
+Θ̂_0 − Θ = O(n^{-1/2}), theory.md §5.2).
 
 Here: one ReLU network in the NTK parameterization (σ_w² = 2, σ_b² = 0.1) of ``depth`` hidden layers of ``width``,
 the run's data set as a two-class task with ±1 targets (E3's data), ``torch.optim.SGD`` (full batch) on
 ``MSELoss(reduction="mean")`` at η = ``lr_fraction`` × η_max(Θ̂_0) = N/λ_max(Θ̂_0) (``nk.predict.max_learning_rate``).
 The linearization's train and test outputs at the recorded steps come from the closed form
-``nk.predict.gradient_descent_mse`` (theory.md 2.3), once with the network's Θ̂_0 (``nk.empirical_ntk``; equal to
+``nk.predict.gradient_descent_mse`` (theory.md §2.3), once with the network's Θ̂_0 (``nk.empirical_ntk``; equal to
 training ``nk.linearize(network)`` with the same loop, to round-off) and once with the analytic NTK Θ of the same
 architecture (``nk.kernel(network, ...)``). Both start from the network's own initial outputs f_0, as the paper
 does: the two predictions differ only by the kernel, so the difference between their errors is the effect of
@@ -26,7 +26,7 @@ steps. Supported when both hold; not supported otherwise. The weight changes are
 relative difference ‖ω_T − ω^lin_T‖_F / ‖ω^lin_T‖_F is reported, but not judged (the paper gives no number). It
 falls with width more slowly than the output RMSE (0.36 → 0.25 for the hidden layer from width 512 to 2048 in a
 trial on digits): the network's weights also drift in directions that leave the training outputs unchanged,
-which the linearization (whose ω_t stays in the row space of the initial Jacobian, theory.md 2.4) does not.
+which the linearization (whose ω_t stays in the row space of the initial Jacobian, theory.md §2.4) does not.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ so every network trains at most at half its largest stable rate with the default
 factor of about two between networks, so a rate taken from one network can exceed another's η_max, where the
 linearization diverges). Θ̂ is ``nk.empirical_ntk`` on
 ``n_kernel`` training points; K̂ is the tangent kernel of the readout layer alone (``params=`` the last layer),
-which is exactly the empirical NNGP x̄ x̄ᵀ of the last hidden layer (theory.md 3.3). The linearization's outputs
+which is exactly the empirical NNGP x̄ x̄ᵀ of the last hidden layer (theory.md §3.3). The linearization's outputs
 on ``n_test`` test points come from ``nk.predict.gradient_descent_mse`` with each network's own Θ̂_0 on the training
 and test points, at the same steps: the closed form equals training ``nk.linearize(model)`` with the same SGD loop
 to float64 round-off (for one output the (N, N) kernel is the full one), and it costs one kernel per network

@@ -5,7 +5,7 @@ Paper: Lee et al. 2019, Fig. 2 (100 networks, 3 hidden tanh layers of width 8192
 full-batch GD, |D| = 128). Mean and ±2 sd of the ensemble's outputs on the line x(α) = α x₁ + (1 − α) x₂ through two
 training points of different classes, α ∈ [−2, 3], at four times, against the NTK-GP (all layers trained,
 eqs. 14-15) and the NNGP with only the readout trained (S22 and S23 with the e^{−2ηKt} of the erratum,
-theory.md 3.3). Claims: the ensemble follows eqs. 14-15; the NNGP prediction is similar but noticeably different at
+theory.md §3.3). Claims: the ensemble follows eqs. 14-15; the NNGP prediction is similar but noticeably different at
 the end of training.
 
 Here: ``n_networks`` networks of ``depth`` hidden tanh layers of ``width`` (NTK parameterization, σ_w² = 1.5, no

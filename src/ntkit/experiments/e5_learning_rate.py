@@ -1,6 +1,6 @@
 """E5 (learning rate): where a wide network stops following its linearization, as the learning rate grows.
 
-Paper: Lee et al. 2019, §2.4 and Theorem 2.1 (theory.md 4.5). For a learning rate below η_critical = 2/(λ_min + λ_max)
+Paper: Lee et al. 2019, §2.4 and Theorem 2.1 (theory.md §2.7, §5.1). For a learning rate below η_critical = 2/(λ_min + λ_max)
 (λ the eigenvalues of the NTK on the training set) a wide network stays O(n^{-1/2}) close to its linearization
 during gradient descent; the linearized model itself converges iff η < η_max = 2/λ_max (exactly: its residual
 along an eigenvector of Θ̂_0 is multiplied by 1 − cλ at each step). Above η_max the linearization diverges and the
@@ -14,7 +14,7 @@ training set: λ_min, λ_max, η_max = ``nk.predict.max_learning_rate`` = N/λ_m
 ``nk.predict.critical_learning_rate`` = N/(λ_min + λ_max) (the paper's 2/λ_max and 2/(λ_min + λ_max) in the
 loop's units). For each η of the grid (``ratios`` × η_max, plus η_critical) the same initial network is trained
 for ``steps`` steps, and its linearization's outputs come from ``nk.predict.gradient_descent_mse`` with Θ̂_0 at the
-same steps (exact for ``nk.linearize`` trained by the same loop; theory.md 2.3). Per η: final and peak train loss
+same steps (exact for ``nk.linearize`` trained by the same loop; theory.md §2.3). Per η: final and peak train loss
 of the network, final train loss of the linearization, RMSE between the two on ``n_test`` test points (largest
 over the recorded steps), λ_max(Θ̂_T) and the relative change ‖Θ̂_T − Θ̂_0‖_F/‖Θ̂_0‖_F at the end.
 

@@ -3,7 +3,7 @@ on a 10-class task with cross-entropy, and, full batch, against the function-spa
 
 Paper: Lee et al. 2019, Fig. S3 (10-class MNIST, ReLU, 2 hidden layers of width 2048, σ_w² = 2, σ_b² = 0.1,
 cross-entropy, SGD with learning rate 1.0, momentum 0.9, batch 64) and Fig. S2 (full-batch momentum), with SM B
-(theory.md 2.5-2.6): the network and f_lin = f_0 + J_0 (θ − θ_0) (``nk.linearize``) trained by the same optimizer
+(theory.md §2.5-2.6): the network and f_lin = f_0 + J_0 (θ − θ_0) (``nk.linearize``) trained by the same optimizer
 on the same minibatches give the same logits, losses and accuracies, increasingly so with width. With cross-entropy
 the logits grow without bound, and so do their deviations at late times (Fig. S4).
 

@@ -1,13 +1,13 @@
 """E7 (parameterizations): the NTK and the standard parameterization, trained with η_std = η_NTK / n.
 
-Paper: Lee et al. 2019, SM F (eqs. S36-S37), Figs. S7 and S8 (theory.md 1.2). The standard parameterization (SP)
+Paper: Lee et al. 2019, SM F (eqs. S36-S37), Figs. S7 and S8 (theory.md §1.2). The standard parameterization (SP)
 trains W = (σ_w/√n_in) ω and b = σ_b β directly; the NTK parameterization trains ω and β. Both compute the same
 function at initialization. One gradient step on ω with rate η moves W by η σ_w²/n_in times the step on W, and one
 on β moves b by η σ_b² times it; hence (S37) gradient descent in the SP with η_std = η_0/n is *exactly* gradient
 descent in the NTK parameterization with per-layer rates η_0 n_in / (n σ_w²) for weights and η_0 / (n σ_b²) for
 biases. As n grows those rates go to 0 for the input layer (n_in = n_0 fixed) and for the biases, and to η_0/σ_w² for
 the other weights; so the SP with η_0/n approaches the NTK network whose input layer and biases are frozen and whose
-other weights train at η_0/σ_w² (the normalized SP NTK of theory.md 4.4, without the input and bias terms). It does
+other weights train at η_0/σ_w² (the normalized SP NTK of theory.md §4.4, without the input and bias terms). It does
 *not* approach the NTK network trained at the uniform rate η_0: that one keeps the input-layer and bias
 contributions to its kernel, which are O(1) at every width, and trains its hidden layers σ_w² times faster; the two
 trajectories differ at O(1) for all n (they have different infinite-width kernels). What the paper shows is that
@@ -38,7 +38,7 @@ Verdict rule; all must hold for "supported", else "not supported":
    loss below ½ log C, half the cross-entropy of a uniform guess over the C classes) is the same grid point or a
    neighbouring one: the same learning-rate scale, up to the grid's factor (4 by default). The standard network's
    limit is expected somewhat higher: its kernel lacks the input-layer and bias terms and has its hidden terms
-   divided by σ_w² (theory.md 4.4), so its largest eigenvalue is smaller.
+   divided by σ_w² (theory.md §4.4), so its largest eigenvalue is smaller.
 
 The RMSE between (a) and (b) is measured and shown too; it is expected not to vanish with width (see above), and
 the measured slope is reported, not judged.

@@ -1,11 +1,11 @@
 """E8 (accuracy): NNGP and NTK regression with the analytic kernels against trained finite networks of the same
 architecture, on the data set's test split.
 
-Paper and anchors: Lee et al. 2019, Corollary 1 (eqs. 14-16, theory.md 3.2): a network of infinite width trained
+Paper and anchors: Lee et al. 2019, Corollary 1 (eqs. 14-16, theory.md §3.2): a network of infinite width trained
 by gradient descent on the MSE is, at every time t, a draw from the Gaussian process N(μ_t, Σ_t) (the "NTK-GP"),
 μ_t = Θ(x, X) Θ⁻¹ (I − e^{−ηΘt}) Y; at t = ∞ its mean is NTK kernel regression Θ(x, X) Θ⁻¹ Y. The NNGP posterior
 mean K(x, X) K⁻¹ Y (eq. 13) is the infinite network trained on its readout only (SM D). Lee et al. 2018 and Arora
-et al. 2019 (theory.md 6.1) find these kernel predictors competitive with or better than trained finite networks.
+et al. 2019 (Table 1) find these kernel predictors competitive with or better than trained finite networks.
 
 What follows from the theory, and what E8 tests:
 

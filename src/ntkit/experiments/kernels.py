@@ -32,7 +32,7 @@ def linearized_outputs(
     """(train, test) outputs, (T, N, k) and (T, M, k), after each of ``steps`` of ``torch.optim.SGD(lr)`` on
     ``MSELoss(reduction="mean")`` of the linear model with tangent kernel ``ntk`` on the N training points followed
     by M test points (N + M, N + M) and initial outputs ``f0`` (N + M, k), for targets ``y`` (N, k): the closed form
-    ``nk.predict.gradient_descent_mse`` (theory.md 2.3). With the network's own Θ̂_0 and f_0 it equals training
+    ``nk.predict.gradient_descent_mse`` (theory.md §2.3). With the network's own Θ̂_0 and f_0 it equals training
     ``nk.linearize(network)`` with that loop, to float64 round-off."""
     n = y.shape[0]
     return gradient_descent_mse(ntk[:n, :n], y, lr)(steps, f0[:n], f0[n:], ntk[n:, :n])

@@ -1,6 +1,6 @@
 """The networks of the experiments: fully connected networks in the NTK or the standard parameterization.
 
-A dense layer (theory.md 1.1, paper eq. 1) computes, for inputs x of width n_in,
+A dense layer (theory.md §1.1, paper eq. 1) computes, for inputs x of width n_in,
 
 - ``"ntk"``:      h = (σ_w / √n_in) · x ωᵀ + σ_b · β,  with ω, β ~ N(0, 1) the trained parameters;
 - ``"standard"``: h = x Wᵀ + b,  with W = (σ_w / √n_in) · ω and b = σ_b · β trained directly (SM eq. S36).
@@ -127,7 +127,7 @@ def dense_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def readout_parameters(model: nn.Module) -> list[str]:
     """Names of the last dense layer's parameters: ``params=`` for the readout-only tangent kernel, which is the
-    empirical NNGP K̂ = x̄ x̄ᵀ of the last hidden layer (theory.md 3.3)."""
+    empirical NNGP K̂ = x̄ x̄ᵀ of the last hidden layer (theory.md §3.3)."""
     name, module = dense_layers(model)[-1]
     return [f"{name}.{p}" for p, _ in module.named_parameters()]
 

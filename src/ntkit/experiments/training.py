@@ -4,7 +4,7 @@ Conventions (DESIGN.md): time counts optimizer steps; the learning rate, momentu
 of ``torch.optim.SGD(lr, momentum)`` on ``torch.nn.MSELoss(reduction=...)`` (or cross-entropy), so the closed-form
 predictions of ``ntkit.predict`` for the same settings describe the linearized model of this very loop.
 With ``reduction="mean"`` and outputs of shape (N, k), one step of the linearized network is
-f ← f − η (2 / (N k)) Θ̂ (f − y) (theory.md 2.3 with the mean-loss rescaling).
+f ← f − η (2 / (N k)) Θ̂ (f − y) (theory.md §2.3 with the loop units of §0.3).
 """
 
 from __future__ import annotations

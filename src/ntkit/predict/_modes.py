@@ -1,7 +1,7 @@
 """Training of a linear model on MSE, solved exactly along each eigenmode of the train kernel.
 
 Along an eigenvector of the train kernel with eigenvalue λ the train residual r = f − y evolves on its
-own (theory.md 2.2-2.5). With the loop's units (``lr``, the MSE gradient scale s of
+own (theory.md §2.2-2.5). With the loop's units (``lr``, the MSE gradient scale s of
 :func:`~ntkit.predict._args.loss_scale`, c = lr·s) and r_0 = 1, this module returns for every time t
 
 - ``phi`` φ_t(λ) = r_t, the factor the residual is multiplied by, and
@@ -15,7 +15,7 @@ computed without dividing by λ (so λ = 0, clipped eigenvalues, is exact). The 
   state (r, v, a) (residual, function-space velocity, accumulated coefficient) obeys
   v' = βv + c·r, r' = r − λv', a' = a + v', a 3x3 linear map M(λ); (r, v, a)_t = M^t (1, 0, 0), by
   binary powering (``torch.linalg.matrix_power``), exact for every λ, repeated or complex roots alike;
-- continuous heavy ball (theory.md 2.5, as in neural-tangents): with h = √lr, time τ = t·h and damping
+- continuous heavy ball (theory.md §2.5, as in neural-tangents): with h = √lr, time τ = t·h and damping
   γ = (1 − β)/h, ṙ = −λp, ṗ = s·r − γp, ȧ = p; (r, p, a)(τ) = exp(Aτ)(1, 0, 0) by
   ``torch.linalg.matrix_exp``. This is the small-lr limit of the heavy-ball loop.
 """

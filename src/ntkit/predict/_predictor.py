@@ -2,7 +2,7 @@
 
 ``p(t, fx_train_0, fx_test_0=None, ntk_test_train=None)`` returns the train outputs at time(s) ``t``,
 or ``(fx_train_t, fx_test_t)`` when a test kernel is given. A subclass computes, for the train set, the
-outputs f_t(X) and the dual coefficients α_t with f_t − f_0 = −Θ(·, X) α_t (theory.md 2.4: every
+outputs f_t(X) and the dual coefficients α_t with f_t − f_0 = −Θ(·, X) α_t (theory.md §2.4: every
 full-batch first-order method on the linearized model moves in the span of the train gradients), so
 test outputs follow as f_t(x) = f_0(x) − Θ(x, X) α_t.
 """
@@ -62,7 +62,7 @@ class FunctionSpacePredictor:
     def coefficients(self, t: object, fx_train_0: object = 0.0) -> torch.Tensor:
         """Dual coefficients α_t of shape (N, O) (or (T, N, O)): f_t(x) = f_0(x) − Θ(x, X) α_t.
 
-        The parameter change of the linearized model is ω_t = −J(X)ᵀ α_t (theory.md eq. 8 and 2.4).
+        The parameter change of the linearized model is ω_t = −J(X)ᵀ α_t (theory.md §2.2, eq. 8, and §2.4).
         """
         times, scalar = parse_times(t)
         layout = self._layout(fx_train_0)

@@ -1,4 +1,4 @@
-"""The infinite ensemble of infinitely wide networks trained by gradient descent on MSE (theory.md 3.2-3.3).
+"""The infinite ensemble of infinitely wide networks trained by gradient descent on MSE (theory.md §3.2-3.3).
 
 At infinite width the initial outputs are Gaussian, f_0 ~ N(0, K) (K the NNGP), and a network trained
 for t steps is the affine map of them given by :func:`~ntkit.predict.gradient_descent_mse`'s dynamics,
@@ -7,10 +7,10 @@ for ``get="ntk"``: all layers trained, eqs. 14-15; the NNGP for ``get="nngp"``: 
 SM D) and g_t = (1 − φ_t(λ))/λ the per-mode coefficients of :mod:`ntkit.predict._modes`. So at test
 points T, with A = Θ_TX V, C = K_TX V, K̃ = Vᵀ K V and A_t = A diag(g_t):
 
-    mean_t = A_t Vᵀ Y,     cov_t = K_TT − A_t Cᵀ − C A_tᵀ + A_t K̃ A_tᵀ             (theory.md 3.2, matrix form)
+    mean_t = A_t Vᵀ Y,     cov_t = K_TT − A_t Cᵀ − C A_tᵀ + A_t K̃ A_tᵀ             (theory.md §3.2, matrix form)
 
 and on the train set mean_t = Y − V φ_t Vᵀ Y, cov_t = V φ_t K̃ φ_t Vᵀ. For ``get="nngp"`` (Θ = K) this is
-cov_t = K_TT − A diag((1 − φ_t²)/λ) Aᵀ: the e^{−2ηKt} of the v3 erratum (theory.md 3.3), not e^{−ηKt}.
+cov_t = K_TT − A diag((1 − φ_t²)/λ) Aᵀ: the e^{−2ηKt} of the v3 erratum (theory.md §3.3), not e^{−ηKt}.
 t = inf gives :func:`~ntkit.predict.gp_inference`'s "ntk" / "nngp" posteriors (computed by Cholesky).
 """
 

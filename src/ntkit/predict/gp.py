@@ -1,4 +1,4 @@
-"""Exact Gaussian-process inference with the NNGP and NTK (theory.md 3.1-3.4).
+"""Exact Gaussian-process inference with the NNGP and NTK (theory.md §3.1-3.4).
 
 For training set X with targets Y, test set T, NNGP K and NTK Θ (per-output kernels, Θ ⊗ I over
 outputs), and ``get``:
@@ -6,7 +6,7 @@ outputs), and ``get``:
 - ``"nngp"``: the posterior of the infinitely wide Bayesian network (eq. 13),
   mean K_TX K⁻¹ Y, covariance K_TT − K_TX K⁻¹ K_XT;
 - ``"ntk"``: the infinite ensemble trained by gradient descent to convergence (eq. 16, matrix form of
-  theory.md 3.2), with M = Θ_TX Θ⁻¹: mean M Y, covariance K_TT + M K M^T − (M K_XT + K_TX M^T);
+  theory.md §3.2), with M = Θ_TX Θ⁻¹: mean M Y, covariance K_TT + M K M^T − (M K_XT + K_TX M^T);
 - ``"ntkgp"``: the GP posterior with the NTK as prior covariance (He et al. 2020),
   mean Θ_TX Θ⁻¹ Y, covariance Θ_TT − Θ_TX Θ⁻¹ Θ_XT.
 

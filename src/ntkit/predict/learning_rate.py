@@ -1,4 +1,4 @@
-"""Learning-rate limits of gradient descent on MSE for a given NTK (theory.md 2.5, 4.5), in the loop's units.
+"""Learning-rate limits of gradient descent on MSE for a given NTK (theory.md §2.7), in the loop's units.
 
 With s = 2/(N·O) for ``reduction="mean"`` (torch.nn.MSELoss's default) or 2 for ``"sum"``, the
 function-space step is c = lr·s per unit eigenvalue, and along an eigenvalue λ of Θ:
@@ -46,7 +46,7 @@ def max_learning_rate(
 
 
 def critical_learning_rate(ntk_train_train: torch.Tensor, *, n_outputs: int = 1, reduction: str = "mean") -> float:
-    """The paper's η_critical = 2/(λ_min + λ_max) (theory.md 4.5) as an ``lr`` of torch.optim.SGD on MSELoss.
+    """The paper's η_critical = 2/(λ_min + λ_max) (theory.md §2.7) as an ``lr`` of torch.optim.SGD on MSELoss.
 
     Returns 2 / (s·(λ_min + λ_max)) with s as in :func:`max_learning_rate`: the plain-GD step with the fastest
     worst-case contraction, below which Theorem 2.1 guarantees that wide networks stay close to their

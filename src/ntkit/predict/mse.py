@@ -1,6 +1,6 @@
 """Closed-form gradient descent on MSE for one linearized network (or one infinite-width network's kernel).
 
-Theory.md 2.2-2.5 in the units of a PyTorch loop: ``torch.optim.SGD(params, lr, momentum)`` on
+theory.md §2.2-2.5 in the units of a PyTorch loop: ``torch.optim.SGD(params, lr, momentum)`` on
 ``torch.nn.MSELoss(reduction)``, where time counts optimizer steps. With s = 2/(N·O) ("mean") or 2
 ("sum") and c = lr·s, the linearized model's train residual r_t = f_t(X) − Y obeys
 
@@ -8,7 +8,7 @@ Theory.md 2.2-2.5 in the units of a PyTorch loop: ``torch.optim.SGD(params, lr, 
     r_{t+1} = (1 + β − cΘ) r_t − β r_{t−1},  r_{−1} = r_0  (heavy ball, momentum β)
 
 and for the test set f_t(x) = f_0(x) − Θ(x, X) Θ⁻¹ (r_0 − r_t) (eqs. 10-11). ``continuous=True`` gives
-gradient flow, r_t = e^{−cΘt} r_0 (time t·lr), or with momentum the second-order ODE of theory.md 2.5 in
+gradient flow, r_t = e^{−cΘt} r_0 (time t·lr), or with momentum the second-order ODE of theory.md §2.5 in
 time t·√lr. See :mod:`ntkit.predict._modes` for the per-eigenmode solution and docs/predict.md for the
 mapping to the paper's and neural-tangents' conventions.
 """
@@ -50,7 +50,7 @@ def gradient_descent_mse(
         reduction: ``"mean"`` or ``"sum"``, as in torch.nn.MSELoss.
         diag_reg: added to the diagonal of the train kernel, times its mean diagonal (or as is with
             ``diag_reg_absolute_scale=True``).
-        continuous: gradient flow (time t·lr) instead of discrete steps; with momentum, the ODE of theory.md 2.5
+        continuous: gradient flow (time t·lr) instead of discrete steps; with momentum, the ODE of theory.md §2.5
             in time t·√lr.
         dtype: dtype of the linear algebra (float64 by default).
 

@@ -1,4 +1,4 @@
-"""Gradient descent on any loss of the outputs, in function space (theory.md 2.5-2.6).
+"""Gradient descent on any loss of the outputs, in function space (theory.md §2.5-2.6).
 
 A linearized model trained by ``torch.optim.SGD(lr, momentum)`` on a loss L(f(X), Y) moves in function
 space as (v: gradient-space velocity, torch's momentum buffer seen through J)
@@ -8,7 +8,7 @@ space as (v: gradient-space velocity, torch's momentum buffer seen through J)
 and test outputs follow as f_t(x) = f_0(x) − Θ(x, X) α_t with α_t = lr Σ_{k<=t} w_k. Whole steps are
 iterated exactly like this. ``continuous=True`` integrates the ODE limit with
 ``scipy.integrate.solve_ivp``: α̇ = ∇_f L(f_0 − Θα) in time t·lr (gradient flow), or with momentum
-α̈ = −γ α̇ + ∇_f L(f_0 − Θα), γ = (1 − β)/√lr, in time t·√lr (theory.md 2.5).
+α̈ = −γ α̇ + ∇_f L(f_0 − Θα), γ = (1 − β)/√lr, in time t·√lr (theory.md §2.5).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The parameter change ω_t = θ_t − θ_0 of a linearized model trained on MSE (theory.md eq. 8, 2.3-2.5).
+"""The parameter change ω_t = θ_t − θ_0 of a linearized model trained on MSE (theory.md §2.2, eq. 8, and §2.3-2.5).
 
 Every full-batch first-order method moves the linearized model's parameters in the row space of the
-train Jacobian J = ∂f(X)/∂θ (theory.md 2.4), so ω_t = −Jᵀ α_t with the dual coefficients α_t of
+train Jacobian J = ∂f(X)/∂θ (theory.md §2.4), so ω_t = −Jᵀ α_t with the dual coefficients α_t of
 :meth:`MSEPredictor.coefficients`: α_t = Θ⁻¹(I − (I − cΘ)^t)(f_0 − Y) for SGD (Θ⁻¹(I − e^{−cΘt})(f_0 − Y)
 for gradient flow, eq. 8), and the heavy-ball analogue with momentum. ω_t is one vector-Jacobian product
 of α_t per time; the Jacobian is never formed.
