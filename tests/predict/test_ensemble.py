@@ -1,4 +1,4 @@
-"""gradient_descent_mse_ensemble (issue test 2) against
+"""gradient_descent_mse_ensemble: the mean and covariance of the infinite ensemble (theory.md §3.2-3.3) against
 
 - the exact affine-Gaussian algebra written with dense matrices: f_t = A f_0 + b with f_0 ~ N(0, Σ), so
   mean = b and cov = A Σ Aᵀ, with A built from a dense matrix power / exponential / heavy-ball recursion

@@ -1,4 +1,4 @@
-"""Bad input (issue test 5): singular and non-PSD kernels, NaNs, shape mismatches, out-of-range arguments.
+"""Bad input to ntkit.predict: singular and non-PSD kernels, NaNs, shape mismatches, out-of-range arguments.
 Each gives an ntkit error (or a documented warning and repair), never a NaN."""
 
 import math

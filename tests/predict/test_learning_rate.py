@@ -1,4 +1,4 @@
-"""max_learning_rate and critical_learning_rate (issue test 4): an explicit torch loop on a model linear in its
+"""max_learning_rate and critical_learning_rate (theory.md §2.7): an explicit torch loop on a model linear in its
 parameters converges at 0.99 x max_learning_rate and diverges at 1.01 x, with and without momentum."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""gradient_descent on any loss (issue test 3): cross-entropy against an explicit torch loop on a model
+"""gradient_descent on any loss (theory.md §2.6): cross-entropy against an explicit torch loop on a model
 linear in its parameters, and the ODE solution against the small-step limit and the MSE closed form."""
 
 import pytest

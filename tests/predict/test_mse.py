@@ -1,5 +1,6 @@
-"""gradient_descent_mse and weight_change against an explicit torch training loop (issue test 1), and the
-continuous-time versions against dense matrix exponentials / an ODE solver.
+"""gradient_descent_mse and weight_change against an explicit torch training loop (torch.optim.SGD with and
+without momentum on MSELoss, theory.md §2.3-2.5), and the continuous-time versions against dense matrix
+exponentials / an ODE solver (§2.2, §2.5).
 
 The model is linear in its parameters, so torch.optim.SGD on it is exactly the linearized dynamics: the
 closed form and the loop differ by float64 round-off only, which grows at most like t·cond(Θ)·eps

@@ -1,12 +1,12 @@
 """E5 (learning rate): where a wide network stops following its linearization, as the learning rate grows.
 
-Paper: Lee et al. 2019, §2.4 and Theorem 2.1 (theory.md §2.7, §5.1). For a learning rate below η_critical = 2/(λ_min + λ_max)
-(λ the eigenvalues of the NTK on the training set) a wide network stays O(n^{-1/2}) close to its linearization
-during gradient descent; the linearized model itself converges iff η < η_max = 2/λ_max (exactly: its residual
-along an eigenvector of Θ̂_0 is multiplied by 1 − cλ at each step). Above η_max the linearization diverges and the
-network cannot follow it: it diverges too, or (Lewkowycz et al. 2020, the "catapult" phase, up to a few η_max for
-ReLU) its loss spikes, its kernel's λ_max falls until η is stable for it, and it converges far from the
-linearization.
+Paper: Lee et al. 2019, §2.4 and Theorem 2.1 (theory.md §2.7, §5.1). For a learning rate below
+η_critical = 2/(λ_min + λ_max) (λ the eigenvalues of the NTK on the training set) a wide network stays
+O(n^{-1/2}) close to its linearization during gradient descent; the linearized model itself converges iff
+η < η_max = 2/λ_max (exactly: its residual along an eigenvector of Θ̂_0 is multiplied by 1 − cλ at each step).
+Above η_max the linearization diverges and the network cannot follow it: it diverges too, or (Lewkowycz et al.
+2020, the "catapult" phase, up to a few η_max for ReLU) its loss spikes, its kernel's λ_max falls until η is
+stable for it, and it converges far from the linearization.
 
 Here: one ReLU network in the NTK parameterization (σ_w² = 2, σ_b² = 0.1), the run's data set as a two-class task
 with ±1 targets, ``torch.optim.SGD`` (full batch) on ``MSELoss(reduction="mean")``. From its Θ̂_0 on the

@@ -1,6 +1,6 @@
 """Elementwise activations that are torch modules and know their Gaussian expectations.
 
-An activation φ enters the infinite-width recursions (theory.md section 4.1) through, for
+An activation φ enters the infinite-width recursions (theory.md §4.1-4.2) through, for
 (u, v) ~ N(0, [[var1, cov], [cov, var2]]):
 
 - ``nngp(var1, cov, var2)``       T(Σ) = E[φ(u) φ(v)]          (the NNGP map)
@@ -104,7 +104,7 @@ class Activation(nn.Module):
         return self.fn(x)
 
     def kernel_transform(self, k: K) -> K:
-        """The :class:`~ntkit.Kernel` of φ's outputs given the kernel ``k`` of its inputs (theory.md 4.1):
+        """The :class:`~ntkit.Kernel` of φ's outputs given the kernel ``k`` of its inputs (theory.md §4.1):
         K' = E[φ(u) φ(v)], Θ' = Θ·E[φ'(u) φ'(v)]. The rule is the engine's (``k.activation(self)``,
         :func:`ntkit.infinite.transforms.activation`); this package stays below the engine."""
         return k.activation(self)
@@ -175,7 +175,7 @@ class Activation(nn.Module):
 class ABReLU(Activation):
     """φ(x) = a·min(x, 0) + b·max(x, 0) = b·relu(x) − a·relu(−x).
 
-    With ReLU's arc-cosine kernel 2π·T₀(cov) = s + (π − ϑ)·cov (Cho & Saul; theory.md 4.2) and
+    With ReLU's arc-cosine kernel 2π·T₀(cov) = s + (π − ϑ)·cov (Cho & Saul; theory.md §4.2) and
     2π·T₀(−cov) = s − ϑ·cov, for φ1 = (a1, b1), φ2 = (a2, b2), p = a1a2 + b1b2, q = a1b2 + b1a2:
 
     E[φ1(u) φ2(v)] = p·T₀(cov) − q·T₀(−cov) = ((p − q)·s + (p(π − ϑ) + qϑ)·cov) / 2π,
@@ -237,7 +237,7 @@ def _arc_cosine_fast(
     p: float, q: float, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:meth:`ABReLU._arc_cosine` without autograd, in few passes over the kernel, most of them in place,
-    and two new kernel-sized tensors (on a busy CPU each fresh tensor costs more in page faults than a pass):
+    and two new kernel-sized tensors (each fresh tensor costs page faults on first touch, often more than a pass):
 
         ρ = clamp(cov · (1/√var1) · (1/√var2) / (1 − 8ε), ±1),
         Ṫ = (pπ + (q − p) arccos ρ) / 2π,   T = (p − q) √var1 √var2 √(1 − ρ²) / 2π + Ṫ cov.
@@ -265,7 +265,7 @@ def _arc_cosine_fast(
 
 
 class ReLU(ABReLU):
-    """φ(x) = max(x, 0). Arc-cosine kernel of degree 1 (Cho & Saul; theory.md 4.2):
+    """φ(x) = max(x, 0). Arc-cosine kernel of degree 1 (Cho & Saul; theory.md §4.2):
 
     T = (√(v1 v2 − c²) + (π − ϑ) c) / 2π,  Ṫ = (π − ϑ) / 2π,  ϑ = atan2(√(v1 v2 − c²), c),  E φ(u) = √(v / 2π).
     """
@@ -355,7 +355,7 @@ class Sign(Activation):
 
 
 class Erf(Activation):
-    """φ(x) = a·erf(b x) + c (Williams 1997; theory.md 4.2). For φ1 = (a1, b1, c1), φ2 = (a2, b2, c2):
+    """φ(x) = a·erf(b x) + c (Williams 1997; theory.md §4.2). For φ1 = (a1, b1, c1), φ2 = (a2, b2, c2):
 
     D = det(I + 2 diag(b1², b2²) Σ) = 1 + 2b1² v1 + 2b2² v2 + 4b1²b2²(v1 v2 − cov²) ≥ 1,
     E[φ1 φ2] = a1a2 (2/π) arcsin(2b1b2 cov / √((1 + 2b1²v1)(1 + 2b2²v2))) + c1c2

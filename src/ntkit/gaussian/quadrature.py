@@ -1,7 +1,7 @@
 """Gaussian expectations of elementwise functions: stable helpers, quadrature, cross terms.
 
 Everything here works elementwise on broadcastable tensors ``var1``, ``cov``, ``var2`` describing, per
-element, a centred Gaussian pair (u, v) ~ N(0, [[var1, cov], [cov, var2]]) (theory.md section 4.1).
+element, a centred Gaussian pair (u, v) ~ N(0, [[var1, cov], [cov, var2]]) (theory.md §4.2).
 
 - :func:`safe_sqrt`, :func:`clamp_cov`: the building blocks that keep closed forms finite, with finite
   gradients, at zero variance and at |ρ| = 1.

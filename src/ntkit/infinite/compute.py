@@ -50,7 +50,7 @@ def kernel(
     dtype: torch.dtype | None = None,
     diagonal_spatial: bool | None = None,
 ) -> Kernel:
-    """The infinite-width NNGP K and NTK Θ of ``model``'s architecture between x1 and x2 (theory.md section 4).
+    """The infinite-width NNGP K and NTK Θ of ``model``'s architecture between x1 and x2 (theory.md §4).
 
     Widths are ignored (the infinite limit; the kernels are per output: the limit is K ⊗ I over outputs).
 
@@ -71,7 +71,7 @@ def kernel(
         :class:`Kernel` with ``nngp`` and ``ntk`` of shape (N1, N2) (with the output's spatial layout
         appended if the network does not pool or flatten), ``cov1`` (N1,) = K(x1_i, x1_i) and ``cov2``.
         For the standard parameterization Θ is normalised by the width n of the widest hidden layer
-        (Θ = J Jᵀ / n in expectation; theory.md 4.4): ``Kernel.neural_tangents_ntk()`` gives neural-tangents' J Jᵀ.
+        (Θ = J Jᵀ / n in expectation; theory.md §4.4): ``Kernel.neural_tangents_ntk()`` gives neural-tangents' J Jᵀ.
 
     Differentiable with respect to x1, x2 and ``W_std``/``b_std`` given as tensors, in reverse and forward mode
     (torch.func.jvp/jacfwd/hessian, torch.autograd.forward_ad).

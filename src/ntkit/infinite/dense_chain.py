@@ -11,7 +11,7 @@ of a Gaussian layer with an :class:`~ntkit.nn.ABReLU`) is recognised during the 
 record a :class:`DenseStep` or :class:`ArcCosineStep`, and the chain is used only if the steps link the input
 kernel to the output kernel with nothing else in between (so any other layer, even one registered by a user
 that merely returns ``k.replace(...)``, keeps the generic path). Each tile then runs the same recursions
-(theory.md 4.1-4.2) with ``out=`` and in-place operations on per-worker buffers that are reused from tile to
+(theory.md §4.1-4.2) with ``out=`` and in-place operations on per-worker buffers that are reused from tile to
 tile and call to call: no kernel-sized tensor is allocated per layer, and the per-example variances, their
 square roots and reciprocals are computed once per call for all examples (vectors), not per tile.
 

@@ -77,7 +77,7 @@ class Kernel:
         parameterization: "ntk" or "standard", from the weight layers met so far (they must agree for Θ).
         sp_width: for the standard parameterization, the widest fan-in channel counts of the weight layers
             (after the input, on the input): Θ accumulates unnormalised (J Jᵀ) contributions and
-            ``nk.kernel`` divides by :meth:`sp_normalizer` at the end (theory.md 4.4).
+            ``nk.kernel`` divides by :meth:`sp_normalizer` at the end (theory.md §4.4).
         ntk_divisor: what ``ntk`` has been divided by: :meth:`sp_normalizer` in results of ``nk.kernel`` for
             the standard parameterization, else 1 (kernels composed by hand stay unnormalised).
             :meth:`neural_tangents_ntk` undoes it.

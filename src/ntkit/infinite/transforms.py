@@ -1,4 +1,4 @@
-"""How each kind of layer maps the kernels of its inputs to those of its outputs (theory.md section 4).
+"""How each kind of layer maps the kernels of its inputs to those of its outputs (theory.md §4).
 
 Pure functions ``Kernel -> Kernel`` (fan-in combinators: several kernels -> one). The ``ntkit.nn`` layers and
 the registry of plain PyTorch layers both call these, so each formula is written once. Every map applies to
@@ -79,7 +79,7 @@ def weight_layer(
     out_channels: int,
     geometry: ConvGeometry | None = None,
 ) -> Kernel:
-    """A dense layer (``geometry=None``) or a convolution, weights W_std²/fan_in and bias b_std² (theory.md 4.1):
+    """A dense layer (``geometry=None``) or a convolution, weights W_std²/fan_in and bias b_std² (theory.md §4.1, §4.5):
 
         K' = W_var · C(K) + b_var,    C = the mean over filter offsets of the shifted kernel (``spatial.shifted_sum``)
         "ntk":      Θ' = K' + W_var · C(Θ)
@@ -180,7 +180,7 @@ def activation(k: Kernel, act: Activation) -> Kernel:
 
 
 def elementwise(g: Kernel, psi: GaussianFunction) -> Kernel:
-    """The kernels of ψ(u) for u the Gaussian layer ``g`` (theory.md 4.1):
+    """The kernels of ψ(u) for u the Gaussian layer ``g`` (theory.md §4.2):
 
     K' = E[ψ(u) ψ(v)],   Θ' = Θ_g · E[ψ'(u) ψ'(v)],   mean = E[ψ(u)],   (u, v) ~ N(0, Λ_g).
     """

@@ -37,7 +37,7 @@ class KernelLayer(nn.Module):
 
 
 class WeightLayer(KernelLayer):
-    """Weights W (out, in, *filter) and an optional bias b, in either parameterization (theory.md 1.1-1.2):
+    """Weights W (out, in, *filter) and an optional bias b, in either parameterization (theory.md §1.1-1.2):
 
     - "ntk" (default): W, b ~ N(0, 1) are the trainable variables and y = (W_std/√fan_in)·(x ⋆ W) + b_std·b;
     - "standard": W ~ N(0, W_std²/fan_in), b ~ N(0, b_std²) and y = x ⋆ W + b.

@@ -14,7 +14,7 @@ __all__ = ["Linear"]
 class Linear(WeightLayer):
     """y = x Wᵀ scaled by the parameterization, plus bias: (N, in_features) -> (N, out_features).
 
-    Kernel (theory.md 4.1): K' = W_std² K + b_std²; NTK parameterization Θ' = K' + W_std² Θ; standard
+    Kernel (theory.md §4.1, §4.4): K' = W_std² K + b_std²; NTK parameterization Θ' = K' + W_std² Θ; standard
     parameterization Θ' = in_features·K + [bias] + W_std² Θ, normalised by the width in ``nk.kernel`` (4.4).
     """
 
