@@ -182,7 +182,7 @@ class Kernel:
 
     def sp_normalizer(self) -> int:
         """The width n by which ``nk.kernel`` normalises the standard-parameterization NTK, Θ = J Jᵀ / n
-        (theory.md 4.4): the widest fan-in channel count of a weight layer after the input, or, if every weight
+        (theory.md §4.4): the widest fan-in channel count of a weight layer after the input, or, if every weight
         layer reads the input, the widest of theirs; 1 for the NTK parameterization."""
         if self.parameterization != "standard":
             return 1
