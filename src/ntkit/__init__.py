@@ -6,10 +6,11 @@ The four capabilities, in the order data flows through them:
 - linearized models: :func:`linearize`, :func:`taylor_expand`;
 - infinite width: :mod:`ntkit.nn` layers and :func:`kernel`; :func:`monte_carlo_kernel` for any network;
 - training dynamics and GP inference: :mod:`ntkit.predict`;
-- large N (stored, resumable, distributed kernels and their solvers): :mod:`ntkit.scale`.
+- large N (stored, resumable, distributed kernels and their solvers): :mod:`ntkit.scale`;
+- random features and sketches of the kernels for large N: :mod:`ntkit.approx`.
 """
 
-from . import errors, nn, predict, scale
+from . import approx, errors, nn, predict, scale
 from .empirical import empirical_nngp, empirical_ntk, ntk_vector_product
 from .errors import NtkitError
 from .infinite.compute import kernel
@@ -27,6 +28,7 @@ __all__ = [
     "NtkitError",
     "TaylorExpandedModel",
     "__version__",
+    "approx",
     "declare_init",
     "empirical_nngp",
     "empirical_ntk",
