@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from ..nn.activations import Activation
+from ..gaussian.activations import Activation
 from .hermite import coefficients
 from .sketches import CountSketch, PolySketch
 

@@ -28,7 +28,7 @@ from torch import nn
 from .._memory import check_fits, resolve_budget
 from .._validation import check_tensor, format_shape
 from ..errors import InvalidArgumentError, ShapeError, UnsupportedError
-from ..nn.activations import Activation, compose
+from ..gaussian.activations import Activation, compose
 from ..nn.linear import Linear
 from ..nn.reshape import Flatten, Identity
 from .activation_features import ActivationFeatures, HermiteSketchFeatures, RandomActivationFeatures

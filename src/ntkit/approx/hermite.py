@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from ..nn.activations import ABReLU, Activation
+from ..gaussian.activations import ABReLU, Activation
 
 __all__ = ["QUADRATURE_NODES", "coefficients"]
 
