@@ -34,7 +34,7 @@ from ..nn.reshape import Flatten, Identity
 from .activation_features import ActivationFeatures, HermiteSketchFeatures, RandomActivationFeatures
 from .sketches import TensorSketch
 
-__all__ = ["FeatureMap", "features"]
+__all__ = ["FeatureMap", "features", "progress_bar"]
 
 METHODS = ("random_features", "sketch")
 _EXACT_HINT = (
@@ -266,7 +266,7 @@ class FeatureMap:
         per_example = 8 * x.element_size() * (self._widest + self.n_features)
         size = max(1, min(x.shape[0], budget // per_example))
         starts = range(0, x.shape[0], size)
-        report = _progress_bar(progress if progress is not None else self.progress, len(starts))
+        report = progress_bar(progress if progress is not None else self.progress, len(starts), "features")
         with torch.no_grad():
             for start in starts:
                 rows = slice(start, min(start + size, x.shape[0]))
@@ -318,7 +318,7 @@ class FeatureMap:
         )
 
 
-def _progress_bar(progress: bool, total: int) -> Callable[[int | None], None]:
+def progress_bar(progress: bool, total: int, desc: str) -> Callable[[int | None], None]:
     """report(n) after n more batches, report(None) at the end; a tqdm bar if ``progress``."""
     if not progress:
         return lambda n: None
@@ -326,5 +326,5 @@ def _progress_bar(progress: bool, total: int) -> Callable[[int | None], None]:
         from tqdm.auto import tqdm  # type: ignore[import-untyped]
     except ImportError:
         raise UnsupportedError("progress=True needs tqdm (pip install tqdm, or ntkit[repro]).") from None
-    bar = tqdm(total=total, desc="features", unit="batch")
+    bar = tqdm(total=total, desc=desc, unit="batch")
     return lambda n: bar.close() if n is None else bar.update(n)

@@ -6,7 +6,8 @@ With Φ = feats(x_train) (N, F), the posterior mean of kernel regression with th
 
 equal to φ(x)ᵀ Φᵀ (Φ Φᵀ + λ I_N)⁻¹ y (push-through identity), the ``nk.predict.gp_inference`` mean with
 the kernel Φ Φᵀ: O(N F²) time and O(F²) memory instead of O(N³) and O(N²). ΦᵀΦ and Φᵀy are accumulated over
-batches of φ (never all of Φ at once) in float64, and the solve is a Cholesky factorisation in float64.
+batches of φ (never all of Φ at once): each batch's product in φ's dtype, their sum and the Cholesky solve in
+float64 (float32 features lose ~1e-7 relative per batch product, far below their own O(F^-1/2) error).
 λ = ``diag_reg`` × the mean diagonal of Φ Φᵀ (‖Φ‖²_F / N), as ``nk.predict``'s ``diag_reg``, or ``diag_reg``
 itself with ``diag_reg_absolute_scale=True``.
 """
@@ -80,9 +81,9 @@ def ridge(
     gram = torch.zeros((f, f), dtype=torch.float64, device=y.device)
     rhs = torch.zeros((f, y64.shape[1]), dtype=torch.float64, device=y.device)
     for rows, phi in feats.batches(x_train, progress=progress):
-        phi64 = phi.to(device=y.device, dtype=torch.float64)
-        gram.addmm_(phi64.T, phi64)
-        rhs.addmm_(phi64.T, y64[rows])
+        phi = phi.to(y.device)
+        gram.add_(phi.T @ phi)  # each batch's product in φ's dtype (float32: half the time), summed in float64
+        rhs.addmm_(phi.T.to(torch.float64), y64[rows])
     mean_diagonal = float(gram.diagonal().sum()) / y.shape[0]
     reg = float(diag_reg) if diag_reg_absolute_scale else float(diag_reg) * mean_diagonal
     gram.diagonal().add_(reg)

@@ -1,0 +1,234 @@
+"""nk.approx against exact kernel regression: accuracy for F = 2^10..2^14, and speed and memory at large N.
+
+Parts (``--part``, default all), each printing a markdown table:
+
+- accuracy: the NTK of a ReLU MLP (d -> 512 -> 512 -> outputs, W_std = 1.4, b_std = 0.1, NTK parameterization)
+  on digits (1438 train / 359 test, 10 classes, centred one-hot targets, test accuracy) and on a synthetic
+  regression task (10,000 train / 2,000 test, d = 16, y = sin(2 x·u) + cos(x·v) with unit u, v, test MSE):
+  ``nk.approx.ridge`` with random features and with the sketch for F = 2^10..2^14, against exact kernel
+  regression (``nk.kernel`` + ``nk.predict.gp_inference``, float64), all with diag_reg = 1e-4 (relative).
+  ``--plot PATH`` draws the figure (matplotlib).
+  Run in one process (times without start-up; no memory column).
+- speed: N = 50,000 (MLP, synthetic, 10,000 test points): approximate fit + predict (F = 4096, random features,
+  float32 features) timed, peak memory measured (ru_maxrss of a fresh process); the exact side is timed at
+  N = 2,500, 5,000 and 10,000 and EXTRAPOLATED to 50,000 (kernels ∝ N², Cholesky ∝ N³; the 20 GB train kernel
+  does not fit this machine), its memory computed (N² + N·N_test float64 entries).
+- million: N = 10^6 (MLP, synthetic): fit + predict with F = 1024 random features, time and peak memory.
+
+Each case runs in its own process on ``--threads`` threads (default 2). Absolute times on a shared machine are
+noisy: the load average (``uptime``) is printed next to them.
+
+    PYTHONPATH=src python benchmarks/approx.py [--part accuracy|speed|million|all] [--plot docs/images/approx.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+import ntkit as nk
+from ntkit import nn as N
+from ntkit.data import load_digits
+
+DIAG_REG = 1e-4
+FEATURES = [2**k for k in range(10, 15)]
+
+
+def mlp(d: int, outputs: int) -> N.Sequential:
+    return N.Sequential(
+        N.Linear(d, 512, W_std=1.4, b_std=0.1),
+        N.ReLU(),
+        N.Linear(512, 512, W_std=1.4, b_std=0.1),
+        N.ReLU(),
+        N.Linear(512, outputs, W_std=1.4, b_std=0.1),
+    )
+
+
+def synthetic(n_train: int, n_test: int, d: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_train + n_test, d, generator=g)
+    u, v = torch.randn(2, d, generator=g)
+    y = torch.sin(2 * x @ (u / u.norm())) + torch.cos(x @ (v / v.norm()))
+    return x[:n_train], y[:n_train, None], x[n_train:], y[n_train:, None]
+
+
+def digits():
+    data = load_digits(dtype=torch.float32)
+    one_hot = torch.nn.functional.one_hot(data.y_train, 10).float() - 0.1
+    return data.x_train, one_hot, data.x_test, data.y_test
+
+
+def score(task: str, mean: torch.Tensor, y_test: torch.Tensor) -> float:
+    if task == "digits":
+        return float((mean.argmax(1) == y_test).float().mean())
+    return float(((mean - y_test) ** 2).mean())
+
+
+def load(task: str):
+    return digits() if task == "digits" else synthetic(10_000, 2_000)
+
+
+def run_case(case: dict) -> dict:
+    """One measurement in this process: returns time, score and peak memory."""
+    torch.set_num_threads(case["threads"])
+    kind = case["kind"]
+    if kind in ("exact", "approx"):
+        x, y, x_test, y_test = load(case["task"])
+    else:  # speed runs
+        x, y, x_test, y_test = synthetic(case["n"], case["n_test"])
+    net = mlp(x.shape[1], y.shape[1])
+    start = time.perf_counter()
+    if kind in ("exact", "exact_speed"):
+        x, x_test, y = x.double(), x_test.double(), y.double()
+        k_train = nk.kernel(net, x, get="ntk")
+        k_test = nk.kernel(net, x_test, x, get="ntk")
+        kernel_s = time.perf_counter() - start
+        mean = nk.predict.gp_inference(k_train, y, diag_reg=DIAG_REG)("ntk", k_test)
+        out = {"kernel_s": kernel_s, "solve_s": time.perf_counter() - start - kernel_s}
+    else:
+        feats = nk.approx.features(net, case["F"], get="ntk", method=case["method"], seed=0)
+        fit = nk.approx.ridge(feats, x, y, diag_reg=DIAG_REG)
+        mean = fit(x_test)
+        out = {}
+    out["seconds"] = time.perf_counter() - start
+    out["score"] = score(case.get("task", "synthetic"), mean.float(), y_test)
+    out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def measure(case: dict) -> dict:
+    """``run_case`` in a fresh process (its own peak memory); prints the load average next to the time."""
+    cmd = [sys.executable, __file__, "--case", json.dumps(case)]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise RuntimeError(f"case {case} failed:\n{result.stderr[-3000:]}")
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out["load"] = os.getloadavg()[0]
+    print(f"  {case} -> {out}", file=sys.stderr, flush=True)
+    return out
+
+
+def accuracy(threads: int, plot: str | None) -> None:
+    """In this process (peak memory is not reported here)."""
+    results: dict[str, dict] = {}
+    for task in ("digits", "synthetic"):
+        exact = run_case({"kind": "exact", "task": task, "threads": threads})
+        print(f"  {task} exact -> {exact}", file=sys.stderr, flush=True)
+        rows = {}
+        for method in ("random_features", "sketch"):
+            for f in FEATURES:
+                rows[(method, f)] = run_case(
+                    {"kind": "approx", "task": task, "method": method, "F": f, "threads": threads}
+                )
+                print(f"  {task} {method} {f} -> {rows[(method, f)]}", file=sys.stderr, flush=True)
+        results[task] = {"exact": exact, "rows": rows}
+    metric = {"digits": "test accuracy", "synthetic": "test MSE"}
+    print("\n| task | F | random features | sketch | exact kernel regression |")
+    print("|---|---|---|---|---|")
+    for task, r in results.items():
+        for f in FEATURES:
+            rf, sk = r["rows"][("random_features", f)], r["rows"][("sketch", f)]
+            print(
+                f"| {task} ({metric[task]}) | 2^{int(math.log2(f))} | {rf['score']:.4f} ({rf['seconds']:.0f} s) | "
+                f"{sk['score']:.4f} ({sk['seconds']:.0f} s) | {r['exact']['score']:.4f} "
+                f"({r['exact']['seconds']:.0f} s) |"
+            )
+    print(f"\nload average during the runs: {[round(x, 1) for x in os.getloadavg()]}")
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        for ax, (task, r) in zip(axes, results.items(), strict=True):
+            for method, marker in (("random_features", "o"), ("sketch", "s")):
+                ax.plot(FEATURES, [r["rows"][(method, f)]["score"] for f in FEATURES], marker=marker, label=method)
+            ax.axhline(r["exact"]["score"], color="k", ls="--", label="exact NTK regression")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("n_features F")
+            ax.set_ylabel(metric[task])
+            ax.set_title(f"{task}: NTK of a 2-hidden-layer ReLU MLP")
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(plot, dpi=120)
+        print(f"figure: {plot}")
+
+
+def speed(threads: int) -> None:
+    n, n_test, f = 50_000, 10_000, 4096
+    approx = measure(
+        {"kind": "approx_speed", "n": n, "n_test": n_test, "F": f, "method": "random_features", "threads": threads}
+    )
+    print("\n| exact N | kernels (s) | solve (s) | total (s) | peak MiB |")
+    print("|---|---|---|---|---|")
+    exact = {}
+    for m in (2_500, 5_000, 10_000):
+        exact[m] = measure({"kind": "exact_speed", "n": m, "n_test": n_test, "threads": threads})
+        e = exact[m]
+        print(f"| {m} | {e['kernel_s']:.1f} | {e['solve_s']:.1f} | {e['seconds']:.1f} | {e['peak_mib']:.0f} |")
+    base = exact[10_000]
+    scale = n / 10_000
+    extrapolated = base["kernel_s"] * scale**2 + base["solve_s"] * scale**3
+    exact_mib = (n * n + n * n_test) * 8 / 2**20
+    print(
+        f"\nN = {n} (MLP, {n_test} test points): nk.approx.ridge F = {f}: fit + predict {approx['seconds']:.1f} s, "
+        f"peak {approx['peak_mib']:.0f} MiB, test MSE {approx['score']:.4f}"
+    )
+    print(
+        f"exact at N = {n}: EXTRAPOLATED from N = 10,000 (kernels x {scale**2:.0f}, solve x {scale**3:.0f}): "
+        f"{extrapolated:.0f} s; its kernels alone hold {exact_mib:,.0f} MiB (computed, not run)"
+    )
+    print(
+        f"ratio exact / approx: time {extrapolated / approx['seconds']:.0f}x, "
+        f"memory {exact_mib / approx['peak_mib']:.0f}x   (load average {approx['load']:.1f})"
+    )
+
+
+def million(threads: int) -> None:
+    r = measure(
+        {
+            "kind": "approx_speed",
+            "n": 1_000_000,
+            "n_test": 10_000,
+            "F": 1024,
+            "method": "random_features",
+            "threads": threads,
+        }
+    )
+    print(
+        f"\nN = 10^6 (MLP, synthetic, 10,000 test points), F = 1024 random features: fit + predict "
+        f"{r['seconds']:.0f} s ({r['seconds'] / 60:.1f} min), peak {r['peak_mib']:.0f} MiB, test MSE "
+        f"{r['score']:.4f} (load average {r['load']:.1f})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("accuracy", "speed", "million", "all"), default="all")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plot", default=None, help="PNG path for the accuracy figure")
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(json.loads(args.case))))
+        return
+    print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    if args.part in ("accuracy", "all"):
+        accuracy(args.threads, args.plot)
+    if args.part in ("speed", "all"):
+        speed(args.threads)
+    if args.part in ("million", "all"):
+        million(args.threads)
+
+
+if __name__ == "__main__":
+    main()
