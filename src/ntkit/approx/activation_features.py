@@ -1,6 +1,6 @@
 """Features of an activation's dual kernels: from features ψ of a Gaussian layer's kernel K (K(x, y) ≈ ψ(x)·ψ(y)),
 features f, f' with f(x)·f(y) ≈ T(K)(x, y) = E[φ(u) φ(u')] and f'(x)·f'(y) ≈ Ṫ(K)(x, y) = E[φ'(u) φ'(u')],
-(u, u') ~ N(0, K restricted to x, y) (theory.md 4.1; docs/approx.md).
+(u, u') ~ N(0, K restricted to x, y) (theory.md §4.1 and §6.1; docs/approx.md).
 
 - :class:`RandomActivationFeatures` (method "random_features"): f(x) = φ(Gᵀψ(x))/√m, f'(x) = φ'(Gᵀψ(x))/√m with
   G (dim ψ, m) standard normal: given ψ, each coordinate pair (gᵀψ(x), gᵀψ(y)) is exactly N(0, K̂), so

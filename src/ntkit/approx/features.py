@@ -1,13 +1,13 @@
 """``nk.approx.features(net, n_features, get, method, seed)``: explicit features φ(x) with φ(x)·φ(y) ≈ the
 infinite-width NNGP or NTK of ``net`` (docs/approx.md; Zandieh et al. 2021, Algorithm 1 and section 4).
 
-The features follow the kernel recursion of theory.md 4.1 layer by layer, with ψ_K features of the NNGP K and
+The features follow the kernel recursion of theory.md §4.1 layer by layer, with ψ_K features of the NNGP K and
 ψ_Θ features of the NTK Θ of the current layer (input: ψ_K = x/√d, no Θ):
 
 - Linear (NTK parameterization):  ψ_K' = [W_std ψ_K, b_std],  ψ_Θ' = [ψ_K', W_std ψ_Θ]
   (K' = W_std² K + b_std², Θ' = K' + W_std² Θ, exactly);
 - Linear (standard parameterization): ψ_Θ' = [√n_in ψ_K, 1, W_std ψ_Θ] (Θ' = n_in K + 1 + W_std² Θ), and
-  the final ψ_Θ divided by √n for the widest hidden width n, as ``nk.kernel`` normalises (theory.md 4.4);
+  the final ψ_Θ divided by √n for the widest hidden width n, as ``nk.kernel`` normalises (theory.md §4.4);
 - activation φ: ψ_K' = f(ψ_K), ψ_Θ' = TensorSketch(ψ_Θ, f'(ψ_K)) (Θ' = Θ ⊙ Ṫ: the sketch of the tensor
   product ψ_Θ ⊗ f', unbiased for the product of inner products), with f, f' from ``activation_features``.
 
