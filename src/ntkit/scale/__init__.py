@@ -5,11 +5,14 @@
   (``devices=``); a call on an existing store computes only its missing tiles.
 - :class:`KernelStore`: the stored kernel (``KernelStore.open``, lazy dask arrays ``.nngp`` / ``.ntk``,
   ``.to_torch()``, tile counts).
+- :func:`gp_inference`: posterior means and variances from stored kernels, by blocked Cholesky when the kernel
+  fits the memory budget, else by preconditioned conjugate gradients streaming the tiles.
 
 Needs the ``scale`` extra (zarr; dask[distributed] for ``client=``), imported only when used.
 """
 
+from .gp import ScaleGPPredictor, gp_inference
 from .kernels import empirical_ntk, kernel
 from .store import KernelStore
 
-__all__ = ["KernelStore", "empirical_ntk", "kernel"]
+__all__ = ["KernelStore", "ScaleGPPredictor", "empirical_ntk", "gp_inference", "kernel"]

@@ -1,0 +1,129 @@
+"""``KernelMatrix``: a kernel (N1, N2) that solvers multiply with, tile by tile from a store or from memory.
+
+Products are in float64 whatever the stored dtype: each tile is converted as it is used, so memory holds one
+tile (and the next, read ahead in a thread while this one is multiplied) besides the vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from .._validation import format_shape
+from ..errors import InvalidArgumentError, ShapeError
+from .store import KernelStore
+
+__all__ = ["KernelMatrix"]
+
+#: Rows per block when a kernel in memory is multiplied in float64 (a block is converted, not the whole kernel).
+_ROW_BLOCK = 2048
+
+
+class KernelMatrix:
+    """Kernel ``name`` of a :class:`KernelStore`, or a tensor (N1, N2), as an operator in float64."""
+
+    def __init__(self, source: KernelStore | torch.Tensor, label: str):
+        self.source = source
+        self.label = label
+        if isinstance(source, KernelStore):
+            self.shape = source.shape
+        else:
+            if source.ndim != 2:
+                shape = format_shape(source.shape)
+                raise ShapeError(f"{label} must be a per-output kernel (N1, N2), got shape {shape}.")
+            self.shape = (int(source.shape[0]), int(source.shape[1]))
+
+    @classmethod
+    def of(cls, kernel: Any, name: str, label: str) -> KernelMatrix:
+        """Kernel ``name`` of a KernelStore, nk.Kernel-like object (``.nngp`` / ``.ntk``) or mapping; a tensor
+        is taken as the kernel itself."""
+        if isinstance(kernel, KernelStore):
+            if name not in kernel.kernels:
+                raise InvalidArgumentError(
+                    f"{label} at {kernel.location} holds {', '.join(kernel.kernels)} but {name!r} is needed; "
+                    f"compute it with get=({name!r},) or including it."
+                )
+            if not kernel.complete:
+                raise InvalidArgumentError(
+                    f"{label} at {kernel.location} has {kernel.tiles_done} of {kernel.tiles_total} tiles; finish it "
+                    "with nk.scale.kernel(...) (same arguments and store) first."
+                )
+            return cls(kernel, f"{label}.{name}")
+        if isinstance(kernel, torch.Tensor):
+            return cls(kernel, label)
+        part = kernel.get(name) if isinstance(kernel, Mapping) else getattr(kernel, name, None)
+        if not isinstance(part, torch.Tensor | KernelStore):
+            raise InvalidArgumentError(
+                f"{label} must be a KernelStore, a tensor, or have a {name!r} kernel (an nk.Kernel or a dict); "
+                f"got {type(kernel).__name__} without it."
+            )
+        return cls.of(part, name, label)
+
+    def _name(self) -> str:
+        return self.label.rpartition(".")[2]
+
+    @property
+    def symmetric_store(self) -> bool:
+        return isinstance(self.source, KernelStore) and self.source.symmetric
+
+    def tiles(self) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+        """(rows, cols, float64 block) covering the kernel (the upper triangle of a symmetric store)."""
+        if isinstance(self.source, torch.Tensor):
+            n1, _ = self.shape
+            for start in range(0, n1, _ROW_BLOCK):
+                rows = slice(start, min(start + _ROW_BLOCK, n1))
+                yield rows, slice(0, self.shape[1]), self.source[rows].to(torch.float64)
+            return
+        store, name = self.source, self._name()
+        positions = store.grid.tiles()
+        with ThreadPoolExecutor(1, thread_name_prefix="ntkit-tile-reader") as reader:
+            ahead = reader.submit(store.read_tile, name, *positions[0])
+            for k, (i, j) in enumerate(positions):
+                tile = ahead.result()
+                if k + 1 < len(positions):
+                    ahead = reader.submit(store.read_tile, name, *positions[k + 1])
+                yield store.grid.rows(i), store.grid.cols(j), torch.from_numpy(tile).to(torch.float64)
+
+    def matmul(self, v: torch.Tensor, *, transpose: bool = False) -> torch.Tensor:
+        """K v (N1, C) for v (N2, C), or Kᵀ v (N2, C) for v (N1, C) with ``transpose``; float64."""
+        transpose = transpose and not self.symmetric_store  # a symmetric kernel is its own transpose
+        n_out = self.shape[1] if transpose else self.shape[0]
+        out = torch.zeros((n_out, v.shape[1]), dtype=torch.float64)
+        for rows, cols, tile in self.tiles():
+            if transpose:
+                out[cols] += tile.T @ v[rows]
+            else:
+                out[rows] += tile @ v[cols]
+            if self.symmetric_store and rows != cols:  # the lower tile, tile (j, i) = tile (i, j)ᵀ
+                out[cols] += tile.T @ v[rows]
+        return out
+
+    def diagonal(self) -> torch.Tensor:
+        """K(x_i, x_i) (N,) of a square kernel, float64 (read from the diagonal tiles only)."""
+        n = min(self.shape)
+        if isinstance(self.source, torch.Tensor):
+            return torch.diagonal(self.source)[:n].to(torch.float64)
+        store, name = self.source, self._name()
+        t = store.grid.shape[0]
+        parts = [torch.from_numpy(store.read_tile(name, i, i)).diagonal() for i in range(t)]
+        return torch.cat(parts).to(torch.float64)[:n]
+
+    def dense(self) -> torch.Tensor:
+        """The whole kernel in float64 (N1, N2) (the caller checked that it fits)."""
+        out = torch.empty(self.shape, dtype=torch.float64)
+        for rows, cols, tile in self.tiles():
+            out[rows, cols] = tile
+            if self.symmetric_store and rows != cols:
+                out[cols, rows] = tile.T
+        return out
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """K[index] (M, N2) in float64 (one pass over a store)."""
+        if isinstance(self.source, torch.Tensor):
+            return self.source[index].to(torch.float64)
+        pick = torch.zeros((self.shape[0], len(index)), dtype=torch.float64)
+        pick[index, torch.arange(len(index))] = 1.0
+        return self.matmul(pick, transpose=True).T
