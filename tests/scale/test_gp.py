@@ -109,3 +109,12 @@ def test_errors(data, tmp_path):
     only_nngp = nk.scale.kernel(mlp(), inputs(8, 5), store=tmp_path / "n.zarr", get="nngp")
     with pytest.raises(InvalidArgumentError, match="'ntk' is needed"):
         nk.scale.gp_inference(only_nngp, torch.ones(8))
+
+
+def test_products_streamed_from_the_store_equal_products_from_memory(data):
+    """A budget below the stored tiles' size makes CG read the store once per product instead of keeping it."""
+    kept = nk.scale.gp_inference(data["k"], data["y"], diag_reg=REG, method="cg", rank=8, tol=1e-12)
+    streamed = nk.scale.gp_inference(data["k"], data["y"], diag_reg=REG, method="cg", rank=8, tol=1e-12,
+                                     memory_budget=1000)
+    assert streamed.iterations == kept.iterations
+    assert float((streamed.weights - kept.weights).abs().max()) <= 1e-12 * float(kept.weights.abs().max())

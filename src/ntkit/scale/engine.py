@@ -11,7 +11,7 @@ import multiprocessing
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ import torch
 from ..errors import InvalidArgumentError, UnsupportedError
 from ._deps import require
 from .store import KernelStore
-from .tiles import Payload, run_tile
+from .tiles import Payload, prepared, run_tile, write_tile
 
 __all__ = ["fill", "parse_devices"]
 
@@ -44,8 +44,7 @@ def fill(
     elif devices:
         finished = _on_processes(payload.to(torch.device("cpu")), missing, devices)
     else:
-        device = str(payload.x1.device)
-        finished = (run_tile(payload, i, j, device) for i, j in missing)
+        finished = _in_process(payload, missing)
     count = 0
     try:
         for _ in finished:
@@ -54,6 +53,21 @@ def fill(
     finally:
         report(None)
     return count
+
+
+def _in_process(payload: Payload, missing: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """Tiles one after the other on the inputs' device; each tile is written (and flushed) by a writer thread
+    while the next one is computed, so that the disk's time hides behind the computation (two tiles in memory)."""
+    local, store = prepared(payload, payload.x1.device)
+    with ThreadPoolExecutor(1, thread_name_prefix="ntkit-tile-writer") as writer:
+        pending: Future[tuple[int, int]] | None = None
+        for i, j in missing:
+            values = local.compute(i, j)
+            if pending is not None:
+                yield pending.result()
+            pending = writer.submit(write_tile, store, i, j, values)
+        if pending is not None:
+            yield pending.result()
 
 
 def _on_dask(client: Any, payload: Payload, missing: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:

@@ -1,7 +1,9 @@
 """``KernelMatrix``: a kernel (N1, N2) that solvers multiply with, tile by tile from a store or from memory.
 
 Products are in float64 whatever the stored dtype: each tile is converted as it is used, so memory holds one
-tile (and the next, read ahead in a thread while this one is multiplied) besides the vectors.
+tile (and the next, read ahead in a thread while this one is multiplied) besides the vectors. A store's tiles
+can be kept in memory in their stored dtype (:meth:`KernelMatrix.keep_in_memory`) when they fit, which saves
+reading the store once per product.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class KernelMatrix:
     def __init__(self, source: KernelStore | torch.Tensor, label: str):
         self.source = source
         self.label = label
+        self._kept: list[tuple[slice, slice, torch.Tensor]] | None = None
         if isinstance(source, KernelStore):
             self.shape = source.shape
         else:
@@ -69,8 +72,27 @@ class KernelMatrix:
     def symmetric_store(self) -> bool:
         return isinstance(self.source, KernelStore) and self.source.symmetric
 
+    def stored_bytes(self) -> int:
+        """Bytes of the kernel as stored (only the upper triangle of tiles of a symmetric store)."""
+        if isinstance(self.source, torch.Tensor):
+            return self.source.numel() * self.source.element_size()
+        g = self.source.grid
+        itemsize = torch.finfo(self.source.dtype).bits // 8
+        entries = sum((g.rows(i).stop - g.rows(i).start) * (g.cols(j).stop - g.cols(j).start) for i, j in g.tiles())
+        return int(entries) * itemsize
+
+    def keep_in_memory(self) -> None:
+        """Read a store's tiles once and keep them (stored dtype) for every later product."""
+        if isinstance(self.source, KernelStore) and self._kept is None:
+            store, name = self.source, self._name()
+            self._kept = [(r, c, torch.from_numpy(t)) for r, c, t in store.iter_tiles(name)]
+
     def tiles(self) -> Iterator[tuple[slice, slice, torch.Tensor]]:
         """(rows, cols, float64 block) covering the kernel (the upper triangle of a symmetric store)."""
+        if self._kept is not None:
+            for rows, cols, tile in self._kept:
+                yield rows, cols, tile.to(torch.float64)
+            return
         if isinstance(self.source, torch.Tensor):
             n1, _ = self.shape
             for start in range(0, n1, _ROW_BLOCK):
@@ -82,10 +104,10 @@ class KernelMatrix:
         with ThreadPoolExecutor(1, thread_name_prefix="ntkit-tile-reader") as reader:
             ahead = reader.submit(store.read_tile, name, *positions[0])
             for k, (i, j) in enumerate(positions):
-                tile = ahead.result()
+                block = ahead.result()
                 if k + 1 < len(positions):
                     ahead = reader.submit(store.read_tile, name, *positions[k + 1])
-                yield store.grid.rows(i), store.grid.cols(j), torch.from_numpy(tile).to(torch.float64)
+                yield store.grid.rows(i), store.grid.cols(j), torch.from_numpy(block).to(torch.float64)
 
     def matmul(self, v: torch.Tensor, *, transpose: bool = False) -> torch.Tensor:
         """K v (N1, C) for v (N2, C), or Kᵀ v (N2, C) for v (N1, C) with ``transpose``; float64."""

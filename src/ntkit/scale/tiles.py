@@ -15,7 +15,7 @@ from ..empirical import empirical_ntk
 from ..infinite.compute import kernel
 from .store import KernelStore, StoreSpec
 
-__all__ = ["EmpiricalTiles", "InfiniteTiles", "Payload", "TileFunction", "run_tile"]
+__all__ = ["EmpiricalTiles", "InfiniteTiles", "Payload", "TileFunction", "prepared", "run_tile", "write_tile"]
 
 
 class TileFunction(Protocol):
@@ -90,7 +90,7 @@ class Payload:
 _CACHE: dict[str, Any] = {}
 
 
-def _prepared(payload: Payload, device: torch.device) -> tuple[Payload, KernelStore]:
+def prepared(payload: Payload, device: torch.device) -> tuple[Payload, KernelStore]:
     if _CACHE.get("source") is not payload or _CACHE.get("device") != device:
         _CACHE.clear()
         store = KernelStore(payload.store, payload.spec, _open_for_writing(payload.store))
@@ -109,6 +109,11 @@ def run_tile(payload: Payload, i: int, j: int, device: str | None = None) -> tup
     """Compute tile (i, j) on ``device`` (default: CUDA if this process sees a GPU, else CPU), write it and mark
     it done; returns (i, j)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    local, store = _prepared(payload, dev)
-    store.write_tile(i, j, local.compute(i, j))
+    local, store = prepared(payload, dev)
+    return write_tile(store, i, j, local.compute(i, j))
+
+
+def write_tile(store: KernelStore, i: int, j: int, values: dict[str, np.ndarray]) -> tuple[int, int]:
+    """Write tile (i, j) and mark it done; returns (i, j)."""
+    store.write_tile(i, j, values)
     return i, j
