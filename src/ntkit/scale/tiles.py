@@ -4,6 +4,7 @@ local process per GPU)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -41,7 +42,7 @@ class InfiniteTiles:
         return {name: getattr(k, name) for name in self.kernels}
 
     def to(self, device: torch.device) -> InfiniteTiles:
-        return replace(self, net=self.net.to(device))
+        return replace(self, net=copy.deepcopy(self.net).to(device))  # a copy: the caller's module stays put
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class EmpiricalTiles:
         return {"ntk": empirical_ntk(self.model, a, b, params=self.params, method=self.method)}
 
     def to(self, device: torch.device) -> EmpiricalTiles:
-        return replace(self, model=self.model.to(device))
+        return replace(self, model=copy.deepcopy(self.model).to(device))
 
 
 @dataclass(frozen=True)
