@@ -1,5 +1,5 @@
 """nk.scale.gp_inference (Cholesky and preconditioned CG on stored kernels) against nk.predict.gp_inference
-(dense float64 Cholesky on in-memory kernels) and the closed forms of docs/theory.md 3.1-3.4.
+(dense float64 Cholesky on in-memory kernels) and the closed forms of theory.md §3.1-3.4.
 
 Tolerances: Cholesky on the same float64 matrices agrees to round-off (1e-10 here); CG stops at a relative
 residual of 1e-12, which on these well-regularized kernels (condition number < 1e5) bounds the error of the

@@ -1,7 +1,7 @@
 """``nk.scale.gp_inference``: GP / NTK posterior means (and variances at chosen points) from kernels too large for
 the dense linear algebra of :func:`ntkit.predict.gp_inference`, which it equals on small N.
 
-With training kernels K (NNGP) and Θ (NTK), targets Y (N, O), test points T (docs/theory.md 3.1-3.4):
+With training kernels K (NNGP) and Θ (NTK), targets Y (N, O), test points T (theory.md §3.1-3.4):
 
 - ``get="nngp"``: mean K_TX (K + δI)⁻¹ Y, variance K_tt − K_tX (K + δI)⁻¹ K_Xt;
 - ``get="ntk"``: mean Θ_TX (Θ + δI)⁻¹ Y, variance K_tt + m K mᵀ − 2 m K_Xt with m = Θ_tX (Θ + δI)⁻¹;
@@ -9,7 +9,7 @@ With training kernels K (NNGP) and Θ (NTK), targets Y (N, O), test points T (do
 
 δ = ``diag_reg`` × mean diagonal of the inverted kernel (or ``diag_reg`` itself with
 ``diag_reg_absolute_scale=True``) regularizes only the kernel that is inverted; the K inside the "ntk" variance
-is f_0's covariance and stays as it is (docs/theory.md, the diag_reg rule).
+is f_0's covariance and stays as it is (theory.md §0.4, the diag_reg rule).
 
 Solvers, both in float64: ``"cholesky"`` factors the dense kernel in place (LAPACK's blocked potrf) when it
 fits the memory budget; ``"cg"`` runs preconditioned conjugate gradients (:mod:`ntkit.scale.cg`) with products
