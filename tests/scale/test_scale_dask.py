@@ -1,5 +1,5 @@
 """nk.scale on a Dask LocalCluster (2 worker processes, 1 thread each): stores equal the in-memory kernels, and a
-worker killed mid-run changes nothing. Tolerance 1e-12 in float64, as in test_store.py (round-off only)."""
+worker killed mid-run changes nothing. Tolerance 1e-12 in float64, as in test_scale_store.py (round-off only)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ pytest.importorskip("zarr")
 distributed = pytest.importorskip("distributed")
 
 from scale_helpers import SlowTiles, finite_model, inputs, mlp, pooled_cnn, reference  # noqa: E402
-from test_store import assert_store_equals  # noqa: E402
+from test_scale_store import assert_store_equals  # noqa: E402
 
 import ntkit as nk  # noqa: E402
 from ntkit.scale import tiles  # noqa: E402
