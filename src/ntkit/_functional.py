@@ -25,8 +25,18 @@ from torch.func import functional_call
 
 from .errors import BatchCouplingError, ParameterSelectionError, UnsupportedError
 
-__all__ = ["FunctionalModel", "ParamsArg", "check_input_dtype", "functionalize", "translate_transform_errors"]
+__all__ = [
+    "FunctionalModel",
+    "ModelArg",
+    "ParamsArg",
+    "check_input_dtype",
+    "functionalize",
+    "translate_transform_errors",
+]
 
+#: What the finite-width functions accept as a model: a module, or a plain function ``f(params, x)``.
+ModelArg = nn.Module | Callable[..., torch.Tensor]
+#: The ``params`` selection (see the module docstring).
 ParamsArg = None | Mapping[str, torch.Tensor] | list[str] | tuple[str, ...] | Callable[[str], bool]
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -120,7 +130,7 @@ def _flatten_output(out: object) -> torch.Tensor:
     return out.reshape(out.shape[0], -1) if out.ndim != 1 else out.unsqueeze(1)
 
 
-def functionalize(model: nn.Module | Callable, params: ParamsArg = None) -> FunctionalModel:
+def functionalize(model: ModelArg, params: ParamsArg = None) -> FunctionalModel:
     """Resolve ``model`` and a ``params`` selection into a :class:`FunctionalModel` (see module docs)."""
     if isinstance(model, nn.Module):
         _check_batch_independent(model)

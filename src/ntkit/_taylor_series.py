@@ -61,7 +61,7 @@ def taylor_series_jvp(apply: Apply, theta0: Params, delta: Params, degree: int) 
     def derivatives(p: Params, order: int) -> tuple[torch.Tensor, ...]:
         if order == 0:
             return (apply(p),)
-        primal, tangent = jvp(lambda q: derivatives(q, order - 1), (p,), (delta,))
+        primal, tangent = jvp(lambda q: derivatives(q, order - 1), (p,), (delta,))  # type: ignore[misc]  # torch types jvp's result as a 2- or 3-tuple whatever has_aux is
         return (*primal, tangent[-1])
 
     with _forward_mode_errors():

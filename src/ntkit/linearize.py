@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from ._functional import ParamsArg, functionalize, translate_transform_errors
+from ._functional import ModelArg, ParamsArg, functionalize, translate_transform_errors
 from ._taylor_series import TAYLOR_METHODS
 from ._validation import check_tensor
 from .errors import ParameterSelectionError, UnsupportedError
@@ -56,7 +57,7 @@ class TaylorExpandedModel(nn.Module):
         model0: the wrapped model at θ0, with all its parameters turned into buffers (f0 = model0(x)).
     """
 
-    def __init__(self, model: nn.Module | Callable, degree: int, *, params: ParamsArg = None, method: str = "jvp"):
+    def __init__(self, model: ModelArg, degree: int, *, params: ParamsArg = None, method: str = "jvp"):
         super().__init__()
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
             raise UnsupportedError(f"degree must be an integer >= 0, got {degree!r}.")
@@ -129,11 +130,11 @@ class LinearizedModel(TaylorExpandedModel):
     returns f0(x) and J0(x)(θ − θ0) together.
     """
 
-    def __init__(self, model: nn.Module | Callable, *, params: ParamsArg = None, method: str = "jvp"):
+    def __init__(self, model: ModelArg, *, params: ParamsArg = None, method: str = "jvp"):
         super().__init__(model, 1, params=params, method=method)
 
 
-def linearize(model: nn.Module | Callable, params: ParamsArg = None, *, method: str = "jvp") -> LinearizedModel:
+def linearize(model: ModelArg, params: ParamsArg = None, *, method: str = "jvp") -> LinearizedModel:
     """The model's first-order Taylor expansion in its parameters, f0(x) + J0(x)(θ − θ0), as a module.
 
     Args:
@@ -159,7 +160,7 @@ def linearize(model: nn.Module | Callable, params: ParamsArg = None, *, method: 
 
 
 def taylor_expand(
-    model: nn.Module | Callable, degree: int, params: ParamsArg = None, *, method: str = "jvp"
+    model: ModelArg, degree: int, params: ParamsArg = None, *, method: str = "jvp"
 ) -> TaylorExpandedModel:
     """The model's degree-k Taylor expansion in its parameters around θ0, as a module.
 
@@ -172,19 +173,20 @@ def taylor_expand(
     return TaylorExpandedModel(model, degree, params=params, method=method)
 
 
-def _register(root: nn.Module, name: str, tensor: torch.Tensor, *, buffer: bool = False) -> None:
-    """Register ``tensor`` under the dotted ``name`` below ``root``, creating plain modules on the path."""
+def _register(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Register ``tensor`` under the dotted ``name`` below ``root`` (an ``nn.Parameter`` as a parameter, any other
+    tensor as a buffer), creating plain modules on the path."""
     *path, leaf = name.split(".")
     owner = root
     try:
         for part in path:
             if part not in owner._modules:
                 owner.add_module(part, nn.Module())
-            owner = owner._modules[part]
-        if buffer:
-            owner.register_buffer(leaf, tensor)
-        else:
+            owner = owner.get_submodule(part)
+        if isinstance(tensor, nn.Parameter):
             owner.register_parameter(leaf, tensor)
+        else:
+            owner.register_buffer(leaf, tensor)
     except (KeyError, TypeError, AttributeError) as err:
         raise ParameterSelectionError(
             f"parameter name {name!r} cannot be stored as a module attribute path ({err}); use names made of "
@@ -195,7 +197,8 @@ def _register(root: nn.Module, name: str, tensor: torch.Tensor, *, buffer: bool 
 def _lookup(root: nn.Module, name: str) -> torch.Tensor:
     """The tensor at the dotted ``name`` below ``root`` (also while ``functional_call`` has swapped it)."""
     prefix, _, leaf = name.rpartition(".")
-    return getattr(root.get_submodule(prefix) if prefix else root, leaf)
+    tensor: torch.Tensor = getattr(root.get_submodule(prefix) if prefix else root, leaf)
+    return tensor
 
 
 def _frozen_copy(model: nn.Module, theta0: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -230,12 +233,12 @@ def _frozen_copy(model: nn.Module, theta0: Mapping[str, torch.Tensor]) -> nn.Mod
 class _CallableModel(nn.Module):
     """A function ``f(params, x)`` and its parameters, as a module whose buffers are the parameters."""
 
-    def __init__(self, fn: Callable, params: Mapping[str, torch.Tensor]):
+    def __init__(self, fn: Callable[..., Any], params: Mapping[str, torch.Tensor]):
         super().__init__()
         self.fn = fn
         self.names = tuple(params)
         for name, value in params.items():
-            _register(self, name, value.detach().clone(), buffer=True)
+            _register(self, name, value.detach().clone())
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> object:
         return self.fn({name: _lookup(self, name) for name in self.names}, x, *args, **kwargs)

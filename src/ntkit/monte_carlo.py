@@ -52,21 +52,25 @@ class _Running:
     """Per-entry running mean and sum of squared deviations (Welford), for one kernel."""
 
     def __init__(self) -> None:
-        self.n, self.mean, self.m2 = 0, None, None
+        self.n = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
 
     def add(self, x: torch.Tensor) -> None:
         self.n += 1
-        if self.mean is None:
+        if self.mean is None or self.m2 is None:
             self.mean, self.m2 = x.clone(), torch.zeros_like(x)
             return
         delta = x - self.mean
         self.mean += delta / self.n
         self.m2 += delta * (x - self.mean)
 
-    def stderr(self) -> torch.Tensor:
+    def estimate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, standard error of the mean) after at least one sample."""
+        assert self.mean is not None and self.m2 is not None, "no sample added yet"
         if self.n < 2:
-            return torch.full_like(self.mean, math.inf)
-        return torch.sqrt(self.m2 / ((self.n - 1) * self.n))
+            return self.mean.clone(), torch.full_like(self.mean, math.inf)
+        return self.mean.clone(), torch.sqrt(self.m2 / ((self.n - 1) * self.n))
 
 
 def monte_carlo_kernel(
@@ -120,14 +124,14 @@ def monte_carlo_kernel(
     return next(run) if isinstance(n_samples, int) else run
 
 
-def _check_get(get) -> tuple[str, ...]:
+def _check_get(get: str | Iterable[str]) -> tuple[str, ...]:
     kinds = (get,) if isinstance(get, str) else tuple(get)
     if not kinds or any(k not in _KINDS for k in kinds):
         raise InvalidArgumentError(f"get must be 'nngp', 'ntk' or both, got {get!r}.")
     return kinds
 
 
-def _check_counts(n_samples) -> list[int]:
+def _check_counts(n_samples: int | Iterable[int]) -> list[int]:
     counts = [n_samples] if isinstance(n_samples, int) else list(n_samples)
     if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
         raise InvalidArgumentError(f"n_samples must be a positive integer or an iterable of them, got {n_samples!r}.")
@@ -136,7 +140,7 @@ def _check_counts(n_samples) -> list[int]:
     return counts
 
 
-def _sampler(model_factory, x: torch.Tensor) -> Callable[[int], nn.Module]:
+def _sampler(model_factory: object, x: torch.Tensor) -> Callable[[int], nn.Module]:
     """A function seed -> freshly initialised network on x's device (and dtype, for floating x)."""
     place = {"device": x.device, "dtype": x.dtype} if x.is_floating_point() else {"device": x.device}
     devices = [x.device] if x.device.type == "cuda" else []
@@ -148,8 +152,9 @@ def _sampler(model_factory, x: torch.Tensor) -> Callable[[int], nn.Module]:
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed)
                 for module in template.modules():
-                    if hasattr(module, "reset_parameters"):
-                        module.reset_parameters()
+                    reset_parameters = getattr(module, "reset_parameters", None)
+                    if callable(reset_parameters):
+                        reset_parameters()
             return template.to(**place)
 
         return reset
@@ -173,7 +178,7 @@ def _sampler(model_factory, x: torch.Tensor) -> Callable[[int], nn.Module]:
     return build
 
 
-def _n_positional(fn) -> int:
+def _n_positional(fn: Callable[..., object]) -> int:
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):  # builtins without a signature: call them without arguments
@@ -194,7 +199,18 @@ def _check_resettable(model: nn.Module) -> None:
             )
 
 
-def _estimates(draw, x1, x2, counts, kinds, seed, params, progress, ntk_method, chunk_size):
+def _estimates(
+    draw: Callable[[int], nn.Module],
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    counts: list[int],
+    kinds: tuple[str, ...],
+    seed: int,
+    params: ParamsArg,
+    progress: object,
+    ntk_method: str,
+    chunk_size: int | None,
+) -> Iterator[MonteCarloKernel]:
     seeds = torch.Generator().manual_seed(seed)
     running = {k: _Running() for k in kinds}
     report = _progress(progress, counts[-1])
@@ -210,18 +226,14 @@ def _estimates(draw, x1, x2, counts, kinds, seed, params, progress, ntk_method, 
                     running["ntk"].add(ntk.detach())
                 done += 1
                 report(done)
-            yield MonteCarloKernel(
-                nngp=running["nngp"].mean.clone() if "nngp" in running else None,
-                ntk=running["ntk"].mean.clone() if "ntk" in running else None,
-                nngp_stderr=running["nngp"].stderr() if "nngp" in running else None,
-                ntk_stderr=running["ntk"].stderr() if "ntk" in running else None,
-                n_samples=done,
-            )
+            nngp_mean, nngp_stderr = running["nngp"].estimate() if "nngp" in running else (None, None)
+            ntk_mean, ntk_stderr = running["ntk"].estimate() if "ntk" in running else (None, None)
+            yield MonteCarloKernel(nngp_mean, ntk_mean, nngp_stderr, ntk_stderr, n_samples=done)
     finally:
         report(None)
 
 
-def _progress(progress, total: int) -> Callable[[int | None], None]:
+def _progress(progress: object, total: int) -> Callable[[int | None], None]:
     """report(done) after each sample, report(None) at the end."""
     if progress is None or progress is False:
         return lambda done: None

@@ -129,7 +129,9 @@ def _select_classes(
     return x[keep], relabel[y[keep]]
 
 
-def _subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int, split: str, name: str):
+def _subset(
+    x: np.ndarray, y: np.ndarray, n: int | None, seed: int, split: str, name: str
+) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` of a seeded permutation (one random stream per split, so the subsets are nested in n)."""
     if n is None:
         return x, y
@@ -222,7 +224,7 @@ def prepare(
         y_test=torch.as_tensor(np.array(y_test), dtype=y_dtype).to(device),
         n_classes=n_classes,
         input_shape=shape,
-        image_shape=tuple(image_shape) if image_shape is not None else None,
+        image_shape=None if image_shape is None else (image_shape[0], image_shape[1], image_shape[2]),
         class_names=tuple(class_names),
         info=info,
     )

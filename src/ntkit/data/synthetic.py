@@ -25,7 +25,8 @@ def circle_target(x: np.ndarray, frequency: int) -> np.ndarray:
 
 def _sphere(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     g = rng.standard_normal((n, dim))
-    return g / np.linalg.norm(g, axis=1, keepdims=True)
+    unit: np.ndarray = g / np.linalg.norm(g, axis=1, keepdims=True)
+    return unit
 
 
 def load_circle(

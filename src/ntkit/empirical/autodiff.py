@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch.func import jvp, vjp
@@ -39,15 +40,17 @@ def _no_forward_derivative(err: Exception) -> bool:
 
 
 def jacobian_vector_product(
-    f: Callable[[dict[str, torch.Tensor]], torch.Tensor], params: dict[str, torch.Tensor], tangent: dict
+    f: Callable[[dict[str, torch.Tensor]], torch.Tensor], params: dict[str, torch.Tensor], tangent: dict[str, Any]
 ) -> torch.Tensor:
     """J t for J = ∂f/∂params at ``params``: one jvp, or where an operation lacks a forward-mode derivative
     the transpose of the vjp: g(u) = Jᵀu is linear in u, so the vjp of g with cotangent t is J t."""
     try:
-        return jvp(f, (params,), (tangent,))[1]
+        product: torch.Tensor = jvp(f, (params,), (tangent,))[1]
+        return product
     except (RuntimeError, NotImplementedError) as err:
         if not _no_forward_derivative(err):
             raise
-    out, pull = vjp(f, params)
-    _, pull_transposed = vjp(lambda u: pull(u)[0], torch.zeros_like(out))
-    return pull_transposed(tangent)[0]
+    out, pull = vjp(f, params)  # type: ignore[misc]  # torch types vjp's result as a 2- or 3-tuple whatever has_aux is
+    _, pull_transposed = vjp(lambda u: pull(u)[0], torch.zeros_like(out))  # type: ignore[misc]  # torch types vjp's result as a 2- or 3-tuple whatever has_aux is
+    transposed: torch.Tensor = pull_transposed(tangent)[0]
+    return transposed

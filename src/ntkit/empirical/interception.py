@@ -21,8 +21,9 @@ import functools
 import inspect
 import math
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -54,7 +55,7 @@ _CONV = _signature("input", "weight", bias=None, stride=1, padding=0, dilation=1
 _CONV_STATIC = ("stride", "padding", "dilation", "groups")
 
 #: The torch functions with a per-layer rule (see :mod:`.rules`), by the function object torch dispatches.
-LAYER_FUNCTIONS: dict[Callable, _LayerFunction] = {
+LAYER_FUNCTIONS: dict[Callable[..., Any], _LayerFunction] = {
     torch._C._nn.linear: _LayerFunction(
         "linear", _signature("input", "weight", bias=None), "input", ("weight", "bias"), ()
     ),
@@ -104,7 +105,7 @@ class LayerCall:
 
     kind: str
     params: dict[str, str]
-    static: dict[str, object]
+    static: dict[str, Any]  # the call's values of the arguments the rule needs, as torch received them
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     weight_shape: tuple[int, ...]
@@ -123,7 +124,7 @@ def _tensors(obj: object) -> list[torch.Tensor]:
     return []
 
 
-def _contraction_length(func: Callable, args: tuple) -> int:
+def _contraction_length(func: Callable[..., Any], args: tuple[Any, ...]) -> int:
     """For a matmul-like call, the length of the contracted axis (FLOPs = 2 · output entries · length); else 0."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if func in (torch._C._nn.linear, torch.conv1d, torch.conv2d):
@@ -170,7 +171,13 @@ class PassThroughMode(TorchFunctionMode):
     """A torch function mode that changes nothing. While any mode is active, ``nn.MultiheadAttention`` and
     ``nn.TransformerEncoderLayer`` skip their fused inference kernels, which have no forward-mode derivative."""
 
-    def __torch_function__(self, func, _types, args=(), kwargs=None):
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        _types: Collection[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         return func(*args, **(kwargs or {}))
 
 
@@ -194,12 +201,18 @@ class LayerInterceptor(TorchFunctionMode):
     flagged: set[str] = field(default_factory=set)
     activation_words: int = 0
     matmul_flops: int = 0
-    _entered: list[Callable] = field(default_factory=list)
+    _entered: list[Callable[..., Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__init__()
 
-    def __torch_function__(self, func, _types, args=(), kwargs=None):
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        _types: Collection[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         names = {self.watched[id(t)] for t in _tensors((args, kwargs)) if id(t) in self.watched}
         if not names:
@@ -221,14 +234,21 @@ class LayerInterceptor(TorchFunctionMode):
             self.flagged |= names
         return out
 
-    def _count(self, func: Callable, args: tuple, out: object) -> object:
+    def _count(self, func: Callable[..., Any], args: tuple[Any, ...], out: object) -> object:
         if self.count_costs:
             words = sum(t.numel() for t in _tensors(out))
             self.activation_words += words
             self.matmul_flops += 2 * words * _contraction_length(func, args)
         return out
 
-    def _layer_call(self, spec: _LayerFunction, func: Callable, args: tuple, kwargs: dict, names: set[str]):
+    def _layer_call(
+        self,
+        spec: _LayerFunction,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        names: set[str],
+    ) -> Any:
         bound = spec.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         arg = bound.arguments

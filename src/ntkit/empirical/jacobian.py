@@ -29,7 +29,8 @@ def per_example_jacobians(
         return fm.fn({**rest, **p}, xi.unsqueeze(0)).squeeze(0)
 
     with autodiff_context():
-        return vmap(jacrev(single), in_dims=(None, 0))(chosen, x)
+        jacobians: dict[str, torch.Tensor] = vmap(jacrev(single), in_dims=(None, 0))(chosen, x)
+        return jacobians
 
 
 def jacobian_side_cost(trace: ModelTrace, n_params: int) -> SideCost:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .._functional import FunctionalModel, ParamsArg, check_input_dtype, functionalize
+from .._functional import FunctionalModel, ModelArg, ParamsArg, check_input_dtype, functionalize
 from .._memory import check_fits, resolve_budget
 from .._validation import check_input_pair, format_shape
 from ..errors import ParameterSelectionError, ShapeError, UnsupportedError
@@ -58,7 +58,7 @@ def _layer_features(fm: FunctionalModel, layer: str | None) -> Callable[[torch.T
 
 
 def empirical_nngp(
-    model: nn.Module | Callable,
+    model: ModelArg,
     x1: torch.Tensor,
     x2: torch.Tensor | None = None,
     *,

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
-from torch import nn
 
-from .._functional import FunctionalModel, ParamsArg, check_input_dtype, functionalize
+from .._functional import FunctionalModel, ModelArg, ParamsArg, check_input_dtype, functionalize
 from .._memory import check_fits, resolve_budget
 from .._validation import check_input_pair, format_shape
 from ..errors import InvalidArgumentError, MemoryBudgetError, ShapeError
@@ -25,7 +23,7 @@ METHODS: dict[str, type] = {"structured": StructuredMethod, "jacobian": Jacobian
 
 
 def empirical_ntk(
-    model: nn.Module | Callable,
+    model: ModelArg,
     x1: torch.Tensor,
     x2: torch.Tensor | None = None,
     *,

@@ -37,8 +37,8 @@ LINEAR_FAMILY = ("linear", "conv")
 NORMS = ("layer_norm", "group_norm", "batch_norm")
 
 
-def _tuple(value: object, n: int) -> tuple[int, ...]:
-    return tuple(value) if isinstance(value, (list, tuple)) else (int(value),) * n  # type: ignore[arg-type]
+def _tuple(value: int | list[int] | tuple[int, ...], n: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (int(value),) * n
 
 
 def linear_family_dims(call: LayerCall) -> tuple[int, int, int, int]:
@@ -148,11 +148,14 @@ def parameter_jacobian(call: LayerCall, slot: str, X: torch.Tensor | None, G: to
     n, o = G.shape[:2]
     if call.kind in LINEAR_FAMILY:
         if slot == "weight":
+            assert X is not None, "the tracing pass records the input of every call with a weight"
             return linear_family_term(call, X, G).jacobian()
         return JacobianTerm(_linear_family_cotangents(call, G).sum(3).reshape(n, o, -1))
     if call.kind == "embedding":
+        assert X is not None, "the tracing pass records the indices of every embedding call"
         return embedding_term(call, X, G).jacobian()
     Gc = _channels_last(call, G)
     if slot == "bias":
         return JacobianTerm(Gc.sum(2))
+    assert X is not None, "the tracing pass records the input of every call with a weight"
     return JacobianTerm(torch.einsum("nlc,nolc->noc", _normalised_input(call, X), Gc))

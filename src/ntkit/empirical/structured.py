@@ -17,6 +17,7 @@ autograd. Each parameter's contribution is then contracted in the cheapest exact
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -149,7 +150,9 @@ class StructuredMethod:
             workspace_words=max([g.workspace_words for g in self.groups], default=0.0),
         )
 
-    def _capture(self, x: torch.Tensor):
+    def _capture(
+        self, x: torch.Tensor
+    ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor], dict[str, torch.Tensor]]:
         """Per-example inputs of the recorded calls, output cotangents (N, O, *out_shape) per call, and the
         Jacobians (N, O, *shape) of the fallback parameters, from one batched reverse pass."""
         calls = self.trace.calls
@@ -160,7 +163,9 @@ class StructuredMethod:
         probes = [torch.zeros(c.out_shape, dtype=dtype, device=device) for c in calls]
         expected = [c.signature() for c in calls]
 
-        def per_example(xn, probes, fallback):
+        def per_example(
+            xn: torch.Tensor, probes: list[torch.Tensor], fallback: dict[str, torch.Tensor]
+        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             icpt = LayerInterceptor(watched, probes=probes)
             with icpt:
                 out = self.fm.fn({**rule, **fallback}, xn.unsqueeze(0)).squeeze(0)
@@ -186,12 +191,12 @@ class StructuredMethod:
                 term = GramTerm(_cat([t.A for t in parts], 2), _cat([t.G for t in parts], 3))
                 terms.append(term if g.form == "gram" else FactoredJacobianTerm(term))
             elif g.form == "index":
-                parts = [embedding_term(calls[i], inputs[i], cots[i]) for i, _ in g.uses]
-                indices, G = _cat([t.indices for t in parts], 1), _cat([t.G for t in parts], 2)
-                terms.append(IndexTerm(indices, G, parts[0].num_embeddings))
+                tables = [embedding_term(calls[i], inputs[i], cots[i]) for i, _ in g.uses]
+                indices, G = _cat([t.indices for t in tables], 1), _cat([t.G for t in tables], 2)
+                terms.append(IndexTerm(indices, G, tables[0].num_embeddings))
             else:
-                J = sum(parameter_jacobian(calls[i], s, inputs.get(i), cots[i]).J for i, s in g.uses)
-                terms.append(JacobianTerm(J))
+                jacobians = [parameter_jacobian(calls[i], s, inputs.get(i), cots[i]).J for i, s in g.uses]
+                terms.append(JacobianTerm(functools.reduce(torch.add, jacobians)))
         terms += [JacobianTerm(fallback_jac[k].flatten(2)) for k in self.trace.fallback]
         return terms
 

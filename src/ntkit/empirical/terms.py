@@ -27,7 +27,9 @@ batches: (N,) or (N, O, O). Both take an optional :class:`Workspace` for scratch
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -204,10 +206,18 @@ class IndexTerm:
         return self._compact(torch.arange(self.num_embeddings, device=self.indices.device))
 
 
-Term = JacobianTerm | GramTerm | FactoredJacobianTerm | IndexTerm
+class Term(Protocol):
+    """One parameter tensor's features for a batch: any of the classes above. Two terms are contracted only with a
+    term of their own class, for the same parameter (``other`` is that term)."""
+
+    def pair(self, other: Any, full: bool, workspace: Workspace | None = None) -> torch.Tensor: ...
+
+    def diag(self, other: Any, full: bool, workspace: Workspace | None = None) -> torch.Tensor: ...
 
 
-def contract(terms1: list[Term], terms2: list[Term], full: bool, workspace: Workspace | None = None) -> torch.Tensor:
+def contract(
+    terms1: Sequence[Term], terms2: Sequence[Term], full: bool, workspace: Workspace | None = None
+) -> torch.Tensor:
     """Σ over terms of the block contraction: (N1, N2) summed over outputs, or (N1, N2, O, O)."""
     total = None
     for t1, t2 in zip(terms1, terms2, strict=True):
@@ -217,7 +227,7 @@ def contract(terms1: list[Term], terms2: list[Term], full: bool, workspace: Work
 
 
 def contract_diagonal(
-    terms1: list[Term], terms2: list[Term], full: bool, workspace: Workspace | None = None
+    terms1: Sequence[Term], terms2: Sequence[Term], full: bool, workspace: Workspace | None = None
 ) -> torch.Tensor:
     """Σ over terms of the row-wise contraction: (N,) summed over outputs, or (N, O, O)."""
     total = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,15 +113,14 @@ def _verified(
     kept = {}
     with torch.no_grad():
         for name, where in uses.items():
-            rebuilt = sum(
-                parameter_jacobian(
-                    icpt.calls[i],
-                    slot,
-                    icpt.inputs[i].detach()[None] if icpt.inputs[i] is not None else None,
-                    cotangents[i][None, None],
-                ).J.reshape(-1)
-                for i, slot in where
-            )
+            parts = []
+            for i, slot in where:
+                x = icpt.inputs[i]
+                term = parameter_jacobian(
+                    icpt.calls[i], slot, None if x is None else x.detach()[None], cotangents[i][None, None]
+                )
+                parts.append(term.J.reshape(-1))
+            rebuilt = functools.reduce(torch.add, parts)
             error = float(torch.linalg.norm(rebuilt - true[name]))
             if error <= tol * (float(torch.linalg.norm(true[name])) + tol):
                 kept[name] = where
@@ -132,7 +132,8 @@ def _without_fallback(
 ) -> tuple[list[LayerCall], dict[str, list[tuple[int, str]]]]:
     """The calls as the capture pass will see them, watching only the parameters kept for rules: slots of
     other parameters are dropped, and calls left without a watched slot are not intercepted at all."""
-    kept_calls, new_index = [], {}
+    kept_calls: list[LayerCall] = []
+    new_index: dict[int, int] = {}
     for i, call in enumerate(calls):
         slots = {slot: name for slot, name in call.params.items() if name in uses}
         if slots:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
 from torch.func import vjp
 
-from .._functional import ParamsArg, check_input_dtype, functionalize
+from .._functional import ModelArg, ParamsArg, check_input_dtype, functionalize
 from .._memory import resolve_budget
 from .._validation import check_input_pair, check_tensor, format_shape
 from ..errors import ShapeError
@@ -20,7 +19,7 @@ __all__ = ["ntk_vector_product"]
 
 
 def ntk_vector_product(
-    model: nn.Module | Callable,
+    model: ModelArg,
     x1: torch.Tensor,
     x2: torch.Tensor | None,
     v: torch.Tensor,
@@ -56,15 +55,19 @@ def ntk_vector_product(
     itemsize = fm.dtype.itemsize
     budget = resolve_budget(memory_budget, x1.device)
     size = chunk_for_budget(max(x1.shape[0], n2), 3 * activation_words * itemsize, budget, chunk_size)
+
+    def at(xs: torch.Tensor) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+        return lambda p: fm.fn(p, xs)
+
     with autodiff_context(), model_errors(x1):
         u = {k: torch.zeros_like(p) for k, p in fm.params.items()}
         for rows in chunks(n2, size):
-            _, pull = vjp(lambda p, xs=x2[rows]: fm.fn(p, xs), fm.params)
+            _, pull = vjp(at(x2[rows]), fm.params)  # type: ignore[misc]  # torch types vjp's result as a 2- or 3-tuple whatever has_aux is
             for k, g in pull(v[rows])[0].items():
                 u[k] += g
         out = torch.cat(
             [
-                jacobian_vector_product(lambda p, xs=x1[rows]: fm.fn(p, xs), fm.params, u)
+                jacobian_vector_product(at(x1[rows]), fm.params, u)
                 for rows in chunks(x1.shape[0], size)
             ]
         )

@@ -68,14 +68,14 @@ def check_nonnegative(value: object, name: str) -> float:
 def check_reduction(reduction: object) -> str:
     if reduction not in REDUCTIONS:
         raise InvalidArgumentError(f"reduction must be 'mean' or 'sum' (as in torch.nn.MSELoss), got {reduction!r}.")
-    return reduction  # type: ignore[return-value]
+    return str(reduction)
 
 
 def check_dtype(dtype: object) -> torch.dtype:
     """The dtype of the linear algebra: torch.float64 (default) or torch.float32."""
-    if dtype not in (torch.float64, torch.float32):
+    if not isinstance(dtype, torch.dtype) or dtype not in (torch.float64, torch.float32):
         raise UnsupportedError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}.")
-    return dtype  # type: ignore[return-value]
+    return dtype
 
 
 def loss_scale(reduction: str, n_entries: int) -> float:

@@ -29,6 +29,7 @@ JITTERS = (1e-8, 1e-7, 1e-6)
 
 def _factor(k: torch.Tensor) -> torch.Tensor | None:
     """L with K = L Lᵀ, or None if the factorization fails or its smallest pivot is at round-off level."""
+    chol: torch.Tensor
     chol, info = torch.linalg.cholesky_ex(k)
     if int(info) != 0:
         return None
@@ -88,4 +89,5 @@ class CholeskySolver:
 
     def whiten(self, b: torch.Tensor) -> torch.Tensor:
         """L⁻¹ b (K = L Lᵀ), so that bᵀ K⁻¹ b = (L⁻¹ b)ᵀ (L⁻¹ b) is symmetric PSD by construction."""
-        return torch.linalg.solve_triangular(self._chol, b, upper=False)
+        out: torch.Tensor = torch.linalg.solve_triangular(self._chol, b, upper=False)
+        return out

@@ -75,7 +75,7 @@ class FunctionSpacePredictor:
         fx_train_0: object = 0.0,
         fx_test_0: object = None,
         ntk_test_train: torch.Tensor | None = None,
-    ):
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Outputs at time(s) ``t`` (steps; None or inf: converged).
 
         Args:

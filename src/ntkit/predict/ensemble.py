@@ -17,6 +17,7 @@ t = inf gives :func:`~ntkit.predict.gp_inference`'s "ntk" / "nngp" posteriors (c
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -25,7 +26,7 @@ from ..errors import UnsupportedError
 from ._args import parse_times
 from ._eigen import stacked_matmul
 from ._modes import Schedule, check_limit_exists, check_times, mode_factors, warn_if_divergent
-from .gp import TestKernels, TrainingSet, parse_get, part_getter, posterior
+from .gp import Prediction, TestKernels, TrainingSet, parse_get, part_getter, posterior
 
 __all__ = ["EnsemblePredictor", "gradient_descent_mse_ensemble"]
 
@@ -78,13 +79,15 @@ class EnsemblePredictor:
     """See :func:`gradient_descent_mse_ensemble`. Holds ``kernel_fn``, the training inputs, the prepared
     :class:`~ntkit.predict.gp.TrainingSet` and the ``schedule`` of the training loop."""
 
-    def __init__(self, kernel_fn: Callable, x_train: object, train: TrainingSet, schedule: Schedule):
+    def __init__(self, kernel_fn: Callable[..., Any], x_train: object, train: TrainingSet, schedule: Schedule):
         self._kernel_fn, self._x_train, self.schedule = kernel_fn, x_train, schedule
         self.train = train
         self._train, self._y, self.layout = train.kernels, train.y, train.layout
         self.device, self.dtype = train.device, train.kernels.dtype
 
-    def __call__(self, t: object = None, x_test: torch.Tensor | None = None, get: object = "ntk", compute_cov=False):
+    def __call__(
+        self, t: object = None, x_test: torch.Tensor | None = None, get: object = "ntk", compute_cov: bool = False
+    ) -> Prediction | dict[str, Prediction]:
         times, scalar = parse_times(t)
         names, single = parse_get(get, ENSEMBLE_GETS)
         if x_test is None:
@@ -100,13 +103,13 @@ class EnsemblePredictor:
                 self.dtype,
                 labels,
             )
-        out = {}
+        out: dict[str, Prediction] = {}
         for name in names:
             mean, cov = self._predict(name, times, test, bool(compute_cov))
             mean = self.train.output(mean, self._train.input_dtype(name))
             if scalar:
                 mean, cov = mean[0], None if cov is None else cov[0]
-            out[name] = (mean, cov.to(mean.dtype)) if compute_cov else mean
+            out[name] = mean if cov is None else (mean, cov.to(mean.dtype))
         return out[names[0]] if single else out
 
     def _predict(
@@ -123,7 +126,7 @@ class EnsemblePredictor:
             )
             on = test or TestKernels(self._train.matrix, self._train.matrix, self.layout.n_train, self.dtype)
             result = posterior(self._train, self._y, name, on, compute_cov)
-            mean, cov = result if compute_cov else (result, None)
+            mean, cov = result if isinstance(result, tuple) else (result, None)
             parts.append(((~finite).nonzero().squeeze(1), (mean[None], None if cov is None else cov[None])))
         return _assemble(times.numel(), parts)
 
@@ -142,7 +145,9 @@ class EnsemblePredictor:
         mean = stacked_matmul(k_td, eig.combine(g, self._y))
         return mean, self._test_cov(name, test, k_td @ v, lam, g) if compute_cov else None
 
-    def _test_cov(self, name: str, test: TestKernels, a: torch.Tensor, lam: torch.Tensor, g: torch.Tensor):
+    def _test_cov(
+        self, name: str, test: TestKernels, a: torch.Tensor, lam: torch.Tensor, g: torch.Tensor
+    ) -> torch.Tensor:
         """cov_t at test points, (T, M, M), in chunks of times that fit the memory budget."""
         k_tt = test.test_test("nngp")
         if name == "nngp":  # Θ = K: cov_t = K_TT − A diag(g(2 − λg)) Aᵀ, g(2 − λg) = (1 − φ²)/λ
@@ -173,7 +178,7 @@ class EnsemblePredictor:
         """``per_time`` (T, N) split along T so that a few (chunk, M, N) intermediates fit the memory budget."""
         per_step = 4 * rows.numel() * rows.element_size()
         size = max(1, resolve_budget(None, rows.device) // per_step)
-        return list(per_time.split(size))
+        return list(torch.split(per_time, size))
 
 
 def _assemble(
@@ -187,6 +192,6 @@ def _assemble(
     cov = None if first_cov is None else first_cov.new_empty(n_times, *first_cov.shape[1:])
     for idx, (m, c) in parts:
         mean[idx] = m
-        if cov is not None:
+        if cov is not None and c is not None:
             cov[idx] = c
     return mean, cov

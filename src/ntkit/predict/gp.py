@@ -28,6 +28,7 @@ from ._train_kernels import TrainKernels
 
 __all__ = [
     "GPPredictor",
+    "Prediction",
     "TestKernels",
     "TrainingSet",
     "gp_inference",
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 GP_GETS = ("nngp", "ntk", "ntkgp")
+
+#: A prediction: the mean (M, C), or (mean, covariance (M, M)).
+Prediction = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 def parse_get(get: object, allowed: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
@@ -87,7 +91,7 @@ class TestKernels:
         dtype: torch.dtype,
         labels: tuple[str, str] = ("k_test_train", "k_test_test"),
     ):
-        self._get = {"td": test_train, "tt": test_test}
+        self._test_train, self._test_test = test_train, test_test
         self._n, self.dtype, self._labels = n_train, dtype, labels
         self.n_test: int | None = None
         self._cache: dict[tuple[str, str], torch.Tensor] = {}
@@ -101,7 +105,7 @@ class TestKernels:
     def test_train(self, name: str) -> torch.Tensor:
         key = ("td", name)
         if key not in self._cache:
-            part = self._get["td"](name)
+            part = self._test_train(name)
             if part.ndim != 2 or part.shape[1] != self._n or (self.n_test not in (None, part.shape[0])):
                 raise ShapeError(
                     f"{self._labels[0]}.{name} has shape {format_shape(part.shape)}; expected (M, {self._n})"
@@ -116,7 +120,7 @@ class TestKernels:
     def test_test(self, name: str) -> torch.Tensor:
         key = ("tt", name)
         if key not in self._cache:
-            getter = self._get["tt"]
+            getter = self._test_test
             if getter is None:
                 raise ShapeError(f"a covariance needs the test-test kernel {self._labels[1]}.")
             part = getter(name)
@@ -219,7 +223,9 @@ class GPPredictor:
     def __init__(self, train: TrainingSet):
         self.train = train
 
-    def __call__(self, get: object, k_test_train: object, k_test_test: object | None = None):
+    def __call__(
+        self, get: object, k_test_train: object, k_test_test: object | None = None
+    ) -> Prediction | dict[str, Prediction]:
         names, single = parse_get(get, GP_GETS)
         device = self.train.device
         test = TestKernels(
@@ -228,7 +234,7 @@ class GPPredictor:
             self.train.layout.n_train,
             self.train.kernels.dtype,
         )
-        out = {}
+        out: dict[str, Prediction] = {}
         for name in names:
             result = posterior(self.train.kernels, self.train.y, name, test, k_test_test is not None)
             kernel_dtype = test.input_dtype("nngp" if name == "nngp" else "ntk")

@@ -197,14 +197,14 @@ class LossPredictor(FunctionSpacePredictor):
 
         if self.momentum > 0:
 
-            def rhs(_, state):
+            def rhs(_: float, state: np.ndarray) -> np.ndarray:
                 alpha, speed = state[:size], state[size:]
                 return np.concatenate([speed, -gamma * speed + grad_at(alpha)])
 
             start = np.zeros(2 * size)
         else:
 
-            def rhs(_, state):
+            def rhs(_: float, state: np.ndarray) -> np.ndarray:
                 return grad_at(state)
 
             start = np.zeros(size)

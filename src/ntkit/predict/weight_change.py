@@ -9,13 +9,10 @@ of α_t per time; the Jacobian is never formed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from torch import nn
 from torch.func import vjp
 
-from .._functional import ParamsArg, check_input_dtype, functionalize, translate_transform_errors
+from .._functional import ModelArg, ParamsArg, check_input_dtype, functionalize, translate_transform_errors
 from .._validation import check_tensor, format_shape
 from ..empirical import empirical_ntk
 from ..errors import ShapeError
@@ -25,7 +22,7 @@ __all__ = ["weight_change"]
 
 
 def weight_change(
-    model: nn.Module | Callable,
+    model: ModelArg,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
     learning_rate: float,
@@ -85,7 +82,7 @@ def weight_change(
     )
     alpha = predictor.coefficients(t, f0).to(fm.dtype)
     with translate_transform_errors():
-        _, pullback = vjp(lambda p: fm.fn(p, x), fm.params)
+        _, pullback = vjp(lambda p: fm.fn(p, x), fm.params)  # type: ignore[misc]  # torch types vjp's result as a 2- or 3-tuple whatever has_aux is
         if alpha.ndim == 2:
             (grads,) = pullback(alpha)
             return {name: -g for name, g in grads.items()}

@@ -127,7 +127,8 @@ class ExperimentResult:
         out["figures"] = [
             {"name": f.name, "caption": f.caption, "file": f"{figure_dir}/{f.name}.png"} for f in self.figures
         ]
-        return to_jsonable(out)
+        jsonable: dict[str, Any] = to_jsonable(out)
+        return jsonable
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], root: Path | None = None) -> ExperimentResult:
