@@ -42,7 +42,7 @@ class RunContext:
         self,
         *,
         task: str = "binary",
-        n_train: int,
+        n_train: int | None,
         n_test: int | None = None,
         dtype: torch.dtype = torch.float64,
         **options: Any,

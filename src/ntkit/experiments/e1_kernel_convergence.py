@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..empirical import empirical_ntk
 from ..infinite.compute import kernel
@@ -83,24 +84,34 @@ def monte_carlo_counts(n: int) -> list[int]:
     return counts if counts[-1] == n else [*counts, n]
 
 
-def _network(cfg: KernelConvergenceConfig, ctx: RunContext, depth: int, width: int, sample: int, x: torch.Tensor):
+def _network(
+    cfg: KernelConvergenceConfig, ctx: RunContext, depth: int, width: int, sample: int, x: torch.Tensor
+) -> nn.Sequential:
     return mlp(
         x.shape[1], [width] * depth, 1, W_std=cfg.W_std, b_std=cfg.b_std,
         seed=ctx.derive_seed("E1", depth, width, sample), dtype=x.dtype, device=x.device,
     )  # fmt: skip
 
 
-def _empirical(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def _empirical(model: nn.Sequential, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Θ̂ (all parameters) and K̂ (the readout layer's tangent kernel = x̄ x̄ᵀ) on ``x``: (N, N) each."""
     return {"ntk": empirical_ntk(model, x), "nngp": empirical_ntk(model, x, params=readout_parameters(model))}
 
 
-def _one_width(cfg, ctx, depth: int, width: int, x, analytic: dict[str, torch.Tensor], n_samples: int) -> dict:
+def _one_width(
+    cfg: KernelConvergenceConfig,
+    ctx: RunContext,
+    depth: int,
+    width: int,
+    x: torch.Tensor,
+    analytic: dict[str, torch.Tensor],
+    n_samples: int,
+) -> dict[str, Any]:
     """Errors of every network's kernels (M = 1) and of the running means of the first M of them."""
     counts = monte_carlo_counts(n_samples)
     total = {name: torch.zeros_like(k) for name, k in analytic.items()}
-    single = {name: [] for name in analytic}
-    mean_err = {name: [] for name in analytic}
+    single: dict[str, list[float]] = {name: [] for name in analytic}
+    mean_err: dict[str, list[float]] = {name: [] for name in analytic}
     for s in range(n_samples):
         emp = _empirical(_network(cfg, ctx, depth, width, s, x), x)
         for name, k in emp.items():
@@ -138,7 +149,12 @@ def _fit_name(depth: int, name: str) -> str:
     return f"{KERNELS[name]}, {depth} hidden layer{'s' if depth > 1 else ''}"
 
 
-def _convergence_figure(cfg, runs, fits, mean_fits) -> Figure:
+def _convergence_figure(
+    cfg: KernelConvergenceConfig,
+    runs: dict[int, list[dict[str, Any]]],
+    fits: dict[str, SlopeFit],
+    mean_fits: dict[str, SlopeFit],
+) -> Figure:
     widths = np.asarray(cfg.widths, dtype=float)
     fig, axes = new_figure(ncols=len(cfg.depths), panel_size=(4.6, 4.6))
     for ax, depth in zip(axes, cfg.depths, strict=True):
@@ -173,7 +189,7 @@ def _convergence_figure(cfg, runs, fits, mean_fits) -> Figure:
     )
 
 
-def _heatmap_figure(cfg, depth: int, rows: list[dict]) -> Figure:
+def _heatmap_figure(cfg: KernelConvergenceConfig, depth: int, rows: list[dict[str, Any]]) -> Figure:
     counts = rows[0]["counts"]
     fig, axes = new_figure(ncols=len(KERNELS), panel_size=(4.2, 3.6))
     for ax, name in zip(axes, KERNELS, strict=True):
@@ -201,9 +217,10 @@ def kernel_convergence(cfg: KernelConvergenceConfig, ctx: RunContext) -> Experim
     data = ctx.load_data(task="multiclass", n_train=cfg.n_points, n_test=1, dtype=dtype)
     x = data.x_train
     runs: dict[int, list[dict[str, Any]]] = {}
-    analytic_kernels = {}
+    analytic_kernels: dict[int, dict[str, torch.Tensor]] = {}
     for i, depth in enumerate(cfg.depths):
         k = kernel(_network(cfg, ctx, depth, 1, 0, x), x)
+        assert k.ntk is not None and k.nngp is not None  # both were asked for
         analytic = {"ntk": k.ntk, "nngp": k.nngp}
         analytic_kernels[depth] = analytic
         n_samples = max(cfg.samples, cfg.mc_samples) if i == 0 else cfg.samples

@@ -125,12 +125,21 @@ def _judge(cfg: LinearizationConfig, gap: dict[str, list[float]], moved: float) 
     return False, f"Not supported ({'; '.join(problems)}): {text}.", numbers
 
 
-def _figure(cfg, steps, net, lin, gap, weights, loss_curve, points) -> Figure:
+def _figure(
+    cfg: LinearizationConfig,
+    steps: list[int],
+    net: dict[str, Any],
+    lin: dict[str, dict[str, Any]],
+    gap: dict[str, list[float]],
+    weight_tensors: dict[str, torch.Tensor],
+    loss_curve: list[float],
+    points: list[int],
+) -> Figure:
     """The four panels of Fig. 3; tensors may be on any device."""
     t = np.asarray(steps[1:], dtype=float)
     net = {**net, "test_out": net["test_out"].cpu().numpy()}
     lin = {name: {**v, "test_out": v["test_out"].cpu().numpy()} for name, v in lin.items()}
-    weights = {name: w.cpu().numpy() for name, w in weights.items()}
+    weights = {name: w.cpu().numpy() for name, w in weight_tensors.items()}
     styles = {"network": ("k", "-"), "empirical": ("C0", "--"), "analytic": ("C3", ":")}
     with plot_style():
         fig, axes = new_figure(ncols=4, panel_size=(3.6, 3.3))
@@ -185,10 +194,9 @@ def network_vs_linearization(cfg: LinearizationConfig, ctx: RunContext) -> Exper
     n, k = x.shape[0], y.shape[1]
     model = config_mlp(cfg, x, k, ctx.derive_seed("E2"))
     x_all = torch.cat([x, x_test])
-    kernels = {
-        "empirical": blocked_ntk(model, x_all, cfg.kernel_block),
-        "analytic": analytic_kernel(model, x_all, get="ntk").ntk.to(x.dtype),
-    }
+    analytic = analytic_kernel(model, x_all, get="ntk").ntk
+    assert analytic is not None  # asked for
+    kernels = {"empirical": blocked_ntk(model, x_all, cfg.kernel_block), "analytic": analytic.to(x.dtype)}
     with torch.no_grad():
         f0 = model(x_all)
     lr = cfg.lr_fraction * max_learning_rate(kernels["empirical"][:n, :n], n_outputs=k)
@@ -212,7 +220,7 @@ def network_vs_linearization(cfg: LinearizationConfig, ctx: RunContext) -> Exper
         raise FloatingPointError(f"training diverged (η = {lr:.3g}); lower lr_fraction.")
 
     y_test = data.targets()[1]
-    net = {"test_out": torch.stack(history.eval_outputs)[..., 0], "train_loss": history.loss}
+    net: dict[str, Any] = {"test_out": torch.stack(history.eval_outputs)[..., 0], "train_loss": history.loss}
     net["test_loss"] = [float(((f - y_test) ** 2).mean()) for f in history.eval_outputs]
     lin: dict[str, dict[str, Any]] = {}
     for name, kernel in kernels.items():

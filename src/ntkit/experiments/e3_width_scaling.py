@@ -43,10 +43,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import product
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..empirical import empirical_ntk
 from ..predict import max_learning_rate
@@ -57,6 +58,9 @@ from .models import config_mlp, dense_layers, readout_parameters
 from .registry import register
 from .stats import SlopeFit, fit_loglog_slope, relative_change, rmse
 from .training import log_spaced_steps, train_full_batch
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["FULL", "QUICK", "WidthScalingConfig", "width_scaling"]
 
@@ -124,7 +128,9 @@ def _expected_layer_slope(i: int, n_layers: int) -> float:
     return -0.5 if i in (0, n_layers - 1) else -1.0
 
 
-def _network(cfg: WidthScalingConfig, ctx: RunContext, width: int, repeat: int, x: torch.Tensor, k: int):
+def _network(
+    cfg: WidthScalingConfig, ctx: RunContext, width: int, repeat: int, x: torch.Tensor, k: int
+) -> nn.Sequential:
     """The network of (``width``, ``repeat``): the same one every time it is built (its seed is derived from both)."""
     return config_mlp(cfg, x, k, ctx.derive_seed("E3", width, repeat), width=width)
 
@@ -141,7 +147,7 @@ class _Initial:
     max_lr: float
 
 
-def _initial(cfg: WidthScalingConfig, model, x: torch.Tensor, x_test: torch.Tensor, k: int) -> _Initial:
+def _initial(cfg: WidthScalingConfig, model: nn.Module, x: torch.Tensor, x_test: torch.Tensor, k: int) -> _Initial:
     n = x.shape[0]
     ntk = blocked_ntk(model, torch.cat([x, x_test]), cfg.kernel_block)
     with torch.no_grad():
@@ -151,8 +157,8 @@ def _initial(cfg: WidthScalingConfig, model, x: torch.Tensor, x_test: torch.Tens
 
 
 def _one_network(
-    cfg: WidthScalingConfig, ctx: RunContext, width: int, repeat: int, x, y, x_test, lr: float, record: list[int],
-    init: _Initial,
+    cfg: WidthScalingConfig, ctx: RunContext, width: int, repeat: int, x: torch.Tensor, y: torch.Tensor,
+    x_test: torch.Tensor, lr: float, record: list[int], init: _Initial,
 ) -> dict[str, Any]:  # fmt: skip
     """Train one network; its relative changes, and its test RMSE against the linearization at the record steps
     (the linearization's outputs by ``gradient_descent_mse`` with the network's Θ̂_0, module docstring)."""
@@ -160,7 +166,7 @@ def _one_network(
     _, lin_test = linearized_outputs(init.ntk, init.outputs, y, lr, record)
     model = _network(cfg, ctx, width, repeat, x, y.shape[1])
     xk = x[:nk_]
-    weights0 = [m.weight.detach().clone() for _, m in dense_layers(model)]
+    weights0 = [cast(torch.Tensor, m.weight).detach().clone() for _, m in dense_layers(model)]
     history = train_full_batch(
         model,
         x,
@@ -180,7 +186,8 @@ def _one_network(
         "width": width,
         "repeat": repeat,
         "weights": [
-            relative_change(m.weight.detach(), w0) for (_, m), w0 in zip(dense_layers(model), weights0, strict=True)
+            relative_change(cast(torch.Tensor, m.weight).detach(), w0)
+        for (_, m), w0 in zip(dense_layers(model), weights0, strict=True)
         ],
         "ntk": relative_change(ntk[-1], ntk[0]),
         "nngp": relative_change(empirical_ntk(model, xk, params=readout_parameters(model)), init.nngp),
@@ -229,12 +236,12 @@ def _judge(fits: dict[str, SlopeFit], expected: dict[str, float | str]) -> tuple
     )
 
 
-def _guides(ax, x: np.ndarray, y0: float) -> None:
+def _guides(ax: Axes, x: np.ndarray, y0: float) -> None:
     for power, style, label in ((-0.5, ":", r"$\propto n^{-1/2}$"), (-1.0, "--", r"$\propto n^{-1}$")):
         ax.plot(x, y0 * (x / x[0]) ** power, style, color="0.5", lw=1, label=label)
 
 
-def _width_axis(ax, widths: list[int]) -> None:
+def _width_axis(ax: Axes, widths: list[int]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(widths, [str(w) for w in widths])
@@ -242,7 +249,16 @@ def _width_axis(ax, widths: list[int]) -> None:
     ax.set_xlabel("width n")
 
 
-def _plot_series(ax, widths, xs, values, mean, fit: SlopeFit, color: str, label: str) -> None:
+def _plot_series(
+    ax: Axes,
+    widths: list[int],
+    xs: list[int],
+    values: list[float],
+    mean: list[float],
+    fit: SlopeFit,
+    color: str,
+    label: str,
+) -> None:
     """Individual networks (dots), their mean per width (line) and the fitted power law (thick, pale)."""
     w = np.asarray(widths, dtype=float)
     ax.plot(xs, values, ".", color=color, alpha=0.35, ms=5)
@@ -250,7 +266,17 @@ def _plot_series(ax, widths, xs, values, mean, fit: SlopeFit, color: str, label:
     ax.plot(w, fit.predict(w), color=color, alpha=0.3, lw=4)
 
 
-def _figures(cfg, widths, layer_names, series, xs, per_width, fits, runs, record) -> list[Figure]:
+def _figures(
+    cfg: WidthScalingConfig,
+    widths: list[int],
+    layer_names: list[str],
+    series: dict[str, list[float]],
+    xs: list[int],
+    per_width: dict[str, list[float]],
+    fits: dict[str, SlopeFit],
+    runs: list[dict[str, Any]],
+    record: list[int],
+) -> list[Figure]:
     from matplotlib import colormaps
     from matplotlib.ticker import FormatStrFormatter, LogLocator
 

@@ -45,8 +45,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -123,8 +124,11 @@ class Ensemble(nn.Module):
         object.__setattr__(self, "_base", copy.deepcopy(models[0]).to("meta"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = cast(nn.Module, self._base)
+
         def one(*params: torch.Tensor) -> torch.Tensor:
-            return functional_call(self._base, dict(zip(self._names, params, strict=True)), (x,))
+            out: torch.Tensor = functional_call(base, dict(zip(self._names, params, strict=True)), (x,))
+            return out
 
         out = vmap(one)(*self.stacked)  # (M, N, 1)
         if out.shape[-1] != 1:
@@ -180,7 +184,7 @@ def _compare(outputs: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, keep:
 
 def _matches(cfg: EnsembleConfig, c: dict[str, Any], limits: Limits) -> bool:
     (v_lo, v_hi), (c_lo, c_hi) = limits.variance, limits.coverage
-    return c["rms_z"] <= cfg.z_max and v_lo <= c["variance_ratio"] <= v_hi and c_lo <= c["coverage"] <= c_hi
+    return bool(c["rms_z"] <= cfg.z_max and v_lo <= c["variance_ratio"] <= v_hi and c_lo <= c["coverage"] <= c_hi)
 
 
 def _judge(
@@ -210,7 +214,17 @@ def _judge(
     return True, f"Supported: {text}, so it tells the NTK-GP from the readout-only NNGP."
 
 
-def _figures(cfg, alpha, times, outputs, gp, keep, comparisons, limits: Limits, y_ends) -> list[Figure]:
+def _figures(
+    cfg: EnsembleConfig,
+    alpha: torch.Tensor,
+    times: list[int],
+    outputs: torch.Tensor,
+    gp: dict[str, dict[str, torch.Tensor]],
+    keep: torch.Tensor,
+    comparisons: dict[str, list[dict[str, Any]]],
+    limits: Limits,
+    y_ends: list[float],
+) -> list[Figure]:
     a = alpha.cpu().numpy()
     colors = {"ntk": "C0", "nngp": "C3"}
     figs = []
@@ -246,12 +260,12 @@ def _figures(cfg, alpha, times, outputs, gp, keep, comparisons, limits: Limits, 
             )
         )
         fig, axes = new_figure(ncols=3, panel_size=(3.6, 3.1))
-        t = np.arange(len(times))
+        ticks = np.arange(len(times))
         for name, color in colors.items():
             c = comparisons[name]
-            axes[0].plot(t, [v["rms_z"] for v in c], "o-", color=color, label=GPS[name])
-            axes[1].plot(t, [v["variance_ratio"] for v in c], "o-", color=color)
-            axes[2].plot(t, [v["coverage"] for v in c], "o-", color=color)
+            axes[0].plot(ticks, [v["rms_z"] for v in c], "o-", color=color, label=GPS[name])
+            axes[1].plot(ticks, [v["variance_ratio"] for v in c], "o-", color=color)
+            axes[2].plot(ticks, [v["coverage"] for v in c], "o-", color=color)
         axes[0].axhline(cfg.z_max, color="0.4", ls="--", lw=1, label=f"limit {cfg.z_max:g}")
         axes[0].set(ylabel="RMS of z = (m̄ − μ)/(σ/√M) over the path", ylim=(0, None))
         axes[0].legend(fontsize=7)
@@ -262,7 +276,7 @@ def _figures(cfg, alpha, times, outputs, gp, keep, comparisons, limits: Limits, 
         axes[2].axhline(0.9545, color="0.4", ls=":", lw=1)
         axes[2].set(ylabel="fraction of outputs within μ ± 2σ")
         for ax in axes:
-            ax.set_xticks(t, [str(s) for s in times])
+            ax.set_xticks(ticks, [str(s) for s in times])
             ax.set_xlabel("GD step")
         figs.append(
             Figure.from_matplotlib(
@@ -278,11 +292,15 @@ def _figures(cfg, alpha, times, outputs, gp, keep, comparisons, limits: Limits, 
     return figs
 
 
-def _cached_kernel_fn(model: nn.Module, x: torch.Tensor, path: torch.Tensor):
+def _cached_kernel_fn(
+    model: nn.Module, x: torch.Tensor, path: torch.Tensor
+) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
     """``kernel_fn(a, b)`` for ``gradient_descent_mse_ensemble`` on the training inputs ``x`` and the ``path``: the
     analytic kernels ``nk.kernel(model, ...)`` of [x; path] computed once (one triangle), then sliced, since the
     predictor asks for the (x, x), (path, x) and (path, path) blocks. Kernels in ``x``'s dtype."""
     full = analytic_kernel(copy.deepcopy(model).to(x.dtype), torch.cat([x, path]))
+    nngp, ntk = full.nngp, full.ntk
+    assert nngp is not None and ntk is not None  # both were asked for
     n = x.shape[0]
 
     def rows(a: torch.Tensor) -> slice:
@@ -294,7 +312,7 @@ def _cached_kernel_fn(model: nn.Module, x: torch.Tensor, path: torch.Tensor):
 
     def kernel_fn(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
         i, j = rows(a), rows(b)
-        return {"nngp": full.nngp[i, j], "ntk": full.ntk[i, j]}
+        return {"nngp": nngp[i, j], "ntk": ntk[i, j]}
 
     return kernel_fn
 
@@ -307,7 +325,7 @@ def ensemble_vs_gp(cfg: EnsembleConfig, ctx: RunContext) -> ExperimentResult:
     x, y = data.x_train, data.targets()[0]
     if not data.is_classification:
         raise ValueError(f"E4's path joins training points of two classes; {data.name!r} has no classes.")
-    first = [int((data.y_train == c).nonzero()[0]) for c in data.y_train.unique()[:2]]
+    first = [int((data.y_train == c).nonzero()[0]) for c in torch.unique(data.y_train)[:2]]
     x1, x2 = x[first[1]], x[first[0]]
     alpha = torch.linspace(*cfg.alpha_range, cfg.n_path, dtype=dtype, device=x.device)
     path = alpha[:, None] * x1 + (1 - alpha[:, None]) * x2
@@ -323,7 +341,10 @@ def ensemble_vs_gp(cfg: EnsembleConfig, ctx: RunContext) -> ExperimentResult:
     lr = cfg.lr_fraction * max_learning_rate(kernel_fn(x, x)["ntk"], n_outputs=1)
     steps = sorted(set(cfg.times))
     predictor = gradient_descent_mse_ensemble(kernel_fn, x, y, lr)
-    predicted = predictor(torch.tensor(steps, dtype=dtype), path, get=tuple(GPS), compute_cov=True)
+    predicted = cast(  # several gets with covariances: {get: (mean, cov)}
+        dict[str, tuple[torch.Tensor, torch.Tensor]],
+        predictor(torch.tensor(steps, dtype=dtype), path, get=tuple(GPS), compute_cov=True),
+    )
     gp = {name: {"mean": m[..., 0], "var": c.diagonal(dim1=-2, dim2=-1)} for name, (m, c) in predicted.items()}
 
     ensemble = Ensemble(models)

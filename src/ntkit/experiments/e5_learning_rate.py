@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -76,6 +76,9 @@ CLAIM = (
     "it and diverges or, in the catapult phase, converges after its kernel's λ_max has fallen (Lee et al. 2019, "
     "§2.4 and Theorem 2.1; Lewkowycz et al. 2020)."
 )
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,9 @@ def _outcome(loss_curve: list[float], fraction: float) -> str:
     return "converged" if final <= fraction * initial else "stalled"
 
 
-def _linearization(ntk0: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, lr: float, steps: list[int]):
+def _linearization(
+    ntk0: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, lr: float, steps: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, test) outputs of the linearization after each of ``steps``, (T, N, k) and (T, M, k), from the closed
     form with Θ̂_0 on train and test points (N + M, N + M); above η_max they grow without bound (and may overflow)."""
     with warnings.catch_warnings():
@@ -126,7 +131,16 @@ def _linearization(ntk0: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, lr: fl
         return linearized_outputs(ntk0, f0, y, lr, steps)
 
 
-def _one_rate(cfg: LearningRateConfig, ctx: RunContext, lr: float, x, y, x_test, ntk0, f0) -> dict[str, Any]:
+def _one_rate(
+    cfg: LearningRateConfig,
+    ctx: RunContext,
+    lr: float,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_test: torch.Tensor,
+    ntk0: torch.Tensor,
+    f0: torch.Tensor,
+) -> dict[str, Any]:
     """Train the network at ``lr`` and compare it with its linearization (module docstring)."""
     model = config_mlp(cfg, x, y.shape[1], ctx.derive_seed("E5"))
     record = log_spaced_steps(cfg.steps, cfg.n_times)
@@ -213,14 +227,18 @@ def _judge(
     return True, f"Supported: {text}{edge_note}."
 
 
-def _groups(runs: list[dict[str, Any]], lr_max: float, lr_crit: float, band: float):
+def _groups(
+    runs: list[dict[str, Any]], lr_max: float, lr_crit: float, band: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(judged, edge, above): runs below η_critical and (1 − band) η_max; in the band up to η_critical; above η_max."""
     judged = [r for r in runs if r["lr"] <= lr_crit and r["lr"] < (1 - band) * lr_max]
     edge = [r for r in runs if (1 - band) * lr_max <= r["lr"] <= lr_crit]
     return judged, edge, [r for r in runs if r["lr"] > lr_max]
 
 
-def _measured(runs: list[dict[str, Any]], lam_min: float, lam_max: float, lr_max: float, lr_crit: float, steps: int):
+def _measured(
+    runs: list[dict[str, Any]], lam_min: float, lam_max: float, lr_max: float, lr_crit: float, steps: int
+) -> str:
     below = [r for r in runs if r["lr"] <= lr_crit]
     above = [r for r in runs if r["lr"] > lr_max]
     lin_div = [f"{r['ratio']:.3g}" for r in runs if r["linear_diverged"]]
@@ -239,7 +257,7 @@ def _measured(runs: list[dict[str, Any]], lam_min: float, lam_max: float, lr_max
     return text
 
 
-def _rate_axis(ax, ratios: np.ndarray, crit: float, band: float, *, labels: bool = False) -> None:
+def _rate_axis(ax: Axes, ratios: np.ndarray, crit: float, band: float, *, labels: bool = False) -> None:
     """Log η/η_max axis with η_critical and η_max marked, the edge band shaded grey, the divergent range red
     (named in the legend when ``labels``)."""
     from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullLocator
@@ -263,7 +281,7 @@ def _rate_axis(ax, ratios: np.ndarray, crit: float, band: float, *, labels: bool
     ax.set_xlabel("η / η_max")
 
 
-def _legend_below(ax) -> None:
+def _legend_below(ax: Axes) -> None:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, frameon=False)
 
 
@@ -336,11 +354,11 @@ def _figures(cfg: LearningRateConfig, runs: list[dict[str, Any]], lr_max: float,
         below, above = ratios[ratios <= 1], ratios[ratios > 1]
         for r, ratio in zip(runs, ratios, strict=True):  # blues below η_max, reds above, darker further from it
             group, cmap = (below, colormaps["Blues_r"]) if ratio <= 1 else (above, colormaps["Reds"])
-            color = cmap(0.15 + 0.65 * float(np.searchsorted(group, ratio)) / max(len(group) - 1, 1))
+            shade = cmap(0.15 + 0.65 * float(np.searchsorted(group, ratio)) / max(len(group) - 1, 1))
             curve = np.array(r["loss_curve"], dtype=float)
-            ax.plot(np.arange(1, len(curve) + 1), np.clip(curve, None, ceiling), color=color, label=f"{ratio:.3g}")
+            ax.plot(np.arange(1, len(curve) + 1), np.clip(curve, None, ceiling), color=shade, label=f"{ratio:.3g}")
             if not r["linear_diverged"]:
-                ax.plot(np.asarray(r["record_steps"]) + 1, r["linear_loss"], "o", color=color, ms=3, mfc="none")
+                ax.plot(np.asarray(r["record_steps"]) + 1, r["linear_loss"], "o", color=shade, ms=3, mfc="none")
         ax.set(xscale="log", yscale="log", xlabel="GD step t + 1", ylabel="train loss (MSE)")
         ax.set_title("Network (lines) and linearization (circles, where it converges) during training")
         ax.legend(

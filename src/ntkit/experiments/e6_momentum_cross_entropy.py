@@ -42,7 +42,7 @@ Verdict rule; all must hold for "supported", else "not supported":
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,7 +118,14 @@ FULL = MomentumConfig(
 )  # fmt: skip
 
 
-def _evaluate(models: Mapping[str, nn.Module], x, labels, x_test, labels_test, n_watch: int) -> dict[str, Any]:
+def _evaluate(
+    models: Mapping[str, nn.Module],
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    x_test: torch.Tensor,
+    labels_test: torch.Tensor,
+    n_watch: int,
+) -> dict[str, Any]:
     """Loss, accuracy and test logits of each model, and the RMSE between the first two models' test logits."""
     out: dict[str, Any] = {}
     logits = {}
@@ -147,7 +154,7 @@ def side_by_side_classification(
     momentum: float,
     batch_size: int | None,
     steps: int,
-    record_steps: Iterable[int],
+    record_steps: Sequence[int],
     n_watch: int = 3,
     seed: int = 0,
     progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
@@ -188,6 +195,7 @@ def side_by_side_classification(
 def _full_batch(cfg: MomentumConfig, ctx: RunContext, data: Dataset, width: int) -> dict[str, Any]:
     """A full-batch run: network, trained linearization and ``gradient_descent`` prediction (module docstring)."""
     n = cfg.fb_n_train
+    assert data.n_classes is not None  # checked by the caller
     x, labels = data.x_train[:n], data.y_train[:n]
     x_all = torch.cat([x, data.x_test[: cfg.n_watch]])
     network = mlp(
@@ -222,7 +230,9 @@ def _full_batch(cfg: MomentumConfig, ctx: RunContext, data: Dataset, width: int)
     }
 
 
-def _judge(cfg: MomentumConfig, runs: list[dict[str, Any]], fbs: list[dict[str, Any]]) -> tuple[bool, str, dict]:
+def _judge(
+    cfg: MomentumConfig, runs: list[dict[str, Any]], fbs: list[dict[str, Any]]
+) -> tuple[bool, str, dict[str, Any]]:
     """The verdict (module docstring, rules 1-3): (supported, sentence, the numbers it used)."""
     wide = runs[-1]
     numbers: dict[str, Any] = {
@@ -363,6 +373,11 @@ def _figures(cfg: MomentumConfig, runs: list[dict[str, Any]], fbs: list[dict[str
     return figs
 
 
+def _progress(ctx: RunContext, desc: str, total: int) -> Callable[[Iterable[int]], Iterable[int]]:
+    """A progress bar over the training steps (``ctx.bar`` with ``desc`` and ``total``)."""
+    return lambda steps: ctx.bar(steps, desc=desc, total=total)
+
+
 @register("E6", title=TITLE, claim=CLAIM, quick=QUICK, full=FULL)
 def momentum_cross_entropy(cfg: MomentumConfig, ctx: RunContext) -> ExperimentResult:
     """Run E6 (module docstring) and return its result with figures E6-side-by-side and E6-width-and-full-batch."""
@@ -370,6 +385,7 @@ def momentum_cross_entropy(cfg: MomentumConfig, ctx: RunContext) -> ExperimentRe
     data = ctx.load_data(task="multiclass", n_train=cfg.n_train, n_test=cfg.n_test, dtype=dtype)
     if not data.is_classification:
         raise ValueError(f"E6 trains on cross-entropy and needs a classification data set, not {data.name!r}.")
+    assert data.n_classes is not None
     record = log_spaced_steps(cfg.steps, cfg.n_times)
     runs = []
     for width in cfg.widths:
@@ -380,7 +396,7 @@ def momentum_cross_entropy(cfg: MomentumConfig, ctx: RunContext) -> ExperimentRe
         history = side_by_side_classification(
             network, data, lr=cfg.lr, momentum=cfg.momentum, batch_size=cfg.batch_size, steps=cfg.steps,
             record_steps=record, n_watch=cfg.n_watch, seed=ctx.derive_seed("E6", "batches"),
-            progress=lambda steps, w=width: ctx.bar(steps, desc=f"E6 n={w} SGD", total=cfg.steps + 1),
+            progress=_progress(ctx, f"E6 n={width} SGD", cfg.steps + 1),
         )  # fmt: skip
         runs.append({"width": width, **history})
     fbs = [_full_batch(cfg, ctx, data, width) for width in cfg.fb_widths]

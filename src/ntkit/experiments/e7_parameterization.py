@@ -49,13 +49,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..empirical import empirical_ntk
+from ..nn.linear import Linear
 from ..predict import max_learning_rate
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
 from .context import RunContext, run_config
@@ -63,6 +64,9 @@ from .models import config_mlp, dense_layers, standard_from_ntk
 from .registry import register
 from .stats import SlopeFit, accuracy, fit_loglog_slope, rmse
 from .training import log_spaced_steps, train_full_batch
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["FULL", "QUICK", "ParameterizationConfig", "limit_rates", "parameterizations", "s37_rates"]
 
@@ -117,8 +121,9 @@ def s37_rates(model: nn.Module, lr0: float, n_max: int) -> dict[str, float]:
     """SM eq. S37: the per-parameter learning rates under which the NTK-parameterized ``model`` trains exactly like
     its standard-parameterization copy at η_std = ``lr0`` / ``n_max``: η_0 n_in / (n_max σ_w²) for each layer's
     weight, η_0 / (n_max σ_b²) for its bias."""
-    rates = {}
-    for name, layer in dense_layers(model):
+    rates: dict[str, float] = {}
+    for name, module in dense_layers(model):
+        layer = cast(Linear, module)  # the experiment networks are made of ntkit.nn.Linear layers
         rates[f"{name}.weight"] = lr0 * layer.in_features / (n_max * layer.W_std**2)
         if layer.bias is not None:
             rates[f"{name}.bias"] = lr0 / (n_max * layer.b_std**2)
@@ -128,19 +133,30 @@ def s37_rates(model: nn.Module, lr0: float, n_max: int) -> dict[str, float]:
 def limit_rates(model: nn.Module, lr0: float) -> dict[str, float]:
     """The n_max → ∞ limit of :func:`s37_rates` at a fixed input dimension: 0 for the first layer's weight and for
     every bias, η_0 / σ_w² for the other weights."""
-    rates = {}
-    for i, (name, layer) in enumerate(dense_layers(model)):
+    rates: dict[str, float] = {}
+    for i, (name, module) in enumerate(dense_layers(model)):
+        layer = cast(Linear, module)
         rates[f"{name}.weight"] = 0.0 if i == 0 else lr0 / layer.W_std**2
         if layer.bias is not None:
             rates[f"{name}.bias"] = 0.0
     return rates
 
 
-def _network(cfg: ParameterizationConfig, ctx: RunContext, width: int, x: torch.Tensor, k: int, *parts: object):
+def _network(
+    cfg: ParameterizationConfig, ctx: RunContext, width: int, x: torch.Tensor, k: int, *parts: object
+) -> nn.Sequential:
     return config_mlp(cfg, x, k, ctx.derive_seed("E7", width, *parts), width=width)
 
 
-def _dynamics(cfg: ParameterizationConfig, width: int, ntk_net: nn.Module, x, y, x_test, lr: float) -> dict:
+def _dynamics(
+    cfg: ParameterizationConfig,
+    width: int,
+    ntk_net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_test: torch.Tensor,
+    lr: float,
+) -> dict[str, Any]:
     """The four trainings (a)-(d) of one width (module docstring), from the same initial function."""
     record = log_spaced_steps(cfg.steps, cfg.n_times)
     setups = {
@@ -174,6 +190,7 @@ def _dynamics(cfg: ParameterizationConfig, width: int, ntk_net: nn.Module, x, y,
 def _sweep(cfg: ParameterizationConfig, ctx: RunContext) -> dict[str, Any]:
     """Fig. S7: test accuracy of both parameterizations against the normalized learning rate."""
     data = ctx.load_data(task="multiclass", n_train=cfg.sweep_n_train, n_test=None, dtype=getattr(torch, cfg.dtype))
+    assert data.n_classes is not None  # a "multiclass" task
     ntk_net = _network(cfg, ctx, cfg.sweep_width, data.x_train, data.n_classes, "sweep")
     nets = {"ntk": ntk_net, "standard": standard_from_ntk(ntk_net)}
     out: dict[str, Any] = {"lrs": list(cfg.sweep_lrs), "n_test": data.n_test}
@@ -194,7 +211,9 @@ def _sweep(cfg: ParameterizationConfig, ctx: RunContext) -> dict[str, Any]:
     return out
 
 
-def _judge(cfg: ParameterizationConfig, runs: list[dict], fits: dict[str, SlopeFit], sweep: dict) -> tuple:
+def _judge(
+    cfg: ParameterizationConfig, runs: list[dict[str, Any]], fits: dict[str, SlopeFit], sweep: dict[str, Any]
+) -> tuple[bool, str, dict[str, Any]]:
     """The verdict (module docstring, rules 1-3): (supported, sentence, the numbers it used)."""
     best = {name: max((a for a, ok in zip(sweep[name]["test_acc"], sweep[name]["trained"], strict=True) if ok),
                       default=math.nan) for name in ("ntk", "standard")}  # fmt: skip
@@ -226,7 +245,7 @@ def _judge(cfg: ParameterizationConfig, runs: list[dict], fits: dict[str, SlopeF
     return True, "Supported: " + "; ".join(text for _, text in checks) + "." + plain, numbers
 
 
-def _width_axis(ax, widths: np.ndarray) -> None:
+def _width_axis(ax: Axes, widths: np.ndarray) -> None:
     from matplotlib.ticker import NullLocator
 
     ax.set(xscale="log", yscale="log", xlabel="width n")
@@ -234,7 +253,9 @@ def _width_axis(ax, widths: np.ndarray) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
 
 
-def _figures(cfg: ParameterizationConfig, runs: list[dict], fits: dict[str, SlopeFit], sweep: dict) -> list[Figure]:
+def _figures(
+    cfg: ParameterizationConfig, runs: list[dict[str, Any]], fits: dict[str, SlopeFit], sweep: dict[str, Any]
+) -> list[Figure]:
     from matplotlib.ticker import FormatStrFormatter
 
     widths = np.array([r["width"] for r in runs], dtype=float)

@@ -41,10 +41,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..data import binary_classes
 from ..infinite.compute import kernel
@@ -107,7 +108,8 @@ def gp_draws(mean: torch.Tensor, cov: torch.Tensor, n: int, *, seed: int) -> tor
     root = evecs * evals.clamp(min=0).sqrt()
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, mean.shape[0], mean.shape[1], generator=gen, dtype=mean.dtype).to(mean.device)
-    return mean + root @ z
+    draws: torch.Tensor = mean + root @ z
+    return draws
 
 
 @dataclass
@@ -122,26 +124,41 @@ class _Reference:
     lr: float
 
 
-def _reference(cfg: KernelAccuracyConfig, ctx: RunContext, net, x, y, x_test) -> _Reference:
+def _reference(
+    cfg: KernelAccuracyConfig, ctx: RunContext, net: nn.Module, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor
+) -> _Reference:
     k_train, k_test = kernel(net, x), kernel(net, x_test, x)
     gp = gp_inference(k_train, y, cfg.diag_reg)
+    assert k_train.ntk is not None  # asked for
     lr = cfg.lr_fraction * max_learning_rate(k_train.ntk, n_outputs=y.shape[1])
     # x2 = None for a kernel of x with itself: exactly symmetric, and the ReLU angle of a point with itself is
     # exactly 0 (computed from two copies it is off by about √eps)
     ensemble = gradient_descent_mse_ensemble(lambda a, b: kernel(net, a, None if b is a else b), x, y, lr)
-    mean_t, cov_t = ensemble(cfg.steps, x_test, get="ntk", compute_cov=True)
+    mean_t, cov_t = cast(tuple[torch.Tensor, torch.Tensor], ensemble(cfg.steps, x_test, get="ntk", compute_cov=True))
     draws = gp_draws(mean_t, cov_t, cfg.n_draws, seed=ctx.derive_seed("E8", "draws"))
-    return _Reference(gp("nngp", k_test), gp("ntk", k_test), mean_t, cov_t, draws, lr)
+    nngp_inf, ntk_inf = cast(torch.Tensor, gp("nngp", k_test)), cast(torch.Tensor, gp("ntk", k_test))  # means only
+    return _Reference(nngp_inf, ntk_inf, mean_t, cov_t, draws, lr)
 
 
-def _network(cfg: KernelAccuracyConfig, ctx: RunContext, width: int, repeat: int, x: torch.Tensor, k: int):
+def _network(
+    cfg: KernelAccuracyConfig, ctx: RunContext, width: int, repeat: int, x: torch.Tensor, k: int
+) -> nn.Sequential:
     return mlp(
         x.shape[1], [width] * cfg.depth, k, W_std=cfg.W_std, b_std=cfg.b_std,
         seed=ctx.derive_seed("E8", width, repeat), dtype=x.dtype, device=x.device,
     )  # fmt: skip
 
 
-def _train(cfg, ctx, width: int, repeat: int, x, y, x_test, lr: float) -> dict[str, Any]:
+def _train(
+    cfg: KernelAccuracyConfig,
+    ctx: RunContext,
+    width: int,
+    repeat: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_test: torch.Tensor,
+    lr: float,
+) -> dict[str, Any]:
     model = _network(cfg, ctx, width, repeat, x, y.shape[1])
     history = train_full_batch(
         model, x, y, lr=lr, steps=cfg.steps, record_steps=[cfg.steps], x_eval=x_test,
@@ -187,7 +204,9 @@ def _judge(cfg: KernelAccuracyConfig, numbers: dict[str, Any]) -> tuple[bool, st
     return True, "Supported: " + "; ".join(text for _, text in checks) + "."
 
 
-def _figure(cfg, widths, per_network, numbers, steps: int) -> Figure:
+def _figure(
+    cfg: KernelAccuracyConfig, widths: list[int], per_network: list[dict[str, Any]], numbers: dict[str, Any], steps: int
+) -> Figure:
     w = np.asarray(widths, dtype=float)
     fig, axes = new_figure(ncols=2, panel_size=(5.0, 4.0))
     gp = numbers["gp_draw"]

@@ -35,4 +35,5 @@ def linearized_outputs(
     ``nk.predict.gradient_descent_mse`` (theory.md §2.3). With the network's own Θ̂_0 and f_0 it equals training
     ``nk.linearize(network)`` with that loop, to float64 round-off."""
     n = y.shape[0]
-    return gradient_descent_mse(ntk[:n, :n], y, lr)(steps, f0[:n], f0[n:], ntk[n:, :n])
+    train, test = gradient_descent_mse(ntk[:n, :n], y, lr)(steps, f0[:n], f0[n:], ntk[n:, :n])
+    return train, test

@@ -66,7 +66,7 @@ def dense(
     beta = torch.randn(out_features, generator=generator, dtype=dtype) if b_std is not None else None
     if parameterization == "standard":
         omega = omega * (W_std / math.sqrt(in_features))
-        beta = None if beta is None else beta * b_std
+        beta = None if beta is None or b_std is None else beta * b_std
     layer.weight = nn.Parameter(omega)
     layer.bias = None if beta is None else nn.Parameter(beta)
     return layer

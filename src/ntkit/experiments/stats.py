@@ -37,7 +37,8 @@ class SlopeFit:
         return (self.ci_high - self.ci_low) / 2
 
     def predict(self, x: np.ndarray | Sequence[float]) -> np.ndarray:
-        return np.exp(self.intercept) * np.asarray(x, dtype=float) ** self.slope
+        values: np.ndarray = np.exp(self.intercept) * np.asarray(x, dtype=float) ** self.slope
+        return values
 
     def format(self) -> str:
         """'-0.49 [-0.53, -0.45]'."""

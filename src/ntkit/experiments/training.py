@@ -52,7 +52,9 @@ class TrainHistory:
     diverged: bool = False
 
 
-def _loss_fn(loss: str | Callable, reduction: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _loss_fn(
+    loss: str | Callable[..., torch.Tensor], reduction: str
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if callable(loss):
         return loss
     if loss == "mse":
@@ -90,7 +92,7 @@ def train_full_batch(
     lr: float,
     steps: int,
     record_steps: Sequence[int] = (),
-    loss: str | Callable = "mse",
+    loss: str | Callable[..., torch.Tensor] = "mse",
     reduction: str = "mean",
     momentum: float = 0.0,
     x_eval: torch.Tensor | None = None,
@@ -132,7 +134,7 @@ def train_full_batch(
             break
         if step == steps:
             break
-        value.backward()
+        value.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         opt.step()
     return history
 
@@ -155,7 +157,7 @@ def train_side_by_side(
     steps: int,
     batch_size: int | None = None,
     momentum: float = 0.0,
-    loss: str | Callable = "cross_entropy",
+    loss: str | Callable[..., torch.Tensor] = "cross_entropy",
     reduction: str = "mean",
     record_steps: Sequence[int] = (),
     on_record: Callable[[int, Mapping[str, nn.Module]], Any] | None = None,
@@ -193,6 +195,6 @@ def train_side_by_side(
             xb, yb = x[idx], y[idx]
         for name, model in models.items():
             optimizers[name].zero_grad(set_to_none=True)
-            criterion(model(xb), yb).backward()
+            criterion(model(xb), yb).backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             optimizers[name].step()
     return history
