@@ -18,11 +18,17 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import data as ntdata
 from .errors import NtkitError
+
+if TYPE_CHECKING:
+    from .experiments import Experiment
+    from .report import ExperimentResult
 
 __all__ = ["main"]
 
@@ -57,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _import_experiments():
+def _import_experiments() -> tuple[ModuleType, ModuleType]:
     try:
         from . import experiments, report
     except ModuleNotFoundError as exc:  # matplotlib, scikit-learn or tqdm missing
@@ -131,10 +137,10 @@ def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
     )
     t0 = time.perf_counter()
 
-    def on_start(i: int, exp) -> None:
+    def on_start(i: int, exp: Experiment) -> None:
         print(f"[{i + 1}/{len(selected)}] {exp.id} {exp.title} ...", flush=True)
 
-    def on_end(i: int, result) -> None:
+    def on_end(i: int, result: ExperimentResult) -> None:
         print(f"      {result.label} ({result.runtime_s:.1f} s)", flush=True)
 
     results = experiments.run_experiments(selected, ctx, on_start=on_start, on_end=on_end)

@@ -323,7 +323,7 @@ def progress_bar(progress: bool, total: int, desc: str) -> Callable[[int | None]
     if not progress:
         return lambda n: None
     try:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+        from tqdm.auto import tqdm
     except ImportError:
         raise UnsupportedError("progress=True needs tqdm (pip install tqdm, or ntkit[repro]).") from None
     bar = tqdm(total=total, desc=desc, unit="batch")

@@ -143,7 +143,7 @@ def _progress(progress: Progress, total: int, initial: int) -> Callable[[int | N
         return lambda done: None
     if progress is True:
         try:
-            from tqdm.auto import tqdm  # type: ignore[import-untyped]
+            from tqdm.auto import tqdm
         except ImportError:
             raise UnsupportedError(
                 "progress=True needs tqdm (pip install 'ntkit[scale]'); or pass a callback progress(done, total)."
