@@ -44,6 +44,7 @@ test-all: lint
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/empirical.py
