@@ -1,4 +1,6 @@
-"""The cost model and block planner: what they count, what ``auto`` picks, and that blocks fit the budget."""
+"""The cost model and block planner: what they count, what ``auto`` picks, and that blocks fit the budget.
+
+References: FLOP, activation and parameter counts worked out by hand for a small model, and the memory budget."""
 
 from __future__ import annotations
 
