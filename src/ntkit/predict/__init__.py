@@ -7,11 +7,13 @@ a PyTorch loop ``torch.optim.SGD(params, lr, momentum)`` on ``torch.nn.MSELoss(r
 - :func:`gradient_descent`: any loss (e.g. cross-entropy), exact steps or an ODE solution;
 - :func:`gradient_descent_mse_ensemble`: the infinite ensemble of infinite-width networks, mean and covariance;
 - :func:`gp_inference`: NNGP / NTK / NTK-GP posteriors (t = inf);
+- :func:`marginal_log_likelihood`: the GP log evidence, differentiable, to fit kernel hyperparameters;
 - :func:`max_learning_rate`, :func:`critical_learning_rate`: learning-rate limits;
 - :func:`weight_change`: the parameter change of the linearized model.
 """
 
 from .ensemble import gradient_descent_mse_ensemble
+from .evidence import marginal_log_likelihood
 from .gp import gp_inference
 from .learning_rate import critical_learning_rate, max_learning_rate
 from .mse import gradient_descent_mse
@@ -24,6 +26,7 @@ __all__ = [
     "gradient_descent",
     "gradient_descent_mse",
     "gradient_descent_mse_ensemble",
+    "marginal_log_likelihood",
     "max_learning_rate",
     "weight_change",
 ]
