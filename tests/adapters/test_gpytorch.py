@@ -4,10 +4,10 @@ nk.predict.marginal_log_likelihood), and BoTorch's SingleTaskGP fitted by fit_gp
 
 import pytest
 import torch
+from adapter_models import mlp, regression_data, shared
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
 from gpytorch.mlls import ExactMarginalLogLikelihood
-from adapter_models import mlp, regression_data, shared
 from test_three_ways import ExactGP
 
 import ntkit as nk
