@@ -9,7 +9,7 @@ training targets and the test log likelihood (mean predictive log density of a t
 target entry, and the test accuracy, at the layers' defaults (W_std = 1, b_std = 0, with diag_reg = 1e-3) and
 after maximising the evidence by L-BFGS in log space.
 
-    PYTHONPATH=src python examples/fit_hyperparameters.py [--data wine|breast_cancer|digits] [--steps 20]
+    python examples/fit_hyperparameters.py [--data wine|breast_cancer|digits] [--steps 20]
 """
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ import torch
 from sklearn.datasets import load_breast_cancer, load_digits, load_wine
 
 import ntkit as nk
-from ntkit import nn as N
 
 
-def mlp(d_in: int, W_std: torch.Tensor, b_std: torch.Tensor, depth: int = 3) -> N.Sequential:
+def mlp(d_in: int, W_std: torch.Tensor, b_std: torch.Tensor, depth: int = 3) -> nk.nn.Sequential:
     """ReLU MLP whose weight layers all share the (tensor) hyperparameters W_std, b_std; widths play no role."""
     layers: list[torch.nn.Module] = []
     for i in range(depth):
-        layers += [N.Linear(d_in if i == 0 else 512, 512, W_std=W_std, b_std=b_std), N.ReLU()]
-    return N.Sequential(*layers, N.Linear(512, 1, W_std=W_std, b_std=b_std))
+        layers += [nk.nn.Linear(d_in if i == 0 else 512, 512, W_std=W_std, b_std=b_std), nk.nn.ReLU()]
+    return nk.nn.Sequential(*layers, nk.nn.Linear(512, 1, W_std=W_std, b_std=b_std))
 
 
 def evaluate(log_theta: torch.Tensor, data: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -80,11 +79,12 @@ def load(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Prints the comparison; returns {"defaults": ..., "fitted": ...} of :func:`evaluate`'s numbers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=sorted(LOADERS), default="wine")
     parser.add_argument("--steps", type=int, default=20, help="L-BFGS iterations")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     data = load(args.data)
     defaults = torch.tensor([1.0, 1e-6, 1e-3], dtype=torch.float64).log()  # b_std = 0 has no logarithm: 1e-6
     fitted = fit(defaults, data, args.steps)
@@ -93,9 +93,11 @@ def main() -> None:
     print(f"{args.data}: {n_train} training / {n_test} test examples, NNGP of a 3-layer ReLU MLP")
     print(f"fitted: W_std = {W_std:.3f}, b_std = {b_std:.3f}, diag_reg = {diag_reg:.3g}")
     print(f"{'':10} {'log evidence / entry':>21} {'test log lik / entry':>21} {'test accuracy':>14}")
+    results = {}
     for name, theta in (("defaults", defaults), ("fitted", fitted)):
-        r = evaluate(theta, data)
+        r = results[name] = evaluate(theta, data)
         print(f"{name:10} {r['evidence']:21.4f} {r['test_log_lik']:21.4f} {r['test_acc']:14.4f}")
+    return results
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ References: for the empirical NTK, its full kernel contracted by hand (float64 r
 predictions of one network, its linearization trained by an explicit torch.optim loop (round-off, 1e-10); for
 the linearization, that a wider network stays closer to it; for the infinite-width kernels, positive
 definiteness; for the Monte Carlo estimate, the closed-form kernel within a width-dependent margin. Also: every
-example imports only ``ntkit`` itself (no submodule, no private name) and is listed in README.md.
+example imports only ``ntkit`` itself (no submodule, no private name; the optional adapters ``ntkit.sklearn`` and
+``ntkit.gpytorch``, which ``import ntkit`` does not import, by ``import ntkit.<adapter>``) and is listed in README.md.
+For the adapter examples: the fitted evidence above the start, and GPyTorch's posterior equal to nk.predict's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+ADAPTERS = ("sklearn", "gpytorch")  # optional public modules, outside ntkit.__all__
 
 
 def load(name: str) -> ModuleType:
@@ -36,10 +39,11 @@ def test_example_uses_the_public_api_and_is_listed(path: Path):
             pytest.fail(f"{path.name}: 'from {node.module} import ...'; use 'import ntkit as nk' and its public names")
         if isinstance(node, ast.Import):
             for alias in node.names:
-                assert alias.name.split(".")[0] != "ntkit" or alias.name == "ntkit", (path.name, alias.name)
+                allowed = ("ntkit", *(f"ntkit.{a}" for a in ADAPTERS))
+                assert alias.name.split(".")[0] != "ntkit" or alias.name in allowed, (path.name, alias.name)
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "nk":
             assert not node.attr.startswith("_"), (path.name, node.attr)
-            assert node.attr in __import__("ntkit").__all__, (path.name, node.attr)
+            assert node.attr in (*__import__("ntkit").__all__, *ADAPTERS), (path.name, node.attr)
     assert f"examples/{path.name}" in (ROOT / "README.md").read_text(encoding="utf-8"), f"README.md lists {path.name}"
 
 
@@ -71,3 +75,24 @@ def test_monte_carlo_example():
     error of the same order, so 15% is a loose but failing-if-wrong margin (a wrong kernel is off by O(1))."""
     errors = load("monte_carlo").main(["--width", "128", "--samples", "4", "16"])
     assert errors[16] < 0.15
+
+
+def test_fit_hyperparameters_example():
+    """Maximising the evidence raises it (the optimiser's job) and, on wine, the test likelihood with it."""
+    out = load("fit_hyperparameters").main(["--data", "wine", "--steps", "5"])
+    assert out["fitted"]["evidence"] > out["defaults"]["evidence"]
+    assert out["fitted"]["test_log_lik"] > out["defaults"]["test_log_lik"]
+
+
+def test_gpytorch_exact_gp_example():
+    """GPyTorch's posterior equals nk.predict.gp_inference's "ntkgp" one (float64 round-off, 1e-10) and Adam on
+    ExactMarginalLogLikelihood raises the evidence."""
+    out = load("gpytorch_exact_gp").main(["--n-train", "40", "--n-test", "20", "--steps", "3"])
+    assert out["mean_difference"] < 1e-10 and out["cov_difference"] < 1e-10
+    assert out["evidence_end"] > out["evidence_start"]
+
+
+@pytest.mark.slow
+def test_botorch_example():
+    out = load("botorch_optimize").main(["--rounds", "2"])
+    assert out["best"] >= out["initial_best"]

@@ -1,7 +1,7 @@
 """The Gaussian-process log evidence (marginal likelihood) of training targets under a kernel.
 
 For targets Y (N, O) whose O columns are independent draws from N(0, K + σ² I) (a per-output kernel K, the
-K ⊗ I structure of infinite-width networks, theory.md 3.1), the log evidence is the sum over outputs
+K ⊗ I structure of infinite-width networks, theory.md §3.1), the log evidence is the sum over outputs
 
     log p(Y) = Σ_o [ −½ y_oᵀ (K + σ² I)⁻¹ y_o − ½ log det(K + σ² I) − (N/2) log 2π ]
              = −½ tr(Yᵀ A⁻¹ Y) − O Σ_i log L_ii − (N·O/2) log 2π,      A = K + σ² I = L Lᵀ
