@@ -23,8 +23,8 @@ from .errors import InvalidArgumentError, ShapeError, UnsupportedError
 
 require("gpytorch", "gpytorch", "ntkit.gpytorch")
 
-from gpytorch.constraints import Interval, Positive  # type: ignore[import-untyped]  # noqa: E402
-from gpytorch.kernels import Kernel  # type: ignore[import-untyped]  # noqa: E402
+from gpytorch.constraints import Interval, Positive  # noqa: E402
+from gpytorch.kernels import Kernel  # noqa: E402
 
 __all__ = ["NeuralKernel"]
 

@@ -31,11 +31,11 @@ from .predict import gradient_descent_mse_ensemble
 
 require("sklearn", "sklearn", "ntkit.sklearn")
 
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin  # type: ignore[import-untyped]  # noqa: E402
-from sklearn.gaussian_process import kernels as sk_kernels  # type: ignore[import-untyped]  # noqa: E402
-from sklearn.preprocessing import LabelEncoder  # type: ignore[import-untyped]  # noqa: E402
-from sklearn.utils.multiclass import check_classification_targets  # type: ignore[import-untyped]  # noqa: E402
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data  # type: ignore[import-untyped]  # noqa: E402
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin  # noqa: E402
+from sklearn.gaussian_process import kernels as sk_kernels  # noqa: E402
+from sklearn.preprocessing import LabelEncoder  # noqa: E402
+from sklearn.utils.multiclass import check_classification_targets  # noqa: E402
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data  # noqa: E402
 
 __all__ = ["ACTIVATIONS", "NTKClassifier", "NTKRegressor", "NeuralKernel", "mlp"]
 
