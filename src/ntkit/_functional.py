@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -23,14 +24,17 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .errors import BatchCouplingError, ParameterSelectionError, UnsupportedError
+from .errors import BatchCouplingError, ParameterSelectionError, ShapeError, UnsupportedError
 
 __all__ = [
     "FunctionalModel",
     "ModelArg",
     "ParamsArg",
+    "check_examples_independent",
     "check_input_dtype",
+    "flatten_output",
     "functionalize",
+    "model_errors",
     "translate_transform_errors",
 ]
 
@@ -121,11 +125,23 @@ def _check_batch_independent(module: nn.Module) -> None:
             )
 
 
-def _flatten_output(out: object) -> torch.Tensor:
+def flatten_output(out: object) -> torch.Tensor:
+    """A model's output as (N, O): one row per example (a 1-D output is one output per example); raises
+    for anything that is not a floating-point tensor with a batch axis."""
     if not isinstance(out, torch.Tensor):
         raise UnsupportedError(
             f"the model returned {type(out).__name__}; ntkit needs a single tensor of shape (N, ...). "
             "Wrap the model so that it returns one tensor (e.g. the logits)."
+        )
+    if out.ndim == 0:
+        raise ShapeError(
+            "the model returned a scalar (a 0-d tensor); ntkit needs one output row per example, shape (N, ...). "
+            "Do not reduce over the batch inside the model (a .sum() or .mean() over all outputs)."
+        )
+    if not out.is_floating_point():
+        raise UnsupportedError(
+            f"the model returned {out.dtype} outputs; kernels need floating-point outputs that depend "
+            "differentiably on the parameters. Return the values before rounding or argmax (e.g. the logits)."
         )
     return out.reshape(out.shape[0], -1) if out.ndim != 1 else out.unsqueeze(1)
 
@@ -143,6 +159,14 @@ def functionalize(model: ModelArg, params: ParamsArg = None) -> FunctionalModel:
                     f"params names {unknown} are not parameters of the model; known: {list(all_params)[:8]}."
                 )
             selected = {k: _as_param_tensor(k, v) for k, v in params.items()}
+            wrong = {k: (tuple(v.shape), tuple(all_params[k].shape)) for k, v in selected.items()}
+            wrong = {k: shapes for k, shapes in wrong.items() if shapes[0] != shapes[1]}
+            if wrong:
+                name, (given, own) = next(iter(wrong.items()))
+                raise ParameterSelectionError(
+                    f"params[{name!r}] has shape {given} but the model's parameter {name!r} has shape {own}; "
+                    "params values replace the model's parameters, so they need the same shapes."
+                )
         else:
             names = _select_names(list(trainable), params)
             selected = {n: trainable[n].detach() for n in names}
@@ -160,7 +184,7 @@ def functionalize(model: ModelArg, params: ParamsArg = None) -> FunctionalModel:
         fixed.update(dict(model.named_buffers()))
 
         def fn(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            return _flatten_output(functional_call(model, (fixed, p), (x,), strict=False))
+            return flatten_output(functional_call(model, (fixed, p), (x,), strict=False))
 
         return FunctionalModel(fn=fn, params=selected, module=model)
 
@@ -172,10 +196,47 @@ def functionalize(model: ModelArg, params: ParamsArg = None) -> FunctionalModel:
         values = {k: _as_param_tensor(k, v) for k, v in params.items()}
 
         def fn_callable(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            return _flatten_output(model(p, x))
+            return flatten_output(model(p, x))
 
         return FunctionalModel(fn=fn_callable, params=values, module=None)
     raise UnsupportedError(f"model must be a torch.nn.Module or a callable f(params, x), got {type(model).__name__}.")
+
+
+def check_examples_independent(fm: FunctionalModel, x: torch.Tensor) -> None:
+    """Raise :class:`BatchCouplingError` if one example's output depends on the others in its batch.
+
+    Kernels are defined per pair of examples, so ``f(batch)[n]`` must equal ``f(example n)``. Checked on two
+    examples (x[0] and x[1], or x[0] and a scaled copy when x holds one example): their outputs in one batch
+    against their outputs one at a time, to sqrt(eps) of the outputs' scale (batched and single products
+    differ by round-off only). Catches what the module check cannot see: centring or normalising by the
+    batch, softmax over the batch, outputs flattened across the batch. Costs three forward passes of at most
+    two examples.
+    """
+    if x.shape[0] >= 2:
+        pair = x[:2]
+    else:
+        other = x[:1] // 2 if not x.is_floating_point() else x[:1] * 0.5
+        pair = torch.cat([x[:1], other])
+    with torch.no_grad():
+        together = fm.fn(fm.params, pair)
+        alone = [fm.fn(fm.params, pair[i : i + 1]) for i in range(2)]
+    if together.shape[0] != 2 or any(a.shape != together[i : i + 1].shape for i, a in enumerate(alone)):
+        raise BatchCouplingError(
+            f"the model's output rows do not follow its examples: a batch of 2 gave outputs of shape "
+            f"{tuple(together.shape)} and one example {tuple(alone[0].shape)} (after flattening each row). The "
+            "first output axis must index the examples; do not flatten or reshape across the batch."
+        )
+    alone_t = torch.cat(alone)
+    scale = float(torch.maximum(alone_t.abs().max(), together.abs().max()))
+    tol = math.sqrt(torch.finfo(together.dtype).eps) * max(scale, torch.finfo(together.dtype).tiny)
+    error = float((together - alone_t).abs().max())
+    if not error <= tol and math.isfinite(scale):
+        raise BatchCouplingError(
+            f"one example's output depends on the other examples of its batch: two examples gave outputs "
+            f"{error:.3g} apart (scale {scale:.3g}) in one batch and one at a time. Kernels are defined per pair "
+            "of examples, so the model must treat examples independently; remove operations across the batch "
+            "axis (centring or normalising by batch statistics, softmax over the batch, mixing rows)."
+        )
 
 
 def _as_param_tensor(name: str, value: object) -> torch.Tensor:
@@ -196,6 +257,24 @@ def check_input_dtype(fm: FunctionalModel, x: torch.Tensor) -> None:
 
 
 @contextlib.contextmanager
+def model_errors(x: torch.Tensor) -> Iterator[None]:
+    """Re-raise the errors of a model that cannot take inputs of this shape or dtype as ntkit errors."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        shape = "(N, " + ", ".join(str(s) for s in x.shape[1:]) + ")"
+        if any(w in text for w in ("shape", "size", "dimension", "mat1 and mat2", "Expected", "expected")):
+            if "dtype" in text or "scalar type" in text:
+                raise UnsupportedError(
+                    f"the model cannot take inputs of dtype {x.dtype}: {text}. Pass floating-point inputs in the "
+                    "model's dtype (integer inputs only to models that start with an embedding)."
+                ) from err
+            raise ShapeError(f"the model cannot take inputs of per-example shape {shape}: {text}") from err
+        raise
+
+
+@contextlib.contextmanager
 def translate_transform_errors() -> Iterator[None]:
     """Re-raise the torch.func errors a user can fix as ntkit errors that say how."""
     try:
@@ -206,6 +285,13 @@ def translate_transform_errors() -> Iterator[None]:
             raise BatchCouplingError(
                 "the model draws random numbers in its forward pass (dropout in train mode?), so it is not a "
                 "fixed function of its parameters. Call model.eval(), or make the randomness explicit."
+            ) from err
+        if "vmap: It looks like you're" in text or "data-dependent control flow" in text:
+            raise UnsupportedError(
+                "the model calls .item() or branches on the values of a tensor (data-dependent control flow), "
+                "which the batched transforms of the kernel methods (torch.func.vmap) cannot trace. Write the "
+                "branch with torch.where and keep values as tensors (no .item(), no Python if on a tensor). "
+                "Original error: " + text.splitlines()[0]
             ) from err
         if "forward AD" in text or "forward-mode" in text or ("jvp" in text.lower() and "not implemented" in text):
             raise UnsupportedError(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 
-from .errors import MemoryBudgetError
+from .errors import InvalidArgumentError, MemoryBudgetError
 
 __all__ = ["DEFAULT_MEMORY_FRACTION", "check_fits", "default_memory_budget", "format_bytes", "resolve_budget"]
 
@@ -42,20 +43,31 @@ def default_memory_budget(device: torch.device | str = "cpu") -> int:
     """
     env = os.environ.get("NTKIT_MEMORY_BUDGET")
     if env:
-        return parse_bytes(env)
+        return parse_bytes(env, "the environment variable NTKIT_MEMORY_BUDGET")
     avail = _available_bytes(torch.device(device))
     return int(avail * DEFAULT_MEMORY_FRACTION) if avail else _FALLBACK_BUDGET
 
 
-def parse_bytes(text: str) -> int:
-    """``'4G' -> 4 * 2**30``; plain integers are bytes."""
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(text[-1:], 1)
-    number = text[:-1] if scale != 1 else text
+def parse_bytes(text: str, name: str = "memory_budget") -> int:
+    """``'4G' -> 4 * 2**30``; plain integers are bytes. Anything but a finite positive size raises
+    :class:`InvalidArgumentError` naming ``name``."""
+    clean = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(clean[-1:], 1)
+    number = clean[:-1] if scale != 1 else clean
     try:
-        return int(float(number) * scale)
+        value = float(number) * scale
     except ValueError:
-        raise MemoryBudgetError(f"cannot read a memory budget from {text!r}; use bytes or e.g. '512M', '4G'.") from None
+        value = math.nan
+    return _positive_bytes(value, text, name)
+
+
+def _positive_bytes(value: float, shown: object, name: str) -> int:
+    if not math.isfinite(value) or value < 1:
+        raise InvalidArgumentError(
+            f"{name} must be a positive, finite number of bytes or a size such as '512M' or '4G', got {shown!r}. "
+            "Leave it None for the default (a quarter of the free memory)."
+        )
+    return int(value)
 
 
 def resolve_budget(memory_budget: int | str | None, device: torch.device | str = "cpu") -> int:
@@ -64,9 +76,12 @@ def resolve_budget(memory_budget: int | str | None, device: torch.device | str =
         return default_memory_budget(device)
     if isinstance(memory_budget, str):
         return parse_bytes(memory_budget)
-    if memory_budget <= 0:
-        raise MemoryBudgetError(f"memory_budget must be positive, got {memory_budget}.")
-    return int(memory_budget)
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int | float):
+        raise InvalidArgumentError(
+            "memory_budget must be a number of bytes, a string such as '4G', or None; got "
+            f"{type(memory_budget).__name__}."
+        )
+    return _positive_bytes(float(memory_budget), memory_budget, "memory_budget")
 
 
 def check_fits(nbytes: int, budget: int, what: str, hint: str = "") -> None:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
-from .errors import NonFiniteError, ShapeError, UnsupportedError
+from .errors import InvalidArgumentError, NonFiniteError, ShapeError, UnsupportedError
 
-__all__ = ["all_finite", "check_finite", "check_input_pair", "check_tensor", "format_shape"]
+__all__ = [
+    "all_finite",
+    "check_finite",
+    "check_input_pair",
+    "check_number",
+    "check_positive_int",
+    "check_std",
+    "check_tensor",
+    "format_shape",
+]
 
 
 def format_shape(shape: torch.Size | tuple[int, ...]) -> str:
@@ -62,8 +72,13 @@ def check_tensor(
         raise ShapeError(f"{name} must have {ndim} dimensions, got shape {format_shape(t.shape)}.")
     if t.ndim < min_ndim:
         raise ShapeError(f"{name} must have at least {min_ndim} dimensions, got shape {format_shape(t.shape)}.")
-    if nonempty and (t.ndim == 0 or t.shape[0] == 0 or math.prod(t.shape) == 0):
+    if nonempty and (t.ndim == 0 or t.shape[0] == 0):
         raise ShapeError(f"{name} is empty (shape {format_shape(t.shape)}); pass at least one example.")
+    if nonempty and math.prod(t.shape) == 0:
+        raise ShapeError(
+            f"{name} has {t.shape[0]} examples of zero size (shape {format_shape(t.shape)}): every example needs at "
+            "least one entry (for targets, at least one output column)."
+        )
     if finite:
         check_finite(t, name)
     return t
@@ -90,3 +105,41 @@ def check_input_pair(
     if x1.device != x2.device:
         raise UnsupportedError(f"x1 is on {x1.device} but x2 is on {x2.device}; move them to one device.")
     return x1, x2
+
+
+def check_positive_int(value: object, name: str, *, allow_none: bool = False) -> int | None:
+    """``value`` if it is an int >= 1 (``None`` too with ``allow_none``); else :class:`InvalidArgumentError`."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        allowed = "a positive integer" + (" or None" if allow_none else "")
+        raise InvalidArgumentError(f"{name} must be {allowed}, got {value!r}.")
+    return value
+
+
+def check_number(value: object, name: str, *, minimum: float | None = None, inclusive: bool = True) -> float:
+    """``value`` as a float if it is a finite real number (>= ``minimum``, or > it when not ``inclusive``);
+    else :class:`InvalidArgumentError` naming ``name`` and the valid range."""
+    bound = "" if minimum is None else f" {'>=' if inclusive else '>'} {minimum:g}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"{name} must be a finite real number{bound}, got {value!r}.")
+    number = float(value)
+    below = minimum is not None and (number < minimum if inclusive else number <= minimum)
+    if not math.isfinite(number) or below:
+        raise InvalidArgumentError(f"{name} must be a finite real number{bound}, got {number}.")
+    return number
+
+
+def check_std(value: object, name: str, *, allow_none: bool = False) -> None:
+    """A standard deviation (``W_std``, ``b_std``): a finite real number >= 0, or such a one-element
+    floating-point tensor (kept as given, for gradients); ``None`` (no bias) with ``allow_none``."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise InvalidArgumentError(
+                f"{name} must be a number >= 0 or a one-element floating-point tensor, got a tensor of shape "
+                f"{format_shape(value.shape)} and dtype {value.dtype}."
+            )
+        value = float(value.detach())
+    check_number(value, name + (" (None for no bias)" if allow_none else ""), minimum=0.0)

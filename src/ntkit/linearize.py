@@ -30,7 +30,16 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ._functional import ModelArg, ParamsArg, functionalize, translate_transform_errors
+from ._functional import (
+    FunctionalModel,
+    ModelArg,
+    ParamsArg,
+    check_examples_independent,
+    flatten_output,
+    functionalize,
+    model_errors,
+    translate_transform_errors,
+)
 from ._taylor_series import TAYLOR_METHODS
 from ._validation import check_tensor
 from .errors import ParameterSelectionError, UnsupportedError
@@ -71,6 +80,7 @@ class TaylorExpandedModel(nn.Module):
             self.model0 = _frozen_copy(fm.module, fm.params)
         else:
             self.model0 = _CallableModel(model, fm.params)
+        self._examples_checked = False  # check_examples_independent runs on the first forward
         self.theta = nn.Module()
         for name, value in fm.params.items():
             _register(self.theta, name, nn.Parameter(value.detach().clone()))
@@ -97,8 +107,8 @@ class TaylorExpandedModel(nn.Module):
                 f"(lin.to({x.dtype}) or x.to({dtype}))."
             )
 
-        def apply(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            out = functional_call(self.model0, p, (x, *args), kwargs)
+        def apply(p: dict[str, torch.Tensor], xs: torch.Tensor = x) -> torch.Tensor:
+            out = functional_call(self.model0, p, (xs, *args), kwargs)
             if not isinstance(out, torch.Tensor):
                 raise UnsupportedError(
                     f"the model returned {type(out).__name__}; a Taylor-expanded model needs a model that returns "
@@ -106,7 +116,11 @@ class TaylorExpandedModel(nn.Module):
                 )
             return out
 
-        with translate_transform_errors():
+        if not self._examples_checked and not args and not kwargs:  # once; extra arguments may be per-example
+            with model_errors(x):
+                check_examples_independent(FunctionalModel(lambda p, xs: flatten_output(apply(p, xs)), theta0), x)
+            self._examples_checked = True
+        with model_errors(x), translate_transform_errors():
             return TAYLOR_METHODS[self.method](apply, theta0, self._delta(theta0), self.degree)
 
     def train(self, mode: bool = True) -> TaylorExpandedModel:
@@ -221,11 +235,6 @@ def _frozen_copy(model: nn.Module, theta0: Mapping[str, torch.Tensor]) -> nn.Mod
     with torch.no_grad():
         for name, value in theta0.items():
             target = _lookup(copied, name)
-            if target.shape != value.shape:
-                raise ParameterSelectionError(
-                    f"params[{name!r}] has shape {tuple(value.shape)} but the model's parameter has shape "
-                    f"{tuple(target.shape)}."
-                )
             target.copy_(value)
     return copied
 

@@ -132,7 +132,10 @@ def _check_get(get: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def _check_counts(n_samples: int | Iterable[int]) -> list[int]:
-    counts = [n_samples] if isinstance(n_samples, int) else list(n_samples)
+    if not isinstance(n_samples, int | Iterable) or isinstance(n_samples, str):
+        counts: list[int] = []  # not a count: refused below
+    else:
+        counts = [n_samples] if isinstance(n_samples, int) else list(n_samples)
     if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
         raise InvalidArgumentError(f"n_samples must be a positive integer or an iterable of them, got {n_samples!r}.")
     if any(b <= a for a, b in itertools.pairwise(counts)):

@@ -123,7 +123,7 @@ def test_non_finite_inputs(problem):
 
 def test_shape_mismatches(problem):
     k, k_test, y = problem
-    with pytest.raises(ShapeError, match=r"must be per-output \(11, 11\) or full"):
+    with pytest.raises(ShapeError, match=r"y_train has 11 rows .* the kernel of 10 examples"):
         nk.predict.gradient_descent_mse(k, torch.randn(N + 1, N_OUT, dtype=torch.float64))
     with pytest.raises(ShapeError, match="full"):
         nk.predict.gradient_descent_mse(torch.zeros(N, N, N_OUT + 1, N_OUT + 1, dtype=torch.float64), y)

@@ -14,9 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import InvalidArgumentError
-
-__all__ = ["KernelMethod", "assemble", "assemble_diagonal", "check_chunk_size", "chunk_for_budget", "chunks"]
+__all__ = ["KernelMethod", "assemble", "assemble_diagonal", "chunk_for_budget", "chunks"]
 
 
 class KernelMethod(Protocol):
@@ -36,11 +34,6 @@ def chunks(n: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` of range(n)."""
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
-
-
-def check_chunk_size(chunk_size: object) -> None:
-    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
-        raise InvalidArgumentError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
 
 
 def chunk_for_budget(n: int, bytes_per_example: float, budget: float, chunk_size: int | None) -> int:

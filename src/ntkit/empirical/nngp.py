@@ -8,12 +8,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .._functional import FunctionalModel, ModelArg, ParamsArg, check_input_dtype, functionalize
+from .._functional import FunctionalModel, ModelArg, ParamsArg, check_input_dtype, functionalize, model_errors
 from .._memory import check_fits, resolve_budget
-from .._validation import check_input_pair, format_shape
+from .._validation import check_input_pair, check_positive_int, format_shape
 from ..errors import ParameterSelectionError, ShapeError, UnsupportedError
-from .blocks import check_chunk_size, chunk_for_budget, chunks
-from .tracing import measure_forward, model_errors
+from .blocks import chunk_for_budget, chunks
+from .tracing import measure_forward
 
 __all__ = ["empirical_nngp"]
 
@@ -88,7 +88,7 @@ def empirical_nngp(
     Returns:
         (N1, N2), (N1, N2, O, O), (N1,) or (N1, O, O), in the model's dtype on the inputs' device.
     """
-    check_chunk_size(chunk_size)
+    check_positive_int(chunk_size, "chunk_size", allow_none=True)
     x1, x2 = check_input_pair(x1, x2, allow_integer=True)
     if layer is not None and not trace_outputs:
         raise UnsupportedError("trace_outputs=False (per-output blocks) is defined for outputs only; use layer=None.")

@@ -6,11 +6,18 @@ import math
 
 import torch
 
-from .._functional import FunctionalModel, ModelArg, ParamsArg, check_input_dtype, functionalize
+from .._functional import (
+    FunctionalModel,
+    ModelArg,
+    ParamsArg,
+    check_input_dtype,
+    functionalize,
+    translate_transform_errors,
+)
 from .._memory import check_fits, resolve_budget
-from .._validation import check_input_pair, format_shape
+from .._validation import check_input_pair, check_positive_int, format_shape
 from ..errors import InvalidArgumentError, MemoryBudgetError, ShapeError
-from .blocks import KernelMethod, assemble, assemble_diagonal, check_chunk_size
+from .blocks import KernelMethod, assemble, assemble_diagonal
 from .cost import BlockPlan, Problem, plan_blocks
 from .jacobian import JacobianMethod
 from .ntvp import NtvpMethod
@@ -71,7 +78,7 @@ def empirical_ntk(
     """
     if method != "auto" and method not in METHODS:
         raise InvalidArgumentError(f"unknown method {method!r}; use one of 'auto', {', '.join(map(repr, METHODS))}.")
-    check_chunk_size(chunk_size)
+    check_positive_int(chunk_size, "chunk_size", allow_none=True)
     x1, x2 = check_input_pair(x1, x2, allow_integer=True)
     if x2 is x1:
         x2 = None
@@ -105,10 +112,11 @@ def empirical_ntk(
     )
     chosen, plan = choose_method(fm, trace, problem, method, budget - result_bytes, chunk_size, itemsize)
     out = torch.zeros(shape, dtype=fm.dtype, device=x1.device)
-    if diagonal:
-        assemble_diagonal(chosen, x1, x2, out, not trace_outputs, plan.size)
-    else:
-        assemble(chosen, x1, x2, out, not trace_outputs, plan.size)
+    with translate_transform_errors():
+        if diagonal:
+            assemble_diagonal(chosen, x1, x2, out, not trace_outputs, plan.size)
+        else:
+            assemble(chosen, x1, x2, out, not trace_outputs, plan.size)
     return out / o if trace_outputs else out
 
 

@@ -1,4 +1,5 @@
-"""One traced forward pass on a single example: the model's layer calls, output count and costs.
+"""One traced forward pass on a single example: the model's layer calls, output count and costs (and the check
+that examples are independent, :func:`~ntkit._functional.check_examples_independent`).
 
 Every kernel computation starts with :func:`trace_model`. It runs the model on ``x[:1]`` under a
 :class:`~.interception.LayerInterceptor`, which records the layer calls with a rule and counts the forward
@@ -12,22 +13,20 @@ contraction, so the structured method stays exact.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from .._functional import FunctionalModel
-from ..errors import ShapeError, UnsupportedError
+from .._functional import FunctionalModel, check_examples_independent, model_errors
+from ..errors import ShapeError
 from .autodiff import autodiff_context
 from .interception import LayerCall, LayerInterceptor
 from .rules import parameter_jacobian
 
-__all__ = ["ModelTrace", "measure_forward", "model_errors", "trace_model"]
+__all__ = ["ModelTrace", "measure_forward", "trace_model"]
 
 
 @dataclass(frozen=True)
@@ -49,21 +48,6 @@ class ModelTrace:
     activation_words: int
 
 
-@contextlib.contextmanager
-def model_errors(x: torch.Tensor) -> Iterator[None]:
-    """Re-raise the errors of a model that cannot take inputs of this shape or dtype as ntkit errors."""
-    try:
-        yield
-    except RuntimeError as err:
-        text = str(err).splitlines()[0] if str(err) else type(err).__name__
-        shape = "(N, " + ", ".join(str(s) for s in x.shape[1:]) + ")"
-        if any(w in text for w in ("shape", "size", "dimension", "mat1 and mat2", "Expected", "expected")):
-            if "dtype" in text or "scalar type" in text:
-                raise UnsupportedError(f"the model cannot take inputs of dtype {x.dtype}: {text}") from err
-            raise ShapeError(f"the model cannot take inputs of per-example shape {shape}: {text}") from err
-        raise
-
-
 def trace_model(fm: FunctionalModel, x: torch.Tensor) -> ModelTrace:
     """Trace ``fm`` on the first example of ``x`` (see module docs)."""
     params = {k: v.detach().requires_grad_() for k, v in fm.params.items()}
@@ -71,6 +55,8 @@ def trace_model(fm: FunctionalModel, x: torch.Tensor) -> ModelTrace:
     first = x[:1]
     with model_errors(x), autodiff_context(), icpt:
         out = fm.fn(params, first)
+    with model_errors(x), autodiff_context():
+        check_examples_independent(fm, x)
     if out.shape[1] == 0:
         raise ShapeError("the model returns no outputs (shape (N, 0)); there is no kernel to compute.")
     uses: dict[str, list[tuple[int, str]]] = {}
@@ -152,4 +138,6 @@ def measure_forward(fm: FunctionalModel, x: torch.Tensor) -> tuple[torch.Tensor,
     first = x[:1]
     with model_errors(x), torch.no_grad(), autodiff_context(), icpt:
         out = fm.fn(fm.params, first)
+    with model_errors(x), autodiff_context():
+        check_examples_independent(fm, x)
     return out, icpt.activation_words

@@ -7,13 +7,20 @@ from collections.abc import Callable
 import torch
 from torch.func import vjp
 
-from .._functional import ModelArg, ParamsArg, check_input_dtype, functionalize
+from .._functional import (
+    ModelArg,
+    ParamsArg,
+    check_input_dtype,
+    functionalize,
+    model_errors,
+    translate_transform_errors,
+)
 from .._memory import resolve_budget
-from .._validation import check_input_pair, check_tensor, format_shape
+from .._validation import check_input_pair, check_positive_int, check_tensor, format_shape
 from ..errors import ShapeError
 from .autodiff import autodiff_context, jacobian_vector_product
-from .blocks import check_chunk_size, chunk_for_budget, chunks
-from .tracing import measure_forward, model_errors
+from .blocks import chunk_for_budget, chunks
+from .tracing import measure_forward
 
 __all__ = ["ntk_vector_product"]
 
@@ -37,7 +44,7 @@ def ntk_vector_product(
     for models with an operation that has no forward-mode derivative), in chunks of examples that fit the
     memory budget. ``x2=None`` means x1. Other arguments as in :func:`ntkit.empirical_ntk`.
     """
-    check_chunk_size(chunk_size)
+    check_positive_int(chunk_size, "chunk_size", allow_none=True)
     x1, x2 = check_input_pair(x1, x2, allow_integer=True)
     x2 = x1 if x2 is None else x2
     fm = functionalize(model, params)
@@ -59,16 +66,11 @@ def ntk_vector_product(
     def at(xs: torch.Tensor) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
         return lambda p: fm.fn(p, xs)
 
-    with autodiff_context(), model_errors(x1):
+    with autodiff_context(), model_errors(x1), translate_transform_errors():
         u = {k: torch.zeros_like(p) for k, p in fm.params.items()}
         for rows in chunks(n2, size):
             _, pull = vjp(at(x2[rows]), fm.params)  # type: ignore[misc]  # torch types vjp's result as a 2- or 3-tuple whatever has_aux is
             for k, g in pull(v[rows])[0].items():
                 u[k] += g
-        out = torch.cat(
-            [
-                jacobian_vector_product(at(x1[rows]), fm.params, u)
-                for rows in chunks(x1.shape[0], size)
-            ]
-        )
+        out = torch.cat([jacobian_vector_product(at(x1[rows]), fm.params, u) for rows in chunks(x1.shape[0], size)])
     return out[:, 0] if squeeze else out

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .._derivatives import forward_mode_active
+from .._validation import check_number
 from ..errors import InvalidArgumentError, UnsupportedError
 from .quadrature import (
     DEFAULT_DEGREE,
@@ -186,7 +187,7 @@ class ABReLU(Activation):
 
     def __init__(self, a: float, b: float) -> None:
         super().__init__()
-        self.a, self.b = float(a), float(b)
+        self.a, self.b = check_number(a, "the negative-side slope a"), check_number(b, "the positive-side slope b")
 
     def extra_repr(self) -> str:
         return f"a={self.a}, b={self.b}"
@@ -284,7 +285,7 @@ class LeakyReLU(ABReLU):
     """φ(x) = max(x, 0) + negative_slope·min(x, 0): :class:`ABReLU` with a = negative_slope, b = 1."""
 
     def __init__(self, negative_slope: float = 0.01) -> None:
-        super().__init__(negative_slope, 1.0)
+        super().__init__(check_number(negative_slope, "negative_slope"), 1.0)
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.a}"
@@ -365,7 +366,7 @@ class Erf(Activation):
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
         super().__init__()
-        self.a, self.b, self.c = float(a), float(b), float(c)
+        self.a, self.b, self.c = (check_number(v, name) for v, name in ((a, "a"), (b, "b"), (c, "c")))
 
     def extra_repr(self) -> str:
         return f"a={self.a}, b={self.b}, c={self.c}"
@@ -465,7 +466,7 @@ class Sin(Activation):
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
         super().__init__()
-        self.a, self.b, self.c = float(a), float(b), float(c)
+        self.a, self.b, self.c = (check_number(v, name) for v, name in ((a, "a"), (b, "b"), (c, "c")))
 
     @property
     def phase(self) -> float:
@@ -522,8 +523,9 @@ class RBF(Sin):
     """
 
     def __init__(self, gamma: float = 1.0) -> None:
+        gamma = check_number(gamma, "gamma", minimum=0.0, inclusive=False)
         super().__init__(math.sqrt(2), math.sqrt(2 * gamma), math.pi / 4)
-        self.gamma = float(gamma)
+        self.gamma = gamma
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}"
@@ -540,7 +542,7 @@ class Exp(Activation):
 
     def __init__(self, a: float = 1.0, b: float = 1.0) -> None:
         super().__init__()
-        self.a, self.b = float(a), float(b)
+        self.a, self.b = (check_number(v, name) for v, name in ((a, "a"), (b, "b")))
 
     def extra_repr(self) -> str:
         return f"a={self.a}, b={self.b}"
@@ -576,7 +578,7 @@ class Gaussian(Activation):
 
     def __init__(self, a: float = 1.0, b: float = -1.0) -> None:
         super().__init__()
-        self.a, self.b = float(a), float(b)
+        self.a, self.b = (check_number(v, name) for v, name in ((a, "a"), (b, "b")))
 
     def extra_repr(self) -> str:
         return f"a={self.a}, b={self.b}"
@@ -653,7 +655,7 @@ class Polynomial(Activation):
 
     def __init__(self, coefficients: Sequence[float]) -> None:
         super().__init__()
-        coefs = [float(c) for c in coefficients]
+        coefs = [check_number(c, f"coefficient c_{i}") for i, c in enumerate(coefficients)]
         if not coefs:
             raise InvalidArgumentError("Polynomial needs at least one coefficient (c_0, c_1, ...).")
         while len(coefs) > 1 and coefs[-1] == 0.0:
@@ -861,6 +863,10 @@ class Composed(_Quadrature):
         tolerance: float | None = DEFAULT_TOLERANCE,
     ) -> None:
         super().__init__(degree=degree, memory_budget=memory_budget, tolerance=tolerance)
+        acts = list(acts)
+        wrong = [a for a in acts if not isinstance(a, Activation)]
+        if wrong:
+            raise InvalidArgumentError(f"Composed takes ntkit.nn activations, got {type(wrong[0]).__name__}.")
         self.acts = nn.ModuleList(acts)
 
     def extra_repr(self) -> str:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .._memory import check_fits, format_bytes, resolve_budget
-from .._validation import all_finite, check_input_pair, format_shape
+from .._validation import all_finite, check_input_pair, check_positive_int, format_shape
 from ..errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError, UnsupportedError
 from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
 from .dense_chain import chain_variances, run_chain_tile
@@ -88,8 +88,13 @@ def kernel(
     if x1.ndim < 2:
         raise ShapeError(f"inputs must be (N, features) or (N, C, *spatial), got x1 of shape {format_shape(x1.shape)}.")
     dtype = dtype or x1.dtype
-    if not dtype.is_floating_point:
-        raise InvalidArgumentError(f"dtype must be a floating-point type, got {dtype}.")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InvalidArgumentError(f"dtype must be a floating-point torch.dtype, got {dtype!r}.")
+    check_positive_int(block_size, "block_size", allow_none=True)
+    if diagonal_spatial not in (None, True, False):
+        raise InvalidArgumentError(
+            f"diagonal_spatial must be True, False or None (chosen from the layers), got {diagonal_spatial!r}."
+        )
     result, finite = _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_spatial)
     if not finite and dtype == torch.float32:
         # Products of variances inside the recursions can overflow float32 before the result does: recompute in
@@ -99,8 +104,9 @@ def kernel(
         finite = finite and all(t is None or all_finite(t) for t in _fields(result))
     if not finite:
         raise NonFiniteError(
-            f"the kernel is not finite in {dtype} (largest value {torch.finfo(dtype).max:.3g}): the network's "
-            "variances grow like W_std^(2·depth). Use dtype=torch.float64, a smaller W_std, or fewer layers."
+            f"the kernel has entries that are not finite in {dtype} (largest value {torch.finfo(dtype).max:.3g}). "
+            "The layers' settings are finite, so the variances overflowed: they grow like W_std^(2·depth) in deep "
+            "networks. Use dtype=torch.float64, a smaller W_std, or fewer layers."
         )
     return result if "nngp" in wanted else result.replace(nngp=None)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._validation import check_std
 from ..errors import UnsupportedError
 from .kernel_type import Kernel
 
@@ -68,7 +69,14 @@ def apply_layer(module: nn.Module, k: Kernel) -> Kernel:
             "ntkit.nn layers, register the layer's kernel with nk.register_kernel, or estimate the kernel of "
             "the finite network by sampling with nk.monte_carlo_kernel."
         )
-    return entry.fn(module, k)
+    out = entry.fn(module, k)
+    if not isinstance(out, Kernel):
+        raise UnsupportedError(
+            f"the kernel function registered for {type(module).__name__} ({entry.fn!r}) returned "
+            f"{type(out).__name__}, not a Kernel; it must map the input Kernel to the output Kernel (build it with "
+            "ntkit.infinite.transforms or k.replace(...))."
+        )
+    return out
 
 
 def mixes_positions(module: nn.Module) -> bool:
@@ -101,6 +109,8 @@ def declare_init(module: nn.Module, *, W_std, b_std, reinit: bool = False) -> nn
         raise UnsupportedError(
             f"declare_init expects a layer with weight and bias (nn.Linear, nn.Conv*), got {module!r}."
         )
+    check_std(W_std, "W_std")
+    check_std(b_std, "b_std", allow_none=module.bias is None)
     setattr(module, _DECLARED, (W_std, b_std))
     if reinit:
         with torch.no_grad():

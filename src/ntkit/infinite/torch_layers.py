@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._validation import check_number
 from ..errors import UnsupportedError
 from ..gaussian.activations import GELU, Activation, Elementwise, LeakyReLU, ReLU
 from . import transforms
@@ -50,7 +51,13 @@ def _unsupported(module: nn.Module, what: str) -> UnsupportedError:
 def _linear(m: nn.Linear, k: Kernel) -> Kernel:
     W_var, b_var = declared_init(m)
     return transforms.weight_layer(
-        k, W_var=W_var, b_var=b_var, parameterization="standard", in_channels=m.in_features, out_channels=m.out_features
+        k,
+        W_var=W_var,
+        b_var=b_var,
+        parameterization="standard",
+        in_channels=m.in_features,
+        out_channels=m.out_features,
+        layer=repr(m),
     )
 
 
@@ -75,6 +82,7 @@ def _conv(m: nn.Conv1d | nn.Conv2d, k: Kernel) -> Kernel:
         in_channels=m.in_channels,
         out_channels=m.out_channels,
         geometry=geometry,
+        layer=repr(m),
     )
 
 
@@ -102,6 +110,7 @@ def _flatten(m: nn.Flatten, k: Kernel) -> Kernel:
 
 
 def _layer_norm(m: nn.LayerNorm, k: Kernel) -> Kernel:
+    check_number(m.eps, f"{m!r}: eps", minimum=0.0)
     if k.n_spatial or tuple(m.normalized_shape) != (k.channels,):
         raise _unsupported(
             m,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UnsupportedError
+from ..errors import ShapeError, UnsupportedError
 from ..gaussian.activations import Activation
 from ..gaussian.functions import GaussianFunction
 from . import spatial
@@ -66,7 +66,19 @@ def conv_geometry(
             f"{k.spatial_shape}; inputs are (N, C, *spatial), channels first."
         )
     pads = spatial.conv_paddings(k.spatial_shape, kernel_size, stride, padding)
+    _check_window(k, kernel_size, [sum(p) for p in pads], "a convolution's filter")
     return ConvGeometry(tuple(kernel_size), tuple(stride), pads, circular)
+
+
+def _check_window(k: Kernel, window: tuple[int, ...], padding: list[int], what: str) -> None:
+    """Raise ShapeError if a window (filter, pooling) is larger than the padded input along some axis."""
+    for axis, (size, w, pad) in enumerate(zip(k.spatial_shape, window, padding, strict=True)):
+        if w > size + pad:
+            raise ShapeError(
+                f"{what} of size {tuple(window)} is larger than its input of spatial shape {k.spatial_shape} "
+                f"(axis {axis}: {w} > {size}" + (f" + {pad} padding" if pad else "") + "), so there is no output "
+                "position. Use a smaller window, padding, or larger inputs."
+            )
 
 
 def weight_layer(
@@ -78,6 +90,7 @@ def weight_layer(
     in_channels: int,
     out_channels: int,
     geometry: ConvGeometry | None = None,
+    layer: str = "a weight layer",
 ) -> Kernel:
     """A dense layer (``geometry=None``) or a convolution, weights W_std²/fan_in and bias b_std² (theory.md §4.1, §4.5):
 
@@ -86,7 +99,15 @@ def weight_layer(
         "standard": Θ' = in_channels · |filter| · C(K) + [bias] + W_var · C(Θ)   (unnormalised: J Jᵀ; 4.4)
 
     ``b_var=None``: no bias parameter. The output is a centred Gaussian, independent of other branches.
+    ``layer`` names the layer in error messages (a layer whose ``in_channels`` differs from the channels of
+    its inputs raises :class:`ShapeError`: the finite network could not run).
     """
+    if k.channels != in_channels:
+        kind = "input features" if geometry is None else "input channels"
+        raise ShapeError(
+            f"{layer} expects {in_channels} {kind}, but its inputs have {k.channels} (the input data or the "
+            "layer before it); the network could not run on these inputs. Make the sizes agree."
+        )
     if geometry is None and k.n_spatial:
         raise UnsupportedError(
             f"a dense (Linear) layer got inputs with spatial axes {k.spatial_shape}; ntkit's Linear, like "
@@ -303,6 +324,7 @@ def avg_pool(k: Kernel, kernel_size: tuple[int, ...], stride: tuple[int, ...], p
             f"{len(kernel_size)}-d pooling got inputs with {k.n_spatial} spatial axes {k.spatial_shape}."
         )
     _require_full(k, "average pooling")
+    _check_window(k, kernel_size, [2 * p for p in padding], "an average pooling window")
 
     def pool(t: torch.Tensor, full: bool) -> torch.Tensor:
         """Window means along every position axis (each axis of a full kernel separately)."""

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from .._validation import check_std
 from ..errors import InvalidArgumentError
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
@@ -51,6 +52,8 @@ class WeightLayer(KernelLayer):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise InvalidArgumentError(f"parameterization must be 'ntk' or 'standard', got {parameterization!r}.")
+        check_std(W_std, "W_std")
+        check_std(b_std, "b_std", allow_none=True)
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
         self.weight = nn.Parameter(torch.empty(weight_shape))
         self.bias = nn.Parameter(torch.empty(weight_shape[0])) if b_std is not None else None
@@ -89,6 +92,7 @@ class WeightLayer(KernelLayer):
             in_channels=in_channels,
             out_channels=out_channels,
             geometry=geometry,
+            layer=repr(self),
         )
 
     def extra_repr(self) -> str:

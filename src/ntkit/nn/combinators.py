@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
@@ -14,11 +16,22 @@ from ._layer import KernelLayer
 __all__ = ["Parallel", "Residual", "Sequential"]
 
 
+def _check_modules(layers: tuple[object, ...], where: str) -> None:
+    for layer in layers:
+        if not isinstance(layer, nn.Module):
+            raise InvalidArgumentError(f"{where} takes torch modules (layers), got {type(layer).__name__}: {layer!r}.")
+
+
 class Sequential(nn.Sequential, KernelLayer):
     """Layers in series (a ``torch.nn.Sequential``); the kernel passes through each layer's map in turn.
 
     Layers may be ``ntkit.nn`` layers or PyTorch layers known to :func:`ntkit.register_kernel`'s registry.
     """
+
+    def __init__(self, *args: object) -> None:
+        if not (len(args) == 1 and isinstance(args[0], OrderedDict)):
+            _check_modules(args, "Sequential")
+        super().__init__(*args)
 
     def kernel_transform(self, k: Kernel) -> Kernel:
         for layer in self:
@@ -48,6 +61,7 @@ class Parallel(KernelLayer):
             raise InvalidArgumentError(f"fan_in must be one of {_FAN_IN}, got {fan_in!r}.")
         if not branches:
             raise InvalidArgumentError("Parallel needs at least one branch.")
+        _check_modules(branches, "Parallel")
         self.branches = nn.ModuleList(branches)
         self.fan_in = fan_in
 
@@ -76,6 +90,7 @@ class Residual(KernelLayer):
 
     def __init__(self, *block: nn.Module) -> None:
         super().__init__()
+        _check_modules(block, "Residual")
         self.block = Sequential(*block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .._validation import check_positive_int
 from ..errors import InvalidArgumentError
 from ..infinite import spatial, transforms
 from ..infinite.kernel_type import Kernel
@@ -29,7 +30,8 @@ class _ConvNd(WeightLayer):
         b_std=0.0,
         parameterization: str = "ntk",
     ) -> None:
-        self.in_channels, self.out_channels = in_channels, out_channels
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.out_channels = check_positive_int(out_channels, "out_channels")
         self.kernel_size = as_tuple(kernel_size, self.n_dims, "kernel_size")
         self.stride = as_tuple(stride, self.n_dims, "stride")
         if padding not in ("same", "valid") and not (isinstance(padding, int) and padding >= 0):

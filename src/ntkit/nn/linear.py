@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .._validation import check_positive_int
 from ..infinite.kernel_type import Kernel
 from ._layer import WeightLayer
 
@@ -27,7 +28,8 @@ class Linear(WeightLayer):
         b_std=0.0,
         parameterization: str = "ntk",
     ) -> None:
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
         super().__init__((out_features, in_features), W_std=W_std, b_std=b_std, parameterization=parameterization)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._validation import check_number, check_positive_int
 from ..errors import ShapeError, UnsupportedError
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
@@ -30,8 +31,8 @@ class LayerNorm(KernelLayer):
             raise UnsupportedError(
                 f"ntkit's LayerNorm normalises over channels: normalized_shape is the channel count, got {shape}."
             )
-        self.channels = shape[0]
-        self.eps = eps
+        self.channels = check_positive_int(shape[0], "normalized_shape")
+        self.eps = check_number(eps, "eps", minimum=0.0)
         self.elementwise_affine = elementwise_affine
         self.weight = nn.Parameter(torch.ones(self.channels)) if elementwise_affine else None
         self.bias = nn.Parameter(torch.zeros(self.channels)) if elementwise_affine else None

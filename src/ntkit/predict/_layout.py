@@ -97,6 +97,11 @@ def layout_of(k_train: torch.Tensor, n_train: int, n_outputs: int, vector_target
         return Layout(n_train, n_outputs, False, vector_targets)
     if k_train.ndim == 4 and tuple(k_train.shape) == (n_train, n_train, n_outputs, n_outputs):
         return Layout(n_train, n_outputs, True, vector_targets)
+    if k_train.ndim in (2, 4) and k_train.shape[0] == k_train.shape[1] != n_train:
+        raise ShapeError(
+            f"y_train has {n_train} rows (training examples) but {name} {format_shape(k_train.shape)} is the kernel "
+            f"of {k_train.shape[0]} examples; pass the targets of the same training examples as the kernel."
+        )
     raise ShapeError(
         f"{name} has shape {format_shape(k_train.shape)}; for {n_train} training examples with {n_outputs} "
         f"outputs it must be per-output ({n_train}, {n_train}) or full ({n_train}, {n_train}, {n_outputs}, "

@@ -58,6 +58,11 @@ def train_kernel_getter(k: object, label: str, n: int, device: torch.device) -> 
 
     def get(name: str) -> torch.Tensor:
         part = get_part(name)
+        if part.ndim == 2 and part.shape[0] == part.shape[1] != n:
+            raise ShapeError(
+                f"y_train has {n} rows (training examples) but {label}.{name} {format_shape(part.shape)} is the "
+                f"kernel of {part.shape[0]} examples; pass the targets of the same training examples as the kernel."
+            )
         if tuple(part.shape) != (n, n):
             raise ShapeError(
                 f"{label}.{name} has shape {format_shape(part.shape)}; it must be the per-output ({n}, {n}) kernel "
