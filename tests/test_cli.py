@@ -1,11 +1,11 @@
 """The ``ntkit`` command: clear one-line errors with exit code 2, a full run that writes the report, exit code 1
-when an experiment fails, and ``python -m ntkit``."""
+when an experiment fails, ``python -m ntkit``, and no lost runs (checkpoints, reuse, Ctrl-C, stale files)."""
 
 import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from ntkit.data import mnist
 from ntkit.experiments import Experiment
 from ntkit.experiments.e3_width_scaling import WidthScalingConfig
 from ntkit.experiments.registry import EXPERIMENTS
+from ntkit.report import ExperimentResult, Figure
 
 TINY_E3 = WidthScalingConfig(
     widths=(16, 64), depth=1, n_train=8, n_kernel=4, n_test=None, steps=4, n_times=2, repeats=1
@@ -159,3 +160,73 @@ def test_busy_machine_hint(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
     assert main(argv) == 0
     assert "busy" not in capsys.readouterr().err
+
+
+# --- lost runs (issue 10 item 2): --out checked first, experiments saved as they finish, reused, Ctrl-C kept
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    value: int = 1
+    figure: str = "a"
+
+
+def _fake(eid: str, calls: list[str], *, interrupt: bool = False, config: FakeConfig = FakeConfig()) -> Experiment:
+    """An instant experiment that records its calls and returns one figure (``interrupt``: raises Ctrl-C)."""
+
+    def fn(cfg: FakeConfig, ctx) -> ExperimentResult:
+        calls.append(eid)
+        if interrupt:
+            raise KeyboardInterrupt
+        figure = Figure(f"{eid}-{cfg.figure}", "caption", png=f"png of {eid} {cfg}".encode())
+        return ExperimentResult(eid, f"fake {eid}", "claim", supported=True, metrics={"v": cfg.value},
+                                figures=[figure])  # fmt: skip
+
+    return Experiment(eid, f"fake {eid}", "claim", fn, config, config)
+
+
+def test_unwritable_out_is_a_usage_error_before_anything_runs(capsys, monkeypatch, tmp_path):
+    calls: list[str] = []
+    monkeypatch.setitem(EXPERIMENTS, "E97", _fake("E97", calls))
+    (tmp_path / "file").write_text("not a folder")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        err = _error(capsys, ["reproduce", "--only", "E97", "--out", str(out)])
+        assert f"--out {out}" in err
+    assert calls == []  # checked before the experiment ran
+
+
+def test_ctrl_c_keeps_finished_experiments_and_a_rerun_reuses_them(capsys, monkeypatch, tmp_path):
+    calls: list[str] = []
+    monkeypatch.setitem(EXPERIMENTS, "E97", _fake("E97", calls))
+    monkeypatch.setitem(EXPERIMENTS, "E98", _fake("E98", calls, interrupt=True))
+    argv = ["reproduce", "--quick", "--only", "E97,E98", "--out", str(tmp_path)]
+    assert main(argv) == 130
+    assert calls == ["E97", "E98"]
+    assert "1 finished experiment(s) kept" in capsys.readouterr().err
+    assert json.loads((tmp_path / "checkpoints" / "E97" / "result.json").read_text())["result"]["metrics"] == {"v": 1}
+    partial = json.loads((tmp_path / "results.json").read_text())  # the report of what finished
+    assert [e["id"] for e in partial["experiments"]] == ["E97"] and partial["run"]["interrupted"]
+
+    monkeypatch.setitem(EXPERIMENTS, "E98", _fake("E98", calls))
+    assert main(argv) == 0
+    assert calls == ["E97", "E98", "E98"]  # E97 reused, E98 run
+    assert "from an earlier run, reused" in capsys.readouterr().out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [e["id"] for e in data["experiments"]] == ["E97", "E98"] and data["run"]["reused"] == ["E97"]
+    assert (tmp_path / "figures" / "E97-a.png").read_bytes() == b"png of E97 FakeConfig(value=1, figure='a')"
+
+    assert main([*argv, "--no-resume"]) == 0
+    assert calls[3:] == ["E97", "E98"]
+
+
+def test_a_changed_configuration_runs_again_and_stale_figures_go(capsys, monkeypatch, tmp_path):
+    calls: list[str] = []
+    monkeypatch.setitem(EXPERIMENTS, "E97", _fake("E97", calls))
+    monkeypatch.setitem(EXPERIMENTS, "E98", _fake("E98", calls))
+    assert main(["reproduce", "--quick", "--only", "E97,E98", "--out", str(tmp_path)]) == 0
+    monkeypatch.setitem(EXPERIMENTS, "E97", _fake("E97", calls, config=FakeConfig(2, "b")))
+    assert main(["reproduce", "--quick", "--only", "E97", "--out", str(tmp_path)]) == 0
+    assert calls == ["E97", "E98", "E97"]
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["E97-b.png"]  # E97-a and E98-a were stale
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "E97").iterdir()) == ["E97-b.png", "result.json"]
+    assert json.loads((tmp_path / "results.json").read_text())["experiments"][0]["metrics"] == {"v": 2}

@@ -1,12 +1,17 @@
 """The ``ntkit`` command (also ``python -m ntkit``).
 
 ``ntkit reproduce [--quick] [--only E1,E3,...] [--dataset NAME] [--data-dir DIR] [--download] [--out DIR]
-[--device cpu|cuda] [--seed N] [--threads N] [--no-progress]`` runs the paper's experiments and writes the report
-(``docs/reproduce.md``). ``ntkit reproduce --list`` lists the experiments.
+[--device cpu|cuda] [--seed N] [--threads N] [--no-progress] [--no-resume]`` runs the paper's experiments and
+writes the report (``docs/reproduce.md``). ``ntkit reproduce --list`` lists the experiments.
+
+Each experiment is saved in ``DIR/checkpoints/<ID>/`` as soon as it finishes, and a later run into the same
+folder reuses those that finished with the same configuration (``--no-resume`` runs them all again). The report
+files are written atomically at the end; figures of an earlier run that are not in this report are removed.
 
 Exit codes: 0 all experiments ran, 1 at least one experiment failed (it is in the report), 2 a usage error
-(unknown experiment, missing data folder or files, unavailable device), reported in one line without traceback;
-130 interrupted (Ctrl-C).
+(unknown experiment, an ``--out`` folder that cannot be written, missing data folder or files, unavailable
+device), reported in one line without traceback and before any experiment runs; 130 interrupted (Ctrl-C): the
+experiments that finished are kept and written to the report.
 """
 
 from __future__ import annotations
@@ -59,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     rep.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rep.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="run every experiment again (default: reuse those saved in DIR/checkpoints with the same configuration)",
+    )
     rep.add_argument("--list", action="store_true", help="list the experiments and exit")
     return parser
 
@@ -87,6 +97,21 @@ def _check_environment(args: argparse.Namespace) -> None:
     ntdata.ensure_available(args.dataset, args.data_dir, download=args.download, verify=not args.no_verify)
 
 
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder this process can write to (it is created if missing)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder; pass a folder (it is created if missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".ntkit-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"--out {out} cannot be written ({exc.strerror or exc}); pass a folder you can create and write to."
+        ) from None
+
+
 def _busy_machine_hint(args: argparse.Namespace) -> str | None:
     """A hint when the cores are oversubscribed and torch's OpenMP threads would spin (docs/reproduce.md)."""
     if args.device != "cpu" or args.threads == 1 or os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
@@ -112,6 +137,7 @@ def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"{eid}  {exp.title}\n    {exp.claim}")
         return EXIT_OK
     selected = experiments.select(args.only)
+    _check_out(args.out)
     _check_environment(args)
 
     if args.threads is not None:
@@ -140,20 +166,28 @@ def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
     def on_start(i: int, exp: Experiment) -> None:
         print(f"[{i + 1}/{len(selected)}] {exp.id} {exp.title} ...", flush=True)
 
-    def on_end(i: int, result: ExperimentResult) -> None:
-        print(f"      {result.label} ({result.runtime_s:.1f} s)", flush=True)
+    store = experiments.CheckpointStore(args.out / "checkpoints", reuse=not args.no_resume)
+    finished: list[ExperimentResult] = []
 
-    results = experiments.run_experiments(selected, ctx, on_start=on_start, on_end=on_end)
-    run = {
-        "command": "ntkit " + " ".join(shlex.quote(a) for a in argv),
-        "mode": mode,
-        "dataset": args.dataset,
-        "seed": args.seed,
-        "device": args.device,
-        "started": started.isoformat(timespec="seconds"),
-        "total_runtime_s": time.perf_counter() - t0,
-        "environment": report.collect_environment(args.device),
-    }
+    def on_end(i: int, result: ExperimentResult) -> None:
+        reused = " from an earlier run, reused" if result.id in store.reused else ""
+        print(f"      {result.label} ({result.runtime_s:.1f} s{reused})", flush=True)
+        finished.append(result)
+
+    try:
+        results = experiments.run_experiments(selected, ctx, on_start=on_start, on_end=on_end, store=store)
+    except KeyboardInterrupt:
+        if finished:
+            run = _run_record(args, argv, started, t0, report, store.reused, interrupted=True)
+            report.write_report(finished, args.out, run=run)
+        print(
+            f"\nntkit: interrupted; {len(finished)} finished experiment(s) kept in {args.out / 'checkpoints'}"
+            + (f" and in the report {args.out / 'index.html'}" if finished else "")
+            + ". Run the same command again to continue where it stopped.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    run = _run_record(args, argv, started, t0, report, store.reused, interrupted=False)
     index = report.write_report(results, args.out, run=run)
     print()
     print(report.summary_table(results))
@@ -166,6 +200,31 @@ def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
         )
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _run_record(
+    args: argparse.Namespace,
+    argv: list[str],
+    started: datetime.datetime,
+    t0: float,
+    report: ModuleType,
+    reused: list[str],
+    *,
+    interrupted: bool,
+) -> dict[str, object]:
+    """How the report was made (its "run" section and results.json's ``run``)."""
+    return {
+        "command": "ntkit " + " ".join(shlex.quote(a) for a in argv),
+        "mode": "quick" if args.quick else "full",
+        "dataset": args.dataset,
+        "seed": args.seed,
+        "device": args.device,
+        "started": started.isoformat(timespec="seconds"),
+        "total_runtime_s": time.perf_counter() - t0,
+        "environment": report.collect_environment(args.device),
+        "reused": list(reused),
+        "interrupted": interrupted,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

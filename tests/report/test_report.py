@@ -4,6 +4,7 @@ round-trips, figures are written as PNG files, and the terminal summary lists ev
 import base64
 import json
 import math
+import os
 import re
 
 import numpy as np
@@ -143,3 +144,22 @@ def test_to_jsonable():
         "2": 0.5,
         "t": 3,
     }
+
+
+def test_an_interrupted_write_leaves_the_previous_report_whole(results, tmp_path, monkeypatch):
+    """Report files are written to a temporary name and renamed: a failure before the rename (here the
+    rename of index.html itself) leaves the old file as it was and no temporary file behind."""
+    write_report(results[1:], tmp_path)
+    before = (tmp_path / "index.html").read_text()
+
+    def fail_on_index(src, dst):
+        if str(dst).endswith("index.html"):
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", fail_on_index)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(results, tmp_path)
+    assert (tmp_path / "index.html").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "index.html", "results.json"]

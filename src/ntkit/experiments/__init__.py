@@ -15,6 +15,7 @@ from . import (
     e7_parameterization,
     e8_kernel_accuracy,
 )
+from .checkpoints import CheckpointStore, fingerprint
 from .context import RunContext, run_config
 from .models import dense, dense_layers, mlp, readout_parameters, standard_from_ntk
 from .registry import EXPERIMENTS, Experiment, known_ids, register, select
@@ -24,6 +25,7 @@ from .training import SideBySideHistory, TrainHistory, log_spaced_steps, train_f
 
 __all__ = [
     "EXPERIMENTS",
+    "CheckpointStore",
     "Experiment",
     "RunContext",
     "SideBySideHistory",
@@ -40,6 +42,7 @@ __all__ = [
     "e6_momentum_cross_entropy",
     "e7_parameterization",
     "e8_kernel_accuracy",
+    "fingerprint",
     "fit_loglog_slope",
     "known_ids",
     "log_spaced_steps",

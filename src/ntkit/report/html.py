@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_write
 from .result import ExperimentResult, to_jsonable
 
 __all__ = ["load_results", "write_report"]
@@ -201,6 +202,10 @@ def _run_html(run: Mapping[str, Any]) -> str:
         if key in run:
             value = _fmt_seconds(run[key]) if key == "total_runtime_s" else run[key]
             rows.append([label, value])
+    if run.get("reused"):
+        rows.append(["Reused from an earlier run", ", ".join(run["reused"]) + " (same configuration, checkpoints/)"])
+    if run.get("interrupted"):
+        rows.append(["Interrupted", "yes: this report holds the experiments that finished before Ctrl-C"])
     env = run.get("environment", {})
     rows.extend([name, value] for name, value in env.items() if name != "device")
     return _table_html(["", ""], rows, show_header=False)
@@ -210,6 +215,10 @@ def write_report(
     results: Sequence[ExperimentResult], out_dir: str | Path, *, run: Mapping[str, Any] | None = None
 ) -> Path:
     """Write ``index.html``, ``figures/*.png`` and ``results.json`` into ``out_dir`` (created); return the HTML path.
+
+    Every file is written atomically (a temporary file, then ``os.replace``), so an interrupted write leaves the
+    previous report whole. PNG files in ``figures/`` that are not figures of ``results`` (left by an earlier run
+    into the same folder) are removed.
 
     ``run``: how the report was made (``command``, ``mode``, ``dataset``, ``seed``, ``device``, ``started``,
     ``total_runtime_s``, ``environment``: a dict of versions); shown at the top and in the last section.
@@ -222,11 +231,13 @@ def write_report(
         raise ValueError(f"figure names must be unique in a report, got {names}")
     for r in results:
         for f in r.figures:
-            (fig_dir / f"{f.name}.png").write_bytes(f.png)
+            atomic_write(fig_dir / f"{f.name}.png", f.png)
+    for stale in set(fig_dir.glob("*.png")) - {fig_dir / f"{name}.png" for name in names}:
+        stale.unlink()
     run = dict(run or {})
 
     payload = {"format": RESULTS_FORMAT, "run": to_jsonable(run), "experiments": [r.to_dict() for r in results]}
-    (out / "results.json").write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    atomic_write(out / "results.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
     sub = ", ".join(
         str(x)
@@ -259,7 +270,7 @@ def write_report(
         "</main></body></html>",
     ]
     path = out / "index.html"
-    path.write_text("\n".join(doc), encoding="utf-8")
+    atomic_write(path, "\n".join(doc))
     return path
 
 
