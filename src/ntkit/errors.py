@@ -13,6 +13,7 @@ __all__ = [
     "DataFormatError",
     "DataNotFoundError",
     "IllConditionedError",
+    "InitializationWarning",
     "InvalidArgumentError",
     "MemoryBudgetError",
     "MissingDependencyError",
@@ -115,3 +116,9 @@ class NotConvergedError(NtkitError, ArithmeticError):
 class NumericalWarning(RuntimeWarning):
     """A result was computed after a numerical repair (negative eigenvalues clipped, jitter added) or
     describes a diverging iteration; the message says what was done and how to avoid it."""
+
+
+class InitializationWarning(UserWarning):
+    """A plain PyTorch weight layer's weights do not look drawn with the variance ``nk.kernel`` assumes for it
+    (PyTorch's default, or what ``nk.declare_init`` declared): the kernel then describes other networks than the
+    user's. The message says how to declare the distribution."""

@@ -86,3 +86,38 @@ def test_discrete_mse_matches_closed_form():
     it = nk.predict.gradient_descent(torch.nn.MSELoss(reduction="sum"), k_train, y, lr, momentum=0.5)
     closed = nk.predict.gradient_descent_mse(k_train, y, lr, momentum=0.5, reduction="sum")
     assert rel(it(torch.tensor([0, 5, 50]), f0[:N]), closed(torch.tensor([0, 5, 50]), f0[:N])) < 1e-10
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("continuous", [False, True], ids=["steps", "ode"])
+def test_resuming_from_a_state_equals_one_call(momentum, continuous):
+    """p.state(t1) then p(t2, start=state) against p(t2) from step 0 (issue 10 item 10). Whole steps repeat the
+    same arithmetic, so they agree to round-off (1e-12 relative); the ODE restarts its adaptive steps at t1, so
+    they agree to the solver's tolerance (rtol 1e-10 on α, 1e-7 relative on the outputs)."""
+    _, _, labels, k_train, k_test, f0 = setup(False)
+    p = nk.predict.gradient_descent(torch.nn.CrossEntropyLoss(), k_train, labels, 0.2, momentum=momentum,
+                                    continuous=continuous)  # fmt: skip
+    times = torch.tensor([30.0, 55.0])
+    train, test = p(times, f0[:N], f0[N:], k_test)
+    state = p.state(12, f0[:N])
+    assert state.t == 12 and rel(state.fx_train, p(12, f0[:N])) < 1e-12
+    state = p.state(30, start=state)  # resumed twice
+    again_train, again_test = p(times, fx_test_0=f0[N:], ntk_test_train=k_test, start=state)
+    tol = 1e-7 if continuous else 1e-12
+    assert rel(again_train, train) < tol and rel(again_test, test) < tol
+
+
+def test_bad_start_states():
+    _, _, labels, k_train, _, f0 = setup(False)
+    loss = torch.nn.CrossEntropyLoss()
+    p = nk.predict.gradient_descent(loss, k_train, labels, 0.2)
+    other = nk.predict.gradient_descent(loss, k_train, labels, 0.1)
+    state = p.state(5, f0[:N])
+    with pytest.raises(nk.errors.InvalidArgumentError, match="before the start state's t = 5"):
+        p(3, start=state)
+    with pytest.raises(nk.errors.InvalidArgumentError, match="another predictor"):
+        other(10, start=state)
+    with pytest.raises(nk.errors.InvalidArgumentError, match="either start= or fx_train_0"):
+        p(10, f0[:N], start=state)
+    with pytest.raises(nk.errors.ShapeError, match="one time"):
+        p.state([1, 2], f0[:N])

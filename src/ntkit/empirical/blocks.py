@@ -14,7 +14,9 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["KernelMethod", "assemble", "assemble_diagonal", "chunk_for_budget", "chunks"]
+from .._progress import Progress
+
+__all__ = ["KernelMethod", "assemble", "assemble_diagonal", "block_count", "chunk_for_budget", "chunks"]
 
 
 class KernelMethod(Protocol):
@@ -43,10 +45,25 @@ def chunk_for_budget(n: int, bytes_per_example: float, budget: float, chunk_size
     return int(max(1, min(n, budget // max(bytes_per_example, 1))))
 
 
+def block_count(n1: int, n2: int, size: int, symmetric: bool, diagonal: bool) -> int:
+    """How many blocks :func:`assemble` (or :func:`assemble_diagonal`) computes."""
+    rows, cols = -(-n1 // size), -(-n2 // size)
+    if diagonal:
+        return rows
+    return rows * (rows + 1) // 2 if symmetric else rows * cols
+
+
 def assemble(
-    method: KernelMethod, x1: torch.Tensor, x2: torch.Tensor | None, out: torch.Tensor, full: bool, size: int
+    method: KernelMethod,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    out: torch.Tensor,
+    full: bool,
+    size: int,
+    bar: Progress | None = None,
 ) -> torch.Tensor:
-    """Fill ``out`` ((N1, N2) summed over outputs, or (N1, N2, O, O)) block by block; ``x2=None``: x1."""
+    """Fill ``out`` ((N1, N2) summed over outputs, or (N1, N2, O, O)) block by block; ``x2=None``: x1.
+    ``bar.update(1)`` after each block."""
     symmetric = x2 is None
     other = x1 if x2 is None else x2
     cols = list(chunks(other.shape[0], size))
@@ -65,11 +82,19 @@ def assemble(
             if symmetric and j != i:
                 out[cols[j], rows] = block.permute(1, 0, 3, 2) if full else block.T
             del f2
+            if bar is not None:
+                bar.update(1)
     return out
 
 
 def assemble_diagonal(
-    method: KernelMethod, x1: torch.Tensor, x2: torch.Tensor | None, out: torch.Tensor, full: bool, size: int
+    method: KernelMethod,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    out: torch.Tensor,
+    full: bool,
+    size: int,
+    bar: Progress | None = None,
 ) -> torch.Tensor:
     """Fill ``out`` ((N,) summed over outputs, or (N, O, O)) with Θ̂(x1_n, x2_n), chunk by chunk."""
     for rows in chunks(x1.shape[0], size):
@@ -77,4 +102,6 @@ def assemble_diagonal(
         reuse = x2 is None and method.same_features
         f2 = f1 if reuse else method.features2((x1 if x2 is None else x2)[rows])
         out[rows] = method.diag(f1, f2, full)
+        if bar is not None:
+            bar.update(1)
     return out

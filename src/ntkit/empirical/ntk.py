@@ -15,9 +15,10 @@ from .._functional import (
     translate_transform_errors,
 )
 from .._memory import check_fits, resolve_budget
+from .._progress import progress_bar
 from .._validation import check_input_pair, check_positive_int, format_shape
 from ..errors import InvalidArgumentError, MemoryBudgetError, ShapeError
-from .blocks import KernelMethod, assemble, assemble_diagonal
+from .blocks import KernelMethod, assemble, assemble_diagonal, block_count
 from .cost import BlockPlan, Problem, plan_blocks
 from .jacobian import JacobianMethod
 from .ntvp import NtvpMethod
@@ -40,6 +41,7 @@ def empirical_ntk(
     diagonal: bool = False,
     chunk_size: int | None = None,
     memory_budget: int | str | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """The empirical NTK Θ̂(x1, x2) = J(x1) J(x2)ᵀ, J = ∂f/∂θ over the selected parameters (theory.md §1.3, eq. 4).
 
@@ -72,6 +74,7 @@ def empirical_ntk(
         memory_budget: bytes (or a string such as ``"4G"``) that intermediates may use; default a quarter of
             the free memory of the inputs' device (or ``NTKIT_MEMORY_BUDGET``). A result that does not fit
             raises :class:`~ntkit.errors.MemoryBudgetError` before anything is computed.
+        progress: show a tqdm progress bar over the blocks (needs ``tqdm``).
 
     Returns:
         A tensor in the model's dtype on the inputs' device: (N1, N2), (N1, N2, O, O), (N1,) or (N1, O, O).
@@ -112,11 +115,12 @@ def empirical_ntk(
     )
     chosen, plan = choose_method(fm, trace, problem, method, budget - result_bytes, chunk_size, itemsize)
     out = torch.zeros(shape, dtype=fm.dtype, device=x1.device)
-    with translate_transform_errors():
+    n_blocks = block_count(x1.shape[0], problem.n2, plan.size, x2 is None, diagonal)
+    with translate_transform_errors(), progress_bar(progress, n_blocks, "nk.empirical_ntk", "block") as bar:
         if diagonal:
-            assemble_diagonal(chosen, x1, x2, out, not trace_outputs, plan.size)
+            assemble_diagonal(chosen, x1, x2, out, not trace_outputs, plan.size, bar)
         else:
-            assemble(chosen, x1, x2, out, not trace_outputs, plan.size)
+            assemble(chosen, x1, x2, out, not trace_outputs, plan.size, bar)
     return out / o if trace_outputs else out
 
 

@@ -11,13 +11,14 @@ import torch
 from torch import nn
 
 from .._memory import check_fits, format_bytes, resolve_budget
+from .._progress import Progress, progress_bar
 from .._validation import all_finite, check_input_pair, check_positive_int, format_shape
 from ..errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError, UnsupportedError
 from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
 from .dense_chain import chain_variances, run_chain_tile
 from .kernel_type import Kernel
 from .planning import Plan, plan
-from .registry import apply_layer
+from .registry import apply_layer, check_declared_init
 
 __all__ = ["kernel"]
 
@@ -49,6 +50,7 @@ def kernel(
     block_size: int | None = None,
     dtype: torch.dtype | None = None,
     diagonal_spatial: bool | None = None,
+    progress: bool = False,
 ) -> Kernel:
     """The infinite-width NNGP K and NTK Θ of ``model``'s architecture between x1 and x2 (theory.md §4).
 
@@ -66,6 +68,7 @@ def kernel(
         block_size: at most this many examples per tile side (tiles are chosen to fit the budget anyway).
         dtype: computation dtype (default: x1's). float32 results that overflow are recomputed in float64.
         diagonal_spatial: force the spatial layout (default: full only if some layer pools).
+        progress: show a tqdm progress bar over the tiles (needs ``tqdm``; see ``ntkit._progress``).
 
     Returns:
         :class:`Kernel` with ``nngp`` and ``ntk`` of shape (N1, N2) (with the output's spatial layout
@@ -95,11 +98,13 @@ def kernel(
         raise InvalidArgumentError(
             f"diagonal_spatial must be True, False or None (chosen from the layers), got {diagonal_spatial!r}."
         )
-    result, finite = _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_spatial)
+    check_declared_init(model)
+    args = (model, x1, x2, wanted, memory_budget, block_size)
+    result, finite = _compute(*args, dtype, diagonal_spatial, progress)
     if not finite and dtype == torch.float32:
         # Products of variances inside the recursions can overflow float32 before the result does: recompute in
         # float64 and keep the result if it fits float32.
-        result, finite = _compute(model, x1, x2, wanted, memory_budget, block_size, torch.float64, diagonal_spatial)
+        result, finite = _compute(*args, torch.float64, diagonal_spatial, progress)
         result = result.replace(**{name: _cast(getattr(result, name), dtype) for name in _TENSORS})
         finite = finite and all(t is None or all_finite(t) for t in _fields(result))
     if not finite:
@@ -129,7 +134,9 @@ def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return None if t is None else t.to(dtype)
 
 
-def _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_spatial) -> tuple[Kernel, bool]:
+def _compute(
+    model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_spatial, progress
+) -> tuple[Kernel, bool]:
     """The kernel in ``dtype``, and whether it is finite."""
     need_ntk = "ntk" in wanted
     p = plan(model, x1, x2, dtype=dtype, ntk=need_ntk, diagonal_spatial=diagonal_spatial)
@@ -145,7 +152,9 @@ def _compute(model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_s
     x1, x2 = x1.to(dtype), None if x2 is None else x2.to(dtype)
     if p.requires_grad:
         return _whole(model, x1, x2, p, need_ntk)
-    return _run_tiles(model, x1, x2, p, _tiles(n1, n2, b, x2 is None), need_ntk, n_workers, chain=chain)
+    tiles = _tiles(n1, n2, b, x2 is None)
+    with progress_bar(progress, len(tiles), "nk.kernel", "tile") as bar:
+        return _run_tiles(model, x1, x2, p, tiles, need_ntk, n_workers, chain=chain, bar=bar)
 
 
 def _block_size(
@@ -293,11 +302,20 @@ def _whole(model, x1, x2, p: Plan, need_ntk: bool) -> tuple[Kernel, bool]:
 
 
 def _run_tiles(
-    model, x1, x2, p: Plan, tiles: list[tuple[slice, slice]], need_ntk: bool, n_workers: int, *, chain: bool
+    model,
+    x1,
+    x2,
+    p: Plan,
+    tiles: list[tuple[slice, slice]],
+    need_ntk: bool,
+    n_workers: int,
+    *,
+    chain: bool,
+    bar: Progress,
 ) -> tuple[Kernel, bool]:
     """Compute the kernel tile by tile (by the layers' kernel maps, or ``dense_chain`` if ``chain``) into
     preallocated results (differentiable: slices are copied in); also returns whether every entry is finite.
-    The standard-parameterization NTK is normalised here (4.4)."""
+    The standard-parameterization NTK is normalised here (4.4). ``bar`` is advanced by one per tile."""
     symmetric = x2 is None
     xs2 = x1 if symmetric else x2
     n1, n2 = x1.shape[0], xs2.shape[0]
@@ -322,6 +340,12 @@ def _run_tiles(
             return k.nngp, None if k.ntk is None else k.ntk.expand_as(k.nngp), k
 
     def tile(rows: slice, cols: slice) -> bool:
+        try:
+            return compute_tile(rows, cols)
+        finally:
+            bar.update(1)
+
+    def compute_tile(rows: slice, cols: slice) -> bool:
         diagonal = symmetric and rows == cols
         nngp_value, ntk_value, k = evaluate(rows, cols, diagonal)
         if need_ntk and ntk_scale != 1.0:

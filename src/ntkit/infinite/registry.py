@@ -8,17 +8,26 @@ sizes and settings) and the input :class:`Kernel`. The entries for PyTorch's own
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from scipy import special
 from torch import nn
 
 from .._validation import check_std
-from ..errors import UnsupportedError
+from ..errors import InitializationWarning, UnsupportedError
 from .kernel_type import Kernel
 
-__all__ = ["apply_layer", "declare_init", "declared_init", "mixes_positions", "register_kernel"]
+__all__ = [
+    "apply_layer",
+    "check_declared_init",
+    "declare_init",
+    "declared_init",
+    "mixes_positions",
+    "register_kernel",
+]
 
 KernelFn = Callable[[nn.Module, Kernel], Kernel]
 
@@ -129,3 +138,53 @@ def declared_init(module: nn.Module) -> tuple[object, object | None]:
     fan_in = module.weight[0].numel()
     W_std, b_std = getattr(module, _DECLARED, (math.sqrt(1 / 3), math.sqrt(1 / (3 * fan_in))))
     return W_std**2, (None if module.bias is None else b_std**2)
+
+
+#: Two-sided false-alarm probability per tensor of :func:`check_declared_init` for weights drawn as declared.
+INIT_FALSE_ALARM = 1e-6
+_PLAIN_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def check_declared_init(model: nn.Module) -> None:
+    """Warn (:class:`~ntkit.errors.InitializationWarning`) for each plain PyTorch weight layer of ``model`` whose
+    weights or bias do not look drawn with the variance ``nk.kernel`` assumes (:func:`declared_init`), e.g. after
+    the user re-initialised it without :func:`declare_init`.
+
+    The test: for a tensor of n entries drawn i.i.d. with mean 0 and variance σ², the mean square s² satisfies
+    n·s²/σ² ~ χ²_n for normal draws; uniform draws (PyTorch's default) vary less (Var W² = 0.8 σ⁴ against 2σ⁴),
+    so the χ² interval is conservative for them. A tensor outside the central 1 − ``INIT_FALSE_ALARM`` interval
+    is reported (σ² = 0, a declared ``b_std=0``: any non-zero entry). Layers of ``ntkit.nn`` draw their own
+    weights and are not checked.
+    """
+    for name, module in model.named_modules():
+        if not isinstance(module, _PLAIN_WEIGHT_LAYERS) or getattr(module, "kernel_transform", None) is not None:
+            continue
+        W_var, b_var = declared_init(module)
+        fan_in = module.weight[0].numel()
+        where = f"layer {name!r} ({type(module).__name__})" if name else f"the model ({type(module).__name__})"
+        source = "declared with nk.declare_init" if hasattr(module, _DECLARED) else "PyTorch's default initialisation"
+        for what, values, variance in (("weight", module.weight, float(W_var) / fan_in), ("bias", module.bias, b_var)):
+            if values is None or variance is None:
+                continue
+            mean_square = _mean_square_if_unlikely(values.detach(), float(variance))
+            if mean_square is not None:
+                warnings.warn(
+                    f"{where}: its {what} entries have mean square {mean_square:.3g}, but nk.kernel assumes they "
+                    f"are drawn with variance {float(variance):.3g} ({source}); the kernel describes networks "
+                    "initialised that way, not these weights. If you re-initialised the layer, declare its "
+                    "distribution with nk.declare_init(layer, W_std=..., b_std=...) (reinit=True redraws to match).",
+                    InitializationWarning,
+                    stacklevel=3,
+                )
+
+
+def _mean_square_if_unlikely(values: torch.Tensor, variance: float) -> float | None:
+    """The mean square of ``values`` if it lies outside the χ² interval of :func:`check_declared_init`."""
+    n = values.numel()
+    mean_square = float(values.double().square().mean())
+    if variance == 0.0:
+        return mean_square if mean_square > 0.0 else None
+    q = n * mean_square / variance
+    low = 2 * float(special.gammaincinv(n / 2, INIT_FALSE_ALARM / 2))  # χ²_n quantiles: 2·P⁻¹(n/2, p)
+    high = 2 * float(special.gammaincinv(n / 2, 1 - INIT_FALSE_ALARM / 2))
+    return mean_square if not low <= q <= high else None

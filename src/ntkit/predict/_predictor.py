@@ -9,6 +9,8 @@ test outputs follow as f_t(x) = f_0(x) − Θ(x, X) α_t.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .._validation import check_tensor, format_shape
@@ -89,14 +91,26 @@ class FunctionSpacePredictor:
         Returns:
             ``fx_train_t`` of shape ([T,] N, O), or ``(fx_train_t, fx_test_t)`` when ``ntk_test_train`` is given.
         """
+        return self._predict(t, fx_train_0, fx_test_0, ntk_test_train, self._layout(fx_train_0), self._evolve)
+
+    def _predict(
+        self,
+        t: object,
+        fx_train_0: object,
+        fx_test_0: object,
+        ntk_test_train: torch.Tensor | None,
+        layout: Layout,
+        evolve: Callable[[torch.Tensor, torch.Tensor, Layout], tuple[torch.Tensor, torch.Tensor]],
+    ):
+        """:meth:`__call__` with the train outputs and dual coefficients computed by ``evolve`` (``_evolve``, or a
+        subclass's variant that starts elsewhere)."""
         times, scalar = parse_times(t)
-        layout = self._layout(fx_train_0)
         f0 = self._train_start(fx_train_0, layout)
         out_dtype = self._result_dtype(fx_train_0, fx_test_0, ntk_test_train)
         if ntk_test_train is None:
             if fx_test_0 is not None:
                 raise ShapeError("fx_test_0 was given without ntk_test_train; pass the test-train kernel as well.")
-            train, _ = self._evolve(times, f0, layout)
+            train, _ = evolve(times, f0, layout)
             return self._result(train, layout, scalar, out_dtype)
         k_test = check_tensor(ntk_test_train, "ntk_test_train", min_ndim=2)
         check_device(k_test, "ntk_test_train", self.device)
@@ -106,7 +120,7 @@ class FunctionSpacePredictor:
         f_test_0 = layout.to_matrix(
             outputs_argument(0.0 if fx_test_0 is None else fx_test_0, "fx_test_0", shape, self.device, self.dtype)
         )
-        train, coef = self._evolve(times, f0, layout)
+        train, coef = evolve(times, f0, layout)
         test = f_test_0 - stacked_matmul(k_test, coef)
         return self._result(train, layout, scalar, out_dtype), self._result(test, layout, scalar, out_dtype)
 

@@ -9,26 +9,31 @@ and test outputs follow as f_t(x) = f_0(x) − Θ(x, X) α_t with α_t = lr Σ_{
 iterated exactly like this. ``continuous=True`` integrates the ODE limit with
 ``scipy.integrate.solve_ivp``: α̇ = ∇_f L(f_0 − Θα) in time t·lr (gradient flow), or with momentum
 α̈ = −γ α̇ + ∇_f L(f_0 − Θα), γ = (1 − β)/√lr, in time t·√lr (theory.md §2.5).
+
+The iteration is resumable: :meth:`LossPredictor.state` returns a :class:`GradientDescentState` (f_t, w_t,
+α_t at step t), and ``start=state`` continues from it instead of from step 0 (the same numbers as one call,
+since the steps are the same).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
+from .._progress import Progress, progress_bar
 from .._validation import check_tensor, format_shape
 from ..errors import InvalidArgumentError, NonFiniteError, NtkitError, ShapeError, UnsupportedError
-from ._args import check_dtype, check_learning_rate, check_momentum, check_nonnegative
+from ._args import check_dtype, check_learning_rate, check_momentum, check_nonnegative, parse_times
 from ._layout import Layout, check_device, layout_of, promote_dtype
 from ._predictor import FunctionSpacePredictor
 from ._train_kernels import TrainKernels
 
-__all__ = ["LossPredictor", "gradient_descent"]
+__all__ = ["GradientDescentState", "LossPredictor", "gradient_descent"]
 
 
 def gradient_descent(
@@ -60,7 +65,9 @@ def gradient_descent(
 
     Returns:
         A :class:`LossPredictor` with the interface of :func:`gradient_descent_mse`'s predictor. There is no
-        converged limit in general (cross-entropy logits grow without bound), so ``t`` must be finite.
+        converged limit in general (cross-entropy logits grow without bound), so ``t`` must be finite. Its calls
+        also take ``start=`` (a :class:`GradientDescentState` from :meth:`LossPredictor.state`: continue from
+        there instead of step 0) and ``progress=True`` (a tqdm bar over the steps).
     """
     if not callable(loss):
         raise UnsupportedError(f"loss must be a callable loss(f, y) -> scalar, got {type(loss).__name__}.")
@@ -86,8 +93,32 @@ class _Solver:
     atol: float
 
 
+@dataclass(frozen=True)
+class GradientDescentState:
+    """Gradient descent after ``t`` steps (time t for ``continuous``), returned by :meth:`LossPredictor.state`
+    and accepted by its calls as ``start=``. ``fx_train`` is f_t on the training set, shaped like ``y_train``.
+
+    The rest is the iteration in the predictor's matrix layout (D, C) (see ``ntkit.predict._layout``): the
+    initial outputs ``f0``, the outputs ``f``, the velocity (the momentum buffer w_t; dα/dτ for the ODE) and
+    the dual coefficients α_t, with f_t = f_0 − Θ α_t.
+    """
+
+    t: float
+    layout: Layout
+    f0: torch.Tensor
+    f: torch.Tensor
+    velocity: torch.Tensor
+    coefficients: torch.Tensor
+    predictor: LossPredictor = field(repr=False, compare=False)
+
+    @property
+    def fx_train(self) -> torch.Tensor:
+        return self.layout.from_matrix(self.f)
+
+
 class LossPredictor(FunctionSpacePredictor):
-    """See :func:`gradient_descent`."""
+    """See :func:`gradient_descent`. ``p(t, fx_train_0, fx_test_0, ntk_test_train, *, start=None,
+    progress=False)``; ``p.state(t, fx_train_0, *, start=None, progress=False)``."""
 
     def __init__(
         self,
@@ -129,6 +160,57 @@ class LossPredictor(FunctionSpacePredictor):
             self._layouts[n_outputs] = (layout, kernels)
         return self._layouts[n_outputs][0]
 
+    def __call__(
+        self,
+        t: object = None,
+        fx_train_0: object = 0.0,
+        fx_test_0: object = None,
+        ntk_test_train: torch.Tensor | None = None,
+        *,
+        start: GradientDescentState | None = None,
+        progress: bool = False,
+    ):
+        """Outputs at time(s) ``t`` as for :func:`gradient_descent_mse`'s predictor. ``start``: continue from this
+        state (then ``fx_train_0`` comes from it and must be left out; every t must be >= ``start.t``)."""
+        layout, fx_train_0 = self._start_layout(start, fx_train_0)
+
+        def evolve(times: torch.Tensor, f0: torch.Tensor, lay: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+            train, coef, _ = self._run(times, f0, lay, start, progress)
+            return train, coef
+
+        return self._predict(t, fx_train_0, fx_test_0, ntk_test_train, layout, evolve)
+
+    def state(
+        self,
+        t: object,
+        fx_train_0: object = 0.0,
+        *,
+        start: GradientDescentState | None = None,
+        progress: bool = False,
+    ) -> GradientDescentState:
+        """The :class:`GradientDescentState` after ``t`` steps (one time), from step 0 or from ``start``."""
+        times, scalar = parse_times(t)
+        if not scalar:
+            raise ShapeError("state(t) takes one time t, not several.")
+        layout, fx_train_0 = self._start_layout(start, fx_train_0)
+        _, _, end = self._run(times, self._train_start(fx_train_0, layout), layout, start, progress)
+        return end
+
+    def _start_layout(self, start: GradientDescentState | None, fx_train_0: object) -> tuple[Layout, object]:
+        """The layout and initial train outputs of a call: from ``start`` when given."""
+        if start is None:
+            return self._layout(fx_train_0), fx_train_0
+        if not isinstance(start, GradientDescentState) or start.predictor is not self:
+            raise InvalidArgumentError(
+                "start must be a GradientDescentState returned by this predictor's state(...), got "
+                f"{type(start).__name__}"
+                + (" from another predictor" if isinstance(start, GradientDescentState) else "")
+                + "."
+            )
+        if not (isinstance(fx_train_0, int | float) and fx_train_0 == 0.0):
+            raise InvalidArgumentError("pass either start= or fx_train_0 (the state holds the initial outputs).")
+        return start.layout, start.layout.from_matrix(start.f0)
+
     def _gradient(self, f: torch.Tensor, layout: Layout) -> torch.Tensor:
         """∇_f L at outputs f (D, C), by autograd, in the same (D, C) layout."""
         with torch.enable_grad():
@@ -147,19 +229,50 @@ class LossPredictor(FunctionSpacePredictor):
         return layout.to_matrix(grad)
 
     def _evolve(self, times: torch.Tensor, f0: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+        train, coef, _ = self._run(times, f0, layout, None, False)
+        return train, coef
+
+    def _run(
+        self,
+        times: torch.Tensor,
+        f0: torch.Tensor,
+        layout: Layout,
+        start: GradientDescentState | None,
+        progress: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, GradientDescentState]:
+        """Train outputs and dual coefficients at ``times`` (T, D, C), and the state at the last time."""
         if not bool(torch.isfinite(times).all()):
             raise InvalidArgumentError(
                 "t = inf: gradient descent on a general loss has no closed-form limit (cross-entropy logits grow "
                 "without bound); pass finite times, or use gradient_descent_mse for MSE."
             )
+        t0 = 0.0 if start is None else start.t
+        if bool((times < t0).any()):
+            raise InvalidArgumentError(
+                f"t = {times[times < t0][0].item()} is before the start state's t = {t0}; a state can only be "
+                "continued forwards."
+            )
         k = self._layouts[layout.n_outputs][1].matrix("ntk")
-        if self.continuous:
-            return self._integrate(times, f0, k, layout)
-        return self._iterate(times, f0, k, layout)
+        zeros = torch.zeros_like(f0)
+        state = (f0.clone(), zeros, zeros) if start is None else (start.f, start.velocity, start.coefficients)
+        run = self._integrate if self.continuous else self._iterate
+        desc = "gradient_descent (ODE)" if self.continuous else "gradient_descent"
+        total = float(times.max()) - t0
+        with progress_bar(progress, total if self.continuous else int(total), desc, "step") as bar:
+            train, coef, end = run(times, f0, k, layout, t0, state, bar)
+        last = float(times.max())
+        return train, coef, GradientDescentState(last, layout, f0, *end, predictor=self)
 
     def _iterate(
-        self, times: torch.Tensor, f0: torch.Tensor, k: torch.Tensor, layout: Layout
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        times: torch.Tensor,
+        f0: torch.Tensor,
+        k: torch.Tensor,
+        layout: Layout,
+        t0: float,
+        state: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        bar: Progress,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         if bool((times != times.round()).any()):
             raise InvalidArgumentError(
                 f"t = {times[times != times.round()][0].item()} is not a whole number of steps; pass integers or "
@@ -167,9 +280,9 @@ class LossPredictor(FunctionSpacePredictor):
             )
         steps = [int(s) for s in times.tolist()]
         wanted = set(steps)
-        f, w, alpha = f0.clone(), torch.zeros_like(f0), torch.zeros_like(f0)
+        f, w, alpha = state
         saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for step in range(max(steps) + 1):
+        for step in range(int(t0), max(steps) + 1):
             if step in wanted:
                 saved[step] = (f.clone(), alpha.clone())
             if step == max(steps):
@@ -177,18 +290,33 @@ class LossPredictor(FunctionSpacePredictor):
             w = self.momentum * w + self._gradient(f, layout)
             f = f - self.lr * (k @ w)
             alpha = alpha + self.lr * w
+            bar.update(1)
         train = torch.stack([saved[s][0] for s in steps])
         coef = torch.stack([saved[s][1] for s in steps])
-        return train, coef
+        return train, coef, (f, w, alpha)
 
     def _integrate(
-        self, times: torch.Tensor, f0: torch.Tensor, k: torch.Tensor, layout: Layout
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        times: torch.Tensor,
+        f0: torch.Tensor,
+        k: torch.Tensor,
+        layout: Layout,
+        t0: float,
+        state: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        bar: Progress,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         shape, size = f0.shape, f0.numel()
         h = math.sqrt(self.lr)
         # gradient flow in τ = t·lr; heavy ball in τ = t·√lr with damping γ
-        tau = (times * (h if self.momentum > 0 else self.lr)).numpy()
+        unit = h if self.momentum > 0 else self.lr
+        tau, tau0 = (times * unit).numpy(), t0 * unit
         gamma = (1 - self.momentum) / h
+        reached = [tau0]
+
+        def advance(tau_now: float) -> None:
+            if tau_now > reached[0]:
+                bar.update((tau_now - reached[0]) / unit)
+                reached[0] = tau_now
 
         def grad_at(alpha_flat: np.ndarray) -> np.ndarray:
             alpha = torch.from_numpy(alpha_flat).reshape(shape).to(device=self.device, dtype=self.dtype)
@@ -197,25 +325,27 @@ class LossPredictor(FunctionSpacePredictor):
 
         if self.momentum > 0:
 
-            def rhs(_: float, state: np.ndarray) -> np.ndarray:
-                alpha, speed = state[:size], state[size:]
+            def rhs(tau_now: float, y: np.ndarray) -> np.ndarray:
+                advance(tau_now)
+                alpha, speed = y[:size], y[size:]
                 return np.concatenate([speed, -gamma * speed + grad_at(alpha)])
 
-            start = np.zeros(2 * size)
         else:
 
-            def rhs(_: float, state: np.ndarray) -> np.ndarray:
-                return grad_at(state)
+            def rhs(tau_now: float, y: np.ndarray) -> np.ndarray:
+                advance(tau_now)
+                return grad_at(y)
 
-            start = np.zeros(size)
-        if float(tau.max()) == 0.0:
-            coef = torch.zeros(tau.size, *shape, dtype=self.dtype, device=self.device)
-            return f0.expand_as(coef).clone(), coef
+        _, speed0, alpha0 = (s.reshape(-1).to(device="cpu", dtype=torch.float64).numpy() for s in state)
+        y0 = np.concatenate([alpha0, speed0]) if self.momentum > 0 else alpha0
+        if float(tau.max()) == tau0:
+            coef = state[2].expand(tau.size, *shape).clone()
+            return f0 - torch.einsum("ij,tjc->tic", k, coef), coef, state
         order = np.argsort(tau, kind="stable")
         sol = solve_ivp(
             rhs,
-            (0.0, float(tau.max())),
-            start,
+            (tau0, float(tau.max())),
+            y0,
             method=self.solver.method,
             t_eval=tau[order],
             rtol=self.solver.rtol,
@@ -230,4 +360,9 @@ class LossPredictor(FunctionSpacePredictor):
         alphas[order] = sol.y[:size].T
         coef = torch.from_numpy(alphas).to(device=self.device, dtype=self.dtype).reshape(tau.size, *shape)
         train = f0 - torch.einsum("ij,tjc->tic", k, coef)
-        return train, coef
+        as_tensor = {"device": self.device, "dtype": self.dtype}
+        speed = (
+            torch.from_numpy(sol.y[size:, -1].copy()).to(**as_tensor).reshape(shape) if self.momentum > 0 else state[1]
+        )
+        last = int(np.argmax(tau))
+        return train, coef, (train[last], speed, coef[last])
