@@ -16,7 +16,7 @@ import torch
 
 from .._progress import Progress
 
-__all__ = ["KernelMethod", "assemble", "assemble_diagonal", "block_count", "chunk_for_budget", "chunks"]
+__all__ = ["KernelMethod", "assemble", "assemble_diagonal", "block_count", "chunk_for_budget", "chunks", "counted"]
 
 
 class KernelMethod(Protocol):
@@ -32,6 +32,38 @@ class KernelMethod(Protocol):
     def diag(self, f1: Any, f2: Any, full: bool) -> torch.Tensor: ...
 
 
+class _Counted:
+    """``method`` whose ``pair`` and ``diag`` (one block each) advance a progress bar."""
+
+    def __init__(self, method: KernelMethod, bar: Progress) -> None:
+        self.method, self.bar = method, bar
+        self.name, self.same_features = method.name, method.same_features
+        self.features, self.features2 = method.features, method.features2
+
+    def pair(self, f1: Any, f2: Any, full: bool) -> torch.Tensor:
+        block = self.method.pair(f1, f2, full)
+        self.bar.update(1)
+        return block
+
+    def diag(self, f1: Any, f2: Any, full: bool) -> torch.Tensor:
+        block = self.method.diag(f1, f2, full)
+        self.bar.update(1)
+        return block
+
+
+def counted(method: KernelMethod, bar: Progress) -> KernelMethod:
+    """``method`` counting its blocks on ``bar`` (for :func:`assemble` and :func:`assemble_diagonal`)."""
+    return _Counted(method, bar)
+
+
+def block_count(n1: int, n2: int, size: int, symmetric: bool, diagonal: bool) -> int:
+    """How many blocks :func:`assemble` (or :func:`assemble_diagonal`) computes."""
+    rows, cols = -(-n1 // size), -(-n2 // size)
+    if diagonal:
+        return rows
+    return rows * (rows + 1) // 2 if symmetric else rows * cols
+
+
 def chunks(n: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` of range(n)."""
     for start in range(0, n, size):
@@ -45,25 +77,10 @@ def chunk_for_budget(n: int, bytes_per_example: float, budget: float, chunk_size
     return int(max(1, min(n, budget // max(bytes_per_example, 1))))
 
 
-def block_count(n1: int, n2: int, size: int, symmetric: bool, diagonal: bool) -> int:
-    """How many blocks :func:`assemble` (or :func:`assemble_diagonal`) computes."""
-    rows, cols = -(-n1 // size), -(-n2 // size)
-    if diagonal:
-        return rows
-    return rows * (rows + 1) // 2 if symmetric else rows * cols
-
-
 def assemble(
-    method: KernelMethod,
-    x1: torch.Tensor,
-    x2: torch.Tensor | None,
-    out: torch.Tensor,
-    full: bool,
-    size: int,
-    bar: Progress | None = None,
+    method: KernelMethod, x1: torch.Tensor, x2: torch.Tensor | None, out: torch.Tensor, full: bool, size: int
 ) -> torch.Tensor:
-    """Fill ``out`` ((N1, N2) summed over outputs, or (N1, N2, O, O)) block by block; ``x2=None``: x1.
-    ``bar.update(1)`` after each block."""
+    """Fill ``out`` ((N1, N2) summed over outputs, or (N1, N2, O, O)) block by block; ``x2=None``: x1."""
     symmetric = x2 is None
     other = x1 if x2 is None else x2
     cols = list(chunks(other.shape[0], size))
@@ -82,19 +99,11 @@ def assemble(
             if symmetric and j != i:
                 out[cols[j], rows] = block.permute(1, 0, 3, 2) if full else block.T
             del f2
-            if bar is not None:
-                bar.update(1)
     return out
 
 
 def assemble_diagonal(
-    method: KernelMethod,
-    x1: torch.Tensor,
-    x2: torch.Tensor | None,
-    out: torch.Tensor,
-    full: bool,
-    size: int,
-    bar: Progress | None = None,
+    method: KernelMethod, x1: torch.Tensor, x2: torch.Tensor | None, out: torch.Tensor, full: bool, size: int
 ) -> torch.Tensor:
     """Fill ``out`` ((N,) summed over outputs, or (N, O, O)) with Θ̂(x1_n, x2_n), chunk by chunk."""
     for rows in chunks(x1.shape[0], size):
@@ -102,6 +111,4 @@ def assemble_diagonal(
         reuse = x2 is None and method.same_features
         f2 = f1 if reuse else method.features2((x1 if x2 is None else x2)[rows])
         out[rows] = method.diag(f1, f2, full)
-        if bar is not None:
-            bar.update(1)
     return out

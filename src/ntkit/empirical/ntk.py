@@ -18,7 +18,7 @@ from .._memory import check_fits, resolve_budget
 from .._progress import progress_bar
 from .._validation import check_input_pair, check_positive_int, format_shape
 from ..errors import InvalidArgumentError, MemoryBudgetError, ShapeError
-from .blocks import KernelMethod, assemble, assemble_diagonal, block_count
+from .blocks import KernelMethod, assemble, assemble_diagonal, block_count, counted
 from .cost import BlockPlan, Problem, plan_blocks
 from .jacobian import JacobianMethod
 from .ntvp import NtvpMethod
@@ -118,9 +118,9 @@ def empirical_ntk(
     n_blocks = block_count(x1.shape[0], problem.n2, plan.size, x2 is None, diagonal)
     with translate_transform_errors(), progress_bar(progress, n_blocks, "nk.empirical_ntk", "block") as bar:
         if diagonal:
-            assemble_diagonal(chosen, x1, x2, out, not trace_outputs, plan.size, bar)
+            assemble_diagonal(counted(chosen, bar), x1, x2, out, not trace_outputs, plan.size)
         else:
-            assemble(chosen, x1, x2, out, not trace_outputs, plan.size, bar)
+            assemble(counted(chosen, bar), x1, x2, out, not trace_outputs, plan.size)
     return out / o if trace_outputs else out
 
 

@@ -160,22 +160,32 @@ def check_declared_init(model: nn.Module) -> None:
         if not isinstance(module, _PLAIN_WEIGHT_LAYERS) or getattr(module, "kernel_transform", None) is not None:
             continue
         W_var, b_var = declared_init(module)
-        fan_in = module.weight[0].numel()
+        weight: torch.Tensor = module.weight
+        bias: torch.Tensor | None = module.bias
         where = f"layer {name!r} ({type(module).__name__})" if name else f"the model ({type(module).__name__})"
         source = "declared with nk.declare_init" if hasattr(module, _DECLARED) else "PyTorch's default initialisation"
-        for what, values, variance in (("weight", module.weight, float(W_var) / fan_in), ("bias", module.bias, b_var)):
+        weight_var = _as_float(W_var) / weight[0].numel()
+        for what, values, variance in (
+            ("weight", weight, weight_var),
+            ("bias", bias, None if b_var is None else _as_float(b_var)),
+        ):
             if values is None or variance is None:
                 continue
-            mean_square = _mean_square_if_unlikely(values.detach(), float(variance))
+            mean_square = _mean_square_if_unlikely(values.detach(), variance)
             if mean_square is not None:
                 warnings.warn(
                     f"{where}: its {what} entries have mean square {mean_square:.3g}, but nk.kernel assumes they "
-                    f"are drawn with variance {float(variance):.3g} ({source}); the kernel describes networks "
+                    f"are drawn with variance {variance:.3g} ({source}); the kernel describes networks "
                     "initialised that way, not these weights. If you re-initialised the layer, declare its "
                     "distribution with nk.declare_init(layer, W_std=..., b_std=...) (reinit=True redraws to match).",
                     InitializationWarning,
                     stacklevel=3,
                 )
+
+
+def _as_float(value: object) -> float:
+    """A declared variance (a number or a one-element tensor, kept as declared for gradients) as a float."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)  # type: ignore[arg-type]
 
 
 def _mean_square_if_unlikely(values: torch.Tensor, variance: float) -> float | None:

@@ -14,12 +14,15 @@ from collections.abc import Callable
 import torch
 
 from .._validation import check_tensor, format_shape
-from ..errors import ShapeError, UnsupportedError
+from ..errors import InvalidArgumentError, ShapeError, UnsupportedError
 from ._args import parse_times
 from ._eigen import stacked_matmul
 from ._layout import Layout, check_device, promote_dtype
 
-__all__ = ["FunctionSpacePredictor", "outputs_argument"]
+__all__ = ["Evolve", "FunctionSpacePredictor", "outputs_argument"]
+
+#: ``evolve(times (T,), f0 (D, C), layout) -> (train outputs, dual coefficients)``, each (T, D, C).
+Evolve = Callable[[torch.Tensor, torch.Tensor, Layout], tuple[torch.Tensor, torch.Tensor]]
 
 
 def outputs_argument(
@@ -57,6 +60,13 @@ class FunctionSpacePredictor:
         """Train outputs and dual coefficients at ``times`` (T,), each of shape (T, D, C), from f0 (D, C)."""
         raise NotImplementedError
 
+    def _setup(self, fx_train_0: object, options: dict[str, object]) -> tuple[Layout, object, Evolve]:
+        """The layout, the initial train outputs and the function that evolves them, for a call with these
+        ``options`` (none here; a subclass with options of its own overrides this)."""
+        if options:
+            raise InvalidArgumentError(f"unexpected argument(s) {', '.join(sorted(options))} for this predictor.")
+        return self._layout(fx_train_0), fx_train_0, self._evolve
+
     def _train_start(self, fx_train_0: object, layout: Layout) -> torch.Tensor:
         shape = (layout.n_train,) if layout.vector_targets else (layout.n_train, layout.n_outputs)
         return layout.to_matrix(outputs_argument(fx_train_0, "fx_train_0", shape, self.device, self.dtype))
@@ -77,6 +87,7 @@ class FunctionSpacePredictor:
         fx_train_0: object = 0.0,
         fx_test_0: object = None,
         ntk_test_train: torch.Tensor | None = None,
+        **options: object,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Outputs at time(s) ``t`` (steps; None or inf: converged).
 
@@ -87,23 +98,12 @@ class FunctionSpacePredictor:
             fx_test_0: outputs at initialization on the test set, (M, O) (or a number; None means 0).
             ntk_test_train: test-train kernel, (M, N) for a per-output train kernel or (M, N, O, O) for a
                 full one.
+            options: a predictor's own keyword arguments (``start``, ``progress`` of ``gradient_descent``'s).
 
         Returns:
             ``fx_train_t`` of shape ([T,] N, O), or ``(fx_train_t, fx_test_t)`` when ``ntk_test_train`` is given.
         """
-        return self._predict(t, fx_train_0, fx_test_0, ntk_test_train, self._layout(fx_train_0), self._evolve)
-
-    def _predict(
-        self,
-        t: object,
-        fx_train_0: object,
-        fx_test_0: object,
-        ntk_test_train: torch.Tensor | None,
-        layout: Layout,
-        evolve: Callable[[torch.Tensor, torch.Tensor, Layout], tuple[torch.Tensor, torch.Tensor]],
-    ):
-        """:meth:`__call__` with the train outputs and dual coefficients computed by ``evolve`` (``_evolve``, or a
-        subclass's variant that starts elsewhere)."""
+        layout, fx_train_0, evolve = self._setup(fx_train_0, options)
         times, scalar = parse_times(t)
         f0 = self._train_start(fx_train_0, layout)
         out_dtype = self._result_dtype(fx_train_0, fx_test_0, ntk_test_train)

@@ -30,7 +30,7 @@ from .._validation import check_tensor, format_shape
 from ..errors import InvalidArgumentError, NonFiniteError, NtkitError, ShapeError, UnsupportedError
 from ._args import check_dtype, check_learning_rate, check_momentum, check_nonnegative, parse_times
 from ._layout import Layout, check_device, layout_of, promote_dtype
-from ._predictor import FunctionSpacePredictor
+from ._predictor import Evolve, FunctionSpacePredictor
 from ._train_kernels import TrainKernels
 
 __all__ = ["GradientDescentState", "LossPredictor", "gradient_descent"]
@@ -94,6 +94,24 @@ class _Solver:
 
 
 @dataclass(frozen=True)
+class _Segment:
+    """One call's iteration: to ``times`` (T,) from ``state`` = (f, velocity, α) (D, C) at time ``t0``, with
+    initial outputs ``f0``, train kernel ``k`` (D, D) and progress ``bar``."""
+
+    times: torch.Tensor
+    f0: torch.Tensor
+    k: torch.Tensor
+    layout: Layout
+    t0: float
+    state: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    bar: Progress
+
+
+#: Train outputs and dual coefficients at the times (T, D, C), and (f, velocity, α) at the last time.
+_SegmentResult = tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
 class GradientDescentState:
     """Gradient descent after ``t`` steps (time t for ``continuous``), returned by :meth:`LossPredictor.state`
     and accepted by its calls as ``start=``. ``fx_train`` is f_t on the training set, shaped like ``y_train``.
@@ -118,7 +136,9 @@ class GradientDescentState:
 
 class LossPredictor(FunctionSpacePredictor):
     """See :func:`gradient_descent`. ``p(t, fx_train_0, fx_test_0, ntk_test_train, *, start=None,
-    progress=False)``; ``p.state(t, fx_train_0, *, start=None, progress=False)``."""
+    progress=False)``: ``start`` continues from a :class:`GradientDescentState` (then ``fx_train_0`` comes from it
+    and must be left out; every t must be >= ``start.t``); ``progress`` draws a tqdm bar over the steps.
+    ``p.state(t, fx_train_0, *, start=None, progress=False)`` returns the state after t steps."""
 
     def __init__(
         self,
@@ -160,26 +180,6 @@ class LossPredictor(FunctionSpacePredictor):
             self._layouts[n_outputs] = (layout, kernels)
         return self._layouts[n_outputs][0]
 
-    def __call__(
-        self,
-        t: object = None,
-        fx_train_0: object = 0.0,
-        fx_test_0: object = None,
-        ntk_test_train: torch.Tensor | None = None,
-        *,
-        start: GradientDescentState | None = None,
-        progress: bool = False,
-    ):
-        """Outputs at time(s) ``t`` as for :func:`gradient_descent_mse`'s predictor. ``start``: continue from this
-        state (then ``fx_train_0`` comes from it and must be left out; every t must be >= ``start.t``)."""
-        layout, fx_train_0 = self._start_layout(start, fx_train_0)
-
-        def evolve(times: torch.Tensor, f0: torch.Tensor, lay: Layout) -> tuple[torch.Tensor, torch.Tensor]:
-            train, coef, _ = self._run(times, f0, lay, start, progress)
-            return train, coef
-
-        return self._predict(t, fx_train_0, fx_test_0, ntk_test_train, layout, evolve)
-
     def state(
         self,
         t: object,
@@ -192,21 +192,39 @@ class LossPredictor(FunctionSpacePredictor):
         times, scalar = parse_times(t)
         if not scalar:
             raise ShapeError("state(t) takes one time t, not several.")
+        start = self._checked_start(start)
         layout, fx_train_0 = self._start_layout(start, fx_train_0)
         _, _, end = self._run(times, self._train_start(fx_train_0, layout), layout, start, progress)
         return end
+
+    def _setup(self, fx_train_0: object, options: dict[str, object]) -> tuple[Layout, object, Evolve]:
+        """Calls take ``start`` (continue from a :class:`GradientDescentState`; ``fx_train_0`` then comes from
+        it) and ``progress`` (a tqdm bar over the steps)."""
+        start, progress = self._checked_start(options.pop("start", None)), options.pop("progress", False)
+        if options:
+            raise InvalidArgumentError(f"unexpected argument(s) {', '.join(sorted(options))}; this predictor takes "
+                                       "start= and progress= besides the outputs and kernels.")  # fmt: skip
+        layout, fx_train_0 = self._start_layout(start, fx_train_0)
+
+        def evolve(times: torch.Tensor, f0: torch.Tensor, lay: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+            train, coef, _ = self._run(times, f0, lay, start, progress)
+            return train, coef
+
+        return layout, fx_train_0, evolve
+
+    def _checked_start(self, start: object) -> GradientDescentState | None:
+        if start is not None and (not isinstance(start, GradientDescentState) or start.predictor is not self):
+            raise InvalidArgumentError(
+                "start must be a GradientDescentState returned by this predictor's state(...), got "
+                + ("one from another predictor" if isinstance(start, GradientDescentState) else type(start).__name__)
+                + "."
+            )
+        return start
 
     def _start_layout(self, start: GradientDescentState | None, fx_train_0: object) -> tuple[Layout, object]:
         """The layout and initial train outputs of a call: from ``start`` when given."""
         if start is None:
             return self._layout(fx_train_0), fx_train_0
-        if not isinstance(start, GradientDescentState) or start.predictor is not self:
-            raise InvalidArgumentError(
-                "start must be a GradientDescentState returned by this predictor's state(...), got "
-                f"{type(start).__name__}"
-                + (" from another predictor" if isinstance(start, GradientDescentState) else "")
-                + "."
-            )
         if not (isinstance(fx_train_0, int | float) and fx_train_0 == 0.0):
             raise InvalidArgumentError("pass either start= or fx_train_0 (the state holds the initial outputs).")
         return start.layout, start.layout.from_matrix(start.f0)
@@ -238,7 +256,7 @@ class LossPredictor(FunctionSpacePredictor):
         f0: torch.Tensor,
         layout: Layout,
         start: GradientDescentState | None,
-        progress: bool,
+        progress: object,
     ) -> tuple[torch.Tensor, torch.Tensor, GradientDescentState]:
         """Train outputs and dual coefficients at ``times`` (T, D, C), and the state at the last time."""
         if not bool(torch.isfinite(times).all()):
@@ -259,20 +277,12 @@ class LossPredictor(FunctionSpacePredictor):
         desc = "gradient_descent (ODE)" if self.continuous else "gradient_descent"
         total = float(times.max()) - t0
         with progress_bar(progress, total if self.continuous else int(total), desc, "step") as bar:
-            train, coef, end = run(times, f0, k, layout, t0, state, bar)
+            train, coef, end = run(_Segment(times, f0, k, layout, t0, state, bar))
         last = float(times.max())
         return train, coef, GradientDescentState(last, layout, f0, *end, predictor=self)
 
-    def _iterate(
-        self,
-        times: torch.Tensor,
-        f0: torch.Tensor,
-        k: torch.Tensor,
-        layout: Layout,
-        t0: float,
-        state: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        bar: Progress,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _iterate(self, seg: _Segment) -> _SegmentResult:
+        times, k, layout, t0, bar = seg.times, seg.k, seg.layout, seg.t0, seg.bar
         if bool((times != times.round()).any()):
             raise InvalidArgumentError(
                 f"t = {times[times != times.round()][0].item()} is not a whole number of steps; pass integers or "
@@ -280,7 +290,7 @@ class LossPredictor(FunctionSpacePredictor):
             )
         steps = [int(s) for s in times.tolist()]
         wanted = set(steps)
-        f, w, alpha = state
+        f, w, alpha = seg.state
         saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for step in range(int(t0), max(steps) + 1):
             if step in wanted:
@@ -295,16 +305,8 @@ class LossPredictor(FunctionSpacePredictor):
         coef = torch.stack([saved[s][1] for s in steps])
         return train, coef, (f, w, alpha)
 
-    def _integrate(
-        self,
-        times: torch.Tensor,
-        f0: torch.Tensor,
-        k: torch.Tensor,
-        layout: Layout,
-        t0: float,
-        state: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        bar: Progress,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _integrate(self, seg: _Segment) -> _SegmentResult:
+        times, f0, k, layout, t0, state, bar = seg.times, seg.f0, seg.k, seg.layout, seg.t0, seg.state, seg.bar
         shape, size = f0.shape, f0.numel()
         h = math.sqrt(self.lr)
         # gradient flow in τ = t·lr; heavy ball in τ = t·√lr with damping γ
@@ -360,9 +362,10 @@ class LossPredictor(FunctionSpacePredictor):
         alphas[order] = sol.y[:size].T
         coef = torch.from_numpy(alphas).to(device=self.device, dtype=self.dtype).reshape(tau.size, *shape)
         train = f0 - torch.einsum("ij,tjc->tic", k, coef)
-        as_tensor = {"device": self.device, "dtype": self.dtype}
         speed = (
-            torch.from_numpy(sol.y[size:, -1].copy()).to(**as_tensor).reshape(shape) if self.momentum > 0 else state[1]
+            torch.from_numpy(sol.y[size:, -1].copy()).to(device=self.device, dtype=self.dtype).reshape(shape)
+            if self.momentum > 0
+            else state[1]
         )
         last = int(np.argmax(tau))
         return train, coef, (train[last], speed, coef[last])
