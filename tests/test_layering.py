@@ -19,7 +19,7 @@ from ntkit.nn._layer import KernelLayer
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: ntkit modules that every layer may import: errors and the small shared helpers, which import no package.
-FOUNDATION = ("ntkit.errors", "ntkit._memory", "ntkit._validation", "ntkit._derivatives")
+FOUNDATION = ("ntkit.errors", "ntkit._memory", "ntkit._validation", "ntkit._derivatives", "ntkit._progress")
 
 #: For each package, the ntkit packages it may import besides itself and FOUNDATION (lower layers only).
 ALLOWED = {
