@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Literal, overload
 
 import torch
 
@@ -105,6 +106,14 @@ def check_input_pair(
     if x1.device != x2.device:
         raise UnsupportedError(f"x1 is on {x1.device} but x2 is on {x2.device}; move them to one device.")
     return x1, x2
+
+
+@overload
+def check_positive_int(value: object, name: str, *, allow_none: Literal[False] = False) -> int: ...
+
+
+@overload
+def check_positive_int(value: object, name: str, *, allow_none: bool) -> int | None: ...
 
 
 def check_positive_int(value: object, name: str, *, allow_none: bool = False) -> int | None:
