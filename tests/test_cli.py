@@ -193,6 +193,9 @@ def test_unwritable_out_is_a_usage_error_before_anything_runs(capsys, monkeypatc
         err = _error(capsys, ["reproduce", "--only", "E97", "--out", str(out)])
         assert f"--out {out}" in err
     assert calls == []  # checked before the experiment ran
+    new = tmp_path / "new" / "deep"  # creatable: accepted, but a usage error later creates nothing
+    _error(capsys, ["reproduce", "--only", "E97", "--out", str(new), "--dataset", "mnist", "--data-dir", str(new)])
+    assert not (tmp_path / "new").exists()
 
 
 def test_ctrl_c_keeps_finished_experiments_and_a_rerun_reuses_them(capsys, monkeypatch, tmp_path):

@@ -98,17 +98,21 @@ def _check_environment(args: argparse.Namespace) -> None:
 
 
 def _check_out(out: Path) -> None:
-    """``--out`` must be a folder this process can write to (it is created if missing)."""
+    """``--out`` must be a folder this process can write to, or one it can create (it is created when the first
+    experiment is saved; nothing is created here)."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder; pass a folder (it is created if missing).")
+    existing = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--out {out} cannot be created: {existing} is not a folder; pass another folder.")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".ntkit-write-test-{os.getpid()}"
+        probe = existing / f".ntkit-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
+        where = "" if existing == out else f" (in {existing})"
         raise UsageError(
-            f"--out {out} cannot be written ({exc.strerror or exc}); pass a folder you can create and write to."
+            f"--out {out} cannot be written{where}: {exc.strerror or exc}; pass a folder you can create and write to."
         ) from None
 
 
