@@ -69,6 +69,10 @@ def per_row_branch(y: torch.Tensor) -> torch.Tensor:
     return torch.stack([row if row.sum() > 0 else -row for row in y])  # Python control flow on tensor values
 
 
+def per_row_item(y: torch.Tensor) -> torch.Tensor:
+    return torch.stack([row * row.sum().item() for row in y])  # .item() on a per-example value
+
+
 #: Models whose output for one example depends on the rest of the batch (issue 10 item 5).
 COUPLED = {
     "centred by the batch mean": lambda y: y - y.mean(0),
@@ -125,6 +129,8 @@ CASES = [
              r"\.item\(\) or branches on the values")
         for m in ("jacobian", "ntvp", "structured")
     ],
+    Case("empirical_ntk", ".item() on per-example values", lambda: nk.empirical_ntk(_Wrap(per_row_item), x()),
+         UnsupportedError, r"\.item\(\) or branches on the values"),
     Case("empirical_ntk", "params dict of the wrong shape",
          lambda: nk.empirical_ntk(linear(), x(), params={"weight": torch.randn(3, 3)}), ParameterSelectionError,
          r"params\['weight'\] has shape \(3, 3\) but the model's parameter 'weight' has shape \(2, 4\)"),

@@ -110,8 +110,9 @@ def kernel(
     if not finite:
         raise NonFiniteError(
             f"the kernel has entries that are not finite in {dtype} (largest value {torch.finfo(dtype).max:.3g}). "
-            "The layers' settings are finite, so the variances overflowed: they grow like W_std^(2·depth) in deep "
-            "networks. Use dtype=torch.float64, a smaller W_std, or fewer layers."
+            "Layer settings are checked finite when the layers are built, so this is usually overflow of the "
+            "variances, which grow like W_std^(2·depth) in deep networks (or a registered kernel function that "
+            "returns NaN). Use dtype=torch.float64, a smaller W_std, or fewer layers."
         )
     return result if "nngp" in wanted else result.replace(nngp=None)
 
