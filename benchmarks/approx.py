@@ -15,7 +15,10 @@ Parts (``--part``, default all), each printing a markdown table:
   does not fit this machine), its memory computed (N² + N·N_test float64 entries).
 - million: N = 10^6 (MLP, synthetic): fit + predict with F = 1024 random features, time and peak memory.
 
-Each case runs in its own process on ``--threads`` threads (default 2). Absolute times on a shared machine are
+``--case '{"kind": "approx", "task": "synthetic", "method": "random_features", "F": 8192, "threads": 2,
+"diag_reg": 1e-2}'`` runs one case (the kinds above: "exact", "approx", "exact_speed", "approx_speed").
+
+Each speed case runs in its own process on ``--threads`` threads (default 2). Absolute times on a shared machine are
 noisy: the load average (``uptime``) is printed next to them.
 
     PYTHONPATH=src python benchmarks/approx.py [--part accuracy|speed|million|all] [--plot docs/images/approx.png]
@@ -91,11 +94,11 @@ def run_case(case: dict) -> dict:
         k_train = nk.kernel(net, x, get="ntk")
         k_test = nk.kernel(net, x_test, x, get="ntk")
         kernel_s = time.perf_counter() - start
-        mean = nk.predict.gp_inference(k_train, y, diag_reg=DIAG_REG)("ntk", k_test)
+        mean = nk.predict.gp_inference(k_train, y, diag_reg=case.get("diag_reg", DIAG_REG))("ntk", k_test)
         out = {"kernel_s": kernel_s, "solve_s": time.perf_counter() - start - kernel_s}
     else:
         feats = nk.approx.features(net, case["F"], get="ntk", method=case["method"], seed=0)
-        fit = nk.approx.ridge(feats, x, y, diag_reg=DIAG_REG)
+        fit = nk.approx.ridge(feats, x, y, diag_reg=case.get("diag_reg", DIAG_REG))
         mean = fit(x_test)
         out = {}
     out["seconds"] = time.perf_counter() - start
