@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all lint bench docs clean
 
 $(VENV)/.torch:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ lint: $(VENV)/.test
 	$(VENV)/bin/ruff check
 	$(VENV)/bin/mypy
 
+# The documentation site (mkdocs.yml): docs/*.md and the API reference from the docstrings, into site/.
+docs: $(VENV)/.test
+	$(VENV)/bin/mkdocs build --strict
+
 bench: $(VENV)/.test
 	$(PY) benchmarks/empirical.py
 	$(PY) benchmarks/infinite.py
@@ -53,4 +57,4 @@ bench: $(VENV)/.test
 	$(PY) benchmarks/linearize.py
 
 clean:
-	rm -rf $(VENV) ntkit-report .pytest_cache
+	rm -rf $(VENV) ntkit-report .pytest_cache site

@@ -311,8 +311,10 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):  # type: ignore[misc]
         input_shape: the shape each row of X is reshaped to for the architecture (e.g. (1, 8, 8)), or None.
 
     Attributes:
-        kernel_fn_, x_train_, y_train_: the network's kernel function and the training data as tensors;
-        ``n_features_in_``.
+        kernel_fn_: the network's kernel function ``kernel_fn(x1, x2)`` for ``nk.predict``.
+        x_train_: the training inputs as a float64 tensor (n, *input_shape).
+        y_train_: the training targets as a float64 tensor.
+        n_features_in_: the number of features seen in ``fit``.
     """
 
     def fit(self, X: Any, y: Any) -> NTKRegressor:
@@ -342,8 +344,9 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):  # type: ignore[misc]
     targets gives no probabilities.
 
     Attributes:
-        classes_: the class labels, in the order of the regression's outputs; ``kernel_fn_``, ``x_train_``, ``y_train_``
-        (the centred one-hot targets); ``n_features_in_``.
+        classes_: the class labels, in the order of the regression's outputs.
+        y_train_: the centred one-hot targets (n, n_classes); ``kernel_fn_``, ``x_train_`` and ``n_features_in_``
+            as in :class:`NTKRegressor`.
     """
 
     def fit(self, X: Any, y: Any) -> NTKClassifier:
