@@ -180,12 +180,12 @@ def test_register_kernel_for_user_layers():
 @pytest.mark.parametrize(
     ("layer", "shape", "match"),
     [
-        (nn.Conv2d(2, 2, 3, dilation=2), (2, 2, 7, 7), "grouped or dilated"),
+        (nn.Conv2d(2, 2, 3, groups=2), (2, 2, 7, 7), "grouped"),
         (nn.Conv2d(2, 2, 3, padding_mode="reflect", padding=1), (2, 2, 5, 5), "padding_mode"),
         (nn.AvgPool2d(2, ceil_mode=True), (2, 2, 5, 5), "ceil_mode"),
         (nn.AdaptiveAvgPool2d(2), (2, 2, 5, 5), "output size other than 1"),
         (nn.Flatten(2), (2, 2, 5, 5), "start_dim=1"),
-        (nn.LayerNorm([2, 5, 5]), (2, 2, 5, 5), "layer normalisation"),
+        (nn.LayerNorm([5]), (2, 2, 5, 5), "layer normalisation"),
         (nn.BatchNorm1d(2), (2, 2), "BatchNorm1d.*monte_carlo_kernel"),
     ],
 )

@@ -69,6 +69,111 @@ def cases():
         None,
     )
 
+    conv = stax.Conv(4, (3, 3), padding="SAME", W_std=1.3, b_std=0.2)
+    yield (
+        "pool_avg_same_normalize_edges",
+        [
+            conv,
+            stax.Relu(),
+            stax.AvgPool((3, 3), (2, 2), "SAME", normalize_edges=True),
+            stax.Flatten(),
+            stax.Dense(1),
+        ],
+        (3, 2, 5, 6),
+        2,
+    )
+    yield (
+        "pool_avg_same",
+        [
+            conv,
+            stax.Erf(),
+            stax.AvgPool((2, 3), (2, 1), "SAME"),
+            stax.Flatten(),
+            stax.Dense(1),
+        ],
+        (3, 2, 5, 6),
+        None,
+    )
+    yield (
+        "pool_avg_circular",
+        [
+            conv,
+            stax.Relu(),
+            stax.AvgPool((3, 2), (1, 2), "CIRCULAR"),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 5, 6),
+        None,
+    )
+    yield (
+        "pool_sum",
+        [
+            conv,
+            stax.Relu(),
+            stax.SumPool((2, 2), (1, 1), "VALID"),
+            stax.Conv(4, (2, 2), padding="SAME"),
+            stax.Relu(),
+            stax.GlobalSumPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 4, 5),
+        2,
+    )
+    yield (
+        "pool_1d",
+        [
+            stax.Conv(4, (3,), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.AvgPool((2,), (2,), "SAME", normalize_edges=True),
+            stax.Conv(4, (2,), padding="VALID"),
+            stax.Erf(),
+            stax.SumPool((3,), (1,), "CIRCULAR"),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 7),
+        None,
+    )
+    yield (
+        "pool_3d",
+        [
+            stax.Conv(4, (2, 3, 2), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.AvgPool((2, 2, 2), (1, 2, 1), "SAME", normalize_edges=True),
+            stax.GlobalSumPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 4, 3),
+        None,
+    )
+    yield (
+        "conv_3d_flatten",
+        [
+            stax.Conv(4, (2, 2, 2), strides=(1, 2, 1), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.Erf(),
+            stax.Flatten(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 4, 3),
+        2,
+    )
+    yield (
+        "layer_norm_spatial",
+        [
+            conv,
+            stax.LayerNorm(axis=(1, 2, 3), eps=1e-5),
+            stax.Relu(),
+            stax.Conv(4, (2, 2), padding="SAME"),
+            stax.LayerNorm(axis=(2, 3), eps=1e-3),
+            stax.Erf(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 4, 5),
+        2,
+    )
+
 
 def channels_last(x):
     return np.moveaxis(x, 1, -1) if x.ndim > 2 else x

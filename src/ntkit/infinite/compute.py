@@ -58,7 +58,7 @@ def kernel(
 
     Args:
         model: ``ntkit.nn`` layers, PyTorch layers with a registered kernel (``torch.nn.Sequential`` of Linear,
-            Conv1d/2d, AvgPool, AdaptiveAvgPool(1), Flatten, activations, Identity, Dropout, LayerNorm), or
+            Conv1d/2d/3d, AvgPool1d/2d/3d, AdaptiveAvgPool(1), Flatten, activations, Identity, Dropout, LayerNorm), or
             both mixed. Plain PyTorch weight layers use the standard parameterization and their own
             initialisation variances (:func:`ntkit.declare_init`).
         x1: (N1, D) or (N1, C, *S) inputs (channels first); x2: (N2, same) or None for x1 (then only one

@@ -232,7 +232,7 @@ def _gram(a: torch.Tensor, b: torch.Tensor, n_spatial: int, full: bool, pair: bo
     """
     if n_spatial == 0:  # plain matrix products (no einsum parsing)
         return a @ b.T if pair else (a * a).sum(1)
-    letters = "hijklmopqrstuvwxyz"
+    letters = "abdefghijklopqrstuvwxyz"  # all but c (channels), m and n (examples)
     if 2 * n_spatial > len(letters):
         raise ValueError(f"at most {len(letters) // 2} spatial axes are supported")
     s1 = letters[:n_spatial]

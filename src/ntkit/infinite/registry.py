@@ -103,7 +103,7 @@ _DECLARED = "_ntkit_init"
 
 
 def declare_init(module: nn.Module, *, W_std, b_std, reinit: bool = False) -> nn.Module:
-    """Declare how a plain PyTorch weight layer (nn.Linear, nn.Conv1d/2d) is initialised, for ``nk.kernel``:
+    """Declare how a plain PyTorch weight layer (nn.Linear, nn.Conv1d/2d/3d) is initialised, for ``nk.kernel``:
     weights ~ N(0, W_std² / fan_in) and bias ~ N(0, b_std²) (``b_std`` is ignored if the layer has no bias).
 
     Without a declaration ``nk.kernel`` assumes PyTorch's default initialisation (kaiming_uniform with a = √5):

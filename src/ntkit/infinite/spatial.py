@@ -101,40 +101,49 @@ def _strided(t: torch.Tensor, axis: int, start: int, n_out: int, stride: int) ->
     return t[tuple(index)]
 
 
-def shifted_sum(t: torch.Tensor, axes: tuple[int, ...], size: int, stride: int) -> torch.Tensor:
-    """Σ_{d < size} t[..., stride·p + d, ...], the same shift d applied jointly to every axis in ``axes``.
+def shifted_sum(t: torch.Tensor, axes: tuple[int, ...], size: int, stride: int, dilation: int = 1) -> torch.Tensor:
+    """Σ_{d < size} t[..., stride·p + dilation·d, ...], the same shift d applied jointly to every axis in ``axes``.
 
     Along one axis this is a window sum (pooling); applied jointly to the two position axes (s, s') of a full
     kernel, or to the one axis of a diagonal kernel, it is the kernel map of a convolution: weights at
     different filter offsets are independent, so only equal offsets on the two sides correlate.
     """
-    n_out = (t.shape[axes[0]] - size) // stride + 1
+    n_out = (t.shape[axes[0]] - dilation * (size - 1) - 1) // stride + 1
     total = None
     for d in range(size):
         shifted = t
         for axis in axes:
-            shifted = _strided(shifted, axis, d, n_out, stride)
+            shifted = _strided(shifted, axis, dilation * d, n_out, stride)
         total = shifted if total is None else total + shifted
     return total
 
 
-def conv_padding(size: int, kernel_size: int, stride: int, padding: str | int) -> tuple[int, int]:
+def conv_padding(size: int, kernel_size: int, stride: int, padding: str | int, dilation: int = 1) -> tuple[int, int]:
     """(before, after) padding of one axis for ``padding`` = "same" | "valid" | an int (both sides).
 
     "same" pads as TensorFlow and JAX do: the output has ceil(size / stride) positions and an odd total
-    padding puts the extra row at the end.
+    padding puts the extra row at the end (the filter spans dilation·(kernel_size − 1) + 1 positions).
     """
     if padding == "valid":
         return 0, 0
     if padding == "same":
         n_out = -(-size // stride)
-        total = max((n_out - 1) * stride + kernel_size - size, 0)
+        total = max((n_out - 1) * stride + dilation * (kernel_size - 1) + 1 - size, 0)
         return total // 2, total - total // 2
     return int(padding), int(padding)
 
 
 def conv_paddings(
-    spatial_shape: tuple[int, ...], kernel_size: tuple[int, ...], stride: tuple[int, ...], padding: str | int
+    spatial_shape: tuple[int, ...],
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: str | int | tuple[int, ...],
+    dilation: tuple[int, ...] | None = None,
 ) -> tuple[tuple[int, int], ...]:
-    """:func:`conv_padding` for every spatial axis."""
-    return tuple(conv_padding(n, k, s, padding) for n, k, s in zip(spatial_shape, kernel_size, stride, strict=True))
+    """:func:`conv_padding` for every spatial axis (``padding`` may also be one int per axis)."""
+    n = len(spatial_shape)
+    per_axis = tuple(padding) if isinstance(padding, tuple) else (padding,) * n
+    dilation = dilation or (1,) * n
+    return tuple(
+        conv_padding(*args) for args in zip(spatial_shape, kernel_size, stride, per_axis, dilation, strict=True)
+    )

@@ -61,18 +61,14 @@ def _linear(m: nn.Linear, k: Kernel) -> Kernel:
     )
 
 
-def _conv(m: nn.Conv1d | nn.Conv2d, k: Kernel) -> Kernel:
-    if m.groups != 1 or any(d != 1 for d in m.dilation):
-        raise _unsupported(m, "a grouped or dilated convolution")
+def _conv(m: nn.Conv1d | nn.Conv2d | nn.Conv3d, k: Kernel) -> Kernel:
+    if m.groups != 1:
+        raise _unsupported(m, "a grouped convolution")
     if m.padding_mode not in ("zeros", "circular"):
         raise _unsupported(m, f"padding_mode={m.padding_mode!r}")
-    if isinstance(m.padding, str):
-        padding = m.padding
-    elif len(set(m.padding)) == 1:
-        padding = m.padding[0]
-    else:
-        raise _unsupported(m, "different paddings per axis")
-    geometry = transforms.conv_geometry(k, m.kernel_size, m.stride, padding, circular=m.padding_mode == "circular")
+    geometry = transforms.conv_geometry(
+        k, m.kernel_size, m.stride, m.padding, circular=m.padding_mode == "circular", dilation=m.dilation
+    )
     W_var, b_var = declared_init(m)
     return transforms.weight_layer(
         k,
@@ -90,17 +86,24 @@ def _tuple(value, n: int) -> tuple[int, ...]:
     return (value,) * n if isinstance(value, int) else tuple(value)
 
 
-def _avg_pool(m: nn.AvgPool1d | nn.AvgPool2d, k: Kernel) -> Kernel:
-    if m.ceil_mode or not m.count_include_pad or getattr(m, "divisor_override", None) is not None:
-        raise _unsupported(m, "average pooling with ceil_mode, count_include_pad=False or divisor_override")
+def _avg_pool(m: nn.AvgPool1d | nn.AvgPool2d | nn.AvgPool3d, k: Kernel) -> Kernel:
+    if m.ceil_mode:
+        raise _unsupported(m, "average pooling with ceil_mode=True")
     n = k.n_spatial
-    return transforms.avg_pool(k, _tuple(m.kernel_size, n), _tuple(m.stride, n), _tuple(m.padding, n))
+    override = getattr(m, "divisor_override", None)
+    divisor = float(override) if override else "window" if m.count_include_pad else "valid"
+    geometry = transforms.conv_geometry(
+        k, _tuple(m.kernel_size, n), _tuple(m.stride, n), _tuple(m.padding, n), circular=False, layer="pooling"
+    )
+    return transforms.pool(k, geometry, divisor)
 
 
-def _adaptive_avg_pool(m: nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d, k: Kernel) -> Kernel:
+def _adaptive_avg_pool(m: nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool3d, k: Kernel) -> Kernel:
     if any(size != 1 for size in _tuple(m.output_size, k.n_spatial)):
         raise _unsupported(m, "adaptive pooling to an output size other than 1")
-    return transforms.avg_pool(k, k.spatial_shape, k.spatial_shape, (0,) * k.n_spatial)
+    shape = k.spatial_shape
+    geometry = transforms.conv_geometry(k, shape, shape, 0, circular=False, layer="pooling")
+    return transforms.pool(k, geometry, "window")  # one window covering everything: output shape (1, ..., 1)
 
 
 def _flatten(m: nn.Flatten, k: Kernel) -> Kernel:
@@ -110,14 +113,25 @@ def _flatten(m: nn.Flatten, k: Kernel) -> Kernel:
 
 
 def _layer_norm(m: nn.LayerNorm, k: Kernel) -> Kernel:
+    """torch's LayerNorm normalises the last len(normalized_shape) axes: the features of (N, C) inputs, or the
+    channels and spatial axes of (N, C, *S) inputs when normalized_shape is (C, *S) (γ, β per position)."""
     check_number(m.eps, f"{m!r}: eps", minimum=0.0)
-    if k.n_spatial or tuple(m.normalized_shape) != (k.channels,):
+    if tuple(m.normalized_shape) != (k.channels, *k.spatial_shape):
         raise _unsupported(
             m,
             f"layer normalisation over {tuple(m.normalized_shape)} of inputs with {k.channels} channels and "
-            f"spatial axes {k.spatial_shape} (only normalisation over the features of (N, C) inputs)",
+            f"spatial axes {k.spatial_shape} (only over all non-batch axes: normalized_shape = (C, *spatial))",
         )
-    return transforms.layer_norm(k, eps=m.eps, affine=m.elementwise_affine)
+    affine = "position" if k.n_spatial else "channel"
+    return transforms.layer_norm(k, eps=m.eps, affine=affine if m.elementwise_affine else None, n_axes=k.n_spatial)
+
+
+def _group_norm(m: nn.GroupNorm, k: Kernel) -> Kernel:
+    if m.num_groups != 1:
+        raise _unsupported(m, f"group normalisation with {m.num_groups} groups (one group is LayerNorm)")
+    if m.num_channels != k.channels:
+        raise _unsupported(m, f"group normalisation of {m.num_channels} channels after a layer with {k.channels}")
+    return transforms.layer_norm(k, eps=m.eps, affine="channel" if m.affine else None, n_axes=k.n_spatial)
 
 
 def _dropout(m: nn.Dropout, k: Kernel) -> Kernel:
@@ -135,16 +149,17 @@ def _activation(m: nn.Module, k: Kernel) -> Kernel:
 
 
 register_kernel(nn.Linear, _linear)
-register_kernel(nn.Conv1d, _conv)
-register_kernel(nn.Conv2d, _conv)
-register_kernel(nn.AvgPool1d, _avg_pool, mixes_positions=True)
-register_kernel(nn.AvgPool2d, _avg_pool, mixes_positions=True)
-register_kernel(nn.AdaptiveAvgPool1d, _adaptive_avg_pool, mixes_positions=True)
-register_kernel(nn.AdaptiveAvgPool2d, _adaptive_avg_pool, mixes_positions=True)
+for _type in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+    register_kernel(_type, _conv)
+for _type in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d):
+    register_kernel(_type, _avg_pool, mixes_positions=True)
+for _type in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d):
+    register_kernel(_type, _adaptive_avg_pool, mixes_positions=True)
 register_kernel(nn.Flatten, _flatten)
 register_kernel(nn.Identity, lambda m, k: k)
 register_kernel(nn.Dropout, _dropout)
 register_kernel(nn.LayerNorm, _layer_norm)
+register_kernel(nn.GroupNorm, _group_norm)
 register_kernel(nn.Sequential, _sequential)
 for _type in ACTIVATIONS:
     register_kernel(_type, _activation)

@@ -22,7 +22,6 @@ from .kernel_type import KERNEL_TEMPORARIES, Kernel, note_working_set, pair_entr
 __all__ = [
     "ConvGeometry",
     "activation",
-    "avg_pool",
     "conv_geometry",
     "dropout",
     "elementwise",
@@ -30,8 +29,9 @@ __all__ = [
     "fan_in_product",
     "fan_in_sum",
     "flatten",
-    "global_avg_pool",
+    "global_pool",
     "layer_norm",
+    "pool",
     "weight_layer",
 ]
 
@@ -44,30 +44,51 @@ QUADRATURE_TEMPORARIES = 32
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Filter size, stride and (before, after) padding per spatial axis, and whether padding wraps around."""
+    """Filter (or window) size, stride, (before, after) padding and dilation per spatial axis, and whether
+    padding wraps around."""
 
     kernel_size: tuple[int, ...]
     stride: tuple[int, ...]
     padding: tuple[tuple[int, int], ...]
     circular: bool = False
+    dilation: tuple[int, ...] | None = None
 
     @property
     def receptive_field(self) -> int:
         return math.prod(self.kernel_size)
 
+    def dilation_of(self, i: int) -> int:
+        return 1 if self.dilation is None else self.dilation[i]
+
 
 def conv_geometry(
-    k: Kernel, kernel_size: tuple[int, ...], stride: tuple[int, ...], padding: str | int, *, circular: bool
+    k: Kernel,
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: str | int | tuple[int, ...],
+    *,
+    circular: bool,
+    dilation: tuple[int, ...] | None = None,
+    layer: str = "convolution",
 ) -> ConvGeometry:
-    """The geometry of a convolution applied to the layer ``k`` (padding resolved for its spatial shape)."""
+    """The geometry of a convolution (or pooling ``layer``) applied to ``k`` (padding resolved for its shape)."""
     if len(kernel_size) != k.n_spatial:
         raise UnsupportedError(
-            f"a {len(kernel_size)}-d convolution got inputs with {k.n_spatial} spatial axes "
+            f"a {len(kernel_size)}-d {layer} got inputs with {k.n_spatial} spatial axes "
             f"{k.spatial_shape}; inputs are (N, C, *spatial), channels first."
         )
-    pads = spatial.conv_paddings(k.spatial_shape, kernel_size, stride, padding)
-    _check_window(k, kernel_size, [sum(p) for p in pads], "a convolution's filter")
-    return ConvGeometry(tuple(kernel_size), tuple(stride), pads, circular)
+    pads = spatial.conv_paddings(k.spatial_shape, kernel_size, stride, padding, dilation)
+    spans = tuple(d * (f - 1) + 1 for f, d in zip(kernel_size, dilation or (1,) * len(kernel_size), strict=True))
+    _check_window(
+        k, spans, [sum(p) for p in pads], f"a {layer}'s filter" if layer == "convolution" else f"a {layer} window"
+    )
+    if circular and any(max(p) > n for p, n in zip(pads, k.spatial_shape, strict=True)):
+        raise UnsupportedError(
+            f"circular padding {pads} of a {layer} is larger than the input's spatial shape {k.spatial_shape}."
+        )
+    return ConvGeometry(
+        tuple(kernel_size), tuple(stride), pads, circular, None if dilation is None else tuple(dilation)
+    )
 
 
 def _check_window(k: Kernel, window: tuple[int, ...], padding: list[int], what: str) -> None:
@@ -126,9 +147,8 @@ def weight_layer(
         per_axis = [geometry.padding[i] for i in range(k.n_spatial) for _ in range(2 if k.full else 1)]
         t = spatial.pad_trailing(t, per_axis, geometry.circular)
         for i in range(k.n_spatial):
-            t = spatial.shifted_sum(
-                t, spatial.spatial_axes(k.n_spatial, i, k.full), geometry.kernel_size[i], geometry.stride[i]
-            )
+            axes = spatial.spatial_axes(k.n_spatial, i, k.full)
+            t = spatial.shifted_sum(t, axes, geometry.kernel_size[i], geometry.stride[i], geometry.dilation_of(i))
         return t
 
     mapped = k.map(conv)  # sums over the receptive field: W_var / |filter| turns them into the mean
@@ -232,35 +252,58 @@ def elementwise(g: Kernel, psi: GaussianFunction) -> Kernel:
     )
 
 
-def layer_norm(k: Kernel, *, eps: float, affine: bool) -> Kernel:
-    """Normalisation over channels at each position, y = (x − mean_c x) / √(var_c x + eps).
+def layer_norm(k: Kernel, *, eps: float, affine: str | None = None, n_axes: int = 0) -> Kernel:
+    """Normalisation over the channels and the last ``n_axes`` spatial axes A of each example (0: over channels
+    at each position), y = (x − μ) / √(σ² + eps) with μ, σ² the mean and variance over channels and A.
 
-    In the limit the channel mean and variance of one example are its E_c[x] = ``mean`` and K(x, x) − mean²,
-    deterministic, so y is an affine map of x per example:
+    In the limit these statistics are deterministic per example: with the channel means m(s) = ``mean`` and
+    variances d(s) = K(x, x)(s), μ = mean_A m and σ² = mean_A d − μ². So y is an affine map of x per example:
 
-        K' = (K − m1 m2) / √(s1 s2),   Θ' = Θ / √(s1 s2) (+ K' + 1 with a trainable elementwise affine),
-        s = K(x, x) − m² + eps.
+        K'(s, s') = (K(s, s') − μ m'(s') − m(s) μ' + μ μ') · r r',   r = 1/√(σ² + eps),   mean' = (m − μ)·r,
+        Θ'(s, s') = Θ(s, s') · r r'  (+ (K' + 1) from the affine parameters: ``affine="channel"`` one γ, β per
+        channel, shared by all positions; ``"position"`` one per channel and position of A, as
+        torch.nn.LayerNorm([C, H, W]), so only equal positions along A share them).
 
-    Inputs that are not Gaussian (after a nonlinearity) only need their means, so this works anywhere.
+    With n_axes = 0, μ = m and K' = (K − m m') r r'. Inputs that are not Gaussian (after a nonlinearity) only
+    need their means, so this works anywhere (neural-tangents: Gaussian inputs only).
     """
     d = k.variances()
     m = torch.zeros_like(d) if k.mean is None else k.mean
-    scale = _safe_rsqrt((d - m * m).clamp_min(0) + eps)  # 1/√s per example and position
+    if n_axes:
+        dims = tuple(range(-n_axes, 0))
+        mu = m.mean(dim=dims, keepdim=True).expand_as(m)
+        var = d.mean(dim=dims, keepdim=True).expand_as(d) - mu * mu
+    else:
+        mu, var = m, d - m * m
+    scale = _safe_rsqrt(var.clamp_min(0) + eps)  # r per example and position
 
-    def normalise(t, m_a, m_b, s_a, s_b):
-        return (t - m_a * m_b) * (s_a * s_b)
+    def normalise(t, broadcast):
+        (m_a, m_b), (mu_a, mu_b), (r_a, r_b) = (broadcast(v) for v in (m, mu, scale))
+        return (t - (mu_a * m_b + m_a * mu_b - mu_a * mu_b)) * (r_a * r_b)
 
-    (m1, m2), (s1, s2) = k.split(m), k.split(scale)
-    p_m1, p_m2 = spatial.pair_broadcast(m1, m2, k.full)
-    p_s1, p_s2 = spatial.pair_broadcast(s1, s2, k.full)
-    nngp = normalise(k.nngp, p_m1, p_m2, p_s1, p_s2)
+    def pair(v):
+        return spatial.pair_broadcast(*k.split(v), k.full)
+
+    def own(v):
+        return spatial.self_broadcast(v, k.full)
+
+    nngp = normalise(k.nngp, pair)
     ntk = None
     if k.ntk is not None:
-        ntk = k.ntk * (p_s1 * p_s2)
-        if affine:
+        r1, r2 = pair(scale)
+        ntk = k.ntk * (r1 * r2)
+        if affine == "channel":
             ntk = ntk + nngp + 1.0
-    cov = normalise(k.cov, *spatial.self_broadcast(m, k.full), *spatial.self_broadcast(scale, k.full))
-    return k.replace(nngp=nngp, ntk=ntk, cov=cov, mean=None, source=None, fn=None)
+        elif affine == "position":
+            ntk = ntk + torch.where(_spatial_diagonal_mask(k, nngp, last=n_axes), nngp + 1.0, 0.0)
+    return k.replace(
+        nngp=nngp,
+        ntk=ntk,
+        cov=normalise(k.cov, own),
+        mean=(m - mu) * scale if n_axes else None,
+        source=None,
+        fn=None,
+    )
 
 
 def _safe_rsqrt(x: torch.Tensor) -> torch.Tensor:
@@ -294,12 +337,16 @@ def dropout(k: Kernel, p: float) -> Kernel:
     )
 
 
-def _spatial_diagonal_mask(k: Kernel, t: torch.Tensor) -> torch.Tensor:
-    """True at the entries of ``t`` whose two positions coincide (all of them in the diagonal layout)."""
-    if not k.full:
-        return torch.ones((), dtype=torch.bool, device=t.device)
+def _spatial_diagonal_mask(k: Kernel, t: torch.Tensor, last: int | None = None) -> torch.Tensor:
+    """True at the entries of ``t`` whose two positions coincide (all of them in the diagonal layout), along
+    every spatial axis or only the ``last`` ones."""
     mask = torch.ones((), dtype=torch.bool, device=t.device)
+    if not k.full:
+        return mask
+    first = 0 if last is None else k.n_spatial - last
     for i, size in enumerate(k.spatial_shape):
+        if i < first:
+            continue
         eye = torch.eye(size, dtype=torch.bool, device=t.device)
         shape = [1] * (2 * k.n_spatial)
         shape[2 * i : 2 * i + 2] = [size, size]
@@ -310,57 +357,70 @@ def _spatial_diagonal_mask(k: Kernel, t: torch.Tensor) -> torch.Tensor:
 def _require_full(k: Kernel, layer: str) -> None:
     if k.n_spatial and not k.full:
         raise UnsupportedError(
-            f"{layer} averages over positions, so it needs the covariances between all pairs of positions; "
+            f"{layer} mixes positions, so it needs the covariances between all pairs of positions; "
             "this kernel keeps only the diagonal (diagonal_spatial=True). nk.kernel chooses the layout "
             "itself; when calling transforms directly, start from Kernel.from_inputs(..., diagonal_spatial=False)."
         )
 
 
-def avg_pool(k: Kernel, kernel_size: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> Kernel:
-    """Average pooling over windows (zeros padded and counted, as torch's default): a window mean along each
-    position axis independently, Cov[mean_a x(a), mean_a' y(a')] = mean_a mean_a' Cov[x(a), y(a')]."""
-    if len(kernel_size) != k.n_spatial:
-        raise UnsupportedError(
-            f"{len(kernel_size)}-d pooling got inputs with {k.n_spatial} spatial axes {k.spatial_shape}."
-        )
-    _require_full(k, "average pooling")
-    _check_window(k, kernel_size, [2 * p for p in padding], "an average pooling window")
+def pool(k: Kernel, geometry: ConvGeometry, divisor: str | float) -> Kernel:
+    """Window pooling y(p) = Σ_{a ∈ window(p)} x(a) / c(p) along each spatial axis, with c(p) the window size
+    (``divisor="window"``: padding counted, torch's default and neural-tangents' AvgPool), the number of input
+    positions in the window (``"valid"``: torch's count_include_pad=False, neural-tangents' normalize_edges=True)
+    or a constant (1.0: sum pooling). Being linear, it maps the kernel along each position axis separately:
 
-    def pool(t: torch.Tensor, full: bool) -> torch.Tensor:
-        """Window means along every position axis (each axis of a full kernel separately)."""
+        K'(p, p') = Σ_{a ∈ window(p)} Σ_{a' ∈ window(p')} K(a, a') / (c(p) c(p')).
+    """
+    _require_full(k, "pooling")
+    n = k.n_spatial
+    counts = [_window_counts(k, geometry, i) if divisor == "valid" else None for i in range(n)]
+    constant = float(geometry.receptive_field if divisor == "window" else 1.0 if divisor == "valid" else divisor)
+
+    def window_means(t: torch.Tensor, full: bool) -> torch.Tensor:
         if t.ndim == 0:
             return t
         copies = 2 if full else 1
-        t = spatial.pad_trailing(
-            t, [(padding[i], padding[i]) for i in range(k.n_spatial) for _ in range(copies)], False
-        )
-        for i in range(k.n_spatial):
-            for axis in spatial.spatial_axes(k.n_spatial, i, full):
-                t = spatial.shifted_sum(t, (axis,), kernel_size[i], stride[i])
-        return t / math.prod(kernel_size) ** copies
+        t = spatial.pad_trailing(t, [geometry.padding[i] for i in range(n) for _ in range(copies)], geometry.circular)
+        for i in range(n):
+            for axis in spatial.spatial_axes(n, i, full):
+                t = spatial.shifted_sum(t, (axis,), geometry.kernel_size[i], geometry.stride[i])
+                if counts[i] is not None:
+                    t = t / counts[i].reshape((-1,) + (1,) * (-axis - 1))
+        return t if constant == 1.0 else t / constant**copies
 
-    fields = k.map(lambda t: pool(t, True))
-    shape = tuple(fields["cov"].shape[1::2])
+    fields = k.map(lambda t: window_means(t, True))
     return k.replace(
         **fields,
-        spatial_shape=shape,
-        mean=None if k.mean is None else pool(k.mean, False),
+        spatial_shape=tuple(fields["cov"].shape[1::2]),
+        mean=None if k.mean is None else window_means(k.mean, False),
         source=None,
         fn=None,
     )
 
 
-def global_avg_pool(k: Kernel) -> Kernel:
-    """The mean over all positions: K' = mean over (s, s') of K(s, s')."""
+def _window_counts(k: Kernel, geometry: ConvGeometry, i: int) -> torch.Tensor:
+    """(S_i',) the number of input positions (not padding) in each window along spatial axis ``i``."""
+    ones = torch.ones(k.spatial_shape[i], dtype=k.cov.dtype, device=k.cov.device)
+    ones = spatial.pad_trailing(ones, [geometry.padding[i]], geometry.circular)
+    return spatial.shifted_sum(ones, (-1,), geometry.kernel_size[i], geometry.stride[i])
+
+
+def global_pool(k: Kernel, *, average: bool = True) -> Kernel:
+    """The mean (``average``) or the sum over all positions: K' = mean (or Σ) over (s, s') of K(s, s')."""
     if not k.n_spatial:
-        raise UnsupportedError("global average pooling needs inputs with spatial axes (N, C, *spatial).")
-    _require_full(k, "global average pooling")
-    n = 2 * k.n_spatial
+        raise UnsupportedError("global pooling needs inputs with spatial axes (N, C, *spatial).")
+    _require_full(k, "global pooling")
+    dims = tuple(range(-2 * k.n_spatial, 0))
 
-    def mean_all(t: torch.Tensor) -> torch.Tensor:
-        return t if t.ndim == 0 else t.mean(dim=tuple(range(-n, 0)))
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        if t.ndim == 0:
+            return t
+        return t.mean(dim=dims) if average else t.sum(dim=dims)
 
-    return k.replace(**_reduce_spatial(k, mean_all), source=None, fn=None)
+    fields = _reduce_spatial(k, reduce)
+    if not average and k.mean is not None:
+        fields["mean"] = fields["mean"] * math.prod(k.spatial_shape)  # the sum of the position means
+    return k.replace(**fields, source=None, fn=None)
 
 
 def flatten(k: Kernel) -> Kernel:

@@ -22,11 +22,20 @@ from ..gaussian.activations import (
     compose,
 )
 from .combinators import Parallel, Residual, Sequential
-from .conv import Conv1d, Conv2d
+from .conv import Conv1d, Conv2d, Conv3d
 from .dropout import Dropout
 from .linear import Linear
 from .normalization import LayerNorm
-from .pooling import AvgPool1d, AvgPool2d, GlobalAvgPool
+from .pooling import (
+    AvgPool1d,
+    AvgPool2d,
+    AvgPool3d,
+    GlobalAvgPool,
+    GlobalSumPool,
+    SumPool1d,
+    SumPool2d,
+    SumPool3d,
+)
 from .reshape import Flatten, Identity
 
 __all__ = [
@@ -37,9 +46,11 @@ __all__ = [
     "Activation",
     "AvgPool1d",
     "AvgPool2d",
+    "AvgPool3d",
     "Composed",
     "Conv1d",
     "Conv2d",
+    "Conv3d",
     "Cos",
     "Dropout",
     "Elementwise",
@@ -48,6 +59,7 @@ __all__ = [
     "Flatten",
     "Gaussian",
     "GlobalAvgPool",
+    "GlobalSumPool",
     "Identity",
     "LayerNorm",
     "LeakyReLU",
@@ -61,5 +73,8 @@ __all__ = [
     "SigmoidLike",
     "Sign",
     "Sin",
+    "SumPool1d",
+    "SumPool2d",
+    "SumPool3d",
     "compose",
 ]

@@ -1,4 +1,5 @@
-"""``Conv1d``, ``Conv2d``: convolutions (NCHW) in the NTK or standard parameterization, and their kernel maps."""
+"""``Conv1d``, ``Conv2d``, ``Conv3d``: convolutions (channels first) in the NTK or standard parameterization, and
+their kernel maps."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from ..infinite import spatial, transforms
 from ..infinite.kernel_type import Kernel
 from ._layer import WeightLayer, as_tuple
 
-__all__ = ["Conv1d", "Conv2d"]
+__all__ = ["Conv1d", "Conv2d", "Conv3d"]
+
+_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 class _ConvNd(WeightLayer):
@@ -25,6 +28,7 @@ class _ConvNd(WeightLayer):
         *,
         stride=1,
         padding="same",
+        dilation=1,
         padding_mode: str = "zeros",
         W_std=1.0,
         b_std=0.0,
@@ -34,6 +38,7 @@ class _ConvNd(WeightLayer):
         self.out_channels = check_positive_int(out_channels, "out_channels")
         self.kernel_size = as_tuple(kernel_size, self.n_dims, "kernel_size")
         self.stride = as_tuple(stride, self.n_dims, "stride")
+        self.dilation = as_tuple(dilation, self.n_dims, "dilation")
         if padding not in ("same", "valid") and not (isinstance(padding, int) and padding >= 0):
             raise InvalidArgumentError(f"padding must be 'same', 'valid' or a non-negative int, got {padding!r}.")
         if padding_mode not in ("zeros", "circular"):
@@ -47,22 +52,24 @@ class _ConvNd(WeightLayer):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = spatial.conv_paddings(tuple(x.shape[2:]), self.kernel_size, self.stride, self.padding)
+        pads = spatial.conv_paddings(tuple(x.shape[2:]), self.kernel_size, self.stride, self.padding, self.dilation)
         flat = [p for pair in reversed(pads) for p in pair]  # F.pad lists the last axis first
         if any(flat):
             x = F.pad(x, flat, mode="circular" if self.padding_mode == "circular" else "constant")
-        conv = F.conv1d if self.n_dims == 1 else F.conv2d
-        return self._finish(conv(x, self.weight, stride=self.stride))
+        return self._finish(_CONVS[self.n_dims](x, self.weight, stride=self.stride, dilation=self.dilation))
 
     def kernel_transform(self, k: Kernel) -> Kernel:
         circular = self.padding_mode == "circular"
-        geometry = transforms.conv_geometry(k, self.kernel_size, self.stride, self.padding, circular=circular)
+        geometry = transforms.conv_geometry(
+            k, self.kernel_size, self.stride, self.padding, circular=circular, dilation=self.dilation
+        )
         return self._weight_kernel(k, self.in_channels, self.out_channels, geometry)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding!r}, padding_mode={self.padding_mode!r}, " + super().extra_repr()
+            f"padding={self.padding!r}, dilation={self.dilation}, padding_mode={self.padding_mode!r}, "
+            + super().extra_repr()
         )
 
 
@@ -76,9 +83,16 @@ class Conv2d(_ConvNd):
     """2-d convolution, (N, C_in, H, W) -> (N, C_out, H', W'), fan_in = C_in · kh · kw.
 
     ``padding``: "same" (default; with stride > 1 as TensorFlow/JAX: ceil(n/stride) outputs, the odd extra
-    row/column padded at the end), "valid", or an int on both sides; ``padding_mode`` "zeros" or "circular".
-    Kernel: K'(s, s') = W_std² · mean_d K(s·stride + d, s'·stride + d) + b_std² (filter offsets d share no
-    weights, so only equal offsets correlate), and Θ as for :class:`Linear`.
+    row/column padded at the end), "valid", or an int on both sides; ``padding_mode`` "zeros" or "circular";
+    ``dilation``: filter taps ``dilation`` positions apart (torch's and neural-tangents' rhs_dilation).
+    Kernel: K'(s, s') = W_std² · mean_d K(s·stride + dilation·d, s'·stride + dilation·d) + b_std² (filter
+    offsets d share no weights, so only equal offsets correlate), and Θ as for :class:`Linear`.
     """
 
     n_dims = 2
+
+
+class Conv3d(_ConvNd):
+    """3-d convolution, (N, C_in, D, H, W) -> (N, C_out, D', H', W'). See :class:`Conv2d`."""
+
+    n_dims = 3

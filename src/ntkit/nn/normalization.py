@@ -1,4 +1,5 @@
-"""``LayerNorm`` over channels, and its kernel map (also after nonlinearities, unlike neural-tangents)."""
+"""``LayerNorm`` over channels (and trailing spatial axes), and its kernel map (also after nonlinearities, unlike
+neural-tangents)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 from torch import nn
 
 from .._validation import check_number, check_positive_int
-from ..errors import ShapeError, UnsupportedError
+from ..errors import InvalidArgumentError, ShapeError
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
 from ._layer import KernelLayer
@@ -15,43 +16,63 @@ __all__ = ["LayerNorm"]
 
 
 class LayerNorm(KernelLayer):
-    """Normalisation over the channel axis (dim 1; the features of (N, C) inputs) at each position:
+    """Normalisation over the channel axis (dim 1; the features of (N, C) inputs), and with
+    ``normalized_shape = (C, *S_A)`` also over the trailing spatial axes A of that shape (as
+    ``torch.nn.LayerNorm([C, H, W])`` normalises an (N, C, H, W) input; ``(C, H, W)`` is also what
+    ``torch.nn.GroupNorm(1, C)`` normalises):
 
-        y = (x − mean_c x) / √(var_c x + eps)   [· γ + β with ``elementwise_affine``, γ = 1, β = 0 at init]
+        y = (x − mean x) / √(var x + eps)   [· γ + β with ``elementwise_affine``, γ = 1, β = 0 at init]
 
-    Kernel (see ``transforms.layer_norm``): K' = (K − m1 m2)/√(s1 s2) with the channel means m and variances
-    s = K(x, x) − m² + eps of each example, so inputs after a nonlinearity are handled exactly. The affine
-    parameters are trained directly (no width scaling) and add K' + 1 to Θ.
+    with mean and variance over the channels (and A) at each remaining position; γ and β have the shape
+    ``normalized_shape``.
+
+    Kernel (see ``transforms.layer_norm``): K' = (K − μ m' − m μ' + μ μ')/√(s s') with the channel means m,
+    their mean μ over A and the variances s over channels and A of each example (μ = m over channels alone),
+    so inputs after a nonlinearity are handled exactly. The affine parameters are trained directly (no width
+    scaling) and add K' + 1 to Θ (at equal positions along A when they have a shape along A).
     """
 
     def __init__(self, normalized_shape, elementwise_affine: bool = False, eps: float = 1e-5) -> None:
         super().__init__()
         shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-        if len(shape) != 1:
-            raise UnsupportedError(
-                f"ntkit's LayerNorm normalises over channels: normalized_shape is the channel count, got {shape}."
+        if not shape or any(not isinstance(n, int) or n < 1 for n in shape):
+            raise InvalidArgumentError(
+                "normalized_shape must be the channel count C or (C, *trailing spatial sizes), "
+                f"got {normalized_shape!r}."
             )
+        self.normalized_shape = shape
         self.channels = check_positive_int(shape[0], "normalized_shape")
         self.eps = check_number(eps, "eps", minimum=0.0)
         self.elementwise_affine = elementwise_affine
-        self.weight = nn.Parameter(torch.ones(self.channels)) if elementwise_affine else None
-        self.bias = nn.Parameter(torch.zeros(self.channels)) if elementwise_affine else None
+        self.weight = nn.Parameter(torch.ones(shape)) if elementwise_affine else None
+        self.bias = nn.Parameter(torch.zeros(shape)) if elementwise_affine else None
+
+    def _check(self, channels: int, spatial_shape: tuple[int, ...]) -> None:
+        n_axes = len(self.normalized_shape) - 1
+        got = (channels, *spatial_shape[len(spatial_shape) - n_axes :]) if n_axes <= len(spatial_shape) else None
+        if got != self.normalized_shape:
+            raise ShapeError(
+                f"LayerNorm{self.normalized_shape} got inputs with {channels} channels and spatial shape "
+                f"{spatial_shape}: normalized_shape is (C, *the last spatial sizes)."
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.channels:
-            raise ShapeError(f"LayerNorm({self.channels}) got {x.shape[1]} channels (input shape {tuple(x.shape)}).")
-        mean = x.mean(dim=1, keepdim=True)
-        var = x.var(dim=1, keepdim=True, unbiased=False)
+        self._check(x.shape[1], tuple(x.shape[2:]))
+        dims = (1, *range(x.ndim - len(self.normalized_shape) + 1, x.ndim))
+        mean = x.mean(dim=dims, keepdim=True)
+        var = x.var(dim=dims, keepdim=True, unbiased=False)
         y = (x - mean) / torch.sqrt(var + self.eps)
         if self.weight is None:
             return y
-        shape = (1, -1) + (1,) * (x.ndim - 2)
+        shape = (1, self.channels) + (1,) * (x.ndim - 1 - len(self.normalized_shape)) + self.normalized_shape[1:]
         return y * self.weight.reshape(shape) + self.bias.reshape(shape)
 
     def kernel_transform(self, k: Kernel) -> Kernel:
-        if k.channels != self.channels:
-            raise ShapeError(f"LayerNorm({self.channels}) follows a layer with {k.channels} channels.")
-        return transforms.layer_norm(k, eps=self.eps, affine=self.elementwise_affine)
+        self._check(k.channels, k.spatial_shape)
+        n_axes = len(self.normalized_shape) - 1
+        affine = None if not self.elementwise_affine else "position" if n_axes else "channel"
+        return transforms.layer_norm(k, eps=self.eps, affine=affine, n_axes=n_axes)
 
     def extra_repr(self) -> str:
-        return f"{self.channels}, elementwise_affine={self.elementwise_affine}, eps={self.eps}"
+        shape = self.channels if len(self.normalized_shape) == 1 else self.normalized_shape
+        return f"{shape}, elementwise_affine={self.elementwise_affine}, eps={self.eps}"
