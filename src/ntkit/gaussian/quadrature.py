@@ -231,6 +231,9 @@ def _map_chunks(fn, flat: list[torch.Tensor], nodes_per_element: int, memory_bud
 #: Values within this share of the Cauchy-Schwarz bound √(E f² E g²) count as converged whatever their
 #: relative error (an expectation near 0 by cancellation cannot be checked relative to itself).
 _FLOOR = 1e-10
+#: ... or within this many units of round-off of that scale when the dtype cannot resolve _FLOOR (float32: a sum
+#: of degree² terms each up to the bound carries about √(degree²)·eps of it, 4e-6 at degree 32).
+_ROUNDOFF_FLOOR_ULPS = 64
 #: With a tolerance, elements that fail the check are recomputed at twice the degree, at most this many times.
 _REFINEMENTS = 2
 
@@ -247,7 +250,7 @@ def _expectation(rule, args, *, degree: int, memory_budget, tolerance: float | N
     of them). ``bound(degree, flat args)``: the Cauchy-Schwarz scale √(E f² E g²) of each element.
 
     Without ``tolerance``: one rule at ``degree``. With it: each element is accepted where every coarser variant
-    agrees within tolerance·|value| + _FLOOR·bound; the others are recomputed at twice the degree (up to
+    agrees within tolerance·|value| + floor·bound (_FLOOR, or float32's round-off); the others are recomputed at twice the degree (up to
     _REFINEMENTS times) and :class:`~ntkit.errors.UnsupportedError` raised for any still failing.
     """
     flat, shape = _flatten(args)
@@ -262,7 +265,8 @@ def _expectation(rule, args, *, degree: int, memory_budget, tolerance: float | N
         chunk, nodes = rule(_points(d), None)
         value = _map_chunks(chunk, sub, nodes, memory_budget)
         with torch.no_grad():
-            allowed = tolerance * value.abs() + _FLOOR * bound(d, sub)
+            floor = max(_FLOOR, _ROUNDOFF_FLOOR_ULPS * torch.finfo(value.dtype).eps)
+            allowed = tolerance * value.abs() + floor * bound(d, sub)
             error = torch.zeros_like(value)
             for variant in range(rule.variants):
                 coarse_chunk, _ = rule(_points(d), variant)

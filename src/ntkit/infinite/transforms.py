@@ -230,6 +230,22 @@ def elementwise(g: Kernel, psi: GaussianFunction) -> Kernel:
     if psi.uses_quadrature:
         note_working_set(pair_entries(g.nngp) * (KERNEL_TEMPORARIES + QUADRATURE_TEMPORARIES))
     a, b = spatial.self_broadcast(d, g.full)
+    if g.nngp.is_meta:
+        # The dry run of a full spatial layout runs on the meta device, which has shapes but no values, and
+        # quadrature places its nodes and checks its accuracy by the values: only the shapes (and whether
+        # derivatives are tracked) are needed here, so the results are placeholders built from the inputs.
+        nngp = v1 + g.nngp + v2
+        return g.replace(
+            nngp=nngp,
+            ntk=None if g.ntk is None else nngp + g.ntk,
+            cov=a + g.cov + b,
+            is_gaussian=False,
+            is_input=False,
+            mean=d.clone(),
+            source=g,
+            fn=psi,
+            fresh=None,
+        )
     if g.ntk is None:
         nngp, ntk = psi.nngp(v1, g.nngp, v2), None
     else:
