@@ -250,8 +250,9 @@ def _expectation(rule, args, *, degree: int, memory_budget, tolerance: float | N
     of them). ``bound(degree, flat args)``: the Cauchy-Schwarz scale √(E f² E g²) of each element.
 
     Without ``tolerance``: one rule at ``degree``. With it: each element is accepted where every coarser variant
-    agrees within tolerance·|value| + floor·bound (_FLOOR, or float32's round-off); the others are recomputed at twice the degree (up to
-    _REFINEMENTS times) and :class:`~ntkit.errors.UnsupportedError` raised for any still failing.
+    agrees within tolerance·|value| + floor·bound (floor: _FLOOR, or float32's round-off); the others are
+    recomputed at twice the degree (up to _REFINEMENTS times) and :class:`~ntkit.errors.UnsupportedError`
+    raised for any still failing.
     """
     flat, shape = _flatten(args)
     if tolerance is None:

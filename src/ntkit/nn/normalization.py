@@ -3,6 +3,8 @@ neural-tangents)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -32,7 +34,9 @@ class LayerNorm(KernelLayer):
     scaling) and add K' + 1 to Θ (at equal positions along A when they have a shape along A).
     """
 
-    def __init__(self, normalized_shape, elementwise_affine: bool = False, eps: float = 1e-5) -> None:
+    def __init__(
+        self, normalized_shape: int | Sequence[int], elementwise_affine: bool = False, eps: float = 1e-5
+    ) -> None:
         super().__init__()
         shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         if not shape or any(not isinstance(n, int) or n < 1 for n in shape):
@@ -62,7 +66,7 @@ class LayerNorm(KernelLayer):
         mean = x.mean(dim=dims, keepdim=True)
         var = x.var(dim=dims, keepdim=True, unbiased=False)
         y = (x - mean) / torch.sqrt(var + self.eps)
-        if self.weight is None:
+        if self.weight is None or self.bias is None:
             return y
         shape = (1, self.channels) + (1,) * (x.ndim - 1 - len(self.normalized_shape)) + self.normalized_shape[1:]
         return y * self.weight.reshape(shape) + self.bias.reshape(shape)

@@ -49,7 +49,14 @@ class _PoolNd(KernelLayer):
     n_dims: ClassVar[int]
     mixes_positions = True
 
-    def __init__(self, kernel_size, stride=None, padding=0, *, padding_mode: str = "zeros") -> None:
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] | None = None,
+        padding: int | tuple[int, ...] | str = 0,
+        *,
+        padding_mode: str = "zeros",
+    ) -> None:
         super().__init__()
         self.kernel_size = as_tuple(kernel_size, self.n_dims, "kernel_size")
         self.stride = self.kernel_size if stride is None else as_tuple(stride, self.n_dims, "stride")
@@ -75,7 +82,7 @@ class _PoolNd(KernelLayer):
         if divisor == "valid":
             ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
             return total / window_sum(ones, self.kernel_size, self.stride, pads, circular=circular)
-        return total / divisor
+        return total / float(divisor)
 
     def kernel_transform(self, k: Kernel) -> Kernel:
         geometry = transforms.conv_geometry(
@@ -94,7 +101,13 @@ class _AvgPoolNd(_PoolNd):
     """Average pooling; see :class:`AvgPool2d`."""
 
     def __init__(
-        self, kernel_size, stride=None, padding=0, count_include_pad: bool = True, *, padding_mode: str = "zeros"
+        self,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] | None = None,
+        padding: int | tuple[int, ...] | str = 0,
+        count_include_pad: bool = True,
+        *,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__(kernel_size, stride, padding, padding_mode=padding_mode)
         self.count_include_pad = bool(count_include_pad)
@@ -158,25 +171,25 @@ class SumPool3d(_SumPoolNd):
     n_dims = 3
 
 
-class GlobalAvgPool(KernelLayer):
+class _GlobalPool(KernelLayer):
+    average: ClassVar[bool]
+    mixes_positions = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(2, x.ndim))
+        return x.mean(dim=dims) if self.average else x.sum(dim=dims)
+
+    def kernel_transform(self, k: Kernel) -> Kernel:
+        return transforms.global_pool(k, average=self.average)
+
+
+class GlobalAvgPool(_GlobalPool):
     """The mean over all positions: (N, C, *S) -> (N, C). Kernel: the mean of K(s, s') over all (s, s')."""
 
-    mixes_positions = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=tuple(range(2, x.ndim)))
-
-    def kernel_transform(self, k: Kernel) -> Kernel:
-        return transforms.global_pool(k, average=True)
+    average = True
 
 
-class GlobalSumPool(KernelLayer):
+class GlobalSumPool(_GlobalPool):
     """The sum over all positions: (N, C, *S) -> (N, C). Kernel: the sum of K(s, s') over all (s, s')."""
 
-    mixes_positions = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.sum(dim=tuple(range(2, x.ndim)))
-
-    def kernel_transform(self, k: Kernel) -> Kernel:
-        return transforms.global_pool(k, average=False)
+    average = False
