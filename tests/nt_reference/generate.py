@@ -173,6 +173,22 @@ def cases():
         (3, 2, 4, 5),
         2,
     )
+    yield "conv_local_pooled", [
+        stax.ConvLocal(4, (3, 2), padding="SAME", W_std=1.3, b_std=0.2),
+        stax.Relu(),
+        stax.Conv(4, (2, 2), padding="SAME", b_std=0.1),
+        stax.Relu(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 4, 5), 2
+    yield "conv_local_standard_1d", [
+        stax.ConvLocal(4, (3,), strides=(2,), padding="VALID", W_std=1.3, b_std=0.2, **SP),
+        stax.Erf(),
+        stax.ConvLocal(4, (2,), padding="SAME", b_std=0.1, **SP),
+        stax.Relu(),
+        stax.Flatten(),
+        stax.Dense(1, **SP),
+    ], (3, 2, 7), None
 
 
 def channels_last(x):

@@ -32,6 +32,7 @@ __all__ = [
     "global_pool",
     "layer_norm",
     "pool",
+    "unshared",
     "weight_layer",
 ]
 
@@ -193,6 +194,15 @@ def weight_layer(
     if geometry is None:
         record_step(k, out, DenseStep(W_var, b_var, parameterization, in_channels))
     return out
+
+
+def unshared(k: Kernel) -> Kernel:
+    """The layer ``k`` computed by a weight layer whose weights differ at every output position (locally
+    connected): outputs at different positions are independent, so K, Θ and the per-example covariances
+    vanish off the spatial diagonal (nothing changes in the diagonal layout)."""
+    if not k.full:
+        return k
+    return k.replace(**k.map(lambda t: t if t.ndim == 0 else t * _spatial_diagonal_mask(k, t)))
 
 
 def activation(k: Kernel, act: Activation) -> Kernel:

@@ -22,7 +22,7 @@ from ..gaussian.activations import (
     compose,
 )
 from .combinators import Parallel, Residual, Sequential
-from .conv import Conv1d, Conv2d, Conv3d
+from .conv import Conv1d, Conv2d, Conv3d, ConvLocal1d, ConvLocal2d, ConvLocal3d
 from .dropout import Dropout
 from .linear import Linear
 from .normalization import LayerNorm
@@ -51,6 +51,9 @@ __all__ = [
     "Conv1d",
     "Conv2d",
     "Conv3d",
+    "ConvLocal1d",
+    "ConvLocal2d",
+    "ConvLocal3d",
     "Cos",
     "Dropout",
     "Elementwise",

@@ -48,7 +48,18 @@ class WeightLayer(KernelLayer):
     are kept as given, not as parameters of the finite network.
     """
 
-    def __init__(self, weight_shape: tuple[int, ...], *, W_std, b_std, parameterization: str) -> None:
+    def __init__(
+        self,
+        weight_shape: tuple[int, ...],
+        *,
+        W_std,
+        b_std,
+        parameterization: str,
+        bias_shape: tuple[int, ...] | None = None,
+        fan_in: int | None = None,
+    ) -> None:
+        """``bias_shape``: default (out,) = weight_shape[:1] (one bias per output channel, broadcast over positions);
+        ``fan_in``: default the product of weight_shape[1:] (inputs per output unit)."""
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise InvalidArgumentError(f"parameterization must be 'ntk' or 'standard', got {parameterization!r}.")
@@ -56,12 +67,13 @@ class WeightLayer(KernelLayer):
         check_std(b_std, "b_std", allow_none=True)
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
         self.weight = nn.Parameter(torch.empty(weight_shape))
-        self.bias = nn.Parameter(torch.empty(weight_shape[0])) if b_std is not None else None
+        self.bias = nn.Parameter(torch.empty(bias_shape or weight_shape[:1])) if b_std is not None else None
+        self._fan_in = fan_in or math.prod(weight_shape[1:])
         self.reset_parameters()
 
     @property
     def fan_in(self) -> int:
-        return math.prod(self.weight.shape[1:])
+        return self._fan_in
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
@@ -76,7 +88,7 @@ class WeightLayer(KernelLayer):
 
     def _finish(self, y: torch.Tensor) -> torch.Tensor:
         """Scale x ⋆ W (computed without bias) and add the bias, per the parameterization; channels on dim 1."""
-        shape = (1, -1) + (1,) * (y.ndim - 2)
+        shape = (1, -1) + (1,) * (y.ndim - 2) if self.bias is None or self.bias.ndim == 1 else (1, *self.bias.shape)
         if self.parameterization == "ntk":
             y = y * (self.W_std / math.sqrt(self.fan_in))
             return y if self.bias is None else y + (self.b_std * self.bias).reshape(shape)

@@ -3,16 +3,18 @@ their kernel maps."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn import functional as F
 
 from .._validation import check_positive_int
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, ShapeError
 from ..infinite import spatial, transforms
 from ..infinite.kernel_type import Kernel
 from ._layer import WeightLayer, as_tuple
 
-__all__ = ["Conv1d", "Conv2d", "Conv3d"]
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvLocal1d", "ConvLocal2d", "ConvLocal3d"]
 
 _CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -44,18 +46,30 @@ class _ConvNd(WeightLayer):
         if padding_mode not in ("zeros", "circular"):
             raise InvalidArgumentError(f"padding_mode must be 'zeros' or 'circular', got {padding_mode!r}.")
         self.padding, self.padding_mode = padding, padding_mode
+        weight_shape, bias_shape = self._parameter_shapes()
         super().__init__(
-            (out_channels, in_channels, *self.kernel_size),
+            weight_shape,
             W_std=W_std,
             b_std=b_std,
             parameterization=parameterization,
+            bias_shape=bias_shape,
+            fan_in=in_channels * math.prod(self.kernel_size),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _parameter_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The shapes of the weight and the bias."""
+        return (self.out_channels, self.in_channels, *self.kernel_size), (self.out_channels,)
+
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """x padded as ``padding`` and ``padding_mode`` say."""
         pads = spatial.conv_paddings(tuple(x.shape[2:]), self.kernel_size, self.stride, self.padding, self.dilation)
         flat = [p for pair in reversed(pads) for p in pair]  # F.pad lists the last axis first
         if any(flat):
             x = F.pad(x, flat, mode="circular" if self.padding_mode == "circular" else "constant")
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._padded(x)
         return self._finish(_CONVS[self.n_dims](x, self.weight, stride=self.stride, dilation=self.dilation))
 
     def kernel_transform(self, k: Kernel) -> Kernel:
@@ -94,5 +108,97 @@ class Conv2d(_ConvNd):
 
 class Conv3d(_ConvNd):
     """3-d convolution, (N, C_in, D, H, W) -> (N, C_out, D', H', W'). See :class:`Conv2d`."""
+
+    n_dims = 3
+
+
+class _ConvLocalNd(_ConvNd):
+    """Locally connected: a convolution whose filters are not shared, one per output position."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        input_size,
+        *,
+        stride=1,
+        padding="same",
+        padding_mode: str = "zeros",
+        W_std=1.0,
+        b_std=0.0,
+        parameterization: str = "ntk",
+    ) -> None:
+        self.input_size = as_tuple(input_size, self.n_dims, "input_size")
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            padding_mode=padding_mode,
+            W_std=W_std,
+            b_std=b_std,
+            parameterization=parameterization,
+        )
+
+    def _output_size(self) -> tuple[int, ...]:
+        pads = spatial.conv_paddings(self.input_size, self.kernel_size, self.stride, self.padding)
+        return tuple(
+            (n + before + after - k) // s + 1
+            for n, (before, after), k, s in zip(self.input_size, pads, self.kernel_size, self.stride, strict=True)
+        )
+
+    def _parameter_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        out = self._output_size()
+        if min(out) < 1:
+            raise InvalidArgumentError(f"input_size {self.input_size} is smaller than the filter {self.kernel_size}.")
+        return (self.out_channels, self.in_channels, *self.kernel_size, *out), (self.out_channels, *out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[2:]) != self.input_size:
+            raise ShapeError(
+                f"{type(self).__name__} was built for inputs of spatial size {self.input_size}, got {tuple(x.shape)}."
+            )
+        patches = self._padded(x)
+        for i in range(self.n_dims):  # (N, C, *S_out, *filter)
+            patches = patches.unfold(2 + i, self.kernel_size[i], self.stride[i])
+        n = self.n_dims
+        positions, offsets = "".join("pqr"[:n]), "".join("uvw"[:n])
+        y = torch.einsum(f"nc{positions}{offsets},oc{offsets}{positions}->no{positions}", patches, self.weight)
+        return self._finish(y)
+
+    def kernel_transform(self, k: Kernel) -> Kernel:
+        if k.spatial_shape != self.input_size:
+            raise ShapeError(
+                f"{type(self).__name__} was built for inputs of spatial size {self.input_size}, "
+                f"got a layer with spatial shape {k.spatial_shape}."
+            )
+        return transforms.unshared(super().kernel_transform(k))
+
+    def extra_repr(self) -> str:
+        return f"input_size={self.input_size}, " + super().extra_repr()
+
+
+class ConvLocal1d(_ConvLocalNd):
+    """Locally connected 1-d layer, (N, C_in, L) -> (N, C_out, L'). See :class:`ConvLocal2d`."""
+
+    n_dims = 1
+
+
+class ConvLocal2d(_ConvLocalNd):
+    """Locally connected 2-d layer (neural-tangents' ConvLocal): a :class:`Conv2d` whose filter and bias differ at
+    every output position, so it is built for one ``input_size`` (H, W). Weight (out, in, kh, kw, H', W'),
+    bias (out, H', W'); fan_in = in · kh · kw.
+
+    Kernel: at equal positions that of :class:`Conv2d`; outputs at different positions have independent
+    weights, so their covariances (and NTK) vanish: K'(p, p') = 0 for p ≠ p'.
+    """
+
+    n_dims = 2
+
+
+class ConvLocal3d(_ConvLocalNd):
+    """Locally connected 3-d layer, (N, C_in, D, H, W) -> (N, C_out, D', H', W'). See :class:`ConvLocal2d`."""
 
     n_dims = 3
