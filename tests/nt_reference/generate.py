@@ -189,6 +189,22 @@ def cases():
         stax.Flatten(),
         stax.Dense(1, **SP),
     ], (3, 2, 7), None
+    yield "conv_transpose_pooled", [
+        stax.ConvTranspose(4, (3, 2), strides=(2, 1), padding="SAME", W_std=1.3, b_std=0.2),
+        stax.Relu(),
+        stax.ConvTranspose(4, (2, 3), strides=(1, 2), padding="VALID", b_std=0.1),
+        stax.Erf(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 3, 4), 2
+    yield "conv_transpose_standard_1d", [
+        stax.ConvTranspose(4, (2,), strides=(3,), padding="VALID", W_std=1.3, b_std=0.2, **SP),
+        stax.Relu(),
+        stax.ConvTranspose(4, (4,), strides=(2,), padding="SAME", **SP),
+        stax.Relu(),
+        stax.Flatten(),
+        stax.Dense(1, **SP),
+    ], (3, 2, 4), None
 
 
 def channels_last(x):

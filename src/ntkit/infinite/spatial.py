@@ -20,6 +20,7 @@ from torch.nn import functional as F
 __all__ = [
     "conv_padding",
     "conv_paddings",
+    "dilate_trailing",
     "layout_shape",
     "pad_trailing",
     "pair_broadcast",
@@ -27,6 +28,7 @@ __all__ = [
     "shifted_sum",
     "spatial_axes",
     "spatial_diagonal",
+    "transpose_padding",
 ]
 
 
@@ -92,6 +94,39 @@ def pad_trailing(t: torch.Tensor, pads: list[tuple[int, int]], circular: bool) -
             raise ValueError(f"circular padding of {before}/{after} is larger than the axis ({n})")
         t = torch.cat([t.narrow(axis, n - before, before), t, t.narrow(axis, 0, after)], dim=axis)
     return t
+
+
+def dilate_trailing(t: torch.Tensor, factors: list[int]) -> torch.Tensor:
+    """Insert f − 1 zeros between neighbouring entries along each of the last ``len(factors)`` axes (n entries
+    become (n − 1)·f + 1): the input dilation of a transposed convolution. Out of place (differentiable in both
+    modes)."""
+    for i, f in enumerate(factors):
+        if f == 1:
+            continue
+        axis = t.ndim - len(factors) + i
+        n = t.shape[axis]
+        spread = torch.cat(
+            [t.unsqueeze(axis + 1), t.new_zeros((*t.shape[: axis + 1], f - 1, *t.shape[axis + 1 :]))], axis + 1
+        )
+        t = spread.flatten(axis, axis + 1).narrow(axis, 0, (n - 1) * f + 1)
+    return t
+
+
+def transpose_padding(kernel_size: int, stride: int, padding: str | int) -> tuple[int, int]:
+    """(before, after) padding of the dilated input of a transposed convolution (JAX's lax.conv_transpose and
+    neural-tangents' ConvTranspose for "same" / "valid": n·stride outputs for "same"; torch's ConvTranspose for
+    an int p: (n − 1)·stride − 2p + kernel_size outputs)."""
+    k, s = kernel_size, stride
+    if padding == "same":
+        total = k + s - 2
+        before = k - 1 if s > k - 1 else -(-total // 2)
+    elif padding == "valid":
+        total = k + s - 2 + max(k - s, 0)
+        before = k - 1
+    else:
+        before = k - 1 - int(padding)
+        total = 2 * before
+    return before, total - before
 
 
 def _strided(t: torch.Tensor, axis: int, start: int, n_out: int, stride: int) -> torch.Tensor:

@@ -32,6 +32,7 @@ __all__ = [
     "global_pool",
     "layer_norm",
     "pool",
+    "transposed_conv_geometry",
     "unshared",
     "weight_layer",
 ]
@@ -53,6 +54,7 @@ class ConvGeometry:
     padding: tuple[tuple[int, int], ...]
     circular: bool = False
     dilation: tuple[int, ...] | None = None
+    input_dilation: tuple[int, ...] | None = None  # transposed convolutions: zeros inserted between inputs
 
     @property
     def receptive_field(self) -> int:
@@ -103,6 +105,20 @@ def _check_window(k: Kernel, window: tuple[int, ...], padding: list[int], what: 
             )
 
 
+def transposed_conv_geometry(
+    k: Kernel, kernel_size: tuple[int, ...], stride: tuple[int, ...], padding: str | int
+) -> ConvGeometry:
+    """A transposed convolution as the convolution (stride 1) of its input dilated by ``stride`` (zeros
+    inserted between positions) and padded by :func:`spatial.transpose_padding` on each axis."""
+    if len(kernel_size) != k.n_spatial:
+        raise UnsupportedError(
+            f"a {len(kernel_size)}-d transposed convolution got inputs with {k.n_spatial} spatial axes "
+            f"{k.spatial_shape}; inputs are (N, C, *spatial), channels first."
+        )
+    pads = tuple(spatial.transpose_padding(f, s, padding) for f, s in zip(kernel_size, stride, strict=True))
+    return ConvGeometry(tuple(kernel_size), (1,) * k.n_spatial, pads, input_dilation=tuple(stride))
+
+
 def weight_layer(
     k: Kernel,
     *,
@@ -145,7 +161,10 @@ def weight_layer(
         """Σ over filter offsets of the shifted kernel (``spatial.shifted_sum`` on each spatial axis)."""
         if geometry is None or t.ndim == 0:
             return t
-        per_axis = [geometry.padding[i] for i in range(k.n_spatial) for _ in range(2 if k.full else 1)]
+        copies = 2 if k.full else 1
+        if geometry.input_dilation is not None:
+            t = spatial.dilate_trailing(t, [f for f in geometry.input_dilation for _ in range(copies)])
+        per_axis = [geometry.padding[i] for i in range(k.n_spatial) for _ in range(copies)]
         t = spatial.pad_trailing(t, per_axis, geometry.circular)
         for i in range(k.n_spatial):
             axes = spatial.spatial_axes(k.n_spatial, i, k.full)

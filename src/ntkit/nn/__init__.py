@@ -22,7 +22,17 @@ from ..gaussian.activations import (
     compose,
 )
 from .combinators import Parallel, Residual, Sequential
-from .conv import Conv1d, Conv2d, Conv3d, ConvLocal1d, ConvLocal2d, ConvLocal3d
+from .conv import (
+    Conv1d,
+    Conv2d,
+    Conv3d,
+    ConvLocal1d,
+    ConvLocal2d,
+    ConvLocal3d,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    ConvTranspose3d,
+)
 from .dropout import Dropout
 from .linear import Linear
 from .normalization import LayerNorm
@@ -54,6 +64,9 @@ __all__ = [
     "ConvLocal1d",
     "ConvLocal2d",
     "ConvLocal3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
     "Cos",
     "Dropout",
     "Elementwise",

@@ -14,7 +14,17 @@ from ..infinite import spatial, transforms
 from ..infinite.kernel_type import Kernel
 from ._layer import WeightLayer, as_tuple
 
-__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvLocal1d", "ConvLocal2d", "ConvLocal3d"]
+__all__ = [
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvLocal1d",
+    "ConvLocal2d",
+    "ConvLocal3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+]
 
 _CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -200,5 +210,74 @@ class ConvLocal2d(_ConvLocalNd):
 
 class ConvLocal3d(_ConvLocalNd):
     """Locally connected 3-d layer, (N, C_in, D, H, W) -> (N, C_out, D', H', W'). See :class:`ConvLocal2d`."""
+
+    n_dims = 3
+
+
+class _ConvTransposeNd(_ConvNd):
+    """Transposed convolution: the convolution (stride 1) of the input dilated by ``stride`` and padded."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        *,
+        stride=1,
+        padding="valid",
+        W_std=1.0,
+        b_std=0.0,
+        parameterization: str = "ntk",
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            W_std=W_std,
+            b_std=b_std,
+            parameterization=parameterization,
+        )
+        if isinstance(padding, int) and any(padding > k - 1 for k in self.kernel_size):
+            raise InvalidArgumentError(
+                f"padding of a transposed convolution must be at most kernel_size - 1, got {padding} for "
+                f"kernel_size {self.kernel_size}."
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = spatial.dilate_trailing(x, list(self.stride))
+        pads = [
+            spatial.transpose_padding(k, s, self.padding) for k, s in zip(self.kernel_size, self.stride, strict=True)
+        ]
+        x = F.pad(x, [p for pair in reversed(pads) for p in pair])
+        return self._finish(_CONVS[self.n_dims](x, self.weight))
+
+    def kernel_transform(self, k: Kernel) -> Kernel:
+        geometry = transforms.transposed_conv_geometry(k, self.kernel_size, self.stride, self.padding)
+        return self._weight_kernel(k, self.in_channels, self.out_channels, geometry)
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    """Transposed 1-d convolution, (N, C_in, L) -> (N, C_out, L'). See :class:`ConvTranspose2d`."""
+
+    n_dims = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    """Transposed 2-d convolution (neural-tangents' ConvTranspose, JAX's lax.conv_transpose): the input dilated
+    by ``stride`` (stride − 1 zeros between positions), padded and convolved with stride 1; weight
+    (out, in, kh, kw), fan_in = in · kh · kw (as neural-tangents). ``padding``: "valid" (default; JAX's),
+    "same" (n·stride outputs), or an int p as torch.nn.ConvTranspose2d ((n − 1)·stride − 2p + k outputs).
+
+    Kernel: the :class:`Conv2d` map applied to the dilated, padded input kernel (whose inserted positions have
+    zero covariance): K'(s, s') = W_std² · mean_d K̃(s + d, s' + d) + b_std².
+    """
+
+    n_dims = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    """Transposed 3-d convolution, (N, C_in, D, H, W) -> (N, C_out, D', H', W'). See :class:`ConvTranspose2d`."""
 
     n_dims = 3
