@@ -195,7 +195,9 @@ def test_unsupported_torch_layers_are_named(layer, shape, match):
 
 
 @pytest.mark.parametrize(
-    "module", [nn.Tanh(), nn.Sigmoid(), nn.SiLU(), nn.GELU(), nn.LeakyReLU(0.2)], ids=lambda m: type(m).__name__
+    "module",
+    [nn.Tanh(), nn.Sigmoid(), nn.SiLU(), nn.GELU(), nn.GELU(approximate="tanh"), nn.LeakyReLU(0.2)],
+    ids=lambda m: type(m).__name__ + getattr(m, "approximate", "").replace("none", ""),
 )
 def test_torch_activations_match_monte_carlo(module):
     # The registry's activation for each PyTorch module: its function is the module's, its derivative is

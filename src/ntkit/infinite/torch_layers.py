@@ -8,6 +8,7 @@ Activations map to the ``ntkit.nn`` activation with the same function.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -24,9 +25,8 @@ __all__ = ["ACTIVATIONS"]
 
 
 def _gelu(m: nn.GELU) -> Activation:
-    if m.approximate != "none":
-        raise _unsupported(m, "the tanh approximation of GELU")
-    return GELU()
+    """The exact GELU in closed form; its tanh approximation (no closed form) by quadrature."""
+    return GELU() if m.approximate == "none" else Elementwise(partial(F.gelu, approximate=m.approximate))
 
 
 #: PyTorch activation module type -> the ntkit activation with the same elementwise function (closed forms where
