@@ -205,6 +205,19 @@ def cases():
         stax.Flatten(),
         stax.Dense(1, **SP),
     ], (3, 2, 4), None
+    # ImageResize on the input: after a convolution neural-tangents 0.6.5 resizes the axes in the wrong order
+    # (its kernel is stored with the spatial axes reversed, which ImageResize ignores), so a non-square resize
+    # there gives the kernel of the transposed resize.
+    yield "image_resize_linear", [
+        stax.ImageResize((-1, 6, 8, -1), "linear"),
+        conv,
+        stax.Relu(),
+        stax.ImageResize((-1, 12, 12, -1), "nearest"),
+        stax.Conv(4, (3, 3), padding="SAME"),
+        stax.Relu(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 3, 4), None
 
 
 def channels_last(x):

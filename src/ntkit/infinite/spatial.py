@@ -21,6 +21,7 @@ __all__ = [
     "conv_padding",
     "conv_paddings",
     "dilate_trailing",
+    "interpolation_matrices",
     "layout_shape",
     "pad_trailing",
     "pair_broadcast",
@@ -182,3 +183,21 @@ def conv_paddings(
     return tuple(
         conv_padding(*args) for args in zip(spatial_shape, kernel_size, stride, per_axis, dilation, strict=True)
     )
+
+
+def interpolation_matrices(
+    spatial_shape: tuple[int, ...],
+    size: tuple[int, ...] | None,
+    scale_factor: tuple[float, ...] | None,
+    mode: str,
+    align_corners: bool | None,
+) -> tuple[torch.Tensor, ...]:
+    """The (S_i', S_i) matrix of ``F.interpolate`` along each spatial axis (its modes here are separable: the
+    n-d interpolation is the product of these 1-d ones), in float64: row p holds the weights of output p."""
+    matrices = []
+    for i, n in enumerate(spatial_shape):
+        basis = torch.eye(n, dtype=torch.float64).unsqueeze(1)  # n one-hot signals of length n
+        one_d = {"size": size[i]} if size is not None else {"scale_factor": scale_factor[i]}  # type: ignore[index]
+        out = F.interpolate(basis, mode="linear" if mode == "linear" else mode, align_corners=align_corners, **one_d)
+        matrices.append(out[:, 0, :].T)
+    return tuple(matrices)

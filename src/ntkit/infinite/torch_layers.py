@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from .._validation import check_number
 from ..errors import UnsupportedError
 from ..gaussian.activations import GELU, Activation, Elementwise, LeakyReLU, ReLU
-from . import transforms
+from . import spatial, transforms
 from .kernel_type import Kernel
 from .registry import apply_layer, declared_init, register_kernel
 
@@ -82,8 +82,8 @@ def _conv(m: nn.Conv1d | nn.Conv2d | nn.Conv3d, k: Kernel) -> Kernel:
     )
 
 
-def _tuple(value, n: int) -> tuple[int, ...]:
-    return (value,) * n if isinstance(value, int) else tuple(value)
+def _tuple(value, n: int) -> tuple:
+    return tuple(value) if isinstance(value, tuple | list) else (value,) * n
 
 
 def _avg_pool(m: nn.AvgPool1d | nn.AvgPool2d | nn.AvgPool3d, k: Kernel) -> Kernel:
@@ -104,6 +104,22 @@ def _adaptive_avg_pool(m: nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d | nn.Adapt
     shape = k.spatial_shape
     geometry = transforms.conv_geometry(k, shape, shape, 0, circular=False, layer="pooling")
     return transforms.pool(k, geometry, "window")  # one window covering everything: output shape (1, ..., 1)
+
+
+#: nn.Upsample modes -> the separable interpolations of ``spatial.interpolation_matrices``.
+_UPSAMPLE_MODES = {"nearest": "nearest", "nearest-exact": "nearest-exact"} | dict.fromkeys(
+    ("linear", "bilinear", "trilinear"), "linear"
+)
+
+
+def _upsample(m: nn.Upsample, k: Kernel) -> Kernel:
+    if m.mode not in _UPSAMPLE_MODES:
+        raise _unsupported(m, f"mode={m.mode!r} (nearest, nearest-exact and (bi/tri)linear are supported)")
+    n = k.n_spatial
+    size = None if m.size is None else _tuple(m.size, n)
+    scale = None if m.scale_factor is None else _tuple(m.scale_factor, n)
+    matrices = spatial.interpolation_matrices(k.spatial_shape, size, scale, _UPSAMPLE_MODES[m.mode], m.align_corners)
+    return transforms.separable_linear(k, matrices)
 
 
 def _flatten(m: nn.Flatten, k: Kernel) -> Kernel:
@@ -156,6 +172,7 @@ for _type in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d):
 for _type in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d):
     register_kernel(_type, _adaptive_avg_pool, mixes_positions=True)
 register_kernel(nn.Flatten, _flatten)
+register_kernel(nn.Upsample, _upsample, mixes_positions=True)
 register_kernel(nn.Identity, lambda m, k: k)
 register_kernel(nn.Dropout, _dropout)
 register_kernel(nn.LayerNorm, _layer_norm)

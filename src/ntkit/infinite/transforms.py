@@ -32,6 +32,7 @@ __all__ = [
     "global_pool",
     "layer_norm",
     "pool",
+    "separable_linear",
     "transposed_conv_geometry",
     "unshared",
     "weight_layer",
@@ -438,6 +439,36 @@ def pool(k: Kernel, geometry: ConvGeometry, divisor: str | float) -> Kernel:
         **fields,
         spatial_shape=tuple(fields["cov"].shape[1::2]),
         mean=None if k.mean is None else window_means(k.mean, False),
+        source=None,
+        fn=None,
+    )
+
+
+def separable_linear(k: Kernel, matrices: tuple[torch.Tensor, ...], layer: str = "resizing") -> Kernel:
+    """A fixed linear map of the positions, one (S_i', S_i) matrix A_i per spatial axis (resizing,
+    interpolation): y(p) = Σ_s Π_i A_i(p_i, s_i) x(s), so along each position axis
+
+        K'(p, p') = Σ_{s, s'} A(p, s) A(p', s') K(s, s'),   mean' = A m.
+    """
+    if len(matrices) != k.n_spatial:
+        raise UnsupportedError(
+            f"{len(matrices)}-d {layer} got inputs with {k.n_spatial} spatial axes {k.spatial_shape}."
+        )
+    _require_full(k, layer)
+
+    def apply(t: torch.Tensor, full: bool) -> torch.Tensor:
+        if t.ndim == 0:
+            return t
+        for i, a in enumerate(matrices):
+            for axis in spatial.spatial_axes(k.n_spatial, i, full):
+                t = torch.tensordot(t, a.to(t), dims=([t.ndim + axis], [1])).movedim(-1, axis)
+        return t
+
+    fields = k.map(lambda t: apply(t, True))
+    return k.replace(
+        **fields,
+        spatial_shape=tuple(a.shape[0] for a in matrices),
+        mean=None if k.mean is None else apply(k.mean, False),
         source=None,
         fn=None,
     )

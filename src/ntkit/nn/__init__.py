@@ -47,6 +47,7 @@ from .pooling import (
     SumPool3d,
 )
 from .reshape import Flatten, Identity
+from .resize import Resize
 
 __all__ = [
     "GELU",
@@ -85,6 +86,7 @@ __all__ = [
     "Polynomial",
     "ReLU",
     "Residual",
+    "Resize",
     "Sequential",
     "SigmoidLike",
     "Sign",
