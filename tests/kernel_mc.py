@@ -136,3 +136,14 @@ def assert_matches(
         f"(allowed {float(allowed.min()):.3g}..{float(allowed.max()):.3g}, scale {float(scale):.3g})\n"
         f"analytic:\n{analytic}\nMC mean:\n{mean}\nMC standard error:\n{se}"
     )
+
+
+def assert_network_matches(
+    make_net: Callable[[int], nn.Module], x: torch.Tensor, width: int, *, nngp_samples: int = 60, ntk_samples: int = 40
+) -> None:
+    """nk.kernel of ``make_net(1)`` (one output) at x2 = x against Monte Carlo over fresh finite networks: the
+    NNGP from ``make_net(16)`` (16 outputs, each a sample) with :func:`mc_nngp`, the NTK with :func:`mc_ntk`;
+    tolerance as :func:`assert_matches` with the finite-width bias 3/width of the kernel's scale."""
+    k = nk.kernel(make_net(1), x)
+    assert_matches(k.nngp, mc_nngp(lambda: make_net(16), x, None, nngp_samples), bias=3 / width)
+    assert_matches(k.ntk, mc_ntk(lambda: make_net(1), x, None, ntk_samples), bias=3 / width)

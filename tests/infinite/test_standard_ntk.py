@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ntkit as nk
-from nt_reference import load
+from nt_reference import assert_matches_neural_tangents
 from ntkit import nn as N
 
 SP = {"parameterization": "standard"}
@@ -60,7 +60,4 @@ NETS = {
 
 @pytest.mark.parametrize("name", NETS)
 def test_matches_neural_tangents(name):
-    ref = load(name)
-    k = nk.kernel(NETS[name](), ref["x1"], ref["x2"])
-    torch.testing.assert_close(k.nngp, ref["nngp"], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(k.neural_tangents_ntk(), ref["ntk"], rtol=1e-10, atol=1e-12)
+    assert_matches_neural_tangents(name, NETS[name]())

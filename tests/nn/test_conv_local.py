@@ -13,8 +13,8 @@ import torch
 from torch.nn import functional as F
 
 import ntkit as nk
-from kernel_mc import assert_matches, mc_nngp, mc_ntk
-from nt_reference import load
+from kernel_mc import assert_network_matches
+from nt_reference import assert_matches_neural_tangents
 from ntkit import nn as N
 from ntkit.errors import ShapeError
 
@@ -60,12 +60,9 @@ NT_NETS = {
 
 @pytest.mark.parametrize("name", NT_NETS)
 def test_matches_neural_tangents(name):
-    ref = load(name)
-    k = nk.kernel(NT_NETS[name](), ref["x1"], ref["x2"])
     # rtol 1e-8, not round-off: on the batch diagonal (ρ = 1 after ReLU) neural-tangents' arc-cosine loses
     # √eps ≈ 1e-8 (ntkit computes ρ = 1 exactly there); off the diagonal the two agree to 1e-15.
-    torch.testing.assert_close(k.nngp, ref["nngp"], rtol=1e-8, atol=1e-12)
-    torch.testing.assert_close(k.neural_tangents_ntk(), ref["ntk"], rtol=1e-8, atol=1e-12)
+    assert_matches_neural_tangents(name, NT_NETS[name](), rtol=1e-8)
 
 
 WIDTH = 64
@@ -83,9 +80,7 @@ def local_3d(width, out):
 
 def test_matches_monte_carlo():
     x = torch.randn(3, 2, 3, 2, 3, dtype=torch.float64)
-    k = nk.kernel(local_3d(WIDTH, 1), x)
-    assert_matches(k.nngp, mc_nngp(lambda: local_3d(WIDTH, 16), x, None, 60), bias=3 / WIDTH)
-    assert_matches(k.ntk, mc_ntk(lambda: local_3d(WIDTH, 1), x, None, 40), bias=3 / WIDTH)
+    assert_network_matches(lambda out: local_3d(WIDTH, out), x, WIDTH)
 
 
 def test_input_size_is_checked():

@@ -13,14 +13,13 @@ import torch
 from torch import nn
 
 import ntkit as nk
-from kernel_mc import assert_matches, mc_nngp, mc_ntk
-from nt_reference import load
+from kernel_mc import assert_network_matches
+from nt_reference import assert_matches_neural_tangents
 from ntkit import nn as N
 from ntkit.errors import ShapeError, UnsupportedError
 
 
 def test_matches_neural_tangents():
-    ref = load("layer_norm_spatial")
     net = N.Sequential(
         N.Conv2d(2, 4, 3, W_std=1.3, b_std=0.2),
         N.LayerNorm((4, 4, 5), eps=1e-5),
@@ -31,9 +30,7 @@ def test_matches_neural_tangents():
         N.GlobalAvgPool(),
         N.Linear(4, 1, b_std=None),
     )
-    k = nk.kernel(net, ref["x1"], ref["x2"])
-    torch.testing.assert_close(k.nngp, ref["nngp"], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(k.ntk, ref["ntk"], rtol=1e-10, atol=1e-12)
+    assert_matches_neural_tangents("layer_norm_spatial", net)
 
 
 WIDTH = 64
@@ -58,9 +55,7 @@ def after_relu(width, out, affine=True):
 def test_matches_monte_carlo(affine):
     x = torch.randn(3, 2, 3, 4, dtype=torch.float64)
     x[1] = 0.6 * x[0] + 0.3 * x[1]
-    k = nk.kernel(after_relu(WIDTH, 1, affine), x)
-    assert_matches(k.nngp, mc_nngp(lambda: after_relu(WIDTH, 16, affine), x, None, 60), bias=3 / WIDTH)
-    assert_matches(k.ntk, mc_ntk(lambda: after_relu(WIDTH, 1, affine), x, None, 40), bias=3 / WIDTH)
+    assert_network_matches(lambda out: after_relu(WIDTH, out, affine), x, WIDTH)
 
 
 @pytest.mark.parametrize("affine", [False, True])

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import ntkit as nk
-from kernel_mc import assert_matches, mc_nngp, mc_ntk
-from nt_reference import load
+from kernel_mc import assert_network_matches
+from nt_reference import assert_matches_neural_tangents
 from ntkit import nn as N
 from ntkit.errors import InvalidArgumentError, UnsupportedError
 from ntkit.infinite.kernel_type import Kernel
@@ -42,7 +42,6 @@ def test_exact_against_the_finite_layer(name):
 
 
 def test_matches_neural_tangents():
-    ref = load("image_resize_linear")
     net = N.Sequential(
         N.Resize((6, 8), mode="linear"),
         N.Conv2d(2, 4, 3, W_std=1.3, b_std=0.2),
@@ -53,9 +52,7 @@ def test_matches_neural_tangents():
         N.GlobalAvgPool(),
         N.Linear(4, 1, b_std=None),
     )
-    k = nk.kernel(net, ref["x1"])
-    torch.testing.assert_close(k.nngp, ref["nngp"], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(k.ntk, ref["ntk"], rtol=1e-10, atol=1e-12)
+    assert_matches_neural_tangents("image_resize_linear", net)
 
 
 WIDTH = 64
@@ -75,9 +72,7 @@ def resized(width, out):
 
 def test_matches_monte_carlo():
     x = torch.randn(3, 2, 3, 4, dtype=torch.float64)
-    k = nk.kernel(resized(WIDTH, 1), x)
-    assert_matches(k.nngp, mc_nngp(lambda: resized(WIDTH, 16), x, None, 60), bias=3 / WIDTH)
-    assert_matches(k.ntk, mc_ntk(lambda: resized(WIDTH, 1), x, None, 40), bias=3 / WIDTH)
+    assert_network_matches(lambda out: resized(WIDTH, out), x, WIDTH)
 
 
 def test_errors():

@@ -7,8 +7,11 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
-__all__ = ["load"]
+import ntkit as nk
+
+__all__ = ["assert_matches_neural_tangents", "load"]
 
 
 @functools.cache
@@ -20,3 +23,12 @@ def load(name: str) -> dict[str, torch.Tensor | None]:
     """Case ``name``: x1, x2 (None for x1), and neural-tangents' nngp and ntk, float64 tensors."""
     case = _values()[name]
     return {key: None if value is None else torch.tensor(value, dtype=torch.float64) for key, value in case.items()}
+
+
+def assert_matches_neural_tangents(name: str, net: nn.Module, rtol: float = 1e-10) -> None:
+    """nk.kernel of ``net`` on case ``name``'s inputs equals neural-tangents' NNGP and NTK (its standard NTK
+    unnormalised: ``Kernel.neural_tangents_ntk``) within ``rtol`` (default: float64 round-off)."""
+    case = load(name)
+    k = nk.kernel(net, case["x1"], case["x2"])
+    torch.testing.assert_close(k.nngp, case["nngp"], rtol=rtol, atol=1e-12)
+    torch.testing.assert_close(k.neural_tangents_ntk(), case["ntk"], rtol=rtol, atol=1e-12)

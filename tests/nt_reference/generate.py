@@ -173,51 +173,76 @@ def cases():
         (3, 2, 4, 5),
         2,
     )
-    yield "conv_local_pooled", [
-        stax.ConvLocal(4, (3, 2), padding="SAME", W_std=1.3, b_std=0.2),
-        stax.Relu(),
-        stax.Conv(4, (2, 2), padding="SAME", b_std=0.1),
-        stax.Relu(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 4, 5), 2
-    yield "conv_local_standard_1d", [
-        stax.ConvLocal(4, (3,), strides=(2,), padding="VALID", W_std=1.3, b_std=0.2, **SP),
-        stax.Erf(),
-        stax.ConvLocal(4, (2,), padding="SAME", b_std=0.1, **SP),
-        stax.Relu(),
-        stax.Flatten(),
-        stax.Dense(1, **SP),
-    ], (3, 2, 7), None
-    yield "conv_transpose_pooled", [
-        stax.ConvTranspose(4, (3, 2), strides=(2, 1), padding="SAME", W_std=1.3, b_std=0.2),
-        stax.Relu(),
-        stax.ConvTranspose(4, (2, 3), strides=(1, 2), padding="VALID", b_std=0.1),
-        stax.Erf(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 3, 4), 2
-    yield "conv_transpose_standard_1d", [
-        stax.ConvTranspose(4, (2,), strides=(3,), padding="VALID", W_std=1.3, b_std=0.2, **SP),
-        stax.Relu(),
-        stax.ConvTranspose(4, (4,), strides=(2,), padding="SAME", **SP),
-        stax.Relu(),
-        stax.Flatten(),
-        stax.Dense(1, **SP),
-    ], (3, 2, 4), None
+    yield (
+        "conv_local_pooled",
+        [
+            stax.ConvLocal(4, (3, 2), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.Conv(4, (2, 2), padding="SAME", b_std=0.1),
+            stax.Relu(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 4, 5),
+        2,
+    )
+    yield (
+        "conv_local_standard_1d",
+        [
+            stax.ConvLocal(4, (3,), strides=(2,), padding="VALID", W_std=1.3, b_std=0.2, **SP),
+            stax.Erf(),
+            stax.ConvLocal(4, (2,), padding="SAME", b_std=0.1, **SP),
+            stax.Relu(),
+            stax.Flatten(),
+            stax.Dense(1, **SP),
+        ],
+        (3, 2, 7),
+        None,
+    )
+    yield (
+        "conv_transpose_pooled",
+        [
+            stax.ConvTranspose(4, (3, 2), strides=(2, 1), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.ConvTranspose(4, (2, 3), strides=(1, 2), padding="VALID", b_std=0.1),
+            stax.Erf(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 4),
+        2,
+    )
+    yield (
+        "conv_transpose_standard_1d",
+        [
+            stax.ConvTranspose(4, (2,), strides=(3,), padding="VALID", W_std=1.3, b_std=0.2, **SP),
+            stax.Relu(),
+            stax.ConvTranspose(4, (4,), strides=(2,), padding="SAME", **SP),
+            stax.Relu(),
+            stax.Flatten(),
+            stax.Dense(1, **SP),
+        ],
+        (3, 2, 4),
+        None,
+    )
     # ImageResize on the input: after a convolution neural-tangents 0.6.5 resizes the axes in the wrong order
     # (its kernel is stored with the spatial axes reversed, which ImageResize ignores), so a non-square resize
     # there gives the kernel of the transposed resize.
-    yield "image_resize_linear", [
-        stax.ImageResize((-1, 6, 8, -1), "linear"),
-        conv,
-        stax.Relu(),
-        stax.ImageResize((-1, 12, 12, -1), "nearest"),
-        stax.Conv(4, (3, 3), padding="SAME"),
-        stax.Relu(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 3, 4), None
+    yield (
+        "image_resize_linear",
+        [
+            stax.ImageResize((-1, 6, 8, -1), "linear"),
+            conv,
+            stax.Relu(),
+            stax.ImageResize((-1, 12, 12, -1), "nearest"),
+            stax.Conv(4, (3, 3), padding="SAME"),
+            stax.Relu(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 4),
+        None,
+    )
 
 
 def channels_last(x):

@@ -44,12 +44,12 @@ class Resize(KernelLayer):
         self.size, self.scale_factor, self.mode, self.align_corners = size, scale_factor, mode, align_corners
 
     def _per_axis(self, n: int) -> tuple[tuple[int, ...] | None, tuple[float, ...] | None]:
-        def expand(v):
-            return None if v is None else (tuple(v) if isinstance(v, tuple | list) else (v,) * n)
-
-        size, scale = expand(self.size), expand(self.scale_factor)
-        if len(size or scale) != n:
-            raise InvalidArgumentError(f"Resize has {len(size or scale)} sizes or factors for {n} spatial axes.")
+        size = None if self.size is None else (self.size,) * n if isinstance(self.size, int) else tuple(self.size)
+        scale = self.scale_factor
+        scale = None if scale is None else (float(scale),) * n if isinstance(scale, int | float) else tuple(scale)
+        given = size if size is not None else scale
+        if given is None or len(given) != n:
+            raise InvalidArgumentError(f"Resize has sizes or factors {given} for {n} spatial axes.")
         return size, scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
