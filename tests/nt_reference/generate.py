@@ -243,6 +243,27 @@ def cases():
         (3, 2, 3, 4),
         None,
     )
+    yield "concat_spatial_pooled", [
+        stax.FanOut(2),
+        stax.parallel(
+            stax.Conv(4, (3, 3), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.serial(stax.Conv(4, (2, 2), padding="SAME", b_std=0.1), stax.Relu(), stax.Conv(4, (2, 1))),
+        ),
+        stax.FanInConcat(axis=1),  # NHWC: the height
+        stax.Relu(),
+        stax.Conv(4, (3, 2), padding="SAME"),
+        stax.Erf(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 3, 4), 2
+    yield "concat_spatial_flatten", [
+        stax.FanOut(2),
+        stax.parallel(stax.Conv(4, (3, 3), padding="SAME", W_std=1.3), stax.Conv(4, (1, 2), b_std=0.3)),
+        stax.FanInConcat(axis=2),  # NHWC: the width
+        stax.Relu(),
+        stax.Flatten(),
+        stax.Dense(1),
+    ], (3, 2, 3, 4), None
 
 
 def channels_last(x):

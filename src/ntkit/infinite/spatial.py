@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 __all__ = [
+    "block_diagonal",
     "conv_padding",
     "conv_paddings",
     "dilate_trailing",
@@ -95,6 +96,18 @@ def pad_trailing(t: torch.Tensor, pads: list[tuple[int, int]], circular: bool) -
             raise ValueError(f"circular padding of {before}/{after} is larger than the axis ({n})")
         t = torch.cat([t.narrow(axis, n - before, before), t, t.narrow(axis, 0, after)], dim=axis)
     return t
+
+
+def block_diagonal(blocks: list[torch.Tensor], first: int, sizes: list[int]) -> torch.Tensor:
+    """Blocks sharing all axes but the pair (first, first + 1), of sizes n_a along both, placed on the diagonal
+    of a tensor of size Σ n_a along both axes (zeros elsewhere). Out of place."""
+    total, offset, out = sum(sizes), 0, None
+    for t, n in zip(blocks, sizes, strict=True):
+        moved = t.movedim((first, first + 1), (-2, -1))
+        padded = F.pad(moved, [offset, total - offset - n, offset, total - offset - n])
+        out = padded if out is None else out + padded
+        offset += n
+    return out.movedim((-2, -1), (first, first + 1))
 
 
 def dilate_trailing(t: torch.Tensor, factors: list[int]) -> torch.Tensor:

@@ -26,6 +26,7 @@ __all__ = [
     "dropout",
     "elementwise",
     "fan_in_concat",
+    "fan_in_concat_spatial",
     "fan_in_product",
     "fan_in_sum",
     "flatten",
@@ -663,6 +664,64 @@ def fan_in_concat(kernels: list[Kernel]) -> Kernel:
         channels=total,
         is_gaussian=False,
         is_input=all(k.is_input for k in kernels),
+    )
+
+
+def fan_in_concat_spatial(kernels: list[Kernel], start: Kernel, axis: int) -> Kernel:
+    """Concatenation along spatial axis ``axis``: positions of different branches are different units, and
+    branches that end in their own random linear layer are independent centred Gaussians, so the kernel is
+    block diagonal along that axis (neural-tangents' FanInConcat along a spatial axis, which assumes this):
+
+        K'((a, s), (b, s')) = K_a(s, s') if a = b else 0   (full layout; the diagonal layout concatenates).
+
+    Branches that may be correlated (identity, activations of a shared layer) raise ``UnsupportedError``.
+    """
+    first = kernels[0]
+    if not 0 <= axis < first.n_spatial:
+        raise UnsupportedError(
+            f"concatenation along dim {axis + 2} of inputs with {first.n_spatial} spatial axes {first.spatial_shape}."
+        )
+    for k in kernels:
+        others = k.spatial_shape[:axis] + k.spatial_shape[axis + 1 :]
+        if others != first.spatial_shape[:axis] + first.spatial_shape[axis + 1 :] or k.channels != first.channels:
+            raise UnsupportedError(
+                f"concatenation along spatial axis {axis} of branches with {k.channels} and {first.channels} "
+                f"channels and spatial shapes {k.spatial_shape} and {first.spatial_shape}: all other sizes must agree."
+            )
+        if not _is_new_fresh(k, start):
+            raise UnsupportedError(
+                "concatenation along a spatial axis needs independent branches, each ending in its own Linear or "
+                "convolution layer (possibly followed by pooling); branches that share random layers are "
+                "correlated across the concatenated positions. " + _MONTE_CARLO_HINT
+            )
+    if len({k.ntk is None for k in kernels}) > 1:
+        raise UnsupportedError("concatenation of branches where only some carry an NTK.")
+    sizes = [k.spatial_shape[axis] for k in kernels]
+
+    def join(ts: list[torch.Tensor], n_batch: int) -> torch.Tensor:
+        if not first.full:
+            return torch.cat(ts, dim=n_batch + axis)
+        return spatial.block_diagonal(ts, n_batch + 2 * axis, sizes)
+
+    def field(name: str, n_batch: int) -> torch.Tensor | None:
+        ts = [getattr(k, name) for k in kernels]
+        return (
+            None
+            if ts[0] is None
+            else join([t.expand_as(k.nngp) if t.ndim == 0 else t for t, k in zip(ts, kernels, strict=True)], n_batch)
+        )
+
+    shape = list(first.spatial_shape)
+    shape[axis] = sum(sizes)
+    return _merged(
+        kernels,
+        nngp=field("nngp", 2),
+        ntk=field("ntk", 2),
+        cov=field("cov", 1),
+        spatial_shape=tuple(shape),
+        mean=None,
+        is_gaussian=all(k.is_gaussian for k in kernels),
+        fresh=object(),
     )
 
 

@@ -47,7 +47,8 @@ class Parallel(KernelLayer):
 
     - "sum": Σ_i branch_i(x);
     - "product": Π_i branch_i(x) elementwise;
-    - "concat": the outputs concatenated along channels (dim 1).
+    - "concat": the outputs concatenated along ``dim``: channels (1, the default) or a spatial axis (2, ...;
+      branches must then be independent, each ending in its own Linear/convolution: block-diagonal kernel).
 
     Kernels: branches that end in their own Linear/convolution are independent of the others (zero
     cross-covariance); branches that are elementwise functions (identity, activations) of the same Gaussian
@@ -55,20 +56,22 @@ class Parallel(KernelLayer):
     Other correlated branches raise :class:`~ntkit.errors.UnsupportedError` (use Monte Carlo).
     """
 
-    def __init__(self, *branches: nn.Module, fan_in: str = "sum") -> None:
+    def __init__(self, *branches: nn.Module, fan_in: str = "sum", dim: int = 1) -> None:
         super().__init__()
         if fan_in not in _FAN_IN:
             raise InvalidArgumentError(f"fan_in must be one of {_FAN_IN}, got {fan_in!r}.")
         if not branches:
             raise InvalidArgumentError("Parallel needs at least one branch.")
         _check_modules(branches, "Parallel")
+        if not isinstance(dim, int) or dim < 1 or (dim != 1 and fan_in != "concat"):
+            raise InvalidArgumentError(f"dim is the concatenation axis (1: channels, 2, ...: spatial), got {dim!r}.")
         self.branches = nn.ModuleList(branches)
-        self.fan_in = fan_in
+        self.fan_in, self.dim = fan_in, dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [branch(x) for branch in self.branches]
         if self.fan_in == "concat":
-            return torch.cat(outs, dim=1)
+            return torch.cat(outs, dim=self.dim)
         total = outs[0]
         for out in outs[1:]:
             total = total + out if self.fan_in == "sum" else total * out
@@ -77,12 +80,14 @@ class Parallel(KernelLayer):
     def kernel_transform(self, k: Kernel) -> Kernel:
         outs = [apply_layer(branch, k) for branch in self.branches]
         if self.fan_in == "concat":
+            if self.dim > 1:
+                return transforms.fan_in_concat_spatial(outs, start=k, axis=self.dim - 2)
             return transforms.fan_in_concat(outs)
         combine = transforms.fan_in_sum if self.fan_in == "sum" else transforms.fan_in_product
         return combine(outs, start=k)
 
     def extra_repr(self) -> str:
-        return f"fan_in={self.fan_in!r}"
+        return f"fan_in={self.fan_in!r}" + (f", dim={self.dim}" if self.dim != 1 else "")
 
 
 class Residual(KernelLayer):
