@@ -204,6 +204,25 @@ CASES = [
     Case("LayerNorm", "normalized_shape=0", lambda: N.LayerNorm(0), InvalidArgumentError, "normalized_shape"),
     Case("AvgPool1d", "kernel_size=0", lambda: N.AvgPool1d(0), InvalidArgumentError, "kernel_size"),
     Case("AvgPool2d", "padding=-1", lambda: N.AvgPool2d(2, padding=-1), InvalidArgumentError, "padding"),
+    Case("AvgPool3d", "padding_mode='reflect'", lambda: N.AvgPool3d(2, padding_mode="reflect"), InvalidArgumentError,
+         "padding_mode"),
+    *[
+        Case(layer.__name__, "kernel_size=0", lambda layer=layer: layer(0), InvalidArgumentError, "kernel_size")
+        for layer in (N.SumPool1d, N.SumPool2d, N.SumPool3d)
+    ],
+    Case("Conv3d", "in_channels=0", lambda: N.Conv3d(0, 2, 3), InvalidArgumentError, "in_channels"),
+    Case("ConvLocal1d", "input_size=0", lambda: N.ConvLocal1d(1, 2, 3, 0), InvalidArgumentError, "input_size"),
+    *[
+        Case(layer.__name__, "input smaller than the filter", lambda layer=layer: layer(1, 2, 3, 2, padding="valid"),
+             InvalidArgumentError, "input_size")
+        for layer in (N.ConvLocal2d, N.ConvLocal3d)
+    ],
+    *[
+        Case(layer.__name__, "padding > kernel_size - 1", lambda layer=layer: layer(1, 2, 2, padding=2),
+             InvalidArgumentError, "padding")
+        for layer in (N.ConvTranspose1d, N.ConvTranspose2d, N.ConvTranspose3d)
+    ],
+    Case("Resize", "neither size nor scale_factor", lambda: N.Resize(), InvalidArgumentError, "exactly one"),
     Case("Dropout", "p=1.5", lambda: N.Dropout(1.5), InvalidArgumentError, "dropout probability"),
     *[
         Case(layer.__name__, "a parameter that is nan", lambda layer=layer: layer(NAN), InvalidArgumentError, "nan")
