@@ -13,12 +13,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._validation import check_number
+from .._validation import as_tuple, check_number
 from ..errors import UnsupportedError
 from ..gaussian.activations import GELU, Activation, Elementwise, LeakyReLU, ReLU
 from . import transforms
 from .kernel_type import Kernel
-from .registry import apply_layer, declared_init, register_kernel
+from .registry import apply_layers, declared_init, register_kernel
 
 __all__ = ["ACTIVATIONS"]
 
@@ -86,19 +86,20 @@ def _conv(m: nn.Conv1d | nn.Conv2d, k: Kernel) -> Kernel:
     )
 
 
-def _tuple(value, n: int) -> tuple[int, ...]:
-    return (value,) * n if isinstance(value, int) else tuple(value)
-
-
 def _avg_pool(m: nn.AvgPool1d | nn.AvgPool2d, k: Kernel) -> Kernel:
     if m.ceil_mode or not m.count_include_pad or getattr(m, "divisor_override", None) is not None:
         raise _unsupported(m, "average pooling with ceil_mode, count_include_pad=False or divisor_override")
     n = k.n_spatial
-    return transforms.avg_pool(k, _tuple(m.kernel_size, n), _tuple(m.stride, n), _tuple(m.padding, n))
+    return transforms.avg_pool(
+        k,
+        as_tuple(m.kernel_size, n, "kernel_size"),
+        as_tuple(m.stride, n, "stride"),
+        as_tuple(m.padding, n, "padding", 0),
+    )
 
 
 def _adaptive_avg_pool(m: nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d, k: Kernel) -> Kernel:
-    if any(size != 1 for size in _tuple(m.output_size, k.n_spatial)):
+    if any(size != 1 for size in (m.output_size if isinstance(m.output_size, tuple) else (m.output_size,))):
         raise _unsupported(m, "adaptive pooling to an output size other than 1")
     return transforms.avg_pool(k, k.spatial_shape, k.spatial_shape, (0,) * k.n_spatial)
 
@@ -124,12 +125,6 @@ def _dropout(m: nn.Dropout, k: Kernel) -> Kernel:
     return transforms.dropout(k, m.p) if m.training and m.p > 0 else k
 
 
-def _sequential(m: nn.Sequential, k: Kernel) -> Kernel:
-    for layer in m:
-        k = apply_layer(layer, k)
-    return k
-
-
 def _activation(m: nn.Module, k: Kernel) -> Kernel:
     return transforms.activation(k, ACTIVATIONS[type(m)](m))
 
@@ -145,6 +140,6 @@ register_kernel(nn.Flatten, _flatten)
 register_kernel(nn.Identity, lambda m, k: k)
 register_kernel(nn.Dropout, _dropout)
 register_kernel(nn.LayerNorm, _layer_norm)
-register_kernel(nn.Sequential, _sequential)
+register_kernel(nn.Sequential, apply_layers)
 for _type in ACTIVATIONS:
     register_kernel(_type, _activation)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .._validation import as_tuple
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
-from ._layer import KernelLayer, as_tuple
+from ._layer import KernelLayer
 
 __all__ = ["AvgPool1d", "AvgPool2d", "GlobalAvgPool"]
 
