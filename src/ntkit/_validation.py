@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Literal, overload
 
 import torch
@@ -12,6 +13,7 @@ from .errors import InvalidArgumentError, NonFiniteError, ShapeError, Unsupporte
 
 __all__ = [
     "all_finite",
+    "as_tuple",
     "check_finite",
     "check_input_pair",
     "check_number",
@@ -19,11 +21,30 @@ __all__ = [
     "check_std",
     "check_tensor",
     "format_shape",
+    "parse_get",
 ]
 
 
 def format_shape(shape: torch.Size | tuple[int, ...]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def as_tuple(value: int | Sequence[int], n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
+    """An int or a sequence of ``n`` ints (each >= ``minimum``) as a tuple of ``n`` ints (a layer's kernel size,
+    stride or padding per spatial axis); else :class:`~ntkit.errors.InvalidArgumentError` naming ``name``."""
+    out = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(out) != n or any(not isinstance(v, int) or v < minimum for v in out):
+        raise InvalidArgumentError(f"{name} must be an int >= {minimum} or a tuple of {n} of them, got {value!r}.")
+    return out
+
+
+def parse_get(get: object, allowed: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
+    """A ``get=`` argument (one name or a tuple/list of names from ``allowed``) as a tuple of names, and whether a
+    single name (not a tuple) was asked for; else :class:`~ntkit.errors.InvalidArgumentError`."""
+    names = (get,) if isinstance(get, str) else get
+    if not isinstance(names, tuple | list) or not names or any(g not in allowed for g in names):
+        raise InvalidArgumentError(f"get must be one of {allowed} or a tuple of them, got {get!r}.")
+    return tuple(names), isinstance(get, str)
 
 
 def all_finite(t: torch.Tensor) -> bool:

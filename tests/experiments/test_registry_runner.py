@@ -49,6 +49,7 @@ def test_run_loop_captures_failures_and_times_each(monkeypatch):
         and "RuntimeError: the experiment broke" in failed.verdict
     )
     assert "Traceback" in failed.error and "_boom" in failed.error
+    assert (failed.id, failed.title, failed.claim) == ("E98", "boom", "c")  # from the registry
     assert ok.runtime_s >= 0 and failed.runtime_s >= 0
 
 
@@ -62,3 +63,13 @@ def test_derive_seed_is_deterministic_and_distinct():
     a, b = RunContext(seed=0), RunContext(seed=1)
     assert a.derive_seed("E3", 64, 0) == RunContext(seed=0).derive_seed("E3", 64, 0)
     assert len({a.derive_seed("E3", 64, 0), a.derive_seed("E3", 64, 1), b.derive_seed("E3", 64, 0)}) == 3
+
+
+def test_register_fills_in_id_title_and_claim(monkeypatch):
+    monkeypatch.delitem(REGISTRY, "E95", raising=False)
+    fn = register("E95", title="t95", claim="c95", quick={}, full={})(lambda cfg, ctx: ExperimentResult(verdict="v"))
+    try:
+        for result in (fn({}, RunContext()), REGISTRY["E95"].run(RunContext())):
+            assert (result.id, result.title, result.claim, result.verdict) == ("E95", "t95", "c95", "v")
+    finally:
+        del REGISTRY["E95"]

@@ -21,6 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._validation import as_tuple
 from .interception import LayerCall
 from .terms import GramTerm, IndexTerm, JacobianTerm
 
@@ -35,10 +36,6 @@ __all__ = [
 
 LINEAR_FAMILY = ("linear", "conv")
 NORMS = ("layer_norm", "group_norm", "batch_norm")
-
-
-def _tuple(value: int | list[int] | tuple[int, ...], n: int) -> tuple[int, ...]:
-    return tuple(value) if isinstance(value, (list, tuple)) else (int(value),) * n
 
 
 def linear_family_dims(call: LayerCall) -> tuple[int, int, int, int]:
@@ -57,8 +54,8 @@ def _conv_patches(call: LayerCall, X: torch.Tensor) -> torch.Tensor:
     _, c_in_group, *kernel = call.weight_shape
     nd = len(kernel)
     groups = call.static["groups"]
-    stride = _tuple(call.static["stride"], nd)
-    dilation = _tuple(call.static["dilation"], nd)
+    stride = as_tuple(call.static["stride"], nd, "stride")
+    dilation = as_tuple(call.static["dilation"], nd, "dilation")
     x = X.reshape(-1, *X.shape[-(nd + 1) :])  # (N·B, C, *S)
     padding = call.static["padding"]
     if isinstance(padding, str):
@@ -69,7 +66,7 @@ def _conv_patches(call: LayerCall, X: torch.Tensor) -> torch.Tensor:
                 pads += [total // 2, total - total // 2]
             x = F.pad(x, pads)
         padding = (0,) * nd
-    padding = _tuple(padding, nd)
+    padding = as_tuple(padding, nd, "padding", minimum=0)
     if nd == 1:
         x, kernel, stride, dilation, padding = (
             x.unsqueeze(2),

@@ -293,9 +293,6 @@ def kernel_convergence(cfg: KernelConvergenceConfig, ctx: RunContext) -> Experim
     with plot_style():
         figures = [_convergence_figure(cfg, runs, fits, mean_fits), _heatmap_figure(cfg, first, runs[first])]
     return ExperimentResult(
-        id="E1",
-        title=TITLE,
-        claim=CLAIM,
         measured=measured,
         supported=supported,
         verdict=verdict,

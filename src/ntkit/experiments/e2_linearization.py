@@ -303,9 +303,6 @@ def network_vs_linearization(cfg: LinearizationConfig, ctx: RunContext) -> Exper
     points = torch.randperm(x_test.shape[0], generator=torch.Generator().manual_seed(ctx.derive_seed("E2", "points")))
     figure = _figure(cfg, steps, net, lin, gap, weights, history.loss_curve, points[: cfg.n_points].tolist())
     return ExperimentResult(
-        id="E2",
-        title=TITLE,
-        claim=CLAIM,
         measured=measured,
         supported=supported,
         verdict=verdict,

@@ -444,9 +444,6 @@ def width_scaling(cfg: WidthScalingConfig, ctx: RunContext) -> ExperimentResult:
         "runs": runs,
     }
     return ExperimentResult(
-        id="E3",
-        title=TITLE,
-        claim=CLAIM,
         measured=measured,
         supported=supported,
         verdict=verdict,

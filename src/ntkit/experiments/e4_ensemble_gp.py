@@ -411,9 +411,6 @@ def ensemble_vs_gp(cfg: EnsembleConfig, ctx: RunContext) -> ExperimentResult:
     }
     y_ends = [float(y[first[1], 0]), float(y[first[0], 0])]
     return ExperimentResult(
-        id="E4",
-        title=TITLE,
-        claim=CLAIM,
         measured=measured,
         supported=supported,
         verdict=verdict,

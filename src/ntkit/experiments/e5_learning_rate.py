@@ -428,9 +428,6 @@ def learning_rate_sweep(cfg: LearningRateConfig, ctx: RunContext) -> ExperimentR
         "runs": runs,
     }
     return ExperimentResult(
-        id="E5",
-        title=TITLE,
-        claim=CLAIM,
         measured=measured,
         supported=supported,
         verdict=verdict,

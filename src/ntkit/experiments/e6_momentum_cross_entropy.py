@@ -443,9 +443,6 @@ def momentum_cross_entropy(cfg: MomentumConfig, ctx: RunContext) -> ExperimentRe
         + "."
     )
     return ExperimentResult(
-        id="E6",
-        title=TITLE,
-        claim=CLAIM,
         measured=measured,
         supported=supported,
         verdict=verdict,

@@ -397,9 +397,6 @@ def parameterizations(cfg: ParameterizationConfig, ctx: RunContext) -> Experimen
         "sweep": sweep,
     }
     return ExperimentResult(
-        id="E7",
-        title=TITLE,
-        claim=CLAIM,
         measured=measured,
         supported=supported,
         verdict=verdict,

@@ -343,9 +343,6 @@ def kernel_accuracy(cfg: KernelAccuracyConfig, ctx: RunContext) -> ExperimentRes
     with plot_style():
         figures = [_figure(cfg, widths, per_network, numbers, cfg.steps)]
     return ExperimentResult(
-        id="E8",
-        title=TITLE,
-        claim=CLAIM,
         measured=measured,
         supported=supported,
         verdict=verdict,

@@ -3,6 +3,8 @@ configuration object, registered with :func:`register`."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +32,10 @@ class Experiment:
     def config(self, quick: bool) -> Any:
         return self.quick if quick else self.full
 
+    def identify(self, result: ExperimentResult) -> ExperimentResult:
+        """``result`` with this experiment's id, title and claim (the functions leave those to the registry)."""
+        return dataclasses.replace(result, id=self.id, title=self.title, claim=self.claim)
+
     def run(self, ctx: RunContext, config: Any | None = None) -> ExperimentResult:
         """Run with ``config`` (default: the quick or full one, as ``ctx.quick`` says)."""
         return self.fn(self.config(ctx.quick) if config is None else config, ctx)
@@ -44,13 +50,23 @@ def _order(eid: str) -> tuple[int, str]:
 
 
 def register(id: str, *, title: str, claim: str, quick: Any, full: Any) -> Callable:
-    """Decorator: register ``fn(config, ctx) -> ExperimentResult`` under ``id``."""
+    """Decorator: register ``fn(config, ctx) -> ExperimentResult`` under ``id``.
+
+    ``fn`` leaves the result's id, title and claim out; the decorated function (the one registered and the one
+    the module exports) fills them in from here (:meth:`Experiment.identify`).
+    """
 
     def deco(fn: Callable[[Any, RunContext], ExperimentResult]) -> Callable[[Any, RunContext], ExperimentResult]:
         if id in EXPERIMENTS:
             raise ValueError(f"experiment {id} is registered twice")
-        EXPERIMENTS[id] = Experiment(id, title, claim, fn, quick, full)
-        return fn
+
+        @functools.wraps(fn)
+        def identified(config: Any, ctx: RunContext) -> ExperimentResult:
+            return experiment.identify(fn(config, ctx))
+
+        experiment = Experiment(id, title, claim, identified, quick, full)
+        EXPERIMENTS[id] = experiment
+        return identified
 
     return deco
 

@@ -24,14 +24,13 @@ def run_one(exp: Experiment, ctx: RunContext) -> ExperimentResult:
     try:
         result = exp.fn(config, ctx)
     except Exception as exc:
-        result = ExperimentResult(
-            id=exp.id,
-            title=exp.title,
-            claim=exp.claim,
-            supported=None,
-            verdict=f"The experiment failed: {type(exc).__name__}: {exc}",
-            status="failed",
-            error=traceback.format_exc(),
+        result = exp.identify(
+            ExperimentResult(
+                supported=None,
+                verdict=f"The experiment failed: {type(exc).__name__}: {exc}",
+                status="failed",
+                error=traceback.format_exc(),
+            )
         )
     result.runtime_s = time.perf_counter() - start
     if not result.config:

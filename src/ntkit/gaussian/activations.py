@@ -9,7 +9,7 @@ An activation φ enters the infinite-width recursions (theory.md §4.1-4.2) thro
 - ``nngp_and_ntk_factor``, ``nngp_and_ntk(var1, cov, var2, ntk)``: (T, Ṫ) and (T, Θ·Ṫ) together, which the
   ReLU family computes from one arc-cosine (in place when no gradient is recorded)
 
-and, for sums of branches and residual connections (:func:`ntkit.gaussian.quadrature.cross_nngp`):
+and, for sums of branches and residual connections (:func:`ntkit.gaussian.functions.cross_nngp`):
 
 - ``mean_derivative(var)``        E[φ'(u)]
 - ``identity_cross(cov, var)``    E[u φ(v)] with Cov(u, v) = cov, Var(v) = var
@@ -35,23 +35,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._derivatives import forward_mode_active
+from .._derivatives import forward_mode_active, tracks_derivatives
 from .._validation import check_number
 from ..errors import InvalidArgumentError, UnsupportedError
 from .quadrature import (
     DEFAULT_DEGREE,
     DEFAULT_TOLERANCE,
-    _records,
-    angle,
     check_degree,
-    clamp_cov,
     gaussian_cross,
     gaussian_first_moment,
     gaussian_mean,
-    is_identity,
-    safe_sqrt,
-    scaled_cov,
 )
+from .stable import angle, clamp_cov, cov_over_sd, is_identity, safe_sqrt, scaled_cov
 
 __all__ = [
     "GELU",
@@ -72,9 +67,7 @@ __all__ = [
     "SigmoidLike",
     "Sign",
     "Sin",
-    "clamp_cov",
     "compose",
-    "safe_sqrt",
 ]
 
 _TWO_PI = 2 * math.pi
@@ -213,7 +206,7 @@ class ABReLU(Activation):
 
     def nngp_and_ntk(self, var1, cov, var2, ntk):
         nngp, factor = self._arc_cosine(self, var1, cov, var2)
-        if _records(factor, ntk) or torch.broadcast_shapes(factor.shape, ntk.shape) != factor.shape:
+        if tracks_derivatives(factor, ntk) or torch.broadcast_shapes(factor.shape, ntk.shape) != factor.shape:
             return nngp, ntk * factor
         return nngp, factor.mul_(ntk)  # in place: _arc_cosine's tensors are its own
 
@@ -221,7 +214,7 @@ class ABReLU(Activation):
         """(E[φ1(u) φ2(v)], E[φ1'(u) φ2'(v)]) from one angle ϑ."""
         p = self.a * other.a + self.b * other.b
         q = self.a * other.b + self.b * other.a
-        if not _records(var1, cov, var2):
+        if not tracks_derivatives(var1, cov, var2):
             return _arc_cosine_fast(p, q, var1, cov, var2)
         cov, s = clamp_cov(var1, cov, var2)
         angle_term = p * math.pi + (q - p) * angle(s, cov)  # p(π − ϑ) + qϑ
@@ -345,11 +338,7 @@ class Sign(Activation):
         return torch.zeros_like(var)
 
     def identity_cross(self, cov: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-        sd = safe_sqrt(var)
-        nonzero = sd > 0
-        return torch.where(nonzero, cov / torch.where(nonzero, sd, torch.ones_like(sd)), 0 * cov) * math.sqrt(
-            2 / math.pi
-        )
+        return cov_over_sd(cov, var) * math.sqrt(2 / math.pi)
 
 
 # --------------------------------------------------------------------------------- erf family, GELU
@@ -771,10 +760,7 @@ class _Quadrature(Activation):
 
     def identity_cross(self, cov, var):
         # E[u φ(v)] = cov/√var · E[z φ(√var z)]: right for discontinuous φ too, unlike Stein's lemma.
-        sd = safe_sqrt(var)
-        nonzero = sd > 0
-        ratio = torch.where(nonzero, cov / torch.where(nonzero, sd, torch.ones_like(sd)), 0 * cov)
-        return ratio * gaussian_first_moment(self.fn, var, **self._options())
+        return cov_over_sd(cov, var) * gaussian_first_moment(self.fn, var, **self._options())
 
 
 class Elementwise(_Quadrature):

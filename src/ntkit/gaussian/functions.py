@@ -10,8 +10,8 @@ kernels are the same expectations.
 
     E[ψ(u) ψ(v)] = Σ_ij E[φ_i(u) φ_j(v)],   E[ψ'(u) ψ'(v)] = Σ_ij E[φ_i'(u) φ_j'(v)],   E[ψ(u)] = Σ_i E[φ_i(u)],
 
-with the cross terms from :func:`ntkit.gaussian.quadrature.cross_nngp` / ``cross_ntk_factor`` (closed forms for pairs
-of one family and Stein's lemma against the identity, else polar Gaussian quadrature, checked). A product, or
+with the cross terms from :func:`cross_nngp` / :func:`cross_ntk_factor` (below: closed forms for pairs of one
+family and Stein's lemma against the identity, else polar Gaussian quadrature, checked). A product, or
 an activation applied after a sum, becomes one :class:`ntkit.nn.Elementwise` term (quadrature).
 """
 
@@ -22,9 +22,10 @@ import math
 import torch
 
 from .activations import Activation, Elementwise, compose
-from .quadrature import cross_nngp, cross_ntk_factor
+from .quadrature import DEFAULT_DEGREE, DEFAULT_TOLERANCE, gaussian_cross
+from .stable import is_identity
 
-__all__ = ["GaussianFunction"]
+__all__ = ["GaussianFunction", "cross_nngp", "cross_ntk_factor"]
 
 
 class GaussianFunction:
@@ -93,3 +94,71 @@ class GaussianFunction:
     def mean(self, var: torch.Tensor) -> torch.Tensor:
         """E[ψ(u)], u ~ N(0, var), shape of ``var``."""
         return sum(torch.zeros_like(var) if t is None else t.mean(var) for t in self.terms)
+
+
+# --------------------------------------------------------------------------------------------- cross terms
+
+
+def cross_nngp(act1, act2, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
+    """E[φ1(u) φ2(v)] for (u, v) ~ N(0, [[var1, cov], [cov, var2]]), elementwise on broadcastable tensors.
+
+    ``act1``, ``act2``: :class:`~ntkit.nn.Activation` instances, or ``None`` / ``torch.nn.Identity`` for the
+    identity. Used for sums of elementwise branches of one Gaussian (a residual x + φ(x) is the pair
+    (identity, φ)): the NNGP of φ1(h) + φ2(h) is Σ_ij cross_nngp(φi, φj).
+
+    Rules, in order: both identity → cov; one identity → E[u φ(v)] = cov·E[φ'(v)] (Stein's lemma, or its
+    jump-aware form for Sign, or quadrature); a pair with a joint closed form (ABReLU family, Erf family,
+    Sin/Cos/RBF, Exp, Gaussian, polynomials, an activation with itself) → that; else 2-D quadrature at the
+    finer of the two activations' degrees and the stricter of their tolerances.
+    """
+    return _cross(act1, act2, var1, cov, var2, derivative=False)
+
+
+def cross_ntk_factor(act1, act2, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
+    """E[φ1'(u) φ2'(v)] (a.e. derivatives; the identity's is 1), same arguments and rules as :func:`cross_nngp`.
+
+    The NTK of φ1(h) + φ2(h) is Θ_h · Σ_ij cross_ntk_factor(φi, φj).
+    """
+    return _cross(act1, act2, var1, cov, var2, derivative=True)
+
+
+def _cross(act1, act2, var1, cov, var2, *, derivative: bool) -> torch.Tensor:
+    var1, cov, var2 = (torch.as_tensor(t) for t in (var1, cov, var2))
+    id1, id2 = is_identity(act1), is_identity(act2)
+    if id1 and id2:
+        if derivative:
+            return torch.ones(_shape(var1, cov, var2), dtype=cov.dtype, device=cov.device)
+        return _broadcast(cov, var1, var2)
+    if id1 or id2:
+        act, var = (act2, var2) if id1 else (act1, var1)
+        out = act.mean_derivative(var) if derivative else act.identity_cross(cov, var)
+        return _broadcast(out, var1, cov, var2)
+    if act1 is act2:
+        return act1.ntk_factor(var1, cov, var2) if derivative else act1.nngp(var1, cov, var2)
+    out = act1.joint_expectation(act2, var1, cov, var2, derivative=derivative)
+    if out is None:
+        out = act2.joint_expectation(act1, var2, cov, var1, derivative=derivative)
+    if out is not None:
+        return out
+    f, g = (act1.derivative, act2.derivative) if derivative else (act1.fn, act2.fn)
+    degree = max(getattr(act1, "degree", DEFAULT_DEGREE), getattr(act2, "degree", DEFAULT_DEGREE))
+    tolerances = [t for t in (getattr(a, "tolerance", DEFAULT_TOLERANCE) for a in (act1, act2)) if t is not None]
+    return gaussian_cross(
+        f,
+        g,
+        var1,
+        cov,
+        var2,
+        degree=degree,
+        memory_budget=getattr(act1, "memory_budget", None),
+        tolerance=min(tolerances, default=None),
+    )
+
+
+def _shape(*ts) -> torch.Size:
+    return torch.broadcast_shapes(*(torch.as_tensor(t).shape for t in ts))
+
+
+def _broadcast(out: torch.Tensor, *others) -> torch.Tensor:
+    shape = _shape(out, *others)
+    return out if out.shape == shape else out.expand(shape)

@@ -1,15 +1,10 @@
-"""Gaussian expectations of elementwise functions: stable helpers, quadrature, cross terms.
+"""Gaussian quadrature of E[f(u)] and E[f(u) g(v)] for elementwise functions f, g.
 
 Everything here works elementwise on broadcastable tensors ``var1``, ``cov``, ``var2`` describing, per
 element, a centred Gaussian pair (u, v) ~ N(0, [[var1, cov], [cov, var2]]) (theory.md §4.2).
-
-- :func:`safe_sqrt`, :func:`clamp_cov`: the building blocks that keep closed forms finite, with finite
-  gradients, at zero variance and at |ρ| = 1.
-- :func:`gaussian_mean`, :func:`gaussian_cross`: Gaussian quadrature of E[f(u)] (d nodes) and E[f(u) g(v)]
-  (d² nodes) with the lines u = 0, v = 0 as breakpoints (half-range Gauss-Hermite rules, polar in 2-D),
-  chunked under a memory budget and checkpointed under autograd.
-- :func:`cross_nngp`, :func:`cross_ntk_factor`: E[φ1(u) φ2(v)] and E[φ1'(u) φ2'(v)] for two activations of
-  the same Gaussian (for sums of elementwise branches); closed forms where the pair has one, quadrature else.
+:func:`gaussian_mean`, :func:`gaussian_cross`: Gaussian quadrature of E[f(u)] (d nodes) and E[f(u) g(v)]
+(d² nodes) with the lines u = 0, v = 0 as breakpoints (half-range Gauss-Hermite rules, polar in 2-D),
+chunked under a memory budget and checkpointed under autograd, optionally checked against coarser rules.
 """
 
 from __future__ import annotations
@@ -21,28 +16,19 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from scipy.special import roots_legendre
-from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .._derivatives import tracks_derivatives as _records  # reverse mode recording, or forward mode active
 from .._memory import check_fits, resolve_budget
 from ..errors import InvalidArgumentError, UnsupportedError
+from .stable import angle, clamp_cov, safe_sqrt
 
 __all__ = [
     "DEFAULT_DEGREE",
     "DEFAULT_TOLERANCE",
-    "angle",
     "check_degree",
-    "clamp_cov",
-    "clamp_cov_det",
-    "cross_nngp",
-    "cross_ntk_factor",
     "gaussian_cross",
     "gaussian_first_moment",
     "gaussian_mean",
-    "is_identity",
-    "safe_sqrt",
-    "scaled_cov",
 ]
 
 #: Quadrature degree used when none is given: d² function evaluations per 2-D expectation, d per 1-D one.
@@ -59,84 +45,6 @@ _MAX_CHUNK_BYTES = 8 * 2**20
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
-    """√max(x, 0) with gradient 0 (not ∞ or NaN) where x ≤ 0."""
-    if not _records(x):  # no autograd: the two-pass form is enough
-        return torch.sqrt(torch.clamp_min(x, 0))
-    positive = x > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
-
-
-def _clamped(var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cov clamped to |cov| ≤ b, b = √(var1 var2)): round-off can push |ρ| past 1.
-
-    b is √var1·√var2 (no overflow or underflow of the product), except that equal variances give b = var
-    exactly (fl(√v)² is not v: a duplicate input would get √det ≈ 1e-8·v instead of 0).
-    """
-    bound = torch.where(var1 == var2, 0.5 * var1 + 0.5 * var2, safe_sqrt(var1) * safe_sqrt(var2))
-    if not _records(var1, cov, var2):
-        return torch.clamp(cov, -bound, bound), bound
-    # torch.where, not minimum/maximum: at a tie (duplicate inputs) the gradient goes to cov, not half of it
-    return torch.where(cov > bound, bound, torch.where(cov < -bound, -bound, cov)), bound
-
-
-def clamp_cov(var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (cov clamped to |cov| ≤ √var1 √var2, √(var1 var2 − cov²)).
-
-    √det as √(b − cov)·√(b + cov): no overflow before the variances themselves overflow, gradient 0 (not ∞)
-    at |ρ| = 1.
-    """
-    cov, bound = _clamped(var1, cov, var2)
-    return cov, safe_sqrt(bound - cov) * safe_sqrt(bound + cov)
-
-
-def clamp_cov_det(var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (cov clamped to |cov| ≤ b = √var1 √var2, var1 var2 − cov² = (b − cov)(b + cov) ≥ 0).
-
-    Use the determinant itself (not the square of √det) where a formula is polynomial in it: its gradient in
-    cov stays −2·cov at |ρ| = 1 instead of 0. It overflows once var1·var2 does (1e38 in float32): see
-    :func:`scaled_cov` for formulas that must not.
-    """
-    cov, bound = _clamped(var1, cov, var2)
-    return cov, (bound - cov) * (bound + cov)
-
-
-def scaled_cov(
-    var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (λ, ĉ, d̂) with λ = max(1, √var1 √var2), ĉ = clamped cov / λ and d̂ = (var1 var2 − cov²) / λ²:
-    the covariance and determinant in units of λ, all O(1), so closed forms written with them stay finite
-    (no inf/inf) at any variance the dtype holds. d̂ is polynomial in ĉ (exact gradient at |ρ| = 1)."""
-    cov, bound = _clamped(var1, cov, var2)
-    lam = torch.clamp_min(bound, 1.0)
-    b_hat, c_hat = bound / lam, cov / lam
-    return lam, c_hat, (b_hat - c_hat) * (b_hat + c_hat)
-
-
-def angle(s: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """atan2(s, c) ∈ [0, π] for s ≥ 0 (the angle ϑ between two inputs, s = √det, c = cov), atan2(0, 0) = 0.
-
-    Built from one atan of a ratio bounded by 1, not torch.atan2: on CPU the vectorised atan2 and its scalar
-    tail differ in the last bit, so equal inputs at different positions of a tensor would get different
-    angles; deep networks in the chaotic phase amplify that until duplicate inputs decorrelate. Finite
-    gradients everywhere (the divisors are ≥ the numerators in size, or replaced by 1 where unused).
-    """
-    if not _records(s, c):  # π/2 − atan(c/s): ±inf ratios give 0 and π; 0/0 (zero variance) gives NaN → 0
-        return torch.nan_to_num(math.pi / 2 - torch.atan(c / s), nan=0.0)
-    flat = c.abs() >= s  # includes s = c = 0
-    num = torch.where(flat, s, c)
-    den = torch.where(flat, c, s)
-    a = torch.atan(num / torch.where(den == 0, torch.ones_like(den), den))
-    return torch.where(flat, torch.where(c < 0, a + math.pi, a), math.pi / 2 - a)
-
-
-def is_identity(act: object) -> bool:
-    """True for the identity map in cross terms: ``None`` or a ``torch.nn.Identity`` (or subclass)."""
-    return act is None or isinstance(act, nn.Identity)
-
-
-# --------------------------------------------------------------------------------------------- quadrature
-#
 # Why not a tensor Gauss-Hermite grid: a product rule integrates smooth functions well, but the functions met
 # here have kinks or jumps at 0 (ReLU-like ones, |erf|, chains through ReLU, derivatives of those), where a
 # Hermite rule converges like 1/degree (measured: ReLU's Ṫ is 3% off at d = 64). Every such kink lies on a
@@ -446,71 +354,3 @@ def gaussian_cross(
 
     args = (var1, cov, var2)
     return _expectation(rule, args, degree=degree, memory_budget=memory_budget, tolerance=tolerance, bound=bound)
-
-
-# --------------------------------------------------------------------------------------------- cross terms
-
-
-def cross_nngp(act1, act2, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
-    """E[φ1(u) φ2(v)] for (u, v) ~ N(0, [[var1, cov], [cov, var2]]), elementwise on broadcastable tensors.
-
-    ``act1``, ``act2``: :class:`~ntkit.nn.Activation` instances, or ``None`` / ``torch.nn.Identity`` for the
-    identity. Used for sums of elementwise branches of one Gaussian (a residual x + φ(x) is the pair
-    (identity, φ)): the NNGP of φ1(h) + φ2(h) is Σ_ij cross_nngp(φi, φj).
-
-    Rules, in order: both identity → cov; one identity → E[u φ(v)] = cov·E[φ'(v)] (Stein's lemma, or its
-    jump-aware form for Sign, or quadrature); a pair with a joint closed form (ABReLU family, Erf family,
-    Sin/Cos/RBF, Exp, Gaussian, polynomials, an activation with itself) → that; else 2-D quadrature at the
-    finer of the two activations' degrees and the stricter of their tolerances.
-    """
-    return _cross(act1, act2, var1, cov, var2, derivative=False)
-
-
-def cross_ntk_factor(act1, act2, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
-    """E[φ1'(u) φ2'(v)] (a.e. derivatives; the identity's is 1), same arguments and rules as :func:`cross_nngp`.
-
-    The NTK of φ1(h) + φ2(h) is Θ_h · Σ_ij cross_ntk_factor(φi, φj).
-    """
-    return _cross(act1, act2, var1, cov, var2, derivative=True)
-
-
-def _cross(act1, act2, var1, cov, var2, *, derivative: bool) -> torch.Tensor:
-    var1, cov, var2 = (torch.as_tensor(t) for t in (var1, cov, var2))
-    id1, id2 = is_identity(act1), is_identity(act2)
-    if id1 and id2:
-        if derivative:
-            return torch.ones(_shape(var1, cov, var2), dtype=cov.dtype, device=cov.device)
-        return _broadcast(cov, var1, var2)
-    if id1 or id2:
-        act, var = (act2, var2) if id1 else (act1, var1)
-        out = act.mean_derivative(var) if derivative else act.identity_cross(cov, var)
-        return _broadcast(out, var1, cov, var2)
-    if act1 is act2:
-        return act1.ntk_factor(var1, cov, var2) if derivative else act1.nngp(var1, cov, var2)
-    out = act1.joint_expectation(act2, var1, cov, var2, derivative=derivative)
-    if out is None:
-        out = act2.joint_expectation(act1, var2, cov, var1, derivative=derivative)
-    if out is not None:
-        return out
-    f, g = (act1.derivative, act2.derivative) if derivative else (act1.fn, act2.fn)
-    degree = max(getattr(act1, "degree", DEFAULT_DEGREE), getattr(act2, "degree", DEFAULT_DEGREE))
-    tolerances = [t for t in (getattr(a, "tolerance", DEFAULT_TOLERANCE) for a in (act1, act2)) if t is not None]
-    return gaussian_cross(
-        f,
-        g,
-        var1,
-        cov,
-        var2,
-        degree=degree,
-        memory_budget=getattr(act1, "memory_budget", None),
-        tolerance=min(tolerances, default=None),
-    )
-
-
-def _shape(*ts) -> torch.Size:
-    return torch.broadcast_shapes(*(torch.as_tensor(t).shape for t in ts))
-
-
-def _broadcast(out: torch.Tensor, *others) -> torch.Tensor:
-    shape = _shape(out, *others)
-    return out if out.shape == shape else out.expand(shape)

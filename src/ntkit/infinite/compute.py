@@ -12,7 +12,7 @@ from torch import nn
 
 from .._memory import check_fits, format_bytes, resolve_budget
 from .._progress import Progress, progress_bar
-from .._validation import all_finite, check_input_pair, check_positive_int, format_shape
+from .._validation import all_finite, check_input_pair, check_positive_int, format_shape, parse_get
 from ..errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError, UnsupportedError
 from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
 from .dense_chain import chain_variances, run_chain_tile
@@ -84,7 +84,7 @@ def kernel(
         MemoryBudgetError: the result or one tile cannot fit the budget (raised before computing).
         NonFiniteError: the true kernel overflows the dtype.
     """
-    wanted = _parse_get(get)
+    wanted, _ = parse_get(get, _GET)
     if not isinstance(model, nn.Module):
         raise UnsupportedError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     x1, x2 = check_input_pair(x1, x2)
@@ -115,13 +115,6 @@ def kernel(
             "returns NaN). Use dtype=torch.float64, a smaller W_std, or fewer layers."
         )
     return result if "nngp" in wanted else result.replace(nngp=None)
-
-
-def _parse_get(get) -> tuple[str, ...]:
-    wanted = (get,) if isinstance(get, str) else tuple(get)
-    if not wanted or any(g not in _GET for g in wanted):
-        raise InvalidArgumentError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}.")
-    return wanted
 
 
 _TENSORS = ("nngp", "ntk", "cov")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +22,7 @@ from .kernel_type import Kernel
 
 __all__ = [
     "apply_layer",
+    "apply_layers",
     "check_declared_init",
     "declare_init",
     "declared_init",
@@ -86,6 +87,13 @@ def apply_layer(module: nn.Module, k: Kernel) -> Kernel:
             "ntkit.infinite.transforms or k.replace(...))."
         )
     return out
+
+
+def apply_layers(layers: Iterable[nn.Module], k: Kernel) -> Kernel:
+    """The kernel after ``layers`` in series (a ``Sequential``): each layer's map applied in turn."""
+    for layer in layers:
+        k = apply_layer(layer, k)
+    return k
 
 
 def mixes_positions(module: nn.Module) -> bool:

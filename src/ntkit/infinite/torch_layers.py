@@ -19,7 +19,7 @@ from ..errors import UnsupportedError
 from ..gaussian.activations import GELU, Activation, Elementwise, LeakyReLU, ReLU
 from . import spatial, transforms
 from .kernel_type import Kernel
-from .registry import apply_layer, declared_init, register_kernel
+from .registry import apply_layers, declared_init, register_kernel
 
 __all__ = ["ACTIVATIONS"]
 
@@ -154,12 +154,6 @@ def _dropout(m: nn.Dropout, k: Kernel) -> Kernel:
     return transforms.dropout(k, m.p) if m.training and m.p > 0 else k
 
 
-def _sequential(m: nn.Sequential, k: Kernel) -> Kernel:
-    for layer in m:
-        k = apply_layer(layer, k)
-    return k
-
-
 def _activation(m: nn.Module, k: Kernel) -> Kernel:
     return transforms.activation(k, ACTIVATIONS[type(m)](m))
 
@@ -177,6 +171,6 @@ register_kernel(nn.Identity, lambda m, k: k)
 register_kernel(nn.Dropout, _dropout)
 register_kernel(nn.LayerNorm, _layer_norm)
 register_kernel(nn.GroupNorm, _group_norm)
-register_kernel(nn.Sequential, _sequential)
+register_kernel(nn.Sequential, apply_layers)
 for _type in ACTIVATIONS:
     register_kernel(_type, _activation)

@@ -12,17 +12,9 @@ from ..errors import InvalidArgumentError
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
 
-__all__ = ["KernelLayer", "WeightLayer", "as_tuple"]
+__all__ = ["KernelLayer", "WeightLayer"]
 
 PARAMETERIZATIONS = ("ntk", "standard")
-
-
-def as_tuple(value, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
-    """An int or a tuple of ``n`` ints (each >= ``minimum``) as a tuple of ``n`` ints; else InvalidArgumentError."""
-    out = (value,) * n if isinstance(value, int) else tuple(value)
-    if len(out) != n or any(not isinstance(v, int) or v < minimum for v in out):
-        raise InvalidArgumentError(f"{name} must be an int >= {minimum} or a tuple of {n} of them, got {value!r}.")
-    return out
 
 
 class KernelLayer(nn.Module):

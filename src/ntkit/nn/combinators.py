@@ -10,7 +10,7 @@ from torch import nn
 from ..errors import InvalidArgumentError
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
-from ..infinite.registry import apply_layer
+from ..infinite.registry import apply_layer, apply_layers
 from ._layer import KernelLayer
 
 __all__ = ["Parallel", "Residual", "Sequential"]
@@ -34,9 +34,7 @@ class Sequential(nn.Sequential, KernelLayer):
         super().__init__(*args)
 
     def kernel_transform(self, k: Kernel) -> Kernel:
-        for layer in self:
-            k = apply_layer(layer, k)
-        return k
+        return apply_layers(self, k)
 
 
 _FAN_IN = ("sum", "product", "concat")

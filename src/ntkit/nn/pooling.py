@@ -9,10 +9,11 @@ from typing import ClassVar
 import torch
 from torch.nn import functional as F
 
+from .._validation import as_tuple
 from ..errors import InvalidArgumentError
 from ..infinite import spatial, transforms
 from ..infinite.kernel_type import Kernel
-from ._layer import KernelLayer, as_tuple
+from ._layer import KernelLayer
 
 __all__ = [
     "AvgPool1d",

@@ -22,11 +22,12 @@ from typing import Any
 import torch
 
 from .._memory import resolve_budget
+from .._validation import parse_get
 from ..errors import UnsupportedError
 from ._args import parse_times
 from ._eigen import stacked_matmul
 from ._modes import Schedule, check_limit_exists, check_times, mode_factors, warn_if_divergent
-from .gp import Prediction, TestKernels, TrainingSet, parse_get, part_getter, posterior
+from .gp import Prediction, TestKernels, TrainingSet, part_getter, posterior
 
 __all__ = ["EnsemblePredictor", "gradient_descent_mse_ensemble"]
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .._validation import format_shape
-from ..errors import InvalidArgumentError, ShapeError
+from .._validation import format_shape, parse_get
+from ..errors import ShapeError
 from ._args import check_dtype, check_nonnegative
 from ._layout import Layout, check_device, check_targets, kernel_part
 from ._train_kernels import TrainKernels
@@ -32,7 +32,6 @@ __all__ = [
     "TestKernels",
     "TrainingSet",
     "gp_inference",
-    "parse_get",
     "part_getter",
     "posterior",
     "train_kernel_getter",
@@ -42,14 +41,6 @@ GP_GETS = ("nngp", "ntk", "ntkgp")
 
 #: A prediction: the mean (M, C), or (mean, covariance (M, M)).
 Prediction = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-
-
-def parse_get(get: object, allowed: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
-    """``get`` as a tuple of names, and whether a single name (not a tuple) was asked for."""
-    names = (get,) if isinstance(get, str) else get
-    if not isinstance(names, tuple | list) or not names or any(g not in allowed for g in names):
-        raise InvalidArgumentError(f"get must be one of {allowed} or a tuple of them, got {get!r}.")
-    return tuple(names), isinstance(get, str)
 
 
 def train_kernel_getter(k: object, label: str, n: int, device: torch.device) -> Callable[[str], torch.Tensor]:

@@ -91,6 +91,8 @@ class ExperimentResult:
         id: ``"E1"`` .. ``"E8"``.
         title: a short title.
         claim: the paper's claim being tested, in words (with the figure it comes from).
+            These three come from the experiment registry, which fills them in
+            (:meth:`ntkit.experiments.Experiment.identify`).
         measured: what was measured, in words, with the key numbers.
         supported: the verdict computed from the numbers; ``None`` when they cannot decide.
         verdict: one sentence that says why, from the numbers.
@@ -101,9 +103,9 @@ class ExperimentResult:
         status: ``"ok"`` or ``"failed"`` (then ``error`` holds the traceback).
     """
 
-    id: str
-    title: str
-    claim: str
+    id: str = ""
+    title: str = ""
+    claim: str = ""
     measured: str = ""
     supported: bool | None = None
     verdict: str = ""

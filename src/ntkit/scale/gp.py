@@ -24,10 +24,9 @@ from typing import Any, Protocol
 import torch
 
 from .._memory import check_fits, resolve_budget
-from .._validation import check_tensor, format_shape
+from .._validation import check_tensor, format_shape, parse_get
 from ..errors import IllConditionedError, InvalidArgumentError, ShapeError
 from ..predict._args import check_nonnegative
-from ..predict.gp import parse_get
 from .cg import NystromPreconditioner, conjugate_gradients
 from .matrix import KernelMatrix
 

@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from .._memory import resolve_budget
-from .._validation import check_input_pair, format_shape
+from .._validation import check_input_pair, format_shape, parse_get
 from ..empirical import empirical_ntk as _empirical_ntk
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..infinite.compute import kernel as _kernel
-from ..predict.gp import parse_get
 from .engine import Progress, fill, parse_devices
 from .fingerprint import architecture_digest, describe_value, parameters_digest, tensor_digest
 from .grid import TileGrid

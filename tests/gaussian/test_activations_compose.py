@@ -11,7 +11,7 @@ import torch
 import ntkit.nn as nnk
 from gaussian_pairs import assert_matches_mc, pairs_at
 from ntkit.errors import UnsupportedError
-from ntkit.gaussian.quadrature import cross_nngp, cross_ntk_factor
+from ntkit.gaussian.functions import cross_nngp, cross_ntk_factor
 
 F64 = torch.float64
 POINTS = [(1.3, -0.6, 0.7), (0.9, 0.8, 1.6), (1.1, 1.0, 1.1)]
