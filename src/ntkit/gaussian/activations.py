@@ -738,13 +738,13 @@ class _Quadrature(Activation):
 
     closed_form = False
 
-    def __init__(self, *, degree: int, memory_budget, tolerance: float | None) -> None:
+    def __init__(self, *, degree: int, quadrature_budget, tolerance: float | None) -> None:
         super().__init__()
         check_degree(degree)
-        self.degree, self.memory_budget, self.tolerance = degree, memory_budget, tolerance
+        self.degree, self.quadrature_budget, self.tolerance = degree, quadrature_budget, tolerance
 
     def _options(self) -> dict:
-        return {"degree": self.degree, "memory_budget": self.memory_budget, "tolerance": self.tolerance}
+        return {"degree": self.degree, "quadrature_budget": self.quadrature_budget, "tolerance": self.tolerance}
 
     def nngp(self, var1, cov, var2):
         return gaussian_cross(self.fn, None, var1, cov, var2, **self._options())
@@ -779,7 +779,7 @@ class Elementwise(_Quadrature):
     - ``tolerance``: every expectation is recomputed with coarser rules and
       :class:`~ntkit.errors.UnsupportedError` raised where they differ by more than tolerance·|value|
       (1.5x the cost; ``None`` skips the check).
-    - ``memory_budget``: bytes for the node arrays of one call (default: ntkit's budget); chunked beyond.
+    - ``quadrature_budget``: bytes for the node arrays of one call (default: ntkit's budget); chunked beyond.
     """
 
     def __init__(
@@ -790,10 +790,10 @@ class Elementwise(_Quadrature):
         nngp_fn: Callable[..., torch.Tensor] | None = None,
         ntk_fn: Callable[..., torch.Tensor] | None = None,
         degree: int = DEFAULT_DEGREE,
-        memory_budget: int | str | None = None,
+        quadrature_budget: int | str | None = None,
         tolerance: float | None = DEFAULT_TOLERANCE,
     ) -> None:
-        super().__init__(degree=degree, memory_budget=memory_budget, tolerance=tolerance)
+        super().__init__(degree=degree, quadrature_budget=quadrature_budget, tolerance=tolerance)
         if not callable(fn):
             raise UnsupportedError(f"Elementwise needs a callable fn, got {type(fn).__name__}.")
         self.function = fn
@@ -845,10 +845,10 @@ class Composed(_Quadrature):
         acts: Sequence[Activation],
         *,
         degree: int = DEFAULT_DEGREE,
-        memory_budget=None,
+        quadrature_budget=None,
         tolerance: float | None = DEFAULT_TOLERANCE,
     ) -> None:
-        super().__init__(degree=degree, memory_budget=memory_budget, tolerance=tolerance)
+        super().__init__(degree=degree, quadrature_budget=quadrature_budget, tolerance=tolerance)
         acts = list(acts)
         wrong = [a for a in acts if not isinstance(a, Activation)]
         if wrong:
@@ -895,7 +895,7 @@ def _is_identity_activation(act: Activation) -> bool:
 def compose(
     *acts: Activation | nn.Identity | None,
     degree: int = DEFAULT_DEGREE,
-    memory_budget=None,
+    quadrature_budget=None,
     tolerance: float | None = DEFAULT_TOLERANCE,
 ) -> Activation:
     """The activation x ↦ φ_k(...φ_1(x)) for ``acts`` = (φ_1, ..., φ_k), in the order they are applied.
@@ -933,4 +933,4 @@ def compose(
         return Monomial(1)
     if len(chain) == 1:
         return chain[0]
-    return Composed(chain, degree=degree, memory_budget=memory_budget, tolerance=tolerance)
+    return Composed(chain, degree=degree, quadrature_budget=quadrature_budget, tolerance=tolerance)

@@ -150,7 +150,7 @@ def _cross(act1, act2, var1, cov, var2, *, derivative: bool) -> torch.Tensor:
         cov,
         var2,
         degree=degree,
-        memory_budget=getattr(act1, "memory_budget", None),
+        quadrature_budget=getattr(act1, "quadrature_budget", None),
         tolerance=min(tolerances, default=None),
     )
 

@@ -117,16 +117,18 @@ def _flatten(args) -> tuple[list[torch.Tensor], torch.Size]:
     return [a.to(dtype).expand(shape).reshape(-1) for a in args], shape
 
 
-def _map_chunks(fn, flat: list[torch.Tensor], nodes_per_element: int, memory_budget) -> torch.Tensor:
+def _map_chunks(fn, flat: list[torch.Tensor], nodes_per_element: int, quadrature_budget) -> torch.Tensor:
     """``fn`` on slices of the 1-D ``flat`` arguments, sized so ``nodes_per_element`` values per element stay
     under the memory budget; each slice is checkpointed when autograd records, so the graph keeps only
     inputs and outputs (not the node arrays) whatever the number of layers."""
     n, dtype, device = flat[0].numel(), flat[0].dtype, flat[0].device
     if n == 0:
         return torch.zeros(0, dtype=dtype, device=device)
-    budget = resolve_budget(memory_budget, device)
+    budget = resolve_budget(quadrature_budget, device)
     per_element = nodes_per_element * dtype.itemsize * _WORK_FACTOR
-    check_fits(per_element, budget, "Gaussian quadrature of one element", "Raise memory_budget or lower the degree.")
+    check_fits(
+        per_element, budget, "Gaussian quadrature of one element", "Raise quadrature_budget or lower the degree."
+    )
     chunk = max(1, min(n, budget // per_element, _MAX_CHUNK_BYTES // per_element))
     record = torch.is_grad_enabled() and any(a.requires_grad for a in flat)
     outs = []
@@ -147,7 +149,7 @@ def _coarser(n: int) -> int:
     return max(1, (3 * n) // 4)
 
 
-def _expectation(rule, args, *, degree: int, memory_budget, tolerance: float | None, bound) -> torch.Tensor:
+def _expectation(rule, args, *, degree: int, quadrature_budget, tolerance: float | None, bound) -> torch.Tensor:
     """Elementwise quadrature with an optional accuracy check and adaptive refinement.
 
     ``rule(n, coarse)`` gives ``(chunk function over flat args, nodes per element)`` for n points per
@@ -161,20 +163,20 @@ def _expectation(rule, args, *, degree: int, memory_budget, tolerance: float | N
     flat, shape = _flatten(args)
     if tolerance is None:
         chunk, nodes = rule(_points(degree), None)
-        return _map_chunks(chunk, flat, nodes, memory_budget).reshape(shape)
+        return _map_chunks(chunk, flat, nodes, quadrature_budget).reshape(shape)
     todo = torch.arange(flat[0].numel(), device=flat[0].device)
     found_at, found = [], []
     for step in range(_REFINEMENTS + 1):
         d = degree * 2**step
         sub = flat if step == 0 else [a[todo] for a in flat]
         chunk, nodes = rule(_points(d), None)
-        value = _map_chunks(chunk, sub, nodes, memory_budget)
+        value = _map_chunks(chunk, sub, nodes, quadrature_budget)
         with torch.no_grad():
             allowed = tolerance * value.abs() + _FLOOR * bound(d, sub)
             error = torch.zeros_like(value)
             for variant in range(rule.variants):
                 coarse_chunk, _ = rule(_points(d), variant)
-                error = torch.maximum(error, (value - _map_chunks(coarse_chunk, sub, nodes, memory_budget)).abs())
+                error = torch.maximum(error, (value - _map_chunks(coarse_chunk, sub, nodes, quadrature_budget)).abs())
             ok = error <= allowed  # False for NaN
         found_at.append(todo[ok])
         found.append(value[ok])
@@ -220,16 +222,18 @@ def _half_line_rule_for(f: Fn, odd: bool):
     return rule
 
 
-def _half_line_expectation(f: Fn, var, degree: int, memory_budget, tolerance, *, odd: bool) -> torch.Tensor:
+def _half_line_expectation(f: Fn, var, degree: int, quadrature_budget, tolerance, *, odd: bool) -> torch.Tensor:
     def bound(d, flat):
         return torch.sqrt(gaussian_mean(lambda x: f(x) ** 2, flat[0], degree=d).abs())
 
     rule = _half_line_rule_for(f, odd)
-    return _expectation(rule, (var,), degree=degree, memory_budget=memory_budget, tolerance=tolerance, bound=bound)
+    return _expectation(
+        rule, (var,), degree=degree, quadrature_budget=quadrature_budget, tolerance=tolerance, bound=bound
+    )
 
 
 def gaussian_mean(
-    f: Fn, var: torch.Tensor, *, degree: int = DEFAULT_DEGREE, memory_budget=None, tolerance: float | None = None
+    f: Fn, var: torch.Tensor, *, degree: int = DEFAULT_DEGREE, quadrature_budget=None, tolerance: float | None = None
 ) -> torch.Tensor:
     """E[f(u)], u ~ N(0, var), elementwise for any shape of ``var`` (float32 or float64).
 
@@ -238,17 +242,17 @@ def gaussian_mean(
     of 0 (ReLU, |x|, ELU: exact or nearly), algebraic for breakpoints elsewhere. ``tolerance``: see
     :func:`gaussian_cross`.
     """
-    return _half_line_expectation(f, var, degree, memory_budget, tolerance, odd=False)
+    return _half_line_expectation(f, var, degree, quadrature_budget, tolerance, odd=False)
 
 
 def gaussian_first_moment(
-    f: Fn, var: torch.Tensor, *, degree: int = DEFAULT_DEGREE, memory_budget=None, tolerance: float | None = None
+    f: Fn, var: torch.Tensor, *, degree: int = DEFAULT_DEGREE, quadrature_budget=None, tolerance: float | None = None
 ) -> torch.Tensor:
     """E[z f(√var z)], z ~ N(0, 1), by the rule of :func:`gaussian_mean`.
 
     E[u f(v)] = cov/√var · E[z f(√var z)] for any f, continuous or not (regression of u on v).
     """
-    return _half_line_expectation(f, var, degree, memory_budget, tolerance, odd=True)
+    return _half_line_expectation(f, var, degree, quadrature_budget, tolerance, odd=True)
 
 
 #: Large variances: a function that changes on the scale |x| ~ 1 then does so within r < 1/√var of the origin,
@@ -307,7 +311,7 @@ def gaussian_cross(
     var2: torch.Tensor,
     *,
     degree: int = DEFAULT_DEGREE,
-    memory_budget=None,
+    quadrature_budget=None,
     tolerance: float | None = None,
 ) -> torch.Tensor:
     """E[f(u) g(v)], (u, v) ~ N(0, [[var1, cov], [cov, var2]]), by a Gauss rule in polar coordinates.
@@ -323,7 +327,7 @@ def gaussian_cross(
     degree² evaluations of f and of g per element. Zero variances and |ρ| = 1 (a sector of zero width) need
     no special case. ``g=None`` means g = f; then the larger variance is put first, so the result is exactly
     symmetric in (var1, var2), as kernel matrices must be. Broadcastable inputs, float32 or float64. Memory:
-    chunks of at most ``memory_budget`` bytes (default: ntkit's budget) of node arrays; under autograd each
+    chunks of at most ``quadrature_budget`` bytes (default: ntkit's budget) of node arrays; under autograd each
     chunk is checkpointed (recomputed in backward), so memory does not grow with the number of layers.
 
     ``tolerance``: if given, each element is recomputed (without autograd) with ¾ of the angular nodes and
@@ -348,4 +352,6 @@ def gaussian_cross(
         )
 
     args = (var1, cov, var2)
-    return _expectation(rule, args, degree=degree, memory_budget=memory_budget, tolerance=tolerance, bound=bound)
+    return _expectation(
+        rule, args, degree=degree, quadrature_budget=quadrature_budget, tolerance=tolerance, bound=bound
+    )
