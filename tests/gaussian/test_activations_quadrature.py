@@ -99,8 +99,8 @@ def test_chunked_quadrature_equals_unchunked_and_respects_the_budget():
         return torch.tanh(x)
 
     budget = 100_000
-    small = nnk.Elementwise(tanh, degree=16, memory_budget=budget, tolerance=None)
-    big = nnk.Elementwise(torch.tanh, degree=16, memory_budget=2**30, tolerance=None)
+    small = nnk.Elementwise(tanh, degree=16, quadrature_budget=budget, tolerance=None)
+    big = nnk.Elementwise(torch.tanh, degree=16, quadrature_budget=2**30, tolerance=None)
     torch.testing.assert_close(small.nngp(v1, c, v2), big.nngp(v1, c, v2), rtol=1e-14, atol=0)
     # one node array per chunk, with headroom for the function's temporaries: at most budget / 4 bytes each
     assert len(largest) > 10 and max(largest) <= budget // 4
@@ -111,7 +111,7 @@ def test_gradients_through_checkpointed_chunks_match_and_the_graph_keeps_no_node
     v1, c, v2 = (t.clone().requires_grad_() for t in _batch(30))
     grads = []
     for budget in (20_000, 2**30):
-        act = nnk.Elementwise(torch.tanh, degree=12, memory_budget=budget, tolerance=None)
+        act = nnk.Elementwise(torch.tanh, degree=12, quadrature_budget=budget, tolerance=None)
         saved = []
 
         def pack(t, saved=saved):
@@ -139,7 +139,7 @@ def test_refined_elements_keep_their_gradients():
 
 def test_a_budget_below_one_element_is_a_clear_error():
     with pytest.raises(MemoryBudgetError, match="quadrature"):
-        nnk.Elementwise(torch.tanh, degree=64, memory_budget=1000).nngp(*_point(1.0, 0.5, 1.0))
+        nnk.Elementwise(torch.tanh, degree=64, quadrature_budget=1000).nngp(*_point(1.0, 0.5, 1.0))
 
 
 def test_user_closed_forms_and_derivative():

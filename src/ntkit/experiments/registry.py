@@ -16,6 +16,9 @@ from .context import RunContext
 
 __all__ = ["EXPERIMENTS", "Experiment", "known_ids", "register", "select"]
 
+#: An experiment's function: ``fn(config, ctx) -> ExperimentResult``.
+ExperimentFn = Callable[[Any, RunContext], ExperimentResult]
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -49,7 +52,9 @@ def _order(eid: str) -> tuple[int, str]:
     return (int(m.group(1)) if m else 10**6, eid)
 
 
-def register(id: str, *, title: str, claim: str, quick: Any, full: Any) -> Callable:
+def register(
+    id: str, *, title: str, claim: str, quick: Any, full: Any
+) -> Callable[[ExperimentFn], ExperimentFn]:
     """Decorator: register ``fn(config, ctx) -> ExperimentResult`` under ``id``.
 
     ``fn`` leaves the result's id, title and claim out; the decorated function (the one registered and the one

@@ -34,7 +34,7 @@ def run_one(exp: Experiment, ctx: RunContext) -> ExperimentResult:
         )
     result.runtime_s = time.perf_counter() - start
     if not result.config:
-        result.config = asdict(config) if is_dataclass(config) else dict(config or {})
+        result.config = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config or {})
     return result
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -41,12 +41,13 @@ from ..errors import InvalidArgumentError, UnsupportedError
 from .quadrature import (
     DEFAULT_DEGREE,
     DEFAULT_TOLERANCE,
+    Budget,
     check_degree,
     gaussian_cross,
     gaussian_first_moment,
     gaussian_mean,
 )
-from .stable import angle, clamp_cov, cov_over_sd, is_identity, safe_sqrt, scaled_cov
+from .stable import angle, broadcast_shape, clamp_cov, cov_over_sd, is_identity, safe_sqrt, scaled_cov
 
 __all__ = [
     "GELU",
@@ -156,7 +157,9 @@ class Activation(nn.Module):
         """E[φ(u) ψ(v)] (``derivative``: E[φ'(u) ψ'(v)]) with ψ = ``other``, or None without a closed form."""
         return None
 
-    def _with_itself(self, var1, cov, var2, *, derivative: bool) -> torch.Tensor:
+    def _with_itself(
+        self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, *, derivative: bool
+    ) -> torch.Tensor:
         out = self.joint_expectation(self, var1, cov, var2, derivative=derivative)
         if out is None:
             raise NotImplementedError(f"{type(self).__name__} defines neither nngp/ntk_factor nor joint_expectation")
@@ -196,21 +199,29 @@ class ABReLU(Activation):
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         return self.a + (self.b - self.a) * (x > 0).to(x.dtype)
 
-    def joint_expectation(self, other, var1, cov, var2, *, derivative):
+    def joint_expectation(
+        self, other: Activation, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, *, derivative: bool
+    ) -> torch.Tensor | None:
         if not isinstance(other, ABReLU):
             return None
         return self._arc_cosine(other, var1, cov, var2)[1 if derivative else 0]
 
-    def nngp_and_ntk_factor(self, var1, cov, var2):
+    def nngp_and_ntk_factor(
+        self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._arc_cosine(self, var1, cov, var2)
 
-    def nngp_and_ntk(self, var1, cov, var2, ntk):
+    def nngp_and_ntk(
+        self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, ntk: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         nngp, factor = self._arc_cosine(self, var1, cov, var2)
-        if tracks_derivatives(factor, ntk) or torch.broadcast_shapes(factor.shape, ntk.shape) != factor.shape:
+        if tracks_derivatives(factor, ntk) or broadcast_shape(factor.shape, ntk.shape) != factor.shape:
             return nngp, ntk * factor
         return nngp, factor.mul_(ntk)  # in place: _arc_cosine's tensors are its own
 
-    def _arc_cosine(self, other: ABReLU, var1, cov, var2) -> tuple[torch.Tensor, torch.Tensor]:
+    def _arc_cosine(
+        self, other: ABReLU, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(E[φ1(u) φ2(v)], E[φ1'(u) φ2'(v)]) from one angle ϑ."""
         p = self.a * other.a + self.b * other.b
         q = self.a * other.b + self.b * other.a
@@ -249,7 +260,7 @@ def _arc_cosine_fast(
     sd1, sd2 = torch.sqrt(var1), torch.sqrt(var2)
     grow = 1.0 / (1.0 - 8.0 * torch.finfo(cov.dtype).eps)
     rho, factor2 = torch.mul(cov, sd1.reciprocal()), sd2.reciprocal().mul_(grow)
-    rho = rho.mul_(factor2) if torch.broadcast_shapes(rho.shape, factor2.shape) == rho.shape else rho * factor2
+    rho = rho.mul_(factor2) if broadcast_shape(rho.shape, factor2.shape) == rho.shape else rho * factor2
     rho.nan_to_num_(nan=1.0).clamp_(-1.0, 1.0)
     ntk_factor = torch.acos(rho).mul_((q - p) / _TWO_PI).add_(p / 2)
     # In place, rho -> D = 1 − |ρ| (exact near |ρ| = 1) -> D − D²/2 = (1 − ρ²)/2 -> T.
@@ -322,7 +333,9 @@ class Sign(Activation):
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(x)
 
-    def joint_expectation(self, other, var1, cov, var2, *, derivative):
+    def joint_expectation(
+        self, other: Activation, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, *, derivative: bool
+    ) -> torch.Tensor | None:
         if not isinstance(other, Sign):
             return None
         cov, s = clamp_cov(var1, cov, var2)
@@ -366,7 +379,9 @@ class Erf(Activation):
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         return self.a * self.b * 2 / math.sqrt(math.pi) * torch.exp(-((self.b * x) ** 2))
 
-    def joint_expectation(self, other, var1, cov, var2, *, derivative):
+    def joint_expectation(
+        self, other: Activation, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, *, derivative: bool
+    ) -> torch.Tensor | None:
         if not isinstance(other, Erf):
             return None
         b1, b2 = self.b**2, other.b**2
@@ -419,7 +434,9 @@ class GELU(Activation):
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-0.5 * x * x) / math.sqrt(_TWO_PI)
 
-    def joint_expectation(self, other, var1, cov, var2, *, derivative):
+    def joint_expectation(
+        self, other: Activation, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, *, derivative: bool
+    ) -> torch.Tensor | None:
         if not isinstance(other, GELU):
             return None
         # In units of λ = max(1, √(v1 v2)) (ĉ = c/λ, ŝ² = s²/λ², D̂ = D/λ²), nothing overflows; and
@@ -471,7 +488,9 @@ class Sin(Activation):
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         return self.a * self.b * torch.cos(self.b * x + self.phase)
 
-    def joint_expectation(self, other, var1, cov, var2, *, derivative):
+    def joint_expectation(
+        self, other: Activation, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, *, derivative: bool
+    ) -> torch.Tensor | None:
         if not isinstance(other, Sin):
             return None
         # No clamping of cov: only V∓ ≥ 0 matters, and √v1·√v2 rounds (1e-7 of 1e30 is far from 0).
@@ -542,7 +561,9 @@ class Exp(Activation):
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         return self.a * self.b * torch.exp(self.b * x)
 
-    def joint_expectation(self, other, var1, cov, var2, *, derivative):
+    def joint_expectation(
+        self, other: Activation, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, *, derivative: bool
+    ) -> torch.Tensor | None:
         if not isinstance(other, Exp):
             return None
         b1, b2 = self.b, other.b
@@ -578,7 +599,9 @@ class Gaussian(Activation):
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         return 2 * self.a * self.b * x * torch.exp(self.b * x * x)
 
-    def joint_expectation(self, other, var1, cov, var2, *, derivative):
+    def joint_expectation(
+        self, other: Activation, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, *, derivative: bool
+    ) -> torch.Tensor | None:
         if not isinstance(other, Gaussian):
             return None
         b1, b2 = self.b, other.b
@@ -663,7 +686,9 @@ class Polynomial(Activation):
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         return _horner(self._d_coefficients, x)
 
-    def joint_expectation(self, other, var1, cov, var2, *, derivative):
+    def joint_expectation(
+        self, other: Activation, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, *, derivative: bool
+    ) -> torch.Tensor | None:
         if not isinstance(other, Polynomial):
             return None
         beta1, beta2 = (self._d_beta, other._d_beta) if derivative else (self._beta, other._beta)
@@ -738,27 +763,27 @@ class _Quadrature(Activation):
 
     closed_form = False
 
-    def __init__(self, *, degree: int, memory_budget, tolerance: float | None) -> None:
+    def __init__(self, *, degree: int, quadrature_budget: Budget, tolerance: float | None) -> None:
         super().__init__()
         check_degree(degree)
-        self.degree, self.memory_budget, self.tolerance = degree, memory_budget, tolerance
+        self.degree, self.quadrature_budget, self.tolerance = degree, quadrature_budget, tolerance
 
-    def _options(self) -> dict:
-        return {"degree": self.degree, "memory_budget": self.memory_budget, "tolerance": self.tolerance}
+    def _options(self) -> dict[str, Any]:
+        return {"degree": self.degree, "quadrature_budget": self.quadrature_budget, "tolerance": self.tolerance}
 
-    def nngp(self, var1, cov, var2):
+    def nngp(self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
         return gaussian_cross(self.fn, None, var1, cov, var2, **self._options())
 
-    def ntk_factor(self, var1, cov, var2):
+    def ntk_factor(self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
         return gaussian_cross(self.derivative, None, var1, cov, var2, **self._options())
 
-    def mean(self, var):
+    def mean(self, var: torch.Tensor) -> torch.Tensor:
         return gaussian_mean(self.fn, var, **self._options())
 
-    def mean_derivative(self, var):
+    def mean_derivative(self, var: torch.Tensor) -> torch.Tensor:
         return gaussian_mean(self.derivative, var, **self._options())
 
-    def identity_cross(self, cov, var):
+    def identity_cross(self, cov: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         # E[u φ(v)] = cov/√var · E[z φ(√var z)]: right for discontinuous φ too, unlike Stein's lemma.
         return cov_over_sd(cov, var) * gaussian_first_moment(self.fn, var, **self._options())
 
@@ -779,7 +804,7 @@ class Elementwise(_Quadrature):
     - ``tolerance``: every expectation is recomputed with coarser rules and
       :class:`~ntkit.errors.UnsupportedError` raised where they differ by more than tolerance·|value|
       (1.5x the cost; ``None`` skips the check).
-    - ``memory_budget``: bytes for the node arrays of one call (default: ntkit's budget); chunked beyond.
+    - ``quadrature_budget``: bytes for the node arrays of one call (default: ntkit's budget); chunked beyond.
     """
 
     def __init__(
@@ -790,10 +815,10 @@ class Elementwise(_Quadrature):
         nngp_fn: Callable[..., torch.Tensor] | None = None,
         ntk_fn: Callable[..., torch.Tensor] | None = None,
         degree: int = DEFAULT_DEGREE,
-        memory_budget: int | str | None = None,
+        quadrature_budget: int | str | None = None,
         tolerance: float | None = DEFAULT_TOLERANCE,
     ) -> None:
-        super().__init__(degree=degree, memory_budget=memory_budget, tolerance=tolerance)
+        super().__init__(degree=degree, quadrature_budget=quadrature_budget, tolerance=tolerance)
         if not callable(fn):
             raise UnsupportedError(f"Elementwise needs a callable fn, got {type(fn).__name__}.")
         self.function = fn
@@ -810,10 +835,10 @@ class Elementwise(_Quadrature):
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
         return self._derivative(x) if self._derivative is not None else _autograd_derivative(self.function, x)
 
-    def nngp(self, var1, cov, var2):
+    def nngp(self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
         return super().nngp(var1, cov, var2) if self._nngp_fn is None else self._nngp_fn(var1, cov, var2)
 
-    def ntk_factor(self, var1, cov, var2):
+    def ntk_factor(self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
         if self._ntk_fn is not None:
             return self._ntk_fn(var1, cov, var2)
         if self._nngp_fn is None:
@@ -821,9 +846,11 @@ class Elementwise(_Quadrature):
         return _price_derivative(self._nngp_fn, var1, cov, var2)
 
 
-def _price_derivative(nngp_fn, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
+def _price_derivative(
+    nngp_fn: Callable[..., torch.Tensor], var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor
+) -> torch.Tensor:
     """∂T/∂cov elementwise by autograd (Price's theorem: this is E[φ'(u) φ'(v)]), differentiable itself."""
-    shape = torch.broadcast_shapes(var1.shape, cov.shape, var2.shape)
+    shape = broadcast_shape(var1.shape, cov.shape, var2.shape)
     keep_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (var1, cov, var2))
     if not keep_graph:
         _refuse_forward_mode("∂T/∂cov of its nngp_fn (no ntk_fn= given)")
@@ -845,29 +872,29 @@ class Composed(_Quadrature):
         acts: Sequence[Activation],
         *,
         degree: int = DEFAULT_DEGREE,
-        memory_budget=None,
+        quadrature_budget: Budget = None,
         tolerance: float | None = DEFAULT_TOLERANCE,
     ) -> None:
-        super().__init__(degree=degree, memory_budget=memory_budget, tolerance=tolerance)
+        super().__init__(degree=degree, quadrature_budget=quadrature_budget, tolerance=tolerance)
         acts = list(acts)
         wrong = [a for a in acts if not isinstance(a, Activation)]
         if wrong:
             raise InvalidArgumentError(f"Composed takes ntkit.nn activations, got {type(wrong[0]).__name__}.")
+        self.chain = tuple(acts)  # typed; ``acts`` registers them as submodules
         self.acts = nn.ModuleList(acts)
 
     def extra_repr(self) -> str:
         return f"degree={self.degree}"
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
-        for act in self.acts:
+        for act in self.chain:
             x = act.fn(x)
         return x
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
-        out = None
-        for act in self.acts:
-            d = act.derivative(x)
-            out = d if out is None else out * d
+        out = torch.ones_like(x)
+        for act in self.chain:
+            out = out * act.derivative(x)
             x = act.fn(x)
         return out
 
@@ -895,7 +922,7 @@ def _is_identity_activation(act: Activation) -> bool:
 def compose(
     *acts: Activation | nn.Identity | None,
     degree: int = DEFAULT_DEGREE,
-    memory_budget=None,
+    quadrature_budget: Budget = None,
     tolerance: float | None = DEFAULT_TOLERANCE,
 ) -> Activation:
     """The activation x ↦ φ_k(...φ_1(x)) for ``acts`` = (φ_1, ..., φ_k), in the order they are applied.
@@ -913,7 +940,7 @@ def compose(
         if is_identity(act):
             continue
         if isinstance(act, Composed):
-            parts = list(act.acts)
+            parts = list(act.chain)
         elif isinstance(act, Activation):
             parts = [act]
         else:
@@ -933,4 +960,4 @@ def compose(
         return Monomial(1)
     if len(chain) == 1:
         return chain[0]
-    return Composed(chain, degree=degree, memory_budget=memory_budget, tolerance=tolerance)
+    return Composed(chain, degree=degree, quadrature_budget=quadrature_budget, tolerance=tolerance)

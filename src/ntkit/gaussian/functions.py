@@ -18,12 +18,18 @@ an activation applied after a sum, becomes one :class:`ntkit.nn.Elementwise` ter
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import TypeAlias, cast
 
 import torch
+from torch import nn
 
 from .activations import Activation, Elementwise, compose
 from .quadrature import DEFAULT_DEGREE, DEFAULT_TOLERANCE, gaussian_cross
-from .stable import is_identity
+from .stable import broadcast_shape, is_identity
+
+#: What the cross terms take for each side: an activation, or the identity (None or torch.nn.Identity).
+ActivationArg: TypeAlias = Activation | nn.Identity | None
 
 __all__ = ["GaussianFunction", "cross_nngp", "cross_ntk_factor"]
 
@@ -49,7 +55,7 @@ class GaussianFunction:
 
         def derivative(x: torch.Tensor) -> torch.Tensor:  # the product rule
             values = [f.value(x) for f in functions]
-            return sum(
+            return _total(
                 f.derivative(x) * math.prod((v for j, v in enumerate(values) if j != i), start=torch.ones_like(x))
                 for i, f in enumerate(functions)
             )
@@ -60,10 +66,10 @@ class GaussianFunction:
         return " + ".join("identity" if t is None else repr(t) for t in self.terms)
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(x if t is None else t.fn(x) for t in self.terms)
+        return _total(x if t is None else t.fn(x) for t in self.terms)
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(torch.ones_like(x) if t is None else t.derivative(x) for t in self.terms)
+        return _total(torch.ones_like(x) if t is None else t.derivative(x) for t in self.terms)
 
     def then(self, activation: Activation) -> GaussianFunction:
         """φ∘ψ, one term: the composition (closed-form folds, else quadrature) of ψ's single term and φ."""
@@ -77,11 +83,11 @@ class GaussianFunction:
 
     def nngp(self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
         """E[ψ(u) ψ(v)], broadcast shape."""
-        return sum(cross_nngp(a, b, var1, cov, var2) for a in self.terms for b in self.terms)
+        return _total(cross_nngp(a, b, var1, cov, var2) for a in self.terms for b in self.terms)
 
     def ntk_factor(self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
         """E[ψ'(u) ψ'(v)], broadcast shape."""
-        return sum(cross_ntk_factor(a, b, var1, cov, var2) for a in self.terms for b in self.terms)
+        return _total(cross_ntk_factor(a, b, var1, cov, var2) for a in self.terms for b in self.terms)
 
     def nngp_and_ntk(
         self, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, ntk: torch.Tensor
@@ -93,13 +99,15 @@ class GaussianFunction:
 
     def mean(self, var: torch.Tensor) -> torch.Tensor:
         """E[ψ(u)], u ~ N(0, var), shape of ``var``."""
-        return sum(torch.zeros_like(var) if t is None else t.mean(var) for t in self.terms)
+        return _total(torch.zeros_like(var) if t is None else t.mean(var) for t in self.terms)
 
 
 # --------------------------------------------------------------------------------------------- cross terms
 
 
-def cross_nngp(act1, act2, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
+def cross_nngp(
+    act1: ActivationArg, act2: ActivationArg, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor
+) -> torch.Tensor:
     """E[φ1(u) φ2(v)] for (u, v) ~ N(0, [[var1, cov], [cov, var2]]), elementwise on broadcastable tensors.
 
     ``act1``, ``act2``: :class:`~ntkit.nn.Activation` instances, or ``None`` / ``torch.nn.Identity`` for the
@@ -114,7 +122,9 @@ def cross_nngp(act1, act2, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Te
     return _cross(act1, act2, var1, cov, var2, derivative=False)
 
 
-def cross_ntk_factor(act1, act2, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor) -> torch.Tensor:
+def cross_ntk_factor(
+    act1: ActivationArg, act2: ActivationArg, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor
+) -> torch.Tensor:
     """E[φ1'(u) φ2'(v)] (a.e. derivatives; the identity's is 1), same arguments and rules as :func:`cross_nngp`.
 
     The NTK of φ1(h) + φ2(h) is Θ_h · Σ_ij cross_ntk_factor(φi, φj).
@@ -122,24 +132,33 @@ def cross_ntk_factor(act1, act2, var1: torch.Tensor, cov: torch.Tensor, var2: to
     return _cross(act1, act2, var1, cov, var2, derivative=True)
 
 
-def _cross(act1, act2, var1, cov, var2, *, derivative: bool) -> torch.Tensor:
+def _cross(
+    arg1: ActivationArg,
+    arg2: ActivationArg,
+    var1: torch.Tensor,
+    cov: torch.Tensor,
+    var2: torch.Tensor,
+    *,
+    derivative: bool,
+) -> torch.Tensor:
     var1, cov, var2 = (torch.as_tensor(t) for t in (var1, cov, var2))
-    id1, id2 = is_identity(act1), is_identity(act2)
+    id1, id2 = is_identity(arg1), is_identity(arg2)
     if id1 and id2:
         if derivative:
             return torch.ones(_shape(var1, cov, var2), dtype=cov.dtype, device=cov.device)
         return _broadcast(cov, var1, var2)
     if id1 or id2:
-        act, var = (act2, var2) if id1 else (act1, var1)
-        out = act.mean_derivative(var) if derivative else act.identity_cross(cov, var)
-        return _broadcast(out, var1, cov, var2)
+        act, var = (cast(Activation, arg2), var2) if id1 else (cast(Activation, arg1), var1)
+        one_sided = act.mean_derivative(var) if derivative else act.identity_cross(cov, var)
+        return _broadcast(one_sided, var1, cov, var2)
+    act1, act2 = cast(Activation, arg1), cast(Activation, arg2)  # neither is the identity
     if act1 is act2:
         return act1.ntk_factor(var1, cov, var2) if derivative else act1.nngp(var1, cov, var2)
-    out = act1.joint_expectation(act2, var1, cov, var2, derivative=derivative)
-    if out is None:
-        out = act2.joint_expectation(act1, var2, cov, var1, derivative=derivative)
-    if out is not None:
-        return out
+    joint = act1.joint_expectation(act2, var1, cov, var2, derivative=derivative)
+    if joint is None:
+        joint = act2.joint_expectation(act1, var2, cov, var1, derivative=derivative)
+    if joint is not None:
+        return joint
     f, g = (act1.derivative, act2.derivative) if derivative else (act1.fn, act2.fn)
     degree = max(getattr(act1, "degree", DEFAULT_DEGREE), getattr(act2, "degree", DEFAULT_DEGREE))
     tolerances = [t for t in (getattr(a, "tolerance", DEFAULT_TOLERANCE) for a in (act1, act2)) if t is not None]
@@ -150,15 +169,21 @@ def _cross(act1, act2, var1, cov, var2, *, derivative: bool) -> torch.Tensor:
         cov,
         var2,
         degree=degree,
-        memory_budget=getattr(act1, "memory_budget", None),
+        quadrature_budget=getattr(act1, "quadrature_budget", None),
         tolerance=min(tolerances, default=None),
     )
 
 
-def _shape(*ts) -> torch.Size:
-    return torch.broadcast_shapes(*(torch.as_tensor(t).shape for t in ts))
+def _shape(*ts: torch.Tensor | float) -> torch.Size:
+    """The broadcast shape of tensors (numbers count as 0-dim)."""
+    return broadcast_shape(*(torch.as_tensor(t).shape for t in ts))
 
 
-def _broadcast(out: torch.Tensor, *others) -> torch.Tensor:
+def _broadcast(out: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
     shape = _shape(out, *others)
     return out if out.shape == shape else out.expand(shape)
+
+
+def _total(values: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of one or more tensors (``sum``, typed: its start 0 is never returned alone)."""
+    return cast(torch.Tensor, sum(values))

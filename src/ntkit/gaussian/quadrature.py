@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .._memory import check_fits, resolve_budget
 from ..errors import InvalidArgumentError, UnsupportedError
-from .stable import angle, clamp_cov, safe_sqrt
+from .stable import angle, broadcast_shape, clamp_cov, safe_sqrt
 
 __all__ = [
     "DEFAULT_DEGREE",
@@ -43,6 +43,13 @@ _WORK_FACTOR = 4
 _MAX_CHUNK_BYTES = 8 * 2**20
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
+#: A quadrature memory setting: bytes, a string such as "4G", or None for ntkit's default.
+Budget = int | str | None
+#: A quadrature rule: (points per dimension, coarser variant or None) -> (function of the flat arguments'
+#: chunks, nodes per element).
+Rule = Callable[[int, int | None], tuple[Callable[..., torch.Tensor], int]]
+#: The Cauchy-Schwarz scale of each element: (degree, flat arguments) -> tensor.
+Bound = Callable[[int, list[torch.Tensor]], torch.Tensor]
 
 
 # Why not a tensor Gauss-Hermite grid: a product rule integrates smooth functions well, but the functions met
@@ -89,7 +96,7 @@ def _unit_legendre(m: int) -> tuple[np.ndarray, np.ndarray]:
     return (x + 1) / 2, w / 2
 
 
-def _as(arrays, like: torch.Tensor) -> list[torch.Tensor]:
+def _as(arrays: Sequence[np.ndarray], like: torch.Tensor) -> list[torch.Tensor]:
     return [torch.as_tensor(a, dtype=like.dtype, device=like.device) for a in arrays]
 
 
@@ -108,25 +115,29 @@ def _points(degree: int) -> int:
     return (degree + 1) // 2
 
 
-def _flatten(args) -> tuple[list[torch.Tensor], torch.Size]:
+def _flatten(args: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Size]:
     """Broadcast ``args`` to one shape and flatten them (1-D, one floating dtype)."""
-    args = [torch.as_tensor(a) for a in args]
-    floats = [a.dtype for a in args if a.is_floating_point()]
+    tensors = [torch.as_tensor(a) for a in args]
+    floats = [a.dtype for a in tensors if a.is_floating_point()]
     dtype = functools.reduce(torch.promote_types, floats) if floats else torch.get_default_dtype()
-    shape = torch.broadcast_shapes(*(a.shape for a in args))
-    return [a.to(dtype).expand(shape).reshape(-1) for a in args], shape
+    shape = broadcast_shape(*(a.shape for a in tensors))
+    return [a.to(dtype).expand(shape).reshape(-1) for a in tensors], shape
 
 
-def _map_chunks(fn, flat: list[torch.Tensor], nodes_per_element: int, memory_budget) -> torch.Tensor:
+def _map_chunks(
+    fn: Callable[..., torch.Tensor], flat: list[torch.Tensor], nodes_per_element: int, quadrature_budget: Budget
+) -> torch.Tensor:
     """``fn`` on slices of the 1-D ``flat`` arguments, sized so ``nodes_per_element`` values per element stay
     under the memory budget; each slice is checkpointed when autograd records, so the graph keeps only
     inputs and outputs (not the node arrays) whatever the number of layers."""
     n, dtype, device = flat[0].numel(), flat[0].dtype, flat[0].device
     if n == 0:
         return torch.zeros(0, dtype=dtype, device=device)
-    budget = resolve_budget(memory_budget, device)
+    budget = resolve_budget(quadrature_budget, device)
     per_element = nodes_per_element * dtype.itemsize * _WORK_FACTOR
-    check_fits(per_element, budget, "Gaussian quadrature of one element", "Raise memory_budget or lower the degree.")
+    check_fits(
+        per_element, budget, "Gaussian quadrature of one element", "Raise quadrature_budget or lower the degree."
+    )
     chunk = max(1, min(n, budget // per_element, _MAX_CHUNK_BYTES // per_element))
     record = torch.is_grad_enabled() and any(a.requires_grad for a in flat)
     outs = []
@@ -150,12 +161,21 @@ def _coarser(n: int) -> int:
     return max(1, (3 * n) // 4)
 
 
-def _expectation(rule, args, *, degree: int, memory_budget, tolerance: float | None, bound) -> torch.Tensor:
+def _expectation(
+    rule: Rule,
+    variants: int,
+    args: Sequence[torch.Tensor],
+    *,
+    degree: int,
+    quadrature_budget: Budget,
+    tolerance: float | None,
+    bound: Bound,
+) -> torch.Tensor:
     """Elementwise quadrature with an optional accuracy check and adaptive refinement.
 
     ``rule(n, coarse)`` gives ``(chunk function over flat args, nodes per element)`` for n points per
-    dimension; ``coarse`` in 0, 1, ... selects the coarser variants used as error estimates (``rule.variants``
-    of them). ``bound(degree, flat args)``: the Cauchy-Schwarz scale √(E f² E g²) of each element.
+    dimension; ``coarse`` in 0, 1, ... selects the coarser variants used as error estimates (``variants`` of
+    them). ``bound(degree, flat args)``: the Cauchy-Schwarz scale √(E f² E g²) of each element.
 
     Without ``tolerance``: one rule at ``degree``. With it: each element is accepted where every coarser variant
     agrees within tolerance·|value| + floor·bound (floor: _FLOOR, or float32's round-off); the others are
@@ -165,21 +185,21 @@ def _expectation(rule, args, *, degree: int, memory_budget, tolerance: float | N
     flat, shape = _flatten(args)
     if tolerance is None:
         chunk, nodes = rule(_points(degree), None)
-        return _map_chunks(chunk, flat, nodes, memory_budget).reshape(shape)
+        return _map_chunks(chunk, flat, nodes, quadrature_budget).reshape(shape)
     todo = torch.arange(flat[0].numel(), device=flat[0].device)
     found_at, found = [], []
     for step in range(_REFINEMENTS + 1):
         d = degree * 2**step
         sub = flat if step == 0 else [a[todo] for a in flat]
         chunk, nodes = rule(_points(d), None)
-        value = _map_chunks(chunk, sub, nodes, memory_budget)
+        value = _map_chunks(chunk, sub, nodes, quadrature_budget)
         with torch.no_grad():
             floor = max(_FLOOR, _ROUNDOFF_FLOOR_ULPS * torch.finfo(value.dtype).eps)
             allowed = tolerance * value.abs() + floor * bound(d, sub)
             error = torch.zeros_like(value)
-            for variant in range(rule.variants):
+            for variant in range(variants):
                 coarse_chunk, _ = rule(_points(d), variant)
-                error = torch.maximum(error, (value - _map_chunks(coarse_chunk, sub, nodes, memory_budget)).abs())
+                error = torch.maximum(error, (value - _map_chunks(coarse_chunk, sub, nodes, quadrature_budget)).abs())
             ok = error <= allowed  # False for NaN
         found_at.append(todo[ok])
         found.append(value[ok])
@@ -193,7 +213,14 @@ def _expectation(rule, args, *, degree: int, memory_budget, tolerance: float | N
     return out.reshape(shape)
 
 
-def _refuse(degree, final_degree, tolerance, error, allowed, remaining) -> None:
+def _refuse(
+    degree: int,
+    final_degree: int,
+    tolerance: float,
+    error: torch.Tensor,
+    allowed: torch.Tensor,
+    remaining: list[torch.Tensor],
+) -> None:
     relative = float((error / allowed.clamp_min(torch.finfo(error.dtype).tiny)).nan_to_num(torch.inf).max())
     largest = max(float(v.detach().abs().max()) for v in remaining)
     raise UnsupportedError(
@@ -206,10 +233,10 @@ def _refuse(degree, final_degree, tolerance, error, allowed, remaining) -> None:
     )
 
 
-def _half_line_rule_for(f: Fn, odd: bool):
+def _half_line_rule_for(f: Fn, odd: bool) -> Rule:
     """E[f(√var z)] (``odd``: E[z f(√var z)]) as ∫_0^∞ (f(√var t) ± f(−√var t)) (t if odd) N(t) dt."""
 
-    def rule(n: int, variant: int | None):
+    def rule(n: int, variant: int | None) -> tuple[Callable[..., torch.Tensor], int]:
         k = n if variant is None else _coarser(n)
 
         def chunk(v: torch.Tensor) -> torch.Tensor:
@@ -221,20 +248,28 @@ def _half_line_rule_for(f: Fn, odd: bool):
 
         return chunk, 2 * n
 
-    rule.variants = 1
-    return rule
+    return rule  # one coarser variant
 
 
-def _half_line_expectation(f: Fn, var, degree: int, memory_budget, tolerance, *, odd: bool) -> torch.Tensor:
-    def bound(d, flat):
+def _half_line_expectation(
+    f: Fn, var: torch.Tensor, degree: int, quadrature_budget: Budget, tolerance: float | None, *, odd: bool
+) -> torch.Tensor:
+    def bound(d: int, flat: list[torch.Tensor]) -> torch.Tensor:
         return torch.sqrt(gaussian_mean(lambda x: f(x) ** 2, flat[0], degree=d).abs())
 
     rule = _half_line_rule_for(f, odd)
-    return _expectation(rule, (var,), degree=degree, memory_budget=memory_budget, tolerance=tolerance, bound=bound)
+    return _expectation(
+        rule, 1, (var,), degree=degree, quadrature_budget=quadrature_budget, tolerance=tolerance, bound=bound
+    )
 
 
 def gaussian_mean(
-    f: Fn, var: torch.Tensor, *, degree: int = DEFAULT_DEGREE, memory_budget=None, tolerance: float | None = None
+    f: Fn,
+    var: torch.Tensor,
+    *,
+    degree: int = DEFAULT_DEGREE,
+    quadrature_budget: Budget = None,
+    tolerance: float | None = None,
 ) -> torch.Tensor:
     """E[f(u)], u ~ N(0, var), elementwise for any shape of ``var`` (float32 or float64).
 
@@ -243,17 +278,22 @@ def gaussian_mean(
     of 0 (ReLU, |x|, ELU: exact or nearly), algebraic for breakpoints elsewhere. ``tolerance``: see
     :func:`gaussian_cross`.
     """
-    return _half_line_expectation(f, var, degree, memory_budget, tolerance, odd=False)
+    return _half_line_expectation(f, var, degree, quadrature_budget, tolerance, odd=False)
 
 
 def gaussian_first_moment(
-    f: Fn, var: torch.Tensor, *, degree: int = DEFAULT_DEGREE, memory_budget=None, tolerance: float | None = None
+    f: Fn,
+    var: torch.Tensor,
+    *,
+    degree: int = DEFAULT_DEGREE,
+    quadrature_budget: Budget = None,
+    tolerance: float | None = None,
 ) -> torch.Tensor:
     """E[z f(√var z)], z ~ N(0, 1), by the rule of :func:`gaussian_mean`.
 
     E[u f(v)] = cov/√var · E[z f(√var z)] for any f, continuous or not (regression of u on v).
     """
-    return _half_line_expectation(f, var, degree, memory_budget, tolerance, odd=True)
+    return _half_line_expectation(f, var, degree, quadrature_budget, tolerance, odd=True)
 
 
 #: Large variances: a function that changes on the scale |x| ~ 1 then does so within r < 1/√var of the origin,
@@ -284,7 +324,7 @@ def _radial_nodes(n: int, sd_max: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return torch.where(split[:, None], r_split, r), torch.where(split[:, None], omega_split, omega)
 
 
-def _polar_chunk(f: Fn, g: Fn, same: bool, n_angle: int, n_radius: int):
+def _polar_chunk(f: Fn, g: Fn, same: bool, n_angle: int, n_radius: int) -> Callable[..., torch.Tensor]:
     def chunk(v1: torch.Tensor, c: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         if same:
             v1, v2 = torch.maximum(v1, v2), torch.minimum(v1, v2)
@@ -312,7 +352,7 @@ def gaussian_cross(
     var2: torch.Tensor,
     *,
     degree: int = DEFAULT_DEGREE,
-    memory_budget=None,
+    quadrature_budget: Budget = None,
     tolerance: float | None = None,
 ) -> torch.Tensor:
     """E[f(u) g(v)], (u, v) ~ N(0, [[var1, cov], [cov, var2]]), by a Gauss rule in polar coordinates.
@@ -328,7 +368,7 @@ def gaussian_cross(
     degree² evaluations of f and of g per element. Zero variances and |ρ| = 1 (a sector of zero width) need
     no special case. ``g=None`` means g = f; then the larger variance is put first, so the result is exactly
     symmetric in (var1, var2), as kernel matrices must be. Broadcastable inputs, float32 or float64. Memory:
-    chunks of at most ``memory_budget`` bytes (default: ntkit's budget) of node arrays; under autograd each
+    chunks of at most ``quadrature_budget`` bytes (default: ntkit's budget) of node arrays; under autograd each
     chunk is checkpointed (recomputed in backward), so memory does not grow with the number of layers.
 
     ``tolerance``: if given, each element is recomputed (without autograd) with ¾ of the angular nodes and
@@ -338,19 +378,20 @@ def gaussian_cross(
     wrong. The check costs 1.5x the evaluations; refinement only where needed.
     """
     same = g is None
-    g = f if same else g
+    g_: Fn = f if g is None else g
 
-    def rule(m: int, variant: int | None):
+    def rule(m: int, variant: int | None) -> tuple[Callable[..., torch.Tensor], int]:
+        """Two coarser variants: ¾ of the angular points, and ¾ of the radial ones."""
         n_angle, n_radius = (m, m) if variant is None else ((_coarser(m), m), (m, _coarser(m)))[variant]
-        return _polar_chunk(f, g, same, n_angle, n_radius), 4 * m * m
+        return _polar_chunk(f, g_, same, n_angle, n_radius), 4 * m * m
 
-    rule.variants = 2
-
-    def bound(d, flat):
+    def bound(d: int, flat: list[torch.Tensor]) -> torch.Tensor:
         return torch.sqrt(
             gaussian_mean(lambda x: f(x) ** 2, flat[0], degree=d).abs()
-            * gaussian_mean(lambda x: g(x) ** 2, flat[2], degree=d).abs()
+            * gaussian_mean(lambda x: g_(x) ** 2, flat[2], degree=d).abs()
         )
 
     args = (var1, cov, var2)
-    return _expectation(rule, args, degree=degree, memory_budget=memory_budget, tolerance=tolerance, bound=bound)
+    return _expectation(
+        rule, 2, args, degree=degree, quadrature_budget=quadrature_budget, tolerance=tolerance, bound=bound
+    )

@@ -16,6 +16,7 @@ from .._derivatives import tracks_derivatives
 
 __all__ = [
     "angle",
+    "broadcast_shape",
     "clamp_cov",
     "clamp_cov_det",
     "cov_over_sd",
@@ -94,6 +95,11 @@ def angle(s: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     den = torch.where(flat, c, s)
     a = torch.atan(num / torch.where(den == 0, torch.ones_like(den), den))
     return torch.where(flat, torch.where(c < 0, a + math.pi, a), math.pi / 2 - a)
+
+
+def broadcast_shape(*shapes: tuple[int, ...]) -> torch.Size:
+    """``torch.broadcast_shapes``, typed."""
+    return torch.Size(torch.broadcast_shapes(*shapes))  # type: ignore[no-untyped-call]  # torch leaves it unannotated
 
 
 def is_identity(act: object) -> bool:
