@@ -7,7 +7,11 @@ own (theory.md §2.2-2.5). With the loop's units (``lr``, the MSE gradient scale
 - ``phi`` φ_t(λ) = r_t, the factor the residual is multiplied by, and
 - ``coef`` g_t(λ) = (1 − φ_t(λ)) / λ, the dual coefficient: f_t − f_0 = −Θ(·, X) V diag(g_t) Vᵀ r_0,
 
-computed without dividing by λ (so λ = 0, clipped eigenvalues, is exact). The four regimes:
+computed without dividing by λ. λ = 0 is the null space (exact zeros and the eigenvalues at round-off level that
+:func:`~ntkit.predict._eigen.check_spectrum` sets to 0): φ = 1 and g = 0 there at every t. In exact arithmetic
+the null space of Θ(X, X) = J Jᵀ is that of Jᵀ, so Θ(x, X) v = 0 and Jᵀ v = 0 for a null vector v: its
+coefficient moves neither the outputs nor the parameters, and 0 keeps round-off in Θ(x, X) v from being
+multiplied by the limit c·t of g. The four regimes:
 
 - discrete GD (torch.optim.SGD, no momentum): φ = (1 − cλ)^t, g = −expm1(t·log1p(−cλ))/λ;
 - gradient flow (``continuous``, time t·lr): φ = e^{−cλt}, g = −expm1(−cλt)/λ;
@@ -125,25 +129,24 @@ def check_times(times: torch.Tensor, evals: torch.Tensor, sched: Schedule) -> No
         )
 
 
-def _safe_ratio(num: torch.Tensor, lam: torch.Tensor, at_zero: torch.Tensor) -> torch.Tensor:
-    """num / λ, and ``at_zero`` (the limit) where λ = 0."""
+def _safe_ratio(num: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """num / λ, and 0 where λ = 0 (the null space, module docs)."""
     zero = lam == 0
-    return torch.where(zero, at_zero, num / torch.where(zero, torch.ones_like(lam), lam))
+    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(lam), lam))
 
 
 def _plain(lam: torch.Tensor, t: torch.Tensor, sched: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
     x = sched.c * lam  # (1, D)
-    limit = (sched.c * t).expand(-1, lam.shape[-1])  # g at λ = 0: c·t
     if sched.continuous:
         phi = torch.exp(-x * t)
-        return phi, _safe_ratio(-torch.expm1(-x * t), lam, limit)
+        return phi, _safe_ratio(-torch.expm1(-x * t), lam)
     positive = x < 1
     log_base = torch.log1p(-torch.where(positive, x, torch.zeros_like(x)))
     phi_pos = torch.exp(t * log_base)
     phi_neg = torch.pow(1 - x, t)  # whole steps only (checked): exact sign
     phi = torch.where(positive, phi_pos, phi_neg)
     num = torch.where(positive, -torch.expm1(t * log_base), 1 - phi_neg)
-    return phi, _safe_ratio(num, lam, limit)
+    return phi, _safe_ratio(num, lam)
 
 
 def _heavy_ball(lam: torch.Tensor, times: torch.Tensor, sched: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,9 +186,13 @@ def _heavy_ball_flow(lam: torch.Tensor, times: torch.Tensor, sched: Schedule) ->
 
 
 def mode_factors(evals: torch.Tensor, times: torch.Tensor, sched: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
-    """(φ_t(λ), g_t(λ)) of shape (T, D) for eigenvalues ``evals`` (D,) >= 0 and finite ``times`` (T,) (module docs)."""
+    """(φ_t(λ), g_t(λ)) of shape (T, D) for eigenvalues ``evals`` (D,) >= 0 and finite ``times`` (T,) (module docs);
+    φ = 1 and g = 0 where λ = 0."""
     if sched.momentum == 0:
         return _plain(evals.unsqueeze(0), times.to(evals).unsqueeze(1), sched)
     if sched.continuous:
-        return _heavy_ball_flow(evals, times, sched)
-    return _heavy_ball(evals, times, sched)
+        phi, coef = _heavy_ball_flow(evals, times, sched)
+    else:
+        phi, coef = _heavy_ball(evals, times, sched)
+    null = evals == 0
+    return phi.masked_fill(null, 1.0), coef.masked_fill(null, 0.0)
