@@ -27,7 +27,7 @@ from ..errors import UnsupportedError
 from ._args import parse_times
 from ._eigen import stacked_matmul
 from ._modes import Schedule, check_limit_exists, check_times, mode_factors, warn_if_divergent
-from .gp import Prediction, TestKernels, TrainingSet, part_getter, posterior
+from .gp import Prediction, TestKernels, TrainingSet, covariance_result, part_getter, posterior
 
 __all__ = ["EnsemblePredictor", "gradient_descent_mse_ensemble"]
 
@@ -162,8 +162,7 @@ class EnsemblePredictor:
                 a_t = a * gc[:, None, :]
                 half = (a_t @ k_tilde).mul_(0.5).sub_(c) @ a_t.transpose(1, 2)
                 covs.append(k_tt + half + half.transpose(1, 2))
-        cov = torch.cat(covs)
-        return (cov + cov.transpose(1, 2)) / 2
+        return covariance_result(torch.cat(covs))
 
     def _train_cov(self, name: str, v: torch.Tensor, lam: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
         """cov_t on the train set, V φ_t K̃ φ_t Vᵀ, (T, N, N)."""
@@ -172,8 +171,7 @@ class EnsemblePredictor:
         else:
             k_tilde = self._train.in_eigenbasis("nngp", name)
             covs = [(b := v * p[:, None, :]) @ k_tilde @ b.transpose(1, 2) for p in self._chunks(phi, v)]
-        cov = torch.cat(covs)
-        return (cov + cov.transpose(1, 2)) / 2
+        return covariance_result(torch.cat(covs))
 
     def _chunks(self, per_time: torch.Tensor, rows: torch.Tensor) -> list[torch.Tensor]:
         """``per_time`` (T, N) split along T so that a few (chunk, M, N) intermediates fit the memory budget."""

@@ -31,6 +31,7 @@ __all__ = [
     "Prediction",
     "TestKernels",
     "TrainingSet",
+    "covariance_result",
     "gp_inference",
     "part_getter",
     "posterior",
@@ -148,7 +149,19 @@ def posterior(
     else:
         white = solver.whiten(k_td.T)  # L⁻¹ K_XT: K_TX K⁻¹ K_XT = whiteᵀ white
         cov = test.test_test(dynamics) - white.T @ white
-    return mean, (cov + cov.T) / 2
+    return mean, covariance_result(cov)
+
+
+def covariance_result(cov: torch.Tensor) -> torch.Tensor:
+    """A posterior covariance (..., M, M) as returned: its symmetric part, with the variances (diagonal) clamped at 0.
+
+    A variance is a difference of two nearly equal terms (K_TT and what the training data explain); at a test point
+    that equals a training point it is 0 in exact arithmetic, and round-off made it negative (-2e-16 in float64),
+    which gave NaN error bars. Only entries below 0 change, so positive variances are as computed.
+    """
+    cov = (cov + cov.transpose(-1, -2)) / 2
+    cov.diagonal(dim1=-2, dim2=-1).clamp_(min=0)
+    return cov
 
 
 @dataclass(frozen=True)
