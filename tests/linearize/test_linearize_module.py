@@ -84,7 +84,8 @@ def test_double_and_to(device):
     x = torch.randn(4, 2, 6, 6, dtype=torch.float64)
     model64 = copy.deepcopy(model32).double()
     expected = dense_linearization(model64, x, delta)
-    for converted in (copy.deepcopy(lin).double(), copy.deepcopy(lin).to(device, torch.float64)):
+    # each converted copy is moved to the device with its input (on CUDA a CPU model would fail)
+    for converted in (copy.deepcopy(lin).double().to(device), copy.deepcopy(lin).to(device, torch.float64)):
         out = converted(x.to(device)).detach().cpu()
         assert out.dtype == torch.float64
         assert rel_err(out, expected) < 1e-10

@@ -199,8 +199,8 @@ def test_general_loss_errors(problem):
 def test_kernel_arguments(problem):
     k, k_test, y = problem
     x = torch.randn(N, 3, dtype=torch.float64)
-    with pytest.raises(UnsupportedError, match="plain tensor"):
-        nk.predict.gp_inference(k, y)("nngp", k_test)
+    with pytest.raises(UnsupportedError, match="plain tensor"):  # "ntk" with a covariance needs K and Θ
+        nk.predict.gp_inference(k, y)("ntk", k_test, k)
     only_nngp = nk.predict.gradient_descent_mse_ensemble(lambda a, b: {"nngp": relu_kernels(a, b)["nngp"]}, x, y, 0.1)
     with pytest.raises(UnsupportedError, match="'ntk'"):
         only_nngp(1, None, "ntk")

@@ -28,9 +28,10 @@ def test_posteriors_match_dense_formulas(data, diag_reg):
     assert rel(mean, k_td["nngp"] @ torch.linalg.solve(reg["nngp"], y)) < 1e-12
     assert rel(cov, k_tt["nngp"] - k_td["nngp"] @ torch.linalg.solve(reg["nngp"], k_td["nngp"].T)) < 1e-12
 
-    # NTK ensemble at t = inf (eq. 16, matrix form)
+    # NTK ensemble at t = inf (eq. 16, matrix form); diag_reg regularizes only the inverted Θ, and K stays f_0's
+    # covariance (neural-tangents' rule, issue 17 item 6)
     gain = k_td["ntk"] @ torch.linalg.inv(reg["ntk"])
-    ref_cov = k_tt["nngp"] + gain @ reg["nngp"] @ gain.T - gain @ k_td["nngp"].T - k_td["nngp"] @ gain.T
+    ref_cov = k_tt["nngp"] + gain @ k_dd["nngp"] @ gain.T - gain @ k_td["nngp"].T - k_td["nngp"] @ gain.T
     mean, cov = predict("ntk", k_td, k_tt)
     assert rel(mean, gain @ y) < 1e-12
     assert rel(cov, ref_cov) < 1e-11
@@ -73,6 +74,23 @@ def test_nngp_only_kernels_suffice_for_nngp(data):
     assert mean.shape == (M, N_OUT)
     with pytest.raises(nk.errors.UnsupportedError, match="'ntk'"):
         nk.predict.gp_inference(only, y)("ntk", {"nngp": k_td["nngp"]})
+
+
+def test_plain_tensors_where_one_kernel_suffices(data):
+    """Issue 17 item 6 (neural-tangents' convention): a plain tensor is the one kernel a get needs, K for "nngp",
+    Θ for "ntkgp" and for the "ntk" mean; the results equal those from kernel dicts (same arithmetic: exactly)."""
+    k_dd, k_td, k_tt, y = data
+    by_dict = nk.predict.gp_inference(k_dd, y, diag_reg=1e-3)
+    mean, cov = nk.predict.gp_inference(k_dd["nngp"], y, diag_reg=1e-3)("nngp", k_td["nngp"], k_tt["nngp"])
+    ref_mean, ref_cov = by_dict("nngp", k_td, k_tt)
+    assert torch.equal(mean, ref_mean) and torch.equal(cov, ref_cov)
+    on_ntk = nk.predict.gp_inference(k_dd["ntk"], y, diag_reg=1e-3)
+    mean, cov = on_ntk("ntkgp", k_td["ntk"], k_tt["ntk"])
+    ref_mean, ref_cov = by_dict("ntkgp", k_td, k_tt)
+    assert torch.equal(mean, ref_mean) and torch.equal(cov, ref_cov)
+    assert torch.equal(on_ntk("ntk", k_td["ntk"]), by_dict("ntk", k_td))
+    with pytest.raises(nk.errors.UnsupportedError, match="k_train_train, k_test_train, k_test_test is a plain"):
+        on_ntk("ntk", k_td["ntk"], k_tt["ntk"])
 
 
 def test_float32_inputs_give_float32_outputs(data):

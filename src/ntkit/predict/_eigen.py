@@ -93,12 +93,15 @@ def symmetric_part(k: torch.Tensor, name: str, eps: float) -> torch.Tensor:
     return (k + k.T) / 2
 
 
-def regularize(k: torch.Tensor, diag_reg: float, absolute: bool) -> torch.Tensor:
-    """K + δ I, in place, with δ = ``diag_reg`` (absolute) or ``diag_reg`` × mean diagonal of K (relative)."""
-    if diag_reg != 0:
-        diagonal = torch.diagonal(k)
-        diagonal.add_(diag_reg if absolute else diag_reg * float(diagonal.mean()))
-    return k
+def regularize(k: torch.Tensor, diag_reg: float, absolute: bool) -> float:
+    """K + δ I, in place, with δ = ``diag_reg`` (absolute) or ``diag_reg`` × mean diagonal of K (relative);
+    returns δ."""
+    if diag_reg == 0:
+        return 0.0
+    diagonal = torch.diagonal(k)
+    added = diag_reg if absolute else diag_reg * float(diagonal.mean())
+    diagonal.add_(added)
+    return added
 
 
 def check_spectrum(values: torch.Tensor, name: str, eps: float) -> torch.Tensor:

@@ -56,8 +56,9 @@ def gradient_descent_mse_ensemble(
         x_train: training inputs, passed to ``kernel_fn``.
         y_train: targets (N, O) or (N,).
         learning_rate, momentum, reduction, continuous: the training loop, as in :func:`gradient_descent_mse`.
-        diag_reg: added to the diagonal of the train-train kernels (NTK and NNGP), times each one's mean diagonal
-            (or as is with ``diag_reg_absolute_scale=True``).
+        diag_reg: added to the diagonal of the kernel of the dynamics (the NTK for "ntk", the NNGP for "nngp"),
+            times its mean diagonal (or as is with ``diag_reg_absolute_scale=True``); the NNGP K inside the "ntk"
+            covariance is f_0's covariance and stays unregularized (neural-tangents' rule).
         dtype: dtype of the linear algebra (float64 by default).
 
     Returns:
@@ -125,11 +126,20 @@ class EnsemblePredictor:
             check_limit_exists(
                 self.schedule, self._train.matrix(name), lambda: float(self._train.eigen(name).values[-1])
             )
-            on = test or TestKernels(self._train.matrix, self._train.matrix, self.layout.n_train, self.dtype)
+            on = test or self._on_train_set(name)
             result = posterior(self._train, self._y, name, on, compute_cov)
             mean, cov = result if isinstance(result, tuple) else (result, None)
             parts.append(((~finite).nonzero().squeeze(1), (mean[None], None if cov is None else cov[None])))
         return _assemble(times.numel(), parts)
+
+    def _on_train_set(self, name: str) -> TestKernels:
+        """The train set as test points at t = inf, seen as the finite-time formulas see it: the kernel of the
+        dynamics with ``diag_reg`` (so the mean is Y), the NNGP K of the "ntk" covariance without it."""
+
+        def part(kernel: str) -> torch.Tensor:
+            return self._train.prior(kernel) if kernel != name else self._train.matrix(kernel)
+
+        return TestKernels(part, part, self.layout.n_train, self.dtype)
 
     def _finite(
         self, name: str, times: torch.Tensor, test: TestKernels | None, compute_cov: bool

@@ -10,7 +10,9 @@ outputs), and ``get``:
 - ``"ntkgp"``: the GP posterior with the NTK as prior covariance (He et al. 2020),
   mean Θ_TX Θ⁻¹ Y, covariance Θ_TT − Θ_TX Θ⁻¹ Θ_XT.
 
-``diag_reg`` is added to every train-train kernel (K and Θ), as observation noise would be.
+``diag_reg`` regularizes only the kernel that is inverted: K for "nngp" (observation noise), Θ for "ntk" and
+"ntkgp". The K inside the "ntk" covariance is the covariance of the initial outputs f_0 and stays as it is
+(neural-tangents' rule, docs/predict.md).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .._validation import format_shape, parse_get
-from ..errors import ShapeError
+from ..errors import ShapeError, UnsupportedError
 from ._args import check_dtype, check_nonnegative
 from ._layout import Layout, check_device, check_targets, kernel_part
 from ._train_kernels import TrainKernels
@@ -144,7 +146,7 @@ def posterior(
         return mean
     if get == "ntk":
         m = solver.solve(k_td.T).T  # Θ_TX Θ⁻¹, (M, N)
-        half = m @ (0.5 * train.matrix("nngp") @ m.T - test.test_train("nngp").T)  # ½ M K Mᵀ − M K_XT
+        half = m @ (0.5 * train.prior("nngp") @ m.T - test.test_train("nngp").T)  # ½ M K Mᵀ − M K_XT
         cov = test.test_test("nngp") + half + half.T
     else:
         white = solver.whiten(k_td.T)  # L⁻¹ K_XT: K_TX K⁻¹ K_XT = whiteᵀ white
@@ -210,10 +212,13 @@ def gp_inference(
 
     Args:
         k_train_train: an ``nk.Kernel`` (or any object with ``.nngp`` / ``.ntk``) or a dict with "nngp" and/or
-            "ntk" tensors, each per-output (N, N). "ntk" predictions with covariance need both.
+            "ntk" tensors, each per-output (N, N), or a plain tensor (N, N): the one kernel a ``get`` needs (K for
+            "nngp", Θ for "ntkgp" and the "ntk" mean). "ntk" predictions with covariance need both K and Θ, so
+            they refuse plain tensors (as do the test kernels' arguments, alike).
         y_train: targets (N, O) or (N,).
-        diag_reg: added to the diagonal of every train-train kernel, times its mean diagonal (or as is with
-            ``diag_reg_absolute_scale=True``): observation noise.
+        diag_reg: added to the diagonal of the train-train kernel that is inverted (K for "nngp", Θ for "ntk" and
+            "ntkgp"), times its mean diagonal (or as is with ``diag_reg_absolute_scale=True``); the K inside the
+            "ntk" covariance stays unregularized.
         dtype: dtype of the linear algebra (float64 by default).
 
     Returns:
@@ -221,25 +226,43 @@ def gp_inference(
         (M, O), or ``(mean, covariance (M, M))`` when ``k_test_test`` is given (the covariance is the same
         for every output); a dict keyed by name when ``get`` is a tuple. Cholesky factors are cached.
     """
-    return GPPredictor(
-        TrainingSet.build(k_train_train, y_train, "k_train_train", diag_reg, diag_reg_absolute_scale, dtype)
+    train = TrainingSet.build(
+        _either_part(k_train_train), y_train, "k_train_train", diag_reg, diag_reg_absolute_scale, dtype
     )
+    return GPPredictor(train, isinstance(k_train_train, torch.Tensor))
+
+
+def _either_part(k: object) -> object:
+    """A plain tensor as the kernel of whichever part is asked for (``GPPredictor`` checks that one is enough)."""
+    return {"nngp": k, "ntk": k} if isinstance(k, torch.Tensor) else k
 
 
 class GPPredictor:
-    """See :func:`gp_inference`."""
+    """See :func:`gp_inference`. ``plain_train``: the train kernel was a plain tensor (one kernel only)."""
 
-    def __init__(self, train: TrainingSet):
-        self.train = train
+    def __init__(self, train: TrainingSet, plain_train: bool = False):
+        self.train, self._plain_train = train, plain_train
 
     def __call__(
         self, get: object, k_test_train: object, k_test_test: object | None = None
     ) -> Prediction | dict[str, Prediction]:
         names, single = parse_get(get, GP_GETS)
+        plain = [
+            label
+            for label, value in (("k_test_train", k_test_train), ("k_test_test", k_test_test))
+            if isinstance(value, torch.Tensor)
+        ]
+        plain = ["k_train_train"] * self._plain_train + plain
+        if plain and "ntk" in names and k_test_test is not None:
+            raise UnsupportedError(
+                f"get='ntk' with a covariance needs both the NNGP K (the initial outputs' covariance) and the NTK, "
+                f"but {', '.join(plain)} is a plain tensor (one kernel); pass nk.Kernel objects or dicts "
+                "{'nngp': ..., 'ntk': ...}, or leave k_test_test out for the mean only."
+            )
         device = self.train.device
         test = TestKernels(
-            part_getter(k_test_train, "k_test_train", device),
-            None if k_test_test is None else part_getter(k_test_test, "k_test_test", device),
+            part_getter(_either_part(k_test_train), "k_test_train", device),
+            None if k_test_test is None else part_getter(_either_part(k_test_test), "k_test_test", device),
             self.train.layout.n_train,
             self.train.kernels.dtype,
         )
