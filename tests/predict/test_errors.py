@@ -216,10 +216,19 @@ def test_kernel_arguments(problem):
 
 
 def test_memory_budget_is_checked(problem, monkeypatch):
-    k, _, y = problem
+    """Every predictor that factors the train kernel checks the same budget first (issue 10 item 9: gp_inference
+    and max_learning_rate ignored it)."""
+    k, k_test, y = problem
+    kernels = {"nngp": k, "ntk": k}
     monkeypatch.setenv("NTKIT_MEMORY_BUDGET", "1K")
     with pytest.raises(MemoryBudgetError, match="eigendecomposition"):
         nk.predict.gradient_descent_mse(k, y, 1e-3)(1, 0.0)
+    with pytest.raises(MemoryBudgetError, match="k_train_train.nngp"):
+        nk.predict.gp_inference(kernels, y)("nngp", {"nngp": k_test})
+    with pytest.raises(MemoryBudgetError, match="ntk_train_train"):
+        nk.predict.max_learning_rate(k)
+    with pytest.raises(MemoryBudgetError, match="ntk_train_train"):
+        nk.predict.critical_learning_rate(k)
 
 
 def test_weight_change_shape_mismatch():

@@ -75,3 +75,22 @@ def test_posterior_variances_are_never_negative(dtype):
         for x_test in (x, None):
             _, cov = ensemble(torch.tensor([1e6, float("inf")]), x_test, get, compute_cov=True)
             assert bool((cov.diagonal(dim1=1, dim2=2) >= 0).all()), (get, x_test is None)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_huge_step_counts_follow_one_rule(momentum):
+    """Issue 10 item 9: momentum refused t = 2**62 while plain SGD accepted 2**70. One rule now: any t >= 0 that is
+    a whole number of steps (every float above 2**53 is one). Reference: for a positive definite kernel below
+    max_learning_rate, t = 2**62 or 2**70 steps is converged to round-off, i.e. the t = inf limit (Cholesky);
+    tolerance 1e-10 for cond(Θ) ~ 1e3, and t = 2**300 (binary powering: 300 squarings) as well."""
+    torch.manual_seed(2)
+    x, y = torch.randn(12, 3, dtype=torch.float64), torch.randn(12, 2, dtype=torch.float64)
+    k_train, k_test = relu_kernels(x, x)["ntk"], relu_kernels(x[:4] + 0.1, x)["ntk"]
+    lr = 0.5 * nk.predict.max_learning_rate(k_train, n_outputs=2, momentum=momentum)
+    p = nk.predict.gradient_descent_mse(k_train, y, lr, momentum=momentum)
+    f0, f0_test = torch.randn(12, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    limit = p(None, f0, f0_test, k_test)
+    for t in (2**62, 2**70, 2.0**300, [2**62, 2**70]):
+        train, test = p(t, f0, f0_test, k_test)
+        assert rel(train, limit[0].expand_as(train)) < 1e-10, t
+        assert rel(test, limit[1].expand_as(test)) < 1e-10, t

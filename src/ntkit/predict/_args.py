@@ -99,7 +99,7 @@ def parse_times(t: object) -> tuple[torch.Tensor, bool]:
         times, scalar = torch.tensor([float(t)], dtype=torch.float64), True
     elif isinstance(t, torch.Tensor | Sequence) or hasattr(t, "__array__"):
         try:
-            times = torch.as_tensor(t).detach().to(device="cpu", dtype=torch.float64)
+            times = torch.as_tensor(t, dtype=torch.float64).detach().cpu()  # float64 directly: ints past 2**63 too
         except (TypeError, ValueError, RuntimeError) as err:
             raise UnsupportedError(f"t must be numbers; could not read {type(t).__name__}: {err}") from None
         if times.ndim > 1:

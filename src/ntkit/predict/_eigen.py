@@ -35,6 +35,7 @@ from ..errors import NotPSDError, NumericalWarning
 
 __all__ = [
     "Eigensystem",
+    "check_factorization_fits",
     "check_spectrum",
     "eigh_psd",
     "input_eps",
@@ -137,16 +138,23 @@ def check_spectrum(values: torch.Tensor, name: str, eps: float) -> torch.Tensor:
     return torch.where(values > roundoff, values, torch.zeros_like(values))
 
 
-def eigh_psd(k: torch.Tensor, name: str, eps: float) -> Eigensystem:
-    """Eigendecomposition of a symmetric PSD matrix (already symmetrized and regularized), eigenvalues clipped."""
-    dim = k.shape[0]
-    need = 3 * dim * dim * k.element_size()
+def check_factorization_fits(dim: int, dtype: torch.dtype, device: torch.device, name: str) -> None:
+    """Raise :class:`MemoryBudgetError` before a train kernel of size (dim, dim) is prepared and factored in
+    ``dtype`` if that does not fit the memory budget (``NTKIT_MEMORY_BUDGET``, default a quarter of free memory).
+
+    Every predictor checks this one rule (eigendecomposition, Cholesky, extreme eigenvalues): about 3·dim² numbers,
+    the symmetrized kernel, its factor or eigenvectors, and the factorization's workspace.
+    """
     check_fits(
-        need,
-        resolve_budget(None, k.device),
-        f"the eigendecomposition of {name} ({dim}x{dim}, {k.dtype})",
+        3 * dim * dim * (torch.finfo(dtype).bits // 8),
+        resolve_budget(None, device),
+        f"the eigendecomposition or Cholesky factorization of {name} ({dim}x{dim}, {dtype})",
         "Use a per-output kernel (trace_outputs=True) instead of a full (N, N, O, O) one, fewer training points, "
         "or raise the budget with NTKIT_MEMORY_BUDGET.",
     )
+
+
+def eigh_psd(k: torch.Tensor, name: str, eps: float) -> Eigensystem:
+    """Eigendecomposition of a symmetric PSD matrix (already symmetrized and regularized), eigenvalues clipped."""
     values, vectors = torch.linalg.eigh(k)
     return Eigensystem(check_spectrum(values, name, eps), vectors)

@@ -18,7 +18,8 @@ multiplied by the limit c·t of g. The four regimes:
 - heavy ball (SGD with momentum β as torch implements it: v ← βv + ∇θL, θ ← θ − lr·v): per mode the
   state (r, v, a) (residual, function-space velocity, accumulated coefficient) obeys
   v' = βv + c·r, r' = r − λv', a' = a + v', a 3x3 linear map M(λ); (r, v, a)_t = M^t (1, 0, 0), by
-  binary powering (``torch.linalg.matrix_power``), exact for every λ, repeated or complex roots alike;
+  binary powering (:func:`_matrix_power`: log2(t) squarings, any t, 2**70 or 2**300 as well), exact for every λ,
+  repeated or complex roots alike;
 - continuous heavy ball (theory.md §2.5, as in neural-tangents): with h = √lr, time τ = t·h and damping
   γ = (1 − β)/h, ṙ = −λp, ṗ = s·r − γp, ȧ = p; (r, p, a)(τ) = exp(Aτ)(1, 0, 0) by
   ``torch.linalg.matrix_exp``. This is the small-lr limit of the heavy-ball loop.
@@ -105,12 +106,11 @@ def check_limit_exists(sched: Schedule, k: torch.Tensor, lam_max: Callable[[], f
 
 def check_times(times: torch.Tensor, evals: torch.Tensor, sched: Schedule) -> None:
     """Reject times the discrete iteration does not define: non-integer steps where a factor is negative
-    (plain GD) or with momentum (the heavy-ball recursion has no real interpolation between steps)."""
+    (plain GD) or with momentum (the heavy-ball recursion has no real interpolation between steps). Any whole
+    number of steps is accepted in every mode, however large (every float above 2**53 is a whole number)."""
     if sched.continuous:
         return
     finite = times[torch.isfinite(times)]
-    if sched.momentum > 0 and finite.numel() and float(finite.max()) > 2**53:
-        raise InvalidArgumentError(f"t = {float(finite.max()):g} steps is too large to count; pass t=None (converged).")
     non_integer = finite != finite.round()
     if not bool(non_integer.any()):
         return
@@ -166,9 +166,23 @@ def _heavy_ball(lam: torch.Tensor, times: torch.Tensor, sched: Schedule) -> tupl
     for i, t in enumerate(times.tolist()):
         n = int(t)
         if n not in powers:
-            powers[n] = torch.linalg.matrix_power(m, n)[:, :, 0]
+            powers[n] = _matrix_power(m, n)[:, :, 0]
         phi[i], coef[i] = powers[n][:, 0], powers[n][:, 2]
     return phi, coef
+
+
+def _matrix_power(m: torch.Tensor, n: int) -> torch.Tensor:
+    """m^n for a batch of square matrices m (..., k, k) and a Python int n >= 0 of any size, by binary powering
+    (``torch.linalg.matrix_power`` takes int64 only, so it stopped at 2**63 steps)."""
+    result = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device).expand_as(m)
+    base = m
+    while n:
+        if n & 1:
+            result = result @ base
+        n >>= 1
+        if n:
+            base = base @ base
+    return result
 
 
 def _heavy_ball_flow(lam: torch.Tensor, times: torch.Tensor, sched: Schedule) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from ._cholesky import CholeskySolver
-from ._eigen import Eigensystem, eigh_psd, input_eps, regularize, symmetric_part
+from ._eigen import Eigensystem, check_factorization_fits, eigh_psd, input_eps, regularize, symmetric_part
 
 __all__ = ["TrainKernels"]
 
@@ -55,6 +55,7 @@ class TrainKernels:
         """The symmetrized, regularized kernel in ``dtype`` (the one that is inverted)."""
         if name not in self._matrices:
             raw = self._get(name)
+            check_factorization_fits(raw.shape[0], self.dtype, raw.device, self._label(name))
             eps = input_eps(raw.dtype, self.dtype)
             self._input_dtypes[name] = raw.dtype
             k = symmetric_part(raw.to(self.dtype), self._label(name), eps)

@@ -19,7 +19,7 @@ import torch
 from .._validation import check_tensor, format_shape
 from ..errors import ShapeError
 from ._args import check_momentum, check_reduction, loss_scale
-from ._eigen import check_spectrum, input_eps, symmetric_part
+from ._eigen import check_factorization_fits, check_spectrum, input_eps, symmetric_part
 from ._layout import Layout
 
 __all__ = ["critical_learning_rate", "max_learning_rate"]
@@ -74,6 +74,7 @@ def _extreme_eigenvalues(k: object, n_outputs: int, reduction: str) -> tuple[flo
         layout = Layout(n, n_outputs, False, False)
     else:
         raise ShapeError(f"ntk_train_train has shape {format_shape(k.shape)}; it must be (N, N) or (N, N, O, O).")
+    check_factorization_fits(layout.dim, torch.float64, k.device, "ntk_train_train")
     eps = input_eps(k.dtype, torch.float64)
     matrix = symmetric_part(layout.kernel_matrix(k, "ntk_train_train").to(torch.float64), "ntk_train_train", eps)
     values = check_spectrum(torch.linalg.eigvalsh(matrix), "ntk_train_train", eps)
