@@ -128,9 +128,13 @@ def test_factory_styles_agree(x):
     assert torch.equal(net[0].weight, before)  # the caller's network is not touched
 
 
-def test_get_params_progress_and_one_sample(x):
-    est = nk.monte_carlo_kernel(lambda g: relu_mlp(6, 8, 1, g), x, n_samples=1, get="ntk", seed=0)
-    assert est.nngp is None and est.nngp_stderr is None and torch.isinf(est.ntk_stderr).all()
+def test_get_params_progress_and_sample_counts(x):
+    # issue 10 item 9: one sample gave infinite standard errors without a word; a standard error needs two
+    for counts in (1, [1, 4]):
+        with pytest.raises(InvalidArgumentError, match="at least 2"):
+            nk.monte_carlo_kernel(lambda g: relu_mlp(6, 8, 1, g), x, n_samples=counts, get="ntk", seed=0)
+    est = nk.monte_carlo_kernel(lambda g: relu_mlp(6, 8, 1, g), x, n_samples=2, get="ntk", seed=0)
+    assert est.nngp is None and est.nngp_stderr is None and bool(torch.isfinite(est.ntk_stderr).all())
     calls = []
     nk.monte_carlo_kernel(
         lambda g: relu_mlp(6, 8, 1, g), x, n_samples=3, get=("nngp",), progress=lambda *a: calls.append(a)
@@ -161,18 +165,18 @@ def test_layers_without_closed_forms_and_cross_kernels():
 
 def test_errors(x):
     good = lambda g: relu_mlp(6, 8, 1, g)  # noqa: E731
-    with pytest.raises(InvalidArgumentError, match="positive"):
+    with pytest.raises(InvalidArgumentError, match="at least 2"):
         nk.monte_carlo_kernel(good, x, n_samples=0)
     with pytest.raises(InvalidArgumentError, match="increase"):
         nk.monte_carlo_kernel(good, x, n_samples=[8, 4])
     with pytest.raises(InvalidArgumentError, match="get"):
         nk.monte_carlo_kernel(good, x, get="cov")
     with pytest.raises(UnsupportedError, match=r"not an nn\.Module"):
-        nk.monte_carlo_kernel(lambda: "net", x, n_samples=1)
+        nk.monte_carlo_kernel(lambda: "net", x, n_samples=2)
     with pytest.raises(UnsupportedError, match="callable"):
-        nk.monte_carlo_kernel(3, x, n_samples=1)
+        nk.monte_carlo_kernel(3, x, n_samples=2)
     with pytest.raises(InvalidArgumentError, match="progress"):
-        nk.monte_carlo_kernel(good, x, n_samples=1, progress="yes")
+        nk.monte_carlo_kernel(good, x, n_samples=2, progress="yes")
 
     class Scale(nn.Module):
         def __init__(self):
@@ -183,6 +187,6 @@ def test_errors(x):
             return x * self.s
 
     with pytest.raises(UnsupportedError, match="reset_parameters"):
-        nk.monte_carlo_kernel(nn.Sequential(Scale(), nn.Linear(6, 1)), x, n_samples=1)
+        nk.monte_carlo_kernel(nn.Sequential(Scale(), nn.Linear(6, 1)), x, n_samples=2)
     with pytest.raises(BatchCouplingError):  # BatchNorm in train mode couples the batch: rejected
-        nk.monte_carlo_kernel(lambda: nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4)), x, n_samples=1)
+        nk.monte_carlo_kernel(lambda: nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4)), x, n_samples=2)

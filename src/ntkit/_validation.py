@@ -22,6 +22,7 @@ __all__ = [
     "check_tensor",
     "format_shape",
     "parse_get",
+    "same_examples",
 ]
 
 
@@ -173,3 +174,18 @@ def check_std(value: object, name: str, *, allow_none: bool = False) -> None:
             )
         value = float(value.detach())
     check_number(value, name + (" (None for no bias)" if allow_none else ""), minimum=0.0)
+
+
+def same_examples(x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor | None:
+    """``x2``, or None when it holds the same examples as x1, so that the caller takes its symmetric path.
+
+    ntkit's rule "equal inputs give equal answers" (docs/empirical.md, docs/infinite.md): a kernel of x with
+    itself must not depend on whether x2 was left out, passed as x1, or passed as an equal copy. x2 is dropped
+    when it is x1, or when it equals x1 (``torch.equal``) and does not require a gradient of its own (then it
+    must stay a separate input).
+    """
+    if x2 is None or x2 is x1:
+        return None
+    if x2.requires_grad or x2.shape != x1.shape or not torch.equal(x1, x2):
+        return x2
+    return None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
-import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -38,7 +37,7 @@ class MonteCarloKernel:
     """A running Monte Carlo estimate. Each kernel has shape (N1, N2) (None if not asked for in ``get``).
 
     ``nngp_stderr`` / ``ntk_stderr``: per-entry standard errors of the means, √(s² / n) with s² the sample
-    variance over initialisations (inf while ``n_samples`` is 1). ``n_samples``: networks averaged so far.
+    variance over initialisations (n >= 2). ``n_samples``: networks averaged so far.
     """
 
     nngp: torch.Tensor | None
@@ -66,10 +65,8 @@ class _Running:
         self.m2 += delta * (x - self.mean)
 
     def estimate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, standard error of the mean) after at least one sample."""
+        """(mean, standard error of the mean √(s² / n)), n >= 2 (``_check_counts``)."""
         assert self.mean is not None and self.m2 is not None, "no sample added yet"
-        if self.n < 2:
-            return self.mean.clone(), torch.full_like(self.mean, math.inf)
         return self.mean.clone(), torch.sqrt(self.m2 / ((self.n - 1) * self.n))
 
 
@@ -98,8 +95,9 @@ def monte_carlo_kernel(
               must have one).
             The network is moved to ``x1``'s device, and to its dtype when ``x1`` is floating point.
         x1, x2: inputs (N1, ...) and (N2, ...); ``x2=None`` means x1.
-        n_samples: number of networks, or an increasing iterable of counts (e.g. ``[8, 32, 128]``): then
-            a generator yielding the running estimate after each count (the samples accumulate).
+        n_samples: number of networks, at least 2 (a standard error needs two), or an increasing iterable of
+            such counts (e.g. ``[8, 32, 128]``): then a generator yielding the running estimate after each count
+            (the samples accumulate).
         get: ``"nngp"``, ``"ntk"`` or both.
         params: parameters the NTK differentiates (see :func:`ntkit.empirical_ntk`; default all).
         seed: base seed; sample s is initialised from the s-th seed drawn from it, so an estimate with n
@@ -136,8 +134,11 @@ def _check_counts(n_samples: int | Iterable[int]) -> list[int]:
         counts: list[int] = []  # not a count: refused below
     else:
         counts = [n_samples] if isinstance(n_samples, int) else list(n_samples)
-    if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
-        raise InvalidArgumentError(f"n_samples must be a positive integer or an iterable of them, got {n_samples!r}.")
+    if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in counts):
+        raise InvalidArgumentError(
+            f"n_samples must be an integer of at least 2 (a standard error needs two networks) or an increasing "
+            f"iterable of them, got {n_samples!r}."
+        )
     if any(b <= a for a, b in itertools.pairwise(counts)):
         raise InvalidArgumentError(f"n_samples must increase (the samples accumulate), got {counts}.")
     return counts

@@ -223,7 +223,7 @@ def test_memory_budget_is_checked(problem, monkeypatch):
     monkeypatch.setenv("NTKIT_MEMORY_BUDGET", "1K")
     with pytest.raises(MemoryBudgetError, match="eigendecomposition"):
         nk.predict.gradient_descent_mse(k, y, 1e-3)(1, 0.0)
-    with pytest.raises(MemoryBudgetError, match="k_train_train.nngp"):
+    with pytest.raises(MemoryBudgetError, match=r"k_train_train\.nngp"):
         nk.predict.gp_inference(kernels, y)("nngp", {"nngp": k_test})
     with pytest.raises(MemoryBudgetError, match="ntk_train_train"):
         nk.predict.max_learning_rate(k)

@@ -4,7 +4,8 @@ A method (:mod:`.jacobian`, :mod:`.ntvp`, :mod:`.structured`) computes *features
 (``features`` for the x1 side, ``features2`` for the x2 side) and contracts two chunks' features into a
 block (``pair``) or matching rows into diagonal entries (``diag``). With x2 = x1 only the blocks on and above
 the diagonal are computed and the others are mirrored: Θ̂(x', x) = Θ̂(x, x')ᵀ, with the output axes swapped
-in the full kernel.
+in the full kernel; the blocks on the diagonal are replaced by their symmetric part (a jvp of a vjp, or a
+product J Jᵀ, is symmetric only to round-off), so the result is exactly symmetric for every method.
 """
 
 from __future__ import annotations
@@ -95,9 +96,12 @@ def assemble(
             else:
                 f2 = method.features2(other[cols[j]])
             block = method.pair(f1, f2, full)
+            mirrored = block.permute(1, 0, 3, 2) if full else block.T
+            if symmetric and j == i:
+                block = (block + mirrored) / 2
             out[rows, cols[j]] = block
             if symmetric and j != i:
-                out[cols[j], rows] = block.permute(1, 0, 3, 2) if full else block.T
+                out[cols[j], rows] = mirrored
             del f2
     return out
 

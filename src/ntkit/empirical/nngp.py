@@ -10,7 +10,7 @@ from torch import nn
 
 from .._functional import FunctionalModel, ModelArg, ParamsArg, check_input_dtype, functionalize, model_errors
 from .._memory import check_fits, resolve_budget
-from .._validation import check_input_pair, check_positive_int, format_shape
+from .._validation import check_input_pair, check_positive_int, format_shape, same_examples
 from ..errors import ParameterSelectionError, ShapeError, UnsupportedError
 from .blocks import chunk_for_budget, chunks
 from .tracing import measure_forward
@@ -90,6 +90,7 @@ def empirical_nngp(
     """
     check_positive_int(chunk_size, "chunk_size", allow_none=True)
     x1, x2 = check_input_pair(x1, x2, allow_integer=True)
+    x2 = same_examples(x1, x2)
     if layer is not None and not trace_outputs:
         raise UnsupportedError("trace_outputs=False (per-output blocks) is defined for outputs only; use layer=None.")
     if diagonal and x2 is not None and x2.shape[0] != x1.shape[0]:

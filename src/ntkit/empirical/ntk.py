@@ -16,7 +16,7 @@ from .._functional import (
 )
 from .._memory import check_fits, resolve_budget
 from .._progress import progress_bar
-from .._validation import check_input_pair, check_positive_int, format_shape
+from .._validation import check_input_pair, check_positive_int, format_shape, same_examples
 from ..errors import InvalidArgumentError, MemoryBudgetError, ShapeError
 from .blocks import KernelMethod, assemble, assemble_diagonal, block_count, counted
 from .cost import BlockPlan, Problem, plan_blocks
@@ -83,8 +83,7 @@ def empirical_ntk(
         raise InvalidArgumentError(f"unknown method {method!r}; use one of 'auto', {', '.join(map(repr, METHODS))}.")
     check_positive_int(chunk_size, "chunk_size", allow_none=True)
     x1, x2 = check_input_pair(x1, x2, allow_integer=True)
-    if x2 is x1:
-        x2 = None
+    x2 = same_examples(x1, x2)
     if diagonal and x2 is not None and x2.shape[0] != x1.shape[0]:
         raise ShapeError(
             f"diagonal=True pairs x1[n] with x2[n], so they need the same number of examples; got "
