@@ -12,10 +12,11 @@ from torch import nn
 
 from .._memory import check_fits, format_bytes, resolve_budget
 from .._progress import Progress, progress_bar
-from .._validation import all_finite, check_input_pair, check_positive_int, format_shape, parse_get
+from .._validation import all_finite, check_input_pair, check_positive_int, format_shape, parse_get, same_examples
 from ..errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError, UnsupportedError
 from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
 from .dense_chain import chain_variances, run_chain_tile
+from .duplicates import equal_pairs, row_hashes
 from .kernel_type import Kernel
 from .planning import Plan, plan
 from .registry import apply_layer, check_declared_init
@@ -62,7 +63,9 @@ def kernel(
             both mixed. Plain PyTorch weight layers use the standard parameterization and their own
             initialisation variances (:func:`ntkit.declare_init`).
         x1: (N1, D) or (N1, C, *S) inputs (channels first); x2: (N2, same) or None for x1 (then only one
-            triangle of tiles is computed and the result is exactly symmetric).
+            triangle of tiles is computed and the result is exactly symmetric). x2 that is x1, or equal to it and
+            not requiring a gradient of its own, is treated as None: equal inputs give equal answers (with the
+            input's duplicates rule of :mod:`.duplicates` and the correlation rule of the activations).
         get: "nngp", "ntk" or both.
         memory_budget: bytes (or "4G") for the output and the working set; default a quarter of free memory.
         block_size: at most this many examples per tile side (tiles are chosen to fit the budget anyway).
@@ -90,6 +93,7 @@ def kernel(
     if not isinstance(model, nn.Module):
         raise UnsupportedError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     x1, x2 = check_input_pair(x1, x2)
+    x2 = same_examples(x1, x2)  # equal inputs take the x2=None path (docs/infinite.md, "Equal inputs")
     if x1.ndim < 2:
         raise ShapeError(f"inputs must be (N, features) or (N, C, *spatial), got x1 of shape {format_shape(x1.shape)}.")
     dtype = dtype or x1.dtype
@@ -390,13 +394,17 @@ def _chain_evaluator(p: Plan, x1: torch.Tensor, x2: torch.Tensor | None, need_nt
     next tile (the caller copies them into the result)."""
     examples = x1 if x2 is None else torch.cat([x1, x2])
     var0 = (examples * examples).sum(1) / examples.shape[1]
+    hashes = row_hashes(examples)
     variances, var_out = chain_variances(p.chain, var0)
     cov.copy_(var_out)
     xs2, offset = (x1, 0) if x2 is None else (x2, x1.shape[0])
 
     def evaluate(rows: slice, cols: slice, diagonal: bool):
         i2 = slice(offset + cols.start, offset + cols.stop)
-        nngp, ntk = run_chain_tile(p.chain, variances, x1[rows], xs2[cols], rows, i2, diagonal, need_ntk)
+        a, b = x1[rows], xs2[cols]
+        i, j = equal_pairs(a, b, hashes[rows], hashes[i2])
+        equal = (i, j, var0[rows][i]) if i.numel() else None
+        nngp, ntk = run_chain_tile(p.chain, variances, a, b, rows, i2, diagonal, need_ntk, equal)
         return nngp, ntk, None
 
     return evaluate

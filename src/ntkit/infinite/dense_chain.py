@@ -165,10 +165,13 @@ def run_chain_tile(
     i2: slice,
     diagonal: bool,
     need_ntk: bool,
+    equal: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(K, Θ) of the chain's output for inputs a (b1, D) and b (b2, D), in this thread's buffers (valid until its
     next tile). ``i1``, ``i2`` index a's and b's examples in the per-example vectors; ``diagonal``: a is b (the
     batch diagonal then holds each example's own variance exactly, as ``transforms.elementwise`` makes it).
+    ``equal``: (i, j, var) for the pairs with a[i] equal to b[j] (:mod:`.duplicates`), whose input kernel is set
+    to the example's own variance var, as ``Kernel.from_inputs`` does.
 
     An activation leaves Θ·Ṫ pending (Ṫ in its buffer) so that the dense layer after it forms
     Θ' = K' + W_var·Θ·Ṫ in one pass."""
@@ -176,6 +179,8 @@ def run_chain_tile(
     n = b1 * b2
     k_buf, t_buf, r_buf, a_buf = (t[:n].view(b1, b2) for t in _BUFFERS.get(n, a.dtype, a.device))
     K = torch.mm(a, b.T, out=k_buf).div_(a.shape[1])  # the input's kernel x·x' / D
+    if equal is not None:
+        K[equal[0], equal[1]] = equal[2]
     theta, dot = None, None  # Θ = 0 at the input; Θ·dot is the NTK when dot is not None
     for step, v in zip(steps, variances, strict=True):
         if isinstance(step, DenseStep):

@@ -11,6 +11,7 @@ import torch
 
 from .._validation import format_shape
 from . import spatial
+from .duplicates import equal_pairs
 
 if TYPE_CHECKING:
     from ..gaussian.activations import Activation
@@ -124,11 +125,15 @@ class Kernel:
         a = x1 if x1.ndim > 1 else x1.unsqueeze(1)
         b = a if x2 is None else (x2 if x2.ndim > 1 else x2.unsqueeze(1))
         nngp = _gram(a, b, n_spatial, full, pair=True) / channels
-        if x2 is None:  # the batch diagonal itself, so that duplicates have correlation exactly 1
+        if x2 is None:  # the batch diagonal itself, so that an example has correlation exactly 1 with itself
             examples, cov = a, nngp.diagonal(dim1=0, dim2=1).movedim(-1, 0)
         else:
             examples = torch.cat([a, b])
             cov = _gram(examples, examples, n_spatial, full, pair=False) / channels
+        if not planning():  # equal examples get the per-example value: correlation exactly 1 (``duplicates``)
+            i, j = equal_pairs(a, b)
+            if i.numel():
+                nngp = nngp.index_put((i, j), cov[i])
         return cls(
             nngp=nngp,
             ntk=nngp.new_zeros(()) if ntk else None,

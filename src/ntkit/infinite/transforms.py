@@ -362,7 +362,9 @@ def _safe_rsqrt(x: torch.Tensor) -> torch.Tensor:
 def dropout(k: Kernel, p: float) -> Kernel:
     """Train-mode dropout y = x·m/(1 − p), m ~ Bernoulli(1 − p) per unit: an example's own variances scale by
     1/(1 − p) (one mask), covariances between different examples do not (independent masks). The same holds
-    for Θ, the gradients being masked alike."""
+    for Θ, the gradients being masked alike. "The same example" is the batch diagonal of an x2=None kernel,
+    which ``nk.kernel`` also uses for x2 equal to x1 (neural-tangents' rule); equal rows at different positions
+    are different examples."""
     factor = 1.0 / (1.0 - p)
 
     def scale_diagonal(t: torch.Tensor, batch_diagonal: bool) -> torch.Tensor:

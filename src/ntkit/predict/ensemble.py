@@ -52,7 +52,9 @@ def gradient_descent_mse_ensemble(
     Args:
         kernel_fn: ``kernel_fn(x1, x2)`` returning an ``nk.Kernel`` (or any object with ``.nngp`` and ``.ntk``,
             or a dict with "nngp" and "ntk") of per-output (N1, N2) kernels. Called once on the training set
-            (cached), and per prediction on (x_test, x_train) and, for covariances, (x_test, x_test).
+            (cached), and per prediction on (x_test, x_train) and, for covariances, (x_test, x_test). The
+            train-train and test-test calls pass one tensor as both arguments, so ``nk.kernel`` takes its
+            symmetric (x2=None) path there.
         x_train: training inputs, passed to ``kernel_fn``.
         y_train: targets (N, O) or (N,).
         learning_rate, momentum, reduction, continuous: the training loop, as in :func:`gradient_descent_mse`.
