@@ -24,15 +24,14 @@ _INT_VIEW = {8: torch.int32, 4: torch.int32, 2: torch.int16}
 def row_hashes(x: torch.Tensor) -> torch.Tensor:
     """(N,) int64: a hash of the bits of each example x[n] (any shape after the batch axis); equal bits, equal hash.
 
-    Σ_k (bits_k mod P)·m_k mod P over the example's words, with fixed pseudo-random multipliers m_k < P: every
-    product is below 2^62 and the sum of up to 2^32 terms fits int64, so the result is exact in any order.
+    Σ_k (bits_k mod P)·m_k mod P over the example's words, with fixed multipliers m_k = k·2654435761 mod P
+    (Knuth's multiplicative hash; no random draw, so it runs under torch.func transforms too): every product is
+    below 2^62 and the sum of up to 2^32 terms fits int64, so the result is exact in any order.
     """
     flat = x.detach().reshape(x.shape[0], -1).contiguous()
     words = flat.view(_INT_VIEW[flat.element_size()]).to(torch.int64).remainder_(_PRIME)
-    multipliers = torch.randint(
-        1, _PRIME, (words.shape[1],), generator=torch.Generator().manual_seed(words.shape[1]), dtype=torch.int64
-    ).to(words.device)
-    return words.mul_(multipliers).remainder_(_PRIME).sum(1)
+    positions = torch.arange(1, words.shape[1] + 1, dtype=torch.int64, device=words.device)
+    return words.mul_(positions.mul_(2654435761).remainder_(_PRIME)).remainder_(_PRIME).sum(1)
 
 
 def equal_pairs(
