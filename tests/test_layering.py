@@ -14,7 +14,7 @@ import pytest
 from torch import nn
 
 import ntkit.nn as nnk
-from ntkit.nn._layer import KernelLayer
+from ntkit.nn.layer import KernelLayer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -14,7 +14,7 @@ from torch import nn
 from .errors import MissingDependencyError, UnsupportedError
 from .infinite.compute import kernel
 from .infinite.registry import declare_init
-from .nn._layer import WeightLayer
+from .nn.layer import WeightLayer
 
 __all__ = ["kernel_diagonal", "kernel_matrix", "require", "with_shared_std"]
 

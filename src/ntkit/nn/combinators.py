@@ -11,7 +11,7 @@ from ..errors import InvalidArgumentError
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
 from ..infinite.registry import apply_layer, apply_layers
-from ._layer import KernelLayer
+from .layer import KernelLayer
 
 __all__ = ["Parallel", "Residual", "Sequential"]
 

@@ -12,7 +12,7 @@ from .._validation import as_tuple, check_positive_int
 from ..errors import InvalidArgumentError, ShapeError
 from ..infinite import spatial, transforms
 from ..infinite.kernel_type import Kernel
-from ._layer import WeightLayer
+from .layer import WeightLayer
 
 __all__ = [
     "Conv1d",

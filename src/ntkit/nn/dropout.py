@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from ..errors import InvalidArgumentError
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
-from ._layer import KernelLayer
+from .layer import KernelLayer
 
 __all__ = ["Dropout"]
 

@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 from .._validation import check_positive_int
 from ..infinite.kernel_type import Kernel
-from ._layer import WeightLayer
+from .layer import WeightLayer
 
 __all__ = ["Linear"]
 

@@ -12,7 +12,7 @@ from .._validation import check_number, check_positive_int
 from ..errors import InvalidArgumentError, ShapeError
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
-from ._layer import KernelLayer
+from .layer import KernelLayer
 
 __all__ = ["LayerNorm"]
 

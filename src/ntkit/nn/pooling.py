@@ -13,7 +13,7 @@ from .._validation import as_tuple
 from ..errors import InvalidArgumentError
 from ..infinite import spatial, transforms
 from ..infinite.kernel_type import Kernel
-from ._layer import KernelLayer
+from .layer import KernelLayer
 
 __all__ = [
     "AvgPool1d",

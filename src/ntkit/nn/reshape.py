@@ -6,7 +6,7 @@ import torch
 
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
-from ._layer import KernelLayer
+from .layer import KernelLayer
 
 __all__ = ["Flatten", "Identity"]
 

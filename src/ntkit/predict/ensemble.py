@@ -4,7 +4,7 @@ At infinite width the initial outputs are Gaussian, f_0 ~ N(0, K) (K the NNGP), 
 for t steps is the affine map of them given by :func:`~ntkit.predict.gradient_descent_mse`'s dynamics,
 f_t(x) = f_0(x) − Θ(x, X) V diag(g_t) Vᵀ (f_0(X) − Y), with Θ = V diag(λ) Vᵀ the dynamics kernel (the NTK
 for ``get="ntk"``: all layers trained, eqs. 14-15; the NNGP for ``get="nngp"``: only the readout trained,
-SM D) and g_t = (1 − φ_t(λ))/λ the per-mode coefficients of :mod:`ntkit.predict._modes`. So at test
+SM D) and g_t = (1 − φ_t(λ))/λ the per-mode coefficients of :mod:`ntkit.predict.modes`. So at test
 points T, with A = Θ_TX V, C = K_TX V, K̃ = Vᵀ K V and A_t = A diag(g_t):
 
     mean_t = A_t Vᵀ Y,     cov_t = K_TT − A_t Cᵀ − C A_tᵀ + A_t K̃ A_tᵀ             (theory.md §3.2, matrix form)
@@ -24,10 +24,10 @@ import torch
 from .._memory import resolve_budget
 from .._validation import parse_get
 from ..errors import UnsupportedError
-from ._args import parse_times
-from ._eigen import stacked_matmul
-from ._modes import Schedule, check_limit_exists, check_times, mode_factors, warn_if_divergent
+from .args import parse_times
+from .eigen import stacked_matmul
 from .gp import Prediction, TestKernels, TrainingSet, covariance_result, part_getter, posterior
+from .modes import Schedule, check_limit_exists, check_times, mode_factors, warn_if_divergent
 
 __all__ = ["EnsemblePredictor", "gradient_descent_mse_ensemble"]
 

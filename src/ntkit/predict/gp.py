@@ -24,9 +24,9 @@ import torch
 
 from .._validation import format_shape, parse_get
 from ..errors import ShapeError, UnsupportedError
-from ._args import check_dtype, check_nonnegative
-from ._layout import Layout, check_device, check_targets, kernel_part
-from ._train_kernels import TrainKernels
+from .args import check_dtype, check_nonnegative
+from .layout import Layout, check_device, check_targets, kernel_part
+from .train_kernels import TrainKernels
 
 __all__ = [
     "GPPredictor",

@@ -18,9 +18,9 @@ import torch
 
 from .._validation import check_tensor, format_shape
 from ..errors import ShapeError
-from ._args import check_momentum, check_reduction, loss_scale
-from ._eigen import check_factorization_fits, check_spectrum, input_eps, symmetric_part
-from ._layout import Layout
+from .args import check_momentum, check_reduction, loss_scale
+from .eigen import check_factorization_fits, check_spectrum, input_eps, symmetric_part
+from .layout import Layout
 
 __all__ = ["critical_learning_rate", "max_learning_rate"]
 

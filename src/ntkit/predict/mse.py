@@ -9,7 +9,7 @@ theory.md §2.2-2.5 in the units of a PyTorch loop: ``torch.optim.SGD(params, lr
 
 and for the test set f_t(x) = f_0(x) − Θ(x, X) Θ⁻¹ (r_0 − r_t) (eqs. 10-11). ``continuous=True`` gives
 gradient flow, r_t = e^{−cΘt} r_0 (time t·lr), or with momentum the second-order ODE of theory.md §2.5 in
-time t·√lr. See :mod:`ntkit.predict._modes` for the per-eigenmode solution and docs/predict.md for the
+time t·√lr. See :mod:`ntkit.predict.modes` for the per-eigenmode solution and docs/predict.md for the
 mapping to the paper's and neural-tangents' conventions.
 """
 
@@ -18,11 +18,11 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_tensor
-from ._args import check_dtype, check_nonnegative
-from ._layout import Layout, check_targets, layout_of, promote_dtype
-from ._modes import Schedule, check_limit_exists, check_times, mode_factors, warn_if_divergent
-from ._predictor import FunctionSpacePredictor
-from ._train_kernels import TrainKernels
+from .args import check_dtype, check_nonnegative
+from .layout import Layout, check_targets, layout_of, promote_dtype
+from .modes import Schedule, check_limit_exists, check_times, mode_factors, warn_if_divergent
+from .predictor import FunctionSpacePredictor
+from .train_kernels import TrainKernels
 
 __all__ = ["MSEPredictor", "gradient_descent_mse"]
 

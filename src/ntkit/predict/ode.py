@@ -28,10 +28,10 @@ from scipy.integrate import solve_ivp
 from .._progress import Progress, progress_bar
 from .._validation import check_tensor, format_shape
 from ..errors import InvalidArgumentError, NonFiniteError, NtkitError, ShapeError, UnsupportedError
-from ._args import check_dtype, check_learning_rate, check_momentum, check_nonnegative, parse_times
-from ._layout import Layout, check_device, layout_of, promote_dtype
-from ._predictor import Evolve, FunctionSpacePredictor
-from ._train_kernels import TrainKernels
+from .args import check_dtype, check_learning_rate, check_momentum, check_nonnegative, parse_times
+from .layout import Layout, check_device, layout_of, promote_dtype
+from .predictor import Evolve, FunctionSpacePredictor
+from .train_kernels import TrainKernels
 
 __all__ = ["GradientDescentState", "LossPredictor", "gradient_descent"]
 
@@ -116,7 +116,7 @@ class GradientDescentState:
     """Gradient descent after ``t`` steps (time t for ``continuous``), returned by :meth:`LossPredictor.state`
     and accepted by its calls as ``start=``. ``fx_train`` is f_t on the training set, shaped like ``y_train``.
 
-    The rest is the iteration in the predictor's matrix layout (D, C) (see ``ntkit.predict._layout``): the
+    The rest is the iteration in the predictor's matrix layout (D, C) (see ``ntkit.predict.layout``): the
     initial outputs ``f0``, the outputs ``f``, the velocity (the momentum buffer w_t; dα/dτ for the ODE) and
     the dual coefficients α_t, with f_t = f_0 − Θ α_t.
     """

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidArgumentError, UnsupportedError
-from ._deps import require
+from .deps import require
 from .store import KernelStore
 from .tiles import Payload, prepared, run_tile, write_tile
 

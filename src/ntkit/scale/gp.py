@@ -26,7 +26,7 @@ import torch
 from .._memory import check_fits, resolve_budget
 from .._validation import check_tensor, format_shape, parse_get
 from ..errors import IllConditionedError, InvalidArgumentError, ShapeError
-from ..predict._args import check_nonnegative
+from ..predict.args import check_nonnegative
 from .cg import NystromPreconditioner, conjugate_gradients
 from .matrix import KernelMatrix
 

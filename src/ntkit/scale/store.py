@@ -28,7 +28,7 @@ import torch
 
 from .._memory import check_fits, resolve_budget
 from ..errors import InvalidArgumentError, StoreError, StoreMismatchError
-from ._deps import require
+from .deps import require
 from .fingerprint import differences
 from .grid import TileGrid
 

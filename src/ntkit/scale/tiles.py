@@ -100,7 +100,7 @@ def prepared(payload: Payload, device: torch.device) -> tuple[Payload, KernelSto
 
 
 def _open_for_writing(zstore: Any) -> Any:
-    from ._deps import require
+    from .deps import require
 
     zarr = require("zarr", "nk.scale kernel stores")
     return zarr.open_group(store=zstore, mode="r+")

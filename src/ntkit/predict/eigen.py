@@ -7,7 +7,7 @@ compute dtype; λ are eigenvalues after ``diag_reg``):
   as a train kernel, say); the symmetric part is used.
 - round-off: every eigenvalue with ``|λ| <= eps·tr(K)`` (= c·dim·eps·λ_max with c = tr(K)/(dim·λ_max) <= 1) is
   set to exactly 0, positive ones as well as negative ones: it is the null space at every t
-  (:mod:`ntkit.predict._modes`: φ = 1, g = 0). Why eps·tr(K): round-off in an entry of a computed kernel is at most
+  (:mod:`ntkit.predict.modes`: φ = 1, g = 0). Why eps·tr(K): round-off in an entry of a computed kernel is at most
   about eps·sqrt(K_ii·K_jj) (the size of the inner product's terms), so the error matrix E has
   ``‖E‖₂ <= ‖E‖_F <= eps·sqrt(Σ_ij K_ii·K_jj) = eps·tr(K)``, and by Weyl's inequality no eigenvalue moves by more:
   one below that cannot be told from 0. Inverting one (g ~ 1/λ at large t) multiplies round-off without bound (a

@@ -15,9 +15,9 @@ import torch
 
 from .._validation import check_tensor, format_shape
 from ..errors import InvalidArgumentError, ShapeError, UnsupportedError
-from ._args import parse_times
-from ._eigen import stacked_matmul
-from ._layout import Layout, check_device, promote_dtype
+from .args import parse_times
+from .eigen import stacked_matmul
+from .layout import Layout, check_device, promote_dtype
 
 __all__ = ["Evolve", "FunctionSpacePredictor", "outputs_argument"]
 

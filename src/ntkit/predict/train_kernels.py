@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import torch
 
-from ._cholesky import CholeskySolver
-from ._eigen import Eigensystem, check_factorization_fits, eigh_psd, input_eps, regularize, symmetric_part
+from .cholesky import CholeskySolver
+from .eigen import Eigensystem, check_factorization_fits, eigh_psd, input_eps, regularize, symmetric_part
 
 __all__ = ["TrainKernels"]
 

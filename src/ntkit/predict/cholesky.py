@@ -19,7 +19,7 @@ import warnings
 import torch
 
 from ..errors import IllConditionedError, NumericalWarning
-from ._eigen import check_spectrum
+from .eigen import check_spectrum
 
 __all__ = ["JITTERS", "CholeskySolver"]
 

@@ -2,13 +2,13 @@
 
 Along an eigenvector of the train kernel with eigenvalue λ the train residual r = f − y evolves on its
 own (theory.md §2.2-2.5). With the loop's units (``lr``, the MSE gradient scale s of
-:func:`~ntkit.predict._args.loss_scale`, c = lr·s) and r_0 = 1, this module returns for every time t
+:func:`~ntkit.predict.args.loss_scale`, c = lr·s) and r_0 = 1, this module returns for every time t
 
 - ``phi`` φ_t(λ) = r_t, the factor the residual is multiplied by, and
 - ``coef`` g_t(λ) = (1 − φ_t(λ)) / λ, the dual coefficient: f_t − f_0 = −Θ(·, X) V diag(g_t) Vᵀ r_0,
 
 computed without dividing by λ. λ = 0 is the null space (exact zeros and the eigenvalues at round-off level that
-:func:`~ntkit.predict._eigen.check_spectrum` sets to 0): φ = 1 and g = 0 there at every t. In exact arithmetic
+:func:`~ntkit.predict.eigen.check_spectrum` sets to 0): φ = 1 and g = 0 there at every t. In exact arithmetic
 the null space of Θ(X, X) = J Jᵀ is that of Jᵀ, so Θ(x, X) v = 0 and Jᵀ v = 0 for a null vector v: its
 coefficient moves neither the outputs nor the parameters, and 0 keeps round-off in Θ(x, X) v from being
 multiplied by the limit c·t of g. The four regimes:
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InvalidArgumentError, NumericalWarning
-from ._args import check_learning_rate, check_momentum, check_reduction, loss_scale
+from .args import check_learning_rate, check_momentum, check_reduction, loss_scale
 
 __all__ = ["Schedule", "check_limit_exists", "check_times", "mode_factors", "warn_if_divergent"]
 
