@@ -93,3 +93,96 @@ def test_every_nn_layer_has_its_own_kernel_rule(cls):
     rule = getattr(cls, "kernel_transform", None)
     assert rule is not None, f"ntkit.nn.{cls.__name__} has no kernel_transform"
     assert rule is not KernelLayer.kernel_transform, f"ntkit.nn.{cls.__name__} keeps the abstract kernel_transform"
+
+
+
+# ------------------------------------------------------------------ privacy (docs/development.md, "Conventions")
+
+MODULES = sorted((SRC / "ntkit").rglob("*.py"))
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def underscored_modules(modules: list[Path], src: Path = SRC) -> list[str]:
+    """Modules inside a subpackage whose name starts with an underscore (only ntkit's top level has them)."""
+    return [
+        str(p.relative_to(src))
+        for p in modules
+        if p.parent != src / "ntkit" and _is_private(p.stem) and p.name != "__init__.py"
+    ]
+
+
+def private_imports(modules: list[Path], src: Path = SRC) -> list[str]:
+    """Every ``from m import _name`` (module level or inside a function): a private name crossing modules.
+    Importing one of ntkit's top-level private modules itself (``from .. import _memory``) is allowed."""
+    top_level_private = {p.stem for p in (src / "ntkit").glob("_*.py") if p.name != "__init__.py"}
+    found = []
+    for p in modules:
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            for alias in node.names:
+                if _is_private(alias.name) and not (node.module in (None, "ntkit") and alias.name in top_level_private):
+                    found.append(f"{p.relative_to(src)} imports {alias.name} from {node.module or '.'}")
+    return found
+
+
+def _defined_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def wrong_all_entries(modules: list[Path], src: Path = SRC) -> list[str]:
+    """``__all__`` entries that are private, or (outside a package's ``__init__``, which re-exports its API)
+    not defined in that module itself."""
+    wrong = []
+    for p in modules:
+        tree = ast.parse(p.read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+                listed = ast.literal_eval(node.value)
+                wrong += [f"{p.relative_to(src)}: {n} is private" for n in listed if _is_private(n)]
+                if p.name != "__init__.py":
+                    own = _defined_names(tree)
+                    wrong += [f"{p.relative_to(src)}: {n} is not defined there" for n in listed if n not in own]
+    return wrong
+
+
+def test_modules_inside_subpackages_carry_no_underscore():
+    # ntkit's top level underscores its shared helpers (ntkit._memory); inside a subpackage its __init__ says what
+    # is public, so the modules themselves carry no underscore
+    assert not underscored_modules(MODULES)
+
+
+def test_no_private_name_is_imported_from_another_module():
+    assert not private_imports(MODULES)
+
+
+def test_all_lists_the_module_own_public_names():
+    assert not wrong_all_entries(MODULES)
+
+
+def test_the_privacy_checks_can_fail(tmp_path):
+    pkg = tmp_path / "ntkit" / "sub"
+    pkg.mkdir(parents=True)
+    (tmp_path / "ntkit" / "_helper.py").write_text("")
+    (pkg / "_hidden.py").write_text("")
+    (pkg / "mod.py").write_text(
+        "from .. import _helper\nfrom ._hidden import _secret\n__all__ = ['f', '_g', 'elsewhere']\n"
+        "def f(): pass\ndef _g(): pass\n"
+    )
+    modules = sorted((tmp_path / "ntkit").rglob("*.py"))
+    assert underscored_modules(modules, tmp_path) == [str(Path("ntkit/sub/_hidden.py"))]
+    assert private_imports(modules, tmp_path) == ["ntkit/sub/mod.py imports _secret from _hidden"]
+    assert sorted(wrong_all_entries(modules, tmp_path)) == [
+        "ntkit/sub/mod.py: _g is private",
+        "ntkit/sub/mod.py: elsewhere is not defined there",
+    ]

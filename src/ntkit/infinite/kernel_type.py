@@ -24,19 +24,19 @@ KERNEL_TEMPORARIES = 12
 
 #: During the shape-only dry run of ``nk.kernel`` (on the meta device, one example per side) this records the
 #: largest working set, in tensor entries per pair of examples, of any layer's map.
-_working_set_probe: ContextVar[list[int] | None] = ContextVar("ntkit_working_set_probe", default=None)
+working_set_probe: ContextVar[list[int] | None] = ContextVar("ntkit_working_set_probe", default=None)
 
 
 def note_working_set(entries_per_pair: int) -> None:
     """Record a working set for the memory plan (a no-op outside the dry run)."""
-    probe = _working_set_probe.get()
+    probe = working_set_probe.get()
     if probe is not None:
         probe[0] = max(probe[0], int(entries_per_pair))
 
 
 def planning() -> bool:
     """True during the dry run (working sets are being recorded)."""
-    return _working_set_probe.get() is not None
+    return working_set_probe.get() is not None
 
 
 def pair_entries(t: torch.Tensor) -> int:

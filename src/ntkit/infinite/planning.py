@@ -20,7 +20,7 @@ from .._derivatives import tracks_derivatives
 from .._memory import format_bytes
 from ..errors import UnsupportedError
 from .dense_chain import Step, chain_recorder, linked_chain
-from .kernel_type import KERNEL_TEMPORARIES, Kernel, _working_set_probe, pair_entries
+from .kernel_type import KERNEL_TEMPORARIES, Kernel, pair_entries, working_set_probe
 from .registry import apply_layer, mixes_positions
 
 __all__ = ["Plan", "plan"]
@@ -87,7 +87,7 @@ def plan(
     if diagonal_spatial is None:
         diagonal_spatial = not needs_full_spatial(model)
     probe, records = [0], []
-    token, chain_token = _working_set_probe.set(probe), chain_recorder().set(records)
+    token, chain_token = working_set_probe.set(probe), chain_recorder().set(records)
     try:
         device = x1.device if diagonal_spatial else "meta"
         a = x1[:1].to(device=device, dtype=dtype)
@@ -95,7 +95,7 @@ def plan(
         k_input = Kernel.from_inputs(a, b, diagonal_spatial=diagonal_spatial, ntk=ntk)
         out = apply_layer(model, k_input)
     finally:
-        _working_set_probe.reset(token)
+        working_set_probe.reset(token)
         chain_recorder().reset(chain_token)
     requires_grad = tracks_derivatives(out.nngp, out.ntk)
     chain = linked_chain(records, k_input, out) if x1.ndim == 2 and not requires_grad else None
