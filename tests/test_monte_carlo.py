@@ -173,7 +173,7 @@ def test_errors(x):
         nk.monte_carlo_kernel(good, x, get="cov")
     with pytest.raises(UnsupportedError, match=r"not an nn\.Module"):
         nk.monte_carlo_kernel(lambda: "net", x, n_samples=2)
-    with pytest.raises(UnsupportedError, match="callable"):
+    with pytest.raises(InvalidArgumentError, match="callable"):
         nk.monte_carlo_kernel(3, x, n_samples=2)
     with pytest.raises(InvalidArgumentError, match="progress"):
         nk.monte_carlo_kernel(good, x, n_samples=2, progress="yes")

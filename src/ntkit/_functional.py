@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .errors import BatchCouplingError, ParameterSelectionError, ShapeError, UnsupportedError
+from .errors import BatchCouplingError, InvalidArgumentError, ParameterSelectionError, ShapeError, UnsupportedError
 
 __all__ = [
     "FunctionalModel",
@@ -199,7 +199,9 @@ def functionalize(model: ModelArg, params: ParamsArg = None) -> FunctionalModel:
             return flatten_output(model(p, x))
 
         return FunctionalModel(fn=fn_callable, params=values, module=None)
-    raise UnsupportedError(f"model must be a torch.nn.Module or a callable f(params, x), got {type(model).__name__}.")
+    raise InvalidArgumentError(
+        f"model must be a torch.nn.Module or a callable f(params, x), got {type(model).__name__}."
+    )
 
 
 def check_examples_independent(fm: FunctionalModel, x: torch.Tensor) -> None:

@@ -83,7 +83,7 @@ def check_tensor(
     Integer tensors are accepted only with ``allow_integer`` (token ids for embeddings).
     """
     if not isinstance(t, torch.Tensor):
-        raise UnsupportedError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+        raise InvalidArgumentError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
     if t.is_complex():
         raise UnsupportedError(
             f"{name} has complex dtype {t.dtype}; ntkit works with real tensors. Split real and imaginary "

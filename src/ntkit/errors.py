@@ -3,6 +3,17 @@
 Every error ntkit raises on purpose is an :class:`NtkitError`. Each subclass also derives from the
 built-in exception a Python user would expect (``ValueError``, ``TypeError``, ``MemoryError``), so
 ``except ValueError`` keeps working. Messages say what was wrong and how to fix it.
+
+The rule (docs/development.md, "Code conventions"): a bad argument raises an ``NtkitError`` subclass at the
+call that received it, never a plain ``ValueError`` or ``TypeError``. Which one:
+
+- :class:`InvalidArgumentError`: the argument is wrong whatever ntkit could do with it: a wrong type (``fn``
+  not callable, a model that is not a module), a value outside its range (a negative degree, an unknown
+  ``method``). It is both a ``ValueError`` and a ``TypeError``, so either ``except`` clause catches it.
+- :class:`UnsupportedError`: a valid argument that ntkit cannot handle (a layer without an infinite-width
+  kernel, integer model outputs, more spatial axes than supported); the message says what to use instead.
+- :class:`ShapeError`, :class:`NonFiniteError`, :class:`ParameterSelectionError`, :class:`MemoryBudgetError`,
+  ...: the more specific cases below.
 """
 
 from __future__ import annotations
@@ -47,7 +58,8 @@ class ParameterSelectionError(NtkitError, ValueError):
 
 
 class UnsupportedError(NtkitError, TypeError):
-    """A layer, dtype or operation ntkit cannot handle; the message names it and says what to use."""
+    """A valid layer, dtype or operation that ntkit cannot handle; the message names it and says what to use.
+    (An invalid argument is an :class:`InvalidArgumentError`.)"""
 
 
 class BatchCouplingError(NtkitError, ValueError):
@@ -88,9 +100,10 @@ class DataFormatError(NtkitError, ValueError):
     """A data file that exists but is not in the expected format (bad magic number, truncated, wrong keys)."""
 
 
-class InvalidArgumentError(NtkitError, ValueError):
-    """A scalar argument outside its valid range or an unknown option (a negative learning rate or time,
-    momentum >= 1, an unknown ``reduction``); the message names the valid values."""
+class InvalidArgumentError(NtkitError, ValueError, TypeError):
+    """An argument of the wrong type or outside its valid range, or an unknown option (a negative learning
+    rate or time, momentum >= 1, an unknown ``reduction``, a ``fn`` that is not callable); the message names
+    the valid values. Also a ``TypeError``, since a wrong type is one of its cases."""
 
 
 class MissingDependencyError(NtkitError, ImportError):

@@ -66,7 +66,7 @@ class NeuralKernel(Kernel):  # type: ignore[misc]
     ) -> None:
         super().__init__(**kwargs)
         if not isinstance(architecture, nn.Module):
-            raise UnsupportedError(f"architecture must be a torch.nn.Module, got {type(architecture).__name__}.")
+            raise InvalidArgumentError(f"architecture must be a torch.nn.Module, got {type(architecture).__name__}.")
         if get not in ("nngp", "ntk"):
             raise InvalidArgumentError(f"get must be 'nngp' or 'ntk', got {get!r}.")
         for name, value in (("W_std", W_std), ("b_std", b_std)):

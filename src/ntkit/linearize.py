@@ -42,7 +42,7 @@ from ._functional import (
 )
 from ._taylor_series import TAYLOR_METHODS
 from ._validation import check_tensor
-from .errors import ParameterSelectionError, UnsupportedError
+from .errors import InvalidArgumentError, ParameterSelectionError, UnsupportedError
 
 __all__ = ["LinearizedModel", "TaylorExpandedModel", "linearize", "taylor_expand"]
 
@@ -69,9 +69,9 @@ class TaylorExpandedModel(nn.Module):
     def __init__(self, model: ModelArg, degree: int, *, params: ParamsArg = None, method: str = "jvp"):
         super().__init__()
         if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
-            raise UnsupportedError(f"degree must be an integer >= 0, got {degree!r}.")
+            raise InvalidArgumentError(f"degree must be an integer >= 0, got {degree!r}.")
         if method not in TAYLOR_METHODS:
-            raise UnsupportedError(f"method must be one of {sorted(TAYLOR_METHODS)}, got {method!r}.")
+            raise InvalidArgumentError(f"method must be one of {sorted(TAYLOR_METHODS)}, got {method!r}.")
         fm = functionalize(model, params)
         self.degree = degree
         self.method = method
@@ -127,7 +127,7 @@ class TaylorExpandedModel(nn.Module):
         """Set ``self.training``; ``model0`` keeps the mode it was built in, because the expansion is of
         that fixed function (a train-mode BatchNorm or dropout would make it depend on the batch)."""
         if not isinstance(mode, bool):
-            raise ValueError("training mode is expected to be boolean")
+            raise InvalidArgumentError(f"training mode is expected to be boolean, got {mode!r}.")
         self.training = mode
         self.theta.train(mode)
         return self

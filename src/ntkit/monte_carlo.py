@@ -163,7 +163,7 @@ def _sampler(model_factory: object, x: torch.Tensor) -> Callable[[int], nn.Modul
 
         return reset
     if not callable(model_factory):
-        raise UnsupportedError(
+        raise InvalidArgumentError(
             f"model_factory must be an nn.Module or a callable returning one, got {type(model_factory).__name__}."
         )
     takes_generator = _n_positional(model_factory) >= 1

@@ -24,7 +24,7 @@ from torch import nn
 
 from . import nn as N
 from ._adapters import kernel_diagonal, kernel_matrix, require, with_shared_std
-from .errors import InvalidArgumentError, UnsupportedError
+from .errors import InvalidArgumentError
 from .infinite.compute import kernel
 from .infinite.kernel_type import Kernel as NtkitKernel
 from .predict import gradient_descent_mse_ensemble
@@ -63,7 +63,7 @@ def _check_get(get: object) -> str:
 
 def _check_architecture(architecture: object) -> nn.Module:
     if not isinstance(architecture, nn.Module):
-        raise UnsupportedError(
+        raise InvalidArgumentError(
             f"architecture must be a torch.nn.Module (ntkit.nn layers or registered torch layers), got "
             f"{type(architecture).__name__}."
         )
@@ -171,7 +171,9 @@ class NeuralKernel(sk_kernels.Kernel):  # type: ignore[misc]
                 net = self._net(_check_std(self.W_std, "W_std"), _check_std(self.b_std, "b_std"))
                 return kernel_matrix(net, x1, x2, get).numpy()
         if x2 is not None:
-            raise ValueError("the gradient can only be evaluated when Y is None (scikit-learn's kernel contract).")
+            raise InvalidArgumentError(
+                "the gradient can only be evaluated when Y is None (scikit-learn's kernel contract)."
+            )
         free = [h.name for h in self.hyperparameters if not h.fixed]
         values = {
             name: torch.tensor(_check_std(getattr(self, name), name), dtype=torch.float64, requires_grad=name in free)

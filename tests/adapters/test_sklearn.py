@@ -209,7 +209,7 @@ def test_bad_parameters_are_clear_errors():
         NTKRegressor(get="ntkgp").fit(x.numpy(), y.numpy())
     with pytest.raises(InvalidArgumentError, match="input_shape"):
         NTKRegressor(cnn(), input_shape=(1, 5, 5)).fit(x.numpy(), y.numpy())
-    with pytest.raises(UnsupportedError, match=r"torch\.nn\.Module"):
+    with pytest.raises(InvalidArgumentError, match=r"torch\.nn\.Module"):
         NeuralKernel("mlp")(x.numpy())
     with pytest.raises(UnsupportedError, match="no weight layer"):
         NeuralKernel(torch.nn.ReLU())(x.numpy())

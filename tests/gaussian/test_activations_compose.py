@@ -10,7 +10,7 @@ import torch
 
 import ntkit.nn as nnk
 from gaussian_pairs import assert_matches_mc, pairs_at
-from ntkit.errors import UnsupportedError
+from ntkit.errors import InvalidArgumentError
 from ntkit.gaussian.functions import cross_nngp, cross_ntk_factor
 
 F64 = torch.float64
@@ -73,7 +73,7 @@ def test_identities_are_dropped_and_chains_flattened():
     chain = nnk.compose(nnk.compose(nnk.ReLU(), nnk.Erf()), nnk.Sin(), degree=20)
     assert isinstance(chain, nnk.Composed) and len(chain.acts) == 3 and chain.degree == 20
     assert not chain.closed_form
-    with pytest.raises(UnsupportedError, match="Elementwise"):
+    with pytest.raises(InvalidArgumentError, match="Elementwise"):
         nnk.compose(nnk.ReLU(), torch.tanh)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ntkit.nn as nnk
-from ntkit.errors import InvalidArgumentError, MemoryBudgetError, UnsupportedError
+from ntkit.errors import InvalidArgumentError, MemoryBudgetError
 from ntkit.gaussian.quadrature import gaussian_cross, gaussian_mean
 
 F64 = torch.float64
@@ -174,7 +174,7 @@ def test_module_fn_and_autograd_derivative():
 
 
 def test_bad_arguments():
-    with pytest.raises(UnsupportedError, match="callable"):
+    with pytest.raises(InvalidArgumentError, match="callable"):
         nnk.Elementwise("tanh")
     with pytest.raises(InvalidArgumentError, match="degree"):
         nnk.Elementwise(torch.tanh, degree=0)

@@ -11,7 +11,7 @@ import torch
 
 import ntkit as nk
 from ntkit import nn as N
-from ntkit.errors import MemoryBudgetError, NonFiniteError, ShapeError, UnsupportedError
+from ntkit.errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError, UnsupportedError
 
 
 def mlp(depth=2, W=1.5, b=0.1, width=16, d=4, act=N.ReLU):
@@ -259,7 +259,7 @@ def test_errors_name_the_problem():
     with pytest.raises(UnsupportedError, match="correlated"):
         # u and LayerNorm(u) are both Gaussian but different layers: their cross-covariance is not tracked.
         nk.kernel(N.Sequential(N.Linear(3, 4), N.Parallel(N.Identity(), N.LayerNorm(4)), N.Linear(4, 1)), x)
-    with pytest.raises(UnsupportedError, match=r"torch\.nn\.Module"):
+    with pytest.raises(InvalidArgumentError, match=r"torch\.nn\.Module"):
         nk.kernel(lambda t: t, x)
     with pytest.raises(ShapeError, match="inputs must be"):
         nk.kernel(mlp(d=3), torch.randn(4))

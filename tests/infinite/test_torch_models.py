@@ -12,7 +12,7 @@ from torch import nn
 import ntkit as nk
 from kernel_mc import assert_matches, mc_nngp, mc_ntk
 from ntkit import nn as N
-from ntkit.errors import InitializationWarning, UnsupportedError
+from ntkit.errors import InitializationWarning, InvalidArgumentError, UnsupportedError
 from ntkit.infinite.registry import check_declared_init
 from ntkit.infinite.torch_layers import ACTIVATIONS
 
@@ -130,7 +130,7 @@ def test_declare_init():
     )
     x = torch.randn(4, 50, dtype=torch.float64)
     _close(nk.kernel(model, x), nk.kernel(ref, x))
-    with pytest.raises(UnsupportedError, match="weight and bias"):
+    with pytest.raises(InvalidArgumentError, match="weight and bias"):
         nk.declare_init(nn.ReLU(), W_std=1.0, b_std=0.0)
 
 
@@ -173,7 +173,7 @@ def test_register_kernel_for_user_layers():
     conv = N.Sequential(N.Conv1d(2, 4, 3, padding_mode="circular"), ShiftPool())
     k = nk.kernel(conv, seq)
     assert not k.diagonal_spatial and k.nngp.shape == (3, 3, 6, 6)
-    with pytest.raises(UnsupportedError, match="Module subclass"):
+    with pytest.raises(InvalidArgumentError, match="Module subclass"):
         nk.register_kernel(int, shift_pool)
 
 

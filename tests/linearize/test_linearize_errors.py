@@ -13,7 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils.parametrizations import weight_norm
 
 import ntkit as nk
-from ntkit.errors import BatchCouplingError, ParameterSelectionError, ShapeError, UnsupportedError
+from ntkit.errors import BatchCouplingError, InvalidArgumentError, ParameterSelectionError, ShapeError, UnsupportedError
 from reference import rel_err
 
 
@@ -27,12 +27,12 @@ def test_batchnorm_and_dropout_in_train_mode_are_rejected():
 
 @pytest.mark.parametrize("degree", [-1, 1.5, True, "2"])
 def test_bad_degree(degree):
-    with pytest.raises(UnsupportedError, match="degree"):
+    with pytest.raises(InvalidArgumentError, match="degree"):
         nk.taylor_expand(mlp(), degree)
 
 
 def test_bad_method_and_parameter_selection():
-    with pytest.raises(UnsupportedError, match="method"):
+    with pytest.raises(InvalidArgumentError, match="method"):
         nk.linearize(mlp(), method="forward")
     with pytest.raises(ParameterSelectionError, match="matches no"):
         nk.linearize(mlp(), ["head.*"])
@@ -42,7 +42,7 @@ def test_bad_method_and_parameter_selection():
 
 def test_bad_inputs():
     lin = nk.linearize(mlp())
-    with pytest.raises(UnsupportedError, match=r"torch\.Tensor"):
+    with pytest.raises(InvalidArgumentError, match=r"torch\.Tensor"):
         lin([[0.0] * 5])
     with pytest.raises(UnsupportedError, match=r"float64 but the input is torch\.float32"):
         lin(torch.randn(2, 5))

@@ -211,7 +211,7 @@ def test_kernel_arguments(problem):
     wrong = nk.predict.gradient_descent_mse_ensemble(lambda a, b: relu_kernels(a, b[:-1]), x, y, 0.1)
     with pytest.raises(ShapeError, match="kernel_fn"):
         wrong(1, None, "nngp")
-    with pytest.raises(UnsupportedError, match="kernel_fn"):
+    with pytest.raises(InvalidArgumentError, match="kernel_fn"):
         nk.predict.gradient_descent_mse_ensemble("relu", x, y)
 
 

@@ -102,7 +102,7 @@ def features(
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise InvalidArgumentError(f"seed must be an int, got {seed!r}.")
     if not isinstance(net, nn.Module):
-        raise UnsupportedError(f"net must be a torch.nn.Module, got {type(net).__name__}.")
+        raise InvalidArgumentError(f"net must be a torch.nn.Module, got {type(net).__name__}.")
     steps = _parse(net)
     return FeatureMap(steps, n_features, get, method, seed, degree, memory_budget, progress)
 

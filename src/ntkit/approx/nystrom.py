@@ -80,7 +80,7 @@ def nystrom(
     elif callable(kernel_fn):
         fn = kernel_fn
     else:
-        raise UnsupportedError(f"kernel_fn must be a network or a function (a, b) -> kernel, got {kernel_fn!r}.")
+        raise InvalidArgumentError(f"kernel_fn must be a network or a function (a, b) -> kernel, got {kernel_fn!r}.")
     z = check_tensor(landmarks, "landmarks", min_ndim=2)
     return NystromFeatures(fn, z, get, float(rcond), memory_budget, progress)
 

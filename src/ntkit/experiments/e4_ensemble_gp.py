@@ -54,6 +54,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ..errors import InvalidArgumentError, ShapeError, UnsupportedError
 from ..infinite.compute import kernel as analytic_kernel
 from ..predict import gradient_descent_mse_ensemble, max_learning_rate
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
@@ -117,7 +118,7 @@ class Ensemble(nn.Module):
         super().__init__()
         params, buffers = stack_module_state(models)
         if buffers:
-            raise ValueError("Ensemble supports networks without buffers.")
+            raise UnsupportedError("Ensemble supports networks without buffers.")
         self._names = list(params)
         self.stacked = nn.ParameterList(nn.Parameter(params[name].detach().clone()) for name in self._names)
         # the architecture without storage; kept outside the module tree so that it adds no parameters
@@ -132,7 +133,7 @@ class Ensemble(nn.Module):
 
         out = vmap(one)(*self.stacked)  # (M, N, 1)
         if out.shape[-1] != 1:
-            raise ValueError(f"Ensemble expects networks with one output, got {out.shape[-1]}.")
+            raise ShapeError(f"Ensemble expects networks with one output, got {out.shape[-1]}.")
         return out[..., 0].T
 
 
@@ -308,7 +309,7 @@ def _cached_kernel_fn(
             return slice(0, n)
         if a is path:
             return slice(n, None)
-        raise ValueError("this kernel_fn knows only the training inputs and the path.")
+        raise InvalidArgumentError("this kernel_fn knows only the training inputs and the path.")
 
     def kernel_fn(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
         i, j = rows(a), rows(b)
@@ -324,7 +325,7 @@ def ensemble_vs_gp(cfg: EnsembleConfig, ctx: RunContext) -> ExperimentResult:
     data = ctx.load_data(task="binary", n_train=cfg.n_train, n_test=1, dtype=dtype)
     x, y = data.x_train, data.targets()[0]
     if not data.is_classification:
-        raise ValueError(f"E4's path joins training points of two classes; {data.name!r} has no classes.")
+        raise InvalidArgumentError(f"E4's path joins training points of two classes; {data.name!r} has no classes.")
     first = [int((data.y_train == c).nonzero()[0]) for c in torch.unique(data.y_train)[:2]]
     x1, x2 = x[first[1]], x[first[0]]
     alpha = torch.linspace(*cfg.alpha_range, cfg.n_path, dtype=dtype, device=x.device)

@@ -52,6 +52,7 @@ from torch import nn
 
 from ..data import Dataset
 from ..empirical import empirical_ntk
+from ..errors import InvalidArgumentError
 from ..linearize import linearize
 from ..predict import gradient_descent
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
@@ -384,7 +385,9 @@ def momentum_cross_entropy(cfg: MomentumConfig, ctx: RunContext) -> ExperimentRe
     dtype = getattr(torch, cfg.dtype)
     data = ctx.load_data(task="multiclass", n_train=cfg.n_train, n_test=cfg.n_test, dtype=dtype)
     if not data.is_classification:
-        raise ValueError(f"E6 trains on cross-entropy and needs a classification data set, not {data.name!r}.")
+        raise InvalidArgumentError(
+            f"E6 trains on cross-entropy and needs a classification data set, not {data.name!r}."
+        )
     assert data.n_classes is not None
     record = log_spaced_steps(cfg.steps, cfg.n_times)
     runs = []

@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from ..empirical import empirical_ntk
+from ..errors import InvalidArgumentError
 from ..nn.linear import Linear
 from ..predict import max_learning_rate
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
@@ -339,7 +340,7 @@ def parameterizations(cfg: ParameterizationConfig, ctx: RunContext) -> Experimen
     """Run E7 (module docstring) and return its result with figures E7-dynamics and E7-accuracy."""
     data, x, y, x_test = ctx.binary_task(cfg)
     if not data.is_classification:
-        raise ValueError(f"E7's accuracy sweep (Fig. S7) needs a classification data set, not {data.name!r}.")
+        raise InvalidArgumentError(f"E7's accuracy sweep (Fig. S7) needs a classification data set, not {data.name!r}.")
     k = y.shape[1]
     nets = {w: _network(cfg, ctx, w, x, k) for w in cfg.widths}
     lr = cfg.lr_fraction * min(max_learning_rate(empirical_ntk(net, x), n_outputs=k) for net in nets.values())

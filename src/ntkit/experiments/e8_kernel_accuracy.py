@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from ..data import binary_classes
+from ..errors import InvalidArgumentError
 from ..infinite.compute import kernel
 from ..predict import gp_inference, gradient_descent_mse_ensemble, max_learning_rate
 from ..report import ExperimentResult, Figure, Table, new_figure, plot_style
@@ -248,7 +249,7 @@ def kernel_accuracy(cfg: KernelAccuracyConfig, ctx: RunContext) -> ExperimentRes
     """Run E8 (module docstring) and return its result with figure E8-accuracy."""
     dtype = getattr(torch, cfg.dtype)
     if binary_classes(ctx.dataset) is None:  # a regression set (its loader also wants a number of test points)
-        raise ValueError(
+        raise InvalidArgumentError(
             f"E8 measures classification accuracy and needs a classification data set, not {ctx.dataset!r}."
         )
     data = ctx.load_data(task="multiclass", n_train=cfg.n_train, n_test=cfg.n_test, dtype=dtype)

@@ -63,7 +63,7 @@ def register(
 
     def deco(fn: Callable[[Any, RunContext], ExperimentResult]) -> Callable[[Any, RunContext], ExperimentResult]:
         if id in EXPERIMENTS:
-            raise ValueError(f"experiment {id} is registered twice")
+            raise InvalidArgumentError(f"experiment {id} is registered twice")
 
         @functools.wraps(fn)
         def identified(config: Any, ctx: RunContext) -> ExperimentResult:

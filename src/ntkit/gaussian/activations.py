@@ -820,7 +820,7 @@ class Elementwise(_Quadrature):
     ) -> None:
         super().__init__(degree=degree, quadrature_budget=quadrature_budget, tolerance=tolerance)
         if not callable(fn):
-            raise UnsupportedError(f"Elementwise needs a callable fn, got {type(fn).__name__}.")
+            raise InvalidArgumentError(f"Elementwise needs a callable fn, got {type(fn).__name__}.")
         self.function = fn
         self._derivative, self._nngp_fn, self._ntk_fn = derivative, nngp_fn, ntk_fn
         self.closed_form = nngp_fn is not None
@@ -944,7 +944,7 @@ def compose(
         elif isinstance(act, Activation):
             parts = [act]
         else:
-            raise UnsupportedError(
+            raise InvalidArgumentError(
                 f"compose takes ntkit.nn activations, got {type(act).__name__}; wrap other elementwise "
                 "functions in ntkit.nn.Elementwise(fn)."
             )

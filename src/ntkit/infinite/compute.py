@@ -13,7 +13,7 @@ from torch import nn
 from .._memory import check_fits, format_bytes, resolve_budget
 from .._progress import Progress, progress_bar
 from .._validation import all_finite, check_input_pair, check_positive_int, format_shape, parse_get, same_examples
-from ..errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError, UnsupportedError
+from ..errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError
 from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
 from .dense_chain import chain_variances, run_chain_tile
 from .duplicates import equal_pairs, row_hashes
@@ -91,7 +91,7 @@ def kernel(
     """
     wanted, _ = parse_get(get, _GET)
     if not isinstance(model, nn.Module):
-        raise UnsupportedError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     x1, x2 = check_input_pair(x1, x2)
     x2 = same_examples(x1, x2)  # equal inputs take the x2=None path (docs/infinite.md, "Equal inputs")
     if x1.ndim < 2:

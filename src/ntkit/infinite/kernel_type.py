@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .._validation import format_shape
+from ..errors import UnsupportedError
 from . import spatial
 from .duplicates import equal_pairs
 
@@ -239,7 +240,7 @@ def _gram(a: torch.Tensor, b: torch.Tensor, n_spatial: int, full: bool, pair: bo
         return a @ b.T if pair else (a * a).sum(1)
     letters = "abdefghijklopqrstuvwxyz"  # all but c (channels), m and n (examples)
     if 2 * n_spatial > len(letters):
-        raise ValueError(f"at most {len(letters) // 2} spatial axes are supported")
+        raise UnsupportedError(f"at most {len(letters) // 2} spatial axes are supported, got {n_spatial}.")
     s1 = letters[:n_spatial]
     s2 = letters[n_spatial : 2 * n_spatial] if full else s1
     out_spatial = "".join(x + y for x, y in zip(s1, s2, strict=True)) if full else s1

@@ -17,7 +17,7 @@ from scipy import special
 from torch import nn
 
 from .._validation import check_std
-from ..errors import InitializationWarning, UnsupportedError
+from ..errors import InitializationWarning, InvalidArgumentError, UnsupportedError
 from .kernel_type import Kernel
 
 __all__ = [
@@ -54,9 +54,9 @@ def register_kernel(module_type: type, fn: KernelFn, *, mixes_positions: bool = 
             kernels need the covariances between all pairs of positions.
     """
     if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise UnsupportedError(f"register_kernel expects a torch.nn.Module subclass, got {module_type!r}.")
+        raise InvalidArgumentError(f"register_kernel expects a torch.nn.Module subclass, got {module_type!r}.")
     if not callable(fn):
-        raise UnsupportedError(f"register_kernel expects a function fn(module, kernel), got {fn!r}.")
+        raise InvalidArgumentError(f"register_kernel expects a function fn(module, kernel), got {fn!r}.")
     _TABLE[module_type] = _Entry(fn, mixes_positions)
 
 
@@ -123,7 +123,7 @@ def declare_init(module: nn.Module, *, W_std, b_std, reinit: bool = False) -> nn
     (for gradients of the kernel with respect to them).
     """
     if not isinstance(getattr(module, "weight", None), nn.Parameter) or not hasattr(module, "bias"):
-        raise UnsupportedError(
+        raise InvalidArgumentError(
             f"declare_init expects a layer with weight and bias (nn.Linear, nn.Conv*), got {module!r}."
         )
     check_std(W_std, "W_std")

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from ..errors import ShapeError
+
 __all__ = [
     "block_diagonal",
     "conv_padding",
@@ -93,7 +95,9 @@ def pad_trailing(t: torch.Tensor, pads: list[tuple[int, int]], circular: bool) -
         axis = i - len(pads)
         n = t.shape[axis]
         if before > n or after > n:
-            raise ValueError(f"circular padding of {before}/{after} is larger than the axis ({n})")
+            raise ShapeError(
+                f"circular padding of {before}/{after} is larger than the spatial axis ({n}); lower the padding."
+            )
         t = torch.cat([t.narrow(axis, n - before, before), t, t.narrow(axis, 0, after)], dim=axis)
     return t
 

@@ -31,7 +31,7 @@ def _as_float(value: object, name: str) -> float:
             raise ShapeError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}.")
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UnsupportedError(f"{name} must be a real number, got {type(value).__name__}.")
+        raise InvalidArgumentError(f"{name} must be a real number, got {type(value).__name__}.")
     value = float(value)
     if not math.isfinite(value):
         raise NonFiniteError(f"{name} must be finite, got {value}.")
@@ -94,14 +94,14 @@ def parse_times(t: object) -> tuple[torch.Tensor, bool]:
     if t is None:
         return torch.tensor([math.inf], dtype=torch.float64), True
     if isinstance(t, bool):
-        raise UnsupportedError("t must be a number of steps, a 1-D tensor of them, or None; got a bool.")
+        raise InvalidArgumentError("t must be a number of steps, a 1-D tensor of them, or None; got a bool.")
     if isinstance(t, int | float):
         times, scalar = torch.tensor([float(t)], dtype=torch.float64), True
     elif isinstance(t, torch.Tensor | Sequence) or hasattr(t, "__array__"):
         try:
             times = torch.as_tensor(t, dtype=torch.float64).detach().cpu()  # float64 directly: ints past 2**63 too
         except (TypeError, ValueError, RuntimeError) as err:
-            raise UnsupportedError(f"t must be numbers; could not read {type(t).__name__}: {err}") from None
+            raise InvalidArgumentError(f"t must be numbers; could not read {type(t).__name__}: {err}") from None
         if times.ndim > 1:
             raise ShapeError(f"t must be a scalar or a 1-D tensor of times, got shape {tuple(times.shape)}.")
         scalar = times.ndim == 0
@@ -109,7 +109,7 @@ def parse_times(t: object) -> tuple[torch.Tensor, bool]:
         if times.numel() == 0:
             raise ShapeError("t is empty; pass at least one time.")
     else:
-        raise UnsupportedError(f"t must be a number, a 1-D tensor of numbers or None, got {type(t).__name__}.")
+        raise InvalidArgumentError(f"t must be a number, a 1-D tensor of numbers or None, got {type(t).__name__}.")
     if bool(torch.isnan(times).any()):
         raise NonFiniteError("t holds NaN.")
     if bool((times < 0).any()):

@@ -23,7 +23,7 @@ import torch
 
 from .._memory import resolve_budget
 from .._validation import parse_get
-from ..errors import UnsupportedError
+from ..errors import InvalidArgumentError
 from .args import parse_times
 from .eigen import stacked_matmul
 from .gp import Prediction, TestKernels, TrainingSet, covariance_result, part_getter, posterior
@@ -70,7 +70,7 @@ def gradient_descent_mse_ensemble(
         "nngp" (readout only) or a tuple of them (then a dict keyed by name).
     """
     if not callable(kernel_fn):
-        raise UnsupportedError(f"kernel_fn must be a callable kernel_fn(x1, x2), got {type(kernel_fn).__name__}.")
+        raise InvalidArgumentError(f"kernel_fn must be a callable kernel_fn(x1, x2), got {type(kernel_fn).__name__}.")
     train = TrainingSet.build(
         kernel_fn(x_train, x_train), y_train, "kernel_fn(x_train, x_train)", diag_reg, diag_reg_absolute_scale, dtype
     )

@@ -34,7 +34,7 @@ def _diag_reg(diag_reg: object) -> torch.Tensor | float:
     elif isinstance(diag_reg, int | float) and not isinstance(diag_reg, bool):
         value = float(diag_reg)
     else:
-        raise UnsupportedError(f"diag_reg must be a real number or a 0-d tensor, got {type(diag_reg).__name__}.")
+        raise InvalidArgumentError(f"diag_reg must be a real number or a 0-d tensor, got {type(diag_reg).__name__}.")
     if not math.isfinite(value):
         raise NonFiniteError(f"diag_reg must be finite, got {value}.")
     if value < 0:
@@ -70,7 +70,7 @@ def marginal_log_likelihood(
             the objective being maximised): pass a larger ``diag_reg``.
     """
     if not isinstance(k_dd, torch.Tensor):
-        raise UnsupportedError(
+        raise InvalidArgumentError(
             f"k_dd must be a tensor (N, N), got {type(k_dd).__name__}; pass one kernel of an nk.Kernel, e.g. "
             "k.nngp or k.ntk."
         )

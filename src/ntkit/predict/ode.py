@@ -70,7 +70,7 @@ def gradient_descent(
         there instead of step 0) and ``progress=True`` (a tqdm bar over the steps).
     """
     if not callable(loss):
-        raise UnsupportedError(f"loss must be a callable loss(f, y) -> scalar, got {type(loss).__name__}.")
+        raise InvalidArgumentError(f"loss must be a callable loss(f, y) -> scalar, got {type(loss).__name__}.")
     k = check_tensor(ntk_train_train, "ntk_train_train", min_ndim=2)
     y = check_tensor(y_train, "y_train", min_ndim=1, allow_integer=True)
     check_device(y, "y_train", k.device)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from .._validation import check_tensor, format_shape
-from ..errors import InvalidArgumentError, ShapeError, UnsupportedError
+from ..errors import InvalidArgumentError, ShapeError
 from .args import parse_times
 from .eigen import stacked_matmul
 from .layout import Layout, check_device, promote_dtype
@@ -30,7 +30,7 @@ def outputs_argument(
 ) -> torch.Tensor:
     """A number (broadcast) or a tensor of exactly ``shape``, on ``device``, as ``dtype``."""
     if isinstance(value, bool):
-        raise UnsupportedError(f"{name} must be a tensor of shape {format_shape(shape)} or a number, got a bool.")
+        raise InvalidArgumentError(f"{name} must be a tensor of shape {format_shape(shape)} or a number, got a bool.")
     if isinstance(value, int | float):
         return torch.full(shape, float(value), dtype=dtype, device=device)
     value = check_tensor(value, name)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidArgumentError
 from .files import atomic_write
 from .result import ExperimentResult, to_jsonable
 
@@ -228,7 +229,7 @@ def write_report(
     fig_dir.mkdir(parents=True, exist_ok=True)
     names = [f.name for r in results for f in r.figures]
     if len(set(names)) != len(names):
-        raise ValueError(f"figure names must be unique in a report, got {names}")
+        raise InvalidArgumentError(f"figure names must be unique in a report, got {names}")
     for r in results:
         for f in r.figures:
             atomic_write(fig_dir / f"{f.name}.png", f.png)

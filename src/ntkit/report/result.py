@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import ShapeError
+
 __all__ = ["ExperimentResult", "Figure", "Table", "to_jsonable", "verdict_label"]
 
 
@@ -64,7 +66,7 @@ class Table:
     def __post_init__(self) -> None:
         for row in self.rows:
             if len(row) != len(self.header):
-                raise ValueError(f"table {self.title!r}: a row has {len(row)} cells for {len(self.header)} columns")
+                raise ShapeError(f"table {self.title!r}: a row has {len(row)} cells for {len(self.header)} columns")
 
 
 @dataclass

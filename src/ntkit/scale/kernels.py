@@ -72,7 +72,7 @@ def kernel(
     """
     wanted, _ = parse_get(get, KERNELS)
     if not isinstance(net, nn.Module):
-        raise UnsupportedError(f"net must be a torch.nn.Module, got {type(net).__name__}.")
+        raise InvalidArgumentError(f"net must be a torch.nn.Module, got {type(net).__name__}.")
     x1, x2 = check_input_pair(x1, x2)
     dtype = dtype or x1.dtype
     probe = _kernel(net, x1[:2], None if x2 is None else x2[:1], get=wanted, dtype=dtype)
@@ -110,7 +110,7 @@ def empirical_ntk(
     ``params`` and ``method`` are those of :func:`ntkit.empirical_ntk`. The store holds "ntk" only.
     """
     if not isinstance(model, nn.Module):
-        raise UnsupportedError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     x1, x2 = check_input_pair(x1, x2, allow_integer=True)
     probe = _empirical_ntk(model, x1[:2], None if x2 is None else x2[:1], params=params, method=method)
     _check_per_output({"ntk": probe}, "nk.scale.empirical_ntk")
