@@ -15,6 +15,7 @@ from .._progress import Progress, progress_bar
 from .._validation import all_finite, check_input_pair, check_positive_int, format_shape, parse_get, same_examples
 from ..errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError
 from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
+from .conv_chain import new_variances, run_pairs
 from .dense_chain import chain_variances, run_chain_tile
 from .duplicates import equal_pairs, row_hashes
 from .kernel_type import Kernel
@@ -39,6 +40,10 @@ _CHAIN_TILE_ENTRIES = 2**18
 #: also recomputes its examples' own covariances, (b1 + b2) of them next to b1·b2 pairs, a quarter extra at 8
 #: and more for smaller tiles (benchmarks/README.md).
 _MIN_TILE_SIDE = 8
+#: Entries per buffer of the convolutional fast path (``conv_chain``): pairs are batched up to this many
+#: entries of the largest layer (one pair of 32 x 32 images has 2^20, so Myrtle's batches are single pairs; the
+#: operations on them are large enough that batching more saves nothing, and the buffers stay small).
+_CONV_BATCH_ENTRIES = 2**20
 
 
 def kernel(
@@ -148,6 +153,9 @@ def _compute(
     pooled = not p.requires_grad and x1.device.type == "cpu" and p.kernel_entries <= _TILE_ENTRIES
     n_workers = torch.get_num_threads() if pooled else 0  # 0: tile after tile in this thread
     budget = resolve_budget(memory_budget, x1.device)
+    if p.conv_chain is not None:
+        x1, x2 = x1.to(dtype), None if x2 is None else x2.to(dtype)
+        return _run_conv_chain(p, x1, x2, need_ntk, budget, block_size, progress)
     chain = p.chain is not None and pooled  # dense layers and ReLU-family activations: ``dense_chain``
     tile_entries = _CHAIN_TILE_ENTRIES if chain else _TILE_ENTRIES
     itemsize = torch.finfo(dtype).bits // 8
@@ -408,3 +416,109 @@ def _chain_evaluator(p: Plan, x1: torch.Tensor, x2: torch.Tensor | None, need_nt
         return nngp, ntk, None
 
     return evaluate
+
+
+def _run_conv_chain(
+    p: Plan,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    need_ntk: bool,
+    budget: int,
+    block_size: int | None,
+    progress: bool,
+) -> tuple[Kernel, bool]:
+    """A pooled CNN by ``conv_chain``: first the examples' own pairs (their variances at every activation, and
+    ``cov``; with x2 = None also the batch diagonal of K and Θ), then the other pairs, only i < j when x2 is
+    None (mirrored into the result), in batches of pairs spread over the worker pool on CPU. Also returns
+    whether every entry is finite."""
+    chain = p.conv_chain
+    assert chain is not None
+    symmetric = x2 is None
+    examples = x1 if x2 is None else torch.cat([x1, x2])
+    n1, n = x1.shape[0], examples.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    itemsize = x1.element_size()
+    n_workers = torch.get_num_threads() if x1.device.type == "cpu" else 0
+    out_bytes = p.output_bytes(n1, n2, itemsize, 2 if need_ntk else 1)
+    check_fits(
+        out_bytes,
+        budget,
+        f"the result ({n1} x {n2} pairs x {p.output_entries:,} entries)",
+        "Compute it in blocks of x1 and x2 that fit, or raise memory_budget.",
+    )
+    pair_bytes = 4 * chain.pair_entries * itemsize  # four buffers of the largest layer per pair
+    room = (budget - out_bytes) // max(n_workers, 1)
+    if pair_bytes > room:
+        raise MemoryBudgetError(
+            f"one pair of examples needs {format_bytes(pair_bytes)} (four covariances of {chain.pair_entries:,} "
+            f"entries, the largest layer's); the memory budget leaves {format_bytes(room)} next to the result. "
+            "Raise memory_budget, or use a network that flattens instead of pooling."
+        )
+    batch = max(1, min(room // pair_bytes, _CONV_BATCH_ENTRIES // chain.pair_entries, (block_size or n) ** 2))
+    meta = p.output
+    new = {"dtype": x1.dtype, "device": x1.device}
+    nngp = torch.empty((n1, n2, *meta.nngp.shape[2:]), **new)
+    ntk = torch.empty_like(nngp) if need_ntk else None
+    cov = torch.empty((n, *meta.cov.shape[1:]), **new)
+    variances = new_variances(chain, n, x1.dtype, x1.device)
+    n_spatial = meta.n_spatial if meta.full else 0
+
+    def own(rows: torch.Tensor) -> None:
+        k, theta = run_pairs(chain, variances, examples[rows], examples[rows], rows, rows, need_ntk and symmetric, True)
+        cov[rows] = k
+        if symmetric:  # the batch diagonal, exactly symmetric in (s, s') as the generic path makes it
+            for out, t in ((nngp, k), (ntk, theta)):
+                if out is not None and t is not None:
+                    out[rows, rows] = (t + _swap_positions(t, n_spatial)) / 2 if n_spatial else t
+
+    def pairs(rows: torch.Tensor, cols: torch.Tensor) -> None:
+        b = x1[cols] if x2 is None else x2[cols]
+        k, theta = run_pairs(chain, variances, x1[rows], b, rows, cols if symmetric else cols + n1, need_ntk, False)
+        for out, t in ((nngp, k), (ntk, theta)):
+            if out is not None and t is not None:
+                out[rows, cols] = t
+                if symmetric:
+                    out[cols, rows] = _swap_positions(t, n_spatial)
+
+    index = torch.arange(n, device=x1.device)
+    own_batches = [(index[i : i + batch],) for i in range(0, n, batch)]
+    if symmetric:
+        rows, cols = torch.triu_indices(n1, n1, offset=1, device=x1.device)
+    else:
+        rows, cols = (t.flatten() for t in torch.meshgrid(index[:n1], index[:n2], indexing="ij"))
+    pair_batches = [(rows[i : i + batch], cols[i : i + batch]) for i in range(0, rows.numel(), batch)]
+    with progress_bar(progress, len(own_batches) + len(pair_batches), "nk.kernel", "batch") as bar:
+
+        def run(fn, batches: list[tuple[torch.Tensor, ...]]) -> None:
+            def one(args: tuple[torch.Tensor, ...]) -> None:
+                with torch.no_grad():
+                    fn(*args)
+                bar.update(1)
+
+            if n_workers:
+                list(_worker_pool(n_workers).map(one, batches))
+            else:
+                for args in batches:
+                    one(args)
+
+        run(own, own_batches)  # the variances that every other pair needs
+        run(pairs, pair_batches)
+    if ntk is not None and (scale := _ntk_scale(meta)) != 1.0:
+        ntk.mul_(scale)
+    out = meta.replace(
+        nngp=nngp,
+        ntk=ntk,
+        cov=cov,
+        x1_is_x2=symmetric,
+        mean=None,
+        source=None,
+        fn=None,
+        fresh=None,
+        ntk_divisor=meta.sp_normalizer() if need_ntk else 1,
+    )
+    return out, all(t is None or all_finite(t) for t in _fields(out))
+
+
+def _swap_positions(t: torch.Tensor, n_spatial: int) -> torch.Tensor:
+    """(P, S_1, S_1', ..., S_k, S_k') -> the same with each pair (s_i, s_i') swapped: K(x2, x1) from K(x1, x2)."""
+    return t.permute([0, *(1 + 2 * i + side for i in range(n_spatial) for side in (1, 0))]) if n_spatial else t

@@ -35,6 +35,7 @@ __all__ = [
     "DenseStep",
     "chain_recorder",
     "chain_variances",
+    "is_linked",
     "linked_chain",
     "record_step",
     "run_chain_tile",
@@ -80,14 +81,20 @@ def record_step(k_in: Kernel, k_out: Kernel, step: Step) -> None:
         records.append((k_in, k_out, step))
 
 
-def linked_chain(records: list, k_input: Kernel, k_output: Kernel) -> tuple[Step, ...] | None:
-    """The steps if they map ``k_input`` to ``k_output`` one after the other (else None: another map ran)."""
+def is_linked(records: list, k_input: Kernel, k_output: Kernel) -> bool:
+    """Whether the recorded steps map ``k_input`` to ``k_output`` one after the other (no other map ran)."""
     if not records or records[0][0] is not k_input or records[-1][1] is not k_output:
-        return None
-    if any(records[i][0] is not records[i - 1][1] for i in range(1, len(records))):
+        return False
+    return all(records[i][0] is records[i - 1][1] for i in range(1, len(records)))
+
+
+def linked_chain(records: list, k_input: Kernel, k_output: Kernel) -> tuple[Step, ...] | None:
+    """The steps if they map ``k_input`` to ``k_output`` one after the other and are all dense layers and
+    arc-cosine activations (else None: another map ran)."""
+    if not is_linked(records, k_input, k_output):
         return None
     steps = tuple(step for _, _, step in records)
-    if not isinstance(steps[0], DenseStep):
+    if not isinstance(steps[0], DenseStep) or not all(isinstance(s, DenseStep | ArcCosineStep) for s in steps):
         return None
     for step in steps:
         if isinstance(step, DenseStep) and not all(

@@ -19,6 +19,7 @@ from torch import nn
 from .._derivatives import tracks_derivatives
 from .._memory import format_bytes
 from ..errors import UnsupportedError
+from .conv_chain import ConvChain, conv_chain
 from .dense_chain import Step, chain_recorder, linked_chain
 from .kernel_type import KERNEL_TEMPORARIES, Kernel, pair_entries, working_set_probe
 from .registry import apply_layer, mixes_positions
@@ -36,6 +37,7 @@ class Plan:
     output: Kernel
     requires_grad: bool  # derivatives are taken (reverse mode records, or forward mode is active)
     chain: tuple[Step, ...] | None = None  # dense layers and ReLU-family activations only (``dense_chain``)
+    conv_chain: ConvChain | None = None  # a pooled CNN of convolutions, ReLU-family, pooling (``conv_chain``)
 
     @property
     def kernel_entries(self) -> int:
@@ -99,4 +101,5 @@ def plan(
         chain_recorder().reset(chain_token)
     requires_grad = tracks_derivatives(out.nngp, out.ntk)
     chain = linked_chain(records, k_input, out) if x1.ndim == 2 and not requires_grad else None
-    return Plan(diagonal_spatial, probe[0], pair_entries(out.nngp), out, requires_grad, chain)
+    convs = conv_chain(records, k_input, out) if x1.ndim > 2 and not requires_grad else None
+    return Plan(diagonal_spatial, probe[0], pair_entries(out.nngp), out, requires_grad, chain, convs)

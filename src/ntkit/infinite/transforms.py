@@ -16,6 +16,7 @@ from ..errors import ShapeError, UnsupportedError
 from ..gaussian.activations import Activation
 from ..gaussian.functions import GaussianFunction
 from . import spatial
+from .conv_chain import ConvStep, PoolStep, ReduceStep
 from .dense_chain import ArcCosineStep, DenseStep, record_step
 from .kernel_type import KERNEL_TEMPORARIES, Kernel, note_working_set, pair_entries
 
@@ -214,6 +215,15 @@ def weight_layer(
     )
     if geometry is None:
         record_step(k, out, DenseStep(W_var, b_var, parameterization, in_channels))
+    elif not geometry.circular and geometry.input_dilation is None:
+        dilation = geometry.dilation or (1,) * k.n_spatial
+        record_step(
+            k,
+            out,
+            ConvStep(
+                geometry.kernel_size, geometry.stride, geometry.padding, dilation, W_var, b_var, parameterization, in_channels
+            ),
+        )
     return out
 
 
@@ -438,13 +448,16 @@ def pool(k: Kernel, geometry: ConvGeometry, divisor: str | float) -> Kernel:
         return t if constant == 1.0 else t / constant**copies
 
     fields = k.map(lambda t: window_means(t, True))
-    return k.replace(
+    out = k.replace(
         **fields,
         spatial_shape=tuple(fields["cov"].shape[1::2]),
         mean=None if k.mean is None else window_means(k.mean, False),
         source=None,
         fn=None,
     )
+    if not geometry.circular:
+        record_step(k, out, PoolStep(geometry.kernel_size, geometry.stride, geometry.padding, divisor))
+    return out
 
 
 def separable_linear(k: Kernel, matrices: tuple[torch.Tensor, ...], layer: str = "resizing") -> Kernel:
@@ -499,7 +512,9 @@ def global_pool(k: Kernel, *, average: bool = True) -> Kernel:
     fields = _reduce_spatial(k, reduce)
     if not average and k.mean is not None:
         fields["mean"] = fields["mean"] * math.prod(k.spatial_shape)  # the sum of the position means
-    return k.replace(**fields, source=None, fn=None)
+    out = k.replace(**fields, source=None, fn=None)
+    record_step(k, out, ReduceStep("mean" if average else "sum"))
+    return out
 
 
 def flatten(k: Kernel) -> Kernel:
@@ -516,13 +531,15 @@ def flatten(k: Kernel) -> Kernel:
             return t
         return spatial.spatial_diagonal(t, n, k.full).mean(dim=tuple(range(-n, 0)))
 
-    return k.replace(
+    out = k.replace(
         **_reduce_spatial(k, mean_diagonal),
         channels=k.channels * math.prod(k.spatial_shape),
         is_gaussian=False,
         source=None,
         fn=None,
     )
+    record_step(k, out, ReduceStep("flatten"))
+    return out
 
 
 def _reduce_spatial(k: Kernel, reduce) -> dict:
