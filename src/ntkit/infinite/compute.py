@@ -450,8 +450,9 @@ def _run_conv_chain(
     room = (budget - out_bytes) // max(n_workers, 1)
     if pair_bytes > room:
         raise MemoryBudgetError(
-            f"one pair of examples needs {format_bytes(pair_bytes)} (four covariances of {chain.pair_entries:,} "
-            f"entries, the largest layer's); the memory budget leaves {format_bytes(room)} next to the result. "
+            f"one pair of examples needs {format_bytes(pair_bytes)}: four covariances of {chain.pair_entries:,} "
+            f"entries (the largest layer's, full spatial layout); the memory budget leaves {format_bytes(room)} "
+            "next to the result. "
             "Raise memory_budget, or use a network that flattens instead of pooling."
         )
     batch = max(1, min(room // pair_bytes, _CONV_BATCH_ENTRIES // chain.pair_entries, (block_size or n) ** 2))
@@ -471,9 +472,17 @@ def _run_conv_chain(
                 if out is not None and t is not None:
                     out[rows, rows] = (t + _swap_positions(t, n_spatial)) / 2 if n_spatial else t
 
+    hashes = row_hashes(x1) if symmetric and n_spatial else None
+
     def pairs(rows: torch.Tensor, cols: torch.Tensor) -> None:
-        b = x1[cols] if x2 is None else x2[cols]
-        k, theta = run_pairs(chain, variances, x1[rows], b, rows, cols if symmetric else cols + n1, need_ntk, False)
+        a, b = x1[rows], x1[cols] if x2 is None else x2[cols]
+        k, theta = run_pairs(chain, variances, a, b, rows, cols if symmetric else cols + n1, need_ntk, False)
+        if hashes is not None:  # equal examples get their own pair's symmetrised value (``own``), exactly
+            for p in (hashes[rows] == hashes[cols]).nonzero().flatten().tolist():
+                if torch.equal(a[p], b[p]):
+                    for t in (k, theta):
+                        if t is not None:
+                            t[p] = (t[p] + _swap_positions(t[p : p + 1], n_spatial)[0]) / 2
         for out, t in ((nngp, k), (ntk, theta)):
             if out is not None and t is not None:
                 out[rows, cols] = t

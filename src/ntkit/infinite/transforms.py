@@ -221,7 +221,14 @@ def weight_layer(
             k,
             out,
             ConvStep(
-                geometry.kernel_size, geometry.stride, geometry.padding, dilation, W_var, b_var, parameterization, in_channels
+                geometry.kernel_size,
+                geometry.stride,
+                geometry.padding,
+                dilation,
+                W_var,
+                b_var,
+                parameterization,
+                in_channels,
             ),
         )
     return out
