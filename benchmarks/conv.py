@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nt_python import add_nt_python_option, nt_python
+from nt_python import add_nt_python_option, nt_env, nt_python
 
 W_STD, B_STD = 2.0**0.5, 0.05
 CIFAR_PAIRS = 60_000 * 60_001 // 2
@@ -179,13 +179,7 @@ WORKERS = {"ntkit": _ntkit_worker, "nt": _nt_worker, "roofline": _roofline_worke
 
 def _run_worker(impl: str, args: list[str], nt: str | None) -> dict:
     python = nt if impl == "nt" else sys.executable
-    env = dict(os.environ)
-    if impl == "nt":
-        env = {
-            "JAX_PLATFORMS": "cpu",
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", "/tmp"),
-        }
+    env = nt_env() if impl == "nt" else dict(os.environ)
     cmd = [python, str(Path(__file__).resolve()), "--worker", impl, *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:

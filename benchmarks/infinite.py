@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nt_python import add_nt_python_option, nt_python
+from nt_python import add_nt_python_option, nt_env, nt_python
 
 W_STD, B_STD = 1.5, 0.05
 CASES = {
@@ -205,13 +205,7 @@ WORKERS = {"ntkit": _ntkit_worker, "plain": _plain_worker, "nt": _nt_worker}
 
 def _run_worker(impl: str, name: str, x_path: str, out_path: str, nt: str | None) -> dict:
     python = nt if impl == "nt" else sys.executable
-    env = dict(os.environ)
-    if impl == "nt":
-        env = {
-            "JAX_PLATFORMS": "cpu",
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", "/tmp"),
-        }
+    env = nt_env() if impl == "nt" else dict(os.environ)
     cmd = [python, str(Path(__file__).resolve()), "--worker", impl, name, x_path, out_path]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:

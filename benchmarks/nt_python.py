@@ -33,3 +33,12 @@ def nt_python(args: argparse.Namespace) -> str | None:
         print(f"neural-tangents columns skipped: --nt-python / NT_PYTHON {path!r} is not an executable file")
         return None
     return path
+
+
+def nt_env() -> dict[str, str]:
+    """The environment of a neural-tangents worker process: JAX on CPU, and nothing of this project's."""
+    return {
+        "JAX_PLATFORMS": "cpu",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+    }

@@ -382,18 +382,7 @@ def _run_tiles(
         finite = all(_worker_pool(n_workers).map(_no_grad(tile), *zip(*tiles, strict=True)))
     else:
         finite = all([tile(rows, cols) for rows, cols in tiles])
-    out = meta.replace(
-        nngp=nngp,
-        ntk=ntk,
-        cov=cov,
-        x1_is_x2=symmetric,
-        mean=None,
-        source=None,
-        fn=None,
-        fresh=None,
-        ntk_divisor=meta.sp_normalizer() if need_ntk else 1,
-    )
-    return out, finite
+    return _result(meta, nngp, ntk, cov, symmetric), finite
 
 
 def _chain_evaluator(p: Plan, x1: torch.Tensor, x2: torch.Tensor | None, need_ntk: bool, cov: torch.Tensor):
@@ -514,7 +503,13 @@ def _run_conv_chain(
         run(pairs, pair_batches)
     if ntk is not None and (scale := _ntk_scale(meta)) != 1.0:
         ntk.mul_(scale)
-    out = meta.replace(
+    out = _result(meta, nngp, ntk, cov, symmetric)
+    return out, all(t is None or all_finite(t) for t in _fields(out))
+
+
+def _result(meta: Kernel, nngp: torch.Tensor, ntk: torch.Tensor | None, cov: torch.Tensor, symmetric: bool) -> Kernel:
+    """The output layer's kernel (metadata of the plan) with the computed tensors."""
+    return meta.replace(
         nngp=nngp,
         ntk=ntk,
         cov=cov,
@@ -523,9 +518,8 @@ def _run_conv_chain(
         source=None,
         fn=None,
         fresh=None,
-        ntk_divisor=meta.sp_normalizer() if need_ntk else 1,
+        ntk_divisor=meta.sp_normalizer() if ntk is not None else 1,
     )
-    return out, all(t is None or all_finite(t) for t in _fields(out))
 
 
 def _swap_positions(t: torch.Tensor, n_spatial: int) -> torch.Tensor:
