@@ -15,7 +15,7 @@ from .._progress import Progress, progress_bar
 from .._validation import all_finite, check_input_pair, check_positive_int, format_shape, parse_get, same_examples
 from ..errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError
 from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
-from .conv_chain import new_variances, run_pairs
+from .conv_chain import new_variances, release_buffers, run_pairs
 from .dense_chain import chain_variances, run_chain_tile
 from .duplicates import equal_pairs, row_hashes
 from .kernel_type import Kernel
@@ -41,9 +41,10 @@ _CHAIN_TILE_ENTRIES = 2**18
 #: and more for smaller tiles (benchmarks/README.md).
 _MIN_TILE_SIDE = 8
 #: Entries per buffer of the convolutional fast path (``conv_chain``): pairs are batched up to this many
-#: entries of the largest layer (one pair of 32 x 32 images has 2^20, so Myrtle's batches are single pairs; the
-#: operations on them are large enough that batching more saves nothing, and the buffers stay small).
-_CONV_BATCH_ENTRIES = 2**20
+#: entries of the largest layer (one pair of 32 x 32 images has 2^20, so Myrtle's batches are single pairs on
+#: CPU, whose operations on them are large enough that batching more saves nothing; a GPU gets 16 pairs per
+#: operation, within the memory budget).
+_CONV_BATCH_ENTRIES = {"cpu": 2**20, "other": 2**24}
 
 
 def kernel(
@@ -444,7 +445,8 @@ def _run_conv_chain(
             "next to the result. "
             "Raise memory_budget, or use a network that flattens instead of pooling."
         )
-    batch = max(1, min(room // pair_bytes, _CONV_BATCH_ENTRIES // chain.pair_entries, (block_size or n) ** 2))
+    entries = _CONV_BATCH_ENTRIES["cpu" if n_workers else "other"]
+    batch = max(1, min(room // pair_bytes, entries // chain.pair_entries, (block_size or n) ** 2))
     meta = p.output
     new = {"dtype": x1.dtype, "device": x1.device}
     nngp = torch.empty((n1, n2, *meta.nngp.shape[2:]), **new)
@@ -499,8 +501,12 @@ def _run_conv_chain(
                 for args in batches:
                     one(args)
 
-        run(own, own_batches)  # the variances that every other pair needs
-        run(pairs, pair_batches)
+        try:
+            run(own, own_batches)  # the variances that every other pair needs
+            run(pairs, pair_batches)
+        finally:
+            if not n_workers:
+                release_buffers()
     if ntk is not None and (scale := _ntk_scale(meta)) != 1.0:
         ntk.mul_(scale)
     out = _result(meta, nngp, ntk, cov, symmetric)

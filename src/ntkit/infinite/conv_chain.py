@@ -52,6 +52,7 @@ __all__ = [
     "Variances",
     "conv_chain",
     "new_variances",
+    "release_buffers",
     "run_pairs",
     "window_sum",
 ]
@@ -188,6 +189,11 @@ class _Buffers(threading.local):
 
 
 _BUFFERS = _Buffers()
+
+
+def release_buffers() -> None:
+    """Drop this thread's buffers (the calling thread's on GPU; CPU workers keep theirs between calls)."""
+    _BUFFERS.__dict__.pop("bufs", None)
 
 
 class _Pool:
