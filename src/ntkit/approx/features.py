@@ -1,15 +1,11 @@
 """``nk.approx.features(net, n_features, get, method, seed)``: explicit features φ(x) with φ(x)·φ(y) ≈ the
-infinite-width NNGP or NTK of ``net`` (docs/approx.md; Zandieh et al. 2021, Algorithm 1 and section 4).
+infinite-width NNGP or NTK of ``net`` (docs/approx.md; Zandieh et al. 2021, Algorithm 1 and sections 4-5).
 
-The features follow the kernel recursion of theory.md §4.1 layer by layer, with ψ_K features of the NNGP K and
-ψ_Θ features of the NTK Θ of the current layer (input: ψ_K = x/√d, no Θ):
-
-- Linear (NTK parameterization):  ψ_K' = [W_std ψ_K, b_std],  ψ_Θ' = [ψ_K', W_std ψ_Θ]
-  (K' = W_std² K + b_std², Θ' = K' + W_std² Θ, exactly);
-- Linear (standard parameterization): ψ_Θ' = [√n_in ψ_K, 1, W_std ψ_Θ] (Θ' = n_in K + 1 + W_std² Θ), and
-  the final ψ_Θ divided by √n for the widest hidden width n, as ``nk.kernel`` normalises (theory.md §4.4);
-- activation φ: ψ_K' = f(ψ_K), ψ_Θ' = TensorSketch(ψ_Θ, f'(ψ_K)) (Θ' = Θ ⊙ Ṫ: the sketch of the tensor
-  product ψ_Θ ⊗ f', unbiased for the product of inner products), with f, f' from ``activation_features``.
+The features follow the kernel recursion of theory.md §4.1 layer by layer (``steps``), with ψ_K features of the
+NNGP K and ψ_Θ features of the NTK Θ at every position (input: ψ_K(s) = x(s)/√C, no Θ): weight layers, pooling
+and Flatten map them exactly; each activation draws features f, f' of its dual kernels (``activation_features``)
+and sketches the product ψ_Θ ⊗ f' (Θ' = Θ ⊙ Ṫ) with a TensorSketch. In the standard parameterization the final
+ψ_Θ is divided by √n for the widest hidden fan-in channel count n, as ``nk.kernel`` normalises (theory.md §4.4).
 
 Given the features of its input, every step is unbiased, so for one hidden layer E[φ(x)·φ(y)] is exactly the
 kernel; deeper, T is applied to an estimate of K and the features are consistent (error O(1/√m)) but not
@@ -20,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -28,37 +23,13 @@ from torch import nn
 from .._memory import check_fits, resolve_budget
 from .._validation import check_tensor, format_shape
 from ..errors import InvalidArgumentError, ShapeError, UnsupportedError
-from ..gaussian.activations import Activation, compose
-from ..nn.linear import Linear
-from ..nn.reshape import Flatten, Identity
 from .activation_features import ActivationFeatures, HermiteSketchFeatures, RandomActivationFeatures
 from .sketches import TensorSketch
+from .steps import ActivationStep, Dims, Step, WeightStep, parse
 
 __all__ = ["FeatureMap", "features", "progress_bar"]
 
 METHODS = ("random_features", "sketch")
-_EXACT_HINT = (
-    "Compute its kernel exactly with nk.kernel (up to ~10^4-10^5 examples), or approximate it with "
-    "nk.approx.nystrom(lambda a, b: nk.kernel(net, a, b).ntk, landmarks)."
-)
-
-
-@dataclass(frozen=True)
-class _Dense:
-    W_std: float
-    b_std: float | None
-    parameterization: str
-    in_features: int
-
-
-@dataclass
-class _Activation:
-    act: Activation
-    features: ActivationFeatures | None = None
-    product: TensorSketch | None = None  # ψ_Θ ⊗ f' -> ψ_Θ'
-
-
-_Step = _Dense | _Activation
 
 
 def features(
@@ -75,9 +46,10 @@ def features(
     """Random features or sketches of the infinite-width ``get`` kernel of ``net`` (module doc).
 
     Args:
-        net: an ``ntkit.nn.Sequential`` (or ``torch.nn.Sequential``) of ``ntkit.nn.Linear`` layers and
-            ``ntkit.nn`` activations (Identity and Flatten of flat inputs pass through; two activations in a row
-            are composed). Anything else raises :class:`UnsupportedError` pointing to the exact kernel.
+        net: an ``ntkit.nn.Sequential`` (or ``torch.nn.Sequential``) of ``ntkit.nn`` layers: Linear, Conv1d,
+            Conv2d, activations (two in a row are composed), AvgPool1d/2d, SumPool1d/2d, GlobalAvgPool,
+            GlobalSumPool, Flatten and Identity, starting with a Linear or Conv layer (or Flatten then Linear) and
+            ending with (N, outputs). Anything else raises :class:`UnsupportedError` pointing to the exact kernel.
         n_features: F, the number of features (columns of φ(x)).
         get: "nngp" or "ntk".
         method: "random_features" (φ(Gᵀψ)/√m per activation: arc-cosine features for the ReLU family) or
@@ -85,11 +57,13 @@ def features(
         seed: the seed of the ``torch.Generator`` that draws every projection and hash.
         degree: q, the truncation degree of the series of the "sketch" method (the tail beyond goes into one
             extra degree so the diagonal stays unbiased).
-        memory_budget: bytes (or "4G") for a batch of features; default a quarter of free memory.
+        memory_budget: bytes (or "4G") for a batch of features; default a quarter of free memory (random
+            projections over a quarter of free memory raise :class:`MemoryBudgetError`).
         progress: a tqdm bar over batches (needs tqdm).
 
     Returns:
-        :class:`FeatureMap`: ``feats(x)`` maps (N, d) inputs to (N, F) features on x's device, in x's dtype.
+        :class:`FeatureMap`: ``feats(x)`` maps (N, d) or (N, C, *S) inputs to (N, F) features on x's device, in
+        x's dtype.
     """
     if get not in ("nngp", "ntk"):
         raise InvalidArgumentError(f"get must be 'nngp' or 'ntk', got {get!r}.")
@@ -103,70 +77,22 @@ def features(
         raise InvalidArgumentError(f"seed must be an int, got {seed!r}.")
     if not isinstance(net, nn.Module):
         raise InvalidArgumentError(f"net must be a torch.nn.Module, got {type(net).__name__}.")
-    steps = _parse(net)
-    return FeatureMap(steps, n_features, get, method, seed, degree, memory_budget, progress)
-
-
-def _parse(net: nn.Module) -> list[_Step]:
-    """The network as dense and activation steps (consecutive activations composed into one)."""
-    steps: list[_Step] = []
-    for layer in _layers(net):
-        if isinstance(layer, Linear):
-            # W_std/b_std given as tensors are read as numbers: features are not differentiable in them
-            b_std = None if layer.b_std is None else float(layer.b_std)
-            steps.append(_Dense(float(layer.W_std), b_std, layer.parameterization, layer.in_features))
-        elif isinstance(layer, Activation):
-            if not steps:
-                raise UnsupportedError(
-                    f"{type(layer).__name__} is applied to the network input, which is not random: apply it to "
-                    "the data first, or start the network with a Linear layer."
-                )
-            if isinstance(steps[-1], _Activation):
-                steps[-1] = _Activation(compose(steps[-1].act, layer))
-            else:
-                steps.append(_Activation(layer))
-        elif not isinstance(layer, Identity | Flatten):
-            plain = type(layer).__module__.startswith("torch.nn")
-            hint = (
-                "Build the network from ntkit.nn layers (parameterization='standard' for PyTorch's). " if plain else ""
-            )
-            raise UnsupportedError(
-                hint
-                + f"nk.approx.features does not support {type(layer).__name__} layers: it supports ntkit.nn.Linear, "
-                "ntkit.nn activations, Identity and Flatten (dense networks; convolutions and pooling are not "
-                "implemented). " + _EXACT_HINT
-            )
-    dense = [s for s in steps if isinstance(s, _Dense)]
-    if not dense or not isinstance(steps[0], _Dense):
-        raise UnsupportedError("nk.approx.features needs a network that starts with an ntkit.nn.Linear layer.")
-    if not any(isinstance(s, _Activation) for s in steps):
-        raise UnsupportedError(
-            "this network has no activation: its kernels are linear in x·y, so use nk.kernel (exact and cheap)."
-        )
-    if len({d.parameterization for d in dense}) > 1:
-        raise UnsupportedError(
-            "this network mixes the 'ntk' and 'standard' parameterizations; use one for every layer (as nk.kernel)."
-        )
-    return steps
-
-
-def _layers(net: nn.Module) -> Iterator[nn.Module]:
-    if isinstance(net, nn.Sequential):
-        for layer in net:
-            yield from _layers(layer)
-    else:
-        yield net
+    steps, flatten_input = parse(net)
+    return FeatureMap(steps, flatten_input, n_features, get, method, seed, degree, memory_budget, progress)
 
 
 class FeatureMap:
-    """φ: (N, d) -> (N, n_features) with φ(x1) φ(x2)ᵀ ≈ the ``get`` kernel of the network (``features``).
+    """φ: (N, d) or (N, C, *S) -> (N, n_features) with φ(x1) φ(x2)ᵀ ≈ the ``get`` kernel of the network.
 
-    Deterministic: the same seed gives the same features on every call and device (up to round-off).
+    Deterministic: the same seed gives the same features on every call and device (up to round-off). When
+    Flatten multiplies the widths by a number of positions, F may not be reachable exactly: the last
+    ``n_features - used_features`` columns are then zero (they change no kernel value).
     """
 
     def __init__(
         self,
-        steps: list[_Step],
+        steps: list[Step],
+        flatten_input: bool,
         n_features: int,
         get: str,
         method: str,
@@ -176,75 +102,90 @@ class FeatureMap:
         progress: bool,
     ) -> None:
         self.n_features, self.get, self.method, self.seed, self.degree = n_features, get, method, seed, degree
-        self.memory_budget, self.progress = memory_budget, progress
-        first = steps[0]
-        assert isinstance(first, _Dense)
-        self.in_features = first.in_features
-        hidden = [s.in_features for s in steps[1:] if isinstance(s, _Dense)]
-        self._standard_scale = 1 / math.sqrt(max(hidden, default=first.in_features))
+        self.memory_budget, self.progress, self._flatten_input = memory_budget, progress, flatten_input
+        weights = [s for s in steps if isinstance(s, WeightStep)]
+        first = weights[0]
+        self.in_channels, self._n_spatial = first.in_channels, len(first.kernel_size)
         self._standard = first.parameterization == "standard"
+        hidden = [w.in_channels for w in weights[1:]]
+        self._standard_scale = 1 / math.sqrt(max(hidden, default=first.in_channels))
         width, sketch_width = self._allocate(steps)
+        self.used_features = self._output_dim(steps, width, sketch_width)
+        self._widest = self._dims(steps, width, sketch_width)[1]
         generator = torch.Generator().manual_seed(seed)
         self.steps = self._draw(steps, width, sketch_width, generator)
 
     # ----------------------------------------------------------------------------------------- construction
 
-    def _dims(self, steps: list[_Step], width: int, sketch_width: int) -> tuple[int, int, int]:
-        """(dim ψ_K, dim ψ_Θ, the widest per-example intermediate) at the output, for activation features of
-        ``width`` and products sketched to ``sketch_width``."""
-        dk, dt, widest = self.in_features, 0, self.in_features
+    def _dims(self, steps: list[Step], width: int, sketch_width: int) -> tuple[Dims, int]:
+        """(the output's Dims, the widest per-position intermediate) for activation features of ``width`` and
+        products sketched to ``sketch_width``."""
+        d, widest = Dims(self.in_channels, 0), self.in_channels
         for step in steps:
-            if isinstance(step, _Dense):
-                dk, dt = dk + (step.b_std is not None), dk + (step.b_std is not None) + dt
-            else:
-                dk, dt = width, sketch_width
-            widest = max(widest, dk + dt)
-        return dk, dt, widest
+            d = Dims(width, sketch_width) if isinstance(step, ActivationStep) else step.dims(d)
+            widest = max(widest, d.k + d.t)
+        return d, widest
 
-    def _allocate(self, steps: list[_Step]) -> tuple[int, int]:
-        """(m, m_s): activation features of m and products of m_s dimensions so the output has n_features."""
-        f = self.n_features
-        sketch_width = 0 if self.get == "nngp" else f // 2
-        while sketch_width >= 0:
+    def _output_dim(self, steps: list[Step], width: int, sketch_width: int) -> int:
+        d, _ = self._dims(steps, width, sketch_width)
+        return d.k if self.get == "nngp" else d.t
+
+    def _allocate(self, steps: list[Step]) -> tuple[int, int]:
+        """(m, m_s): activation features of m and products of m_s dimensions so that the output has n_features
+        columns, or, if no split reaches it exactly (Flatten multiplies widths), the most columns below it."""
+        f, smallest = self.n_features, 2 + self.degree
+        best: tuple[int, int, int] | None = None  # (output dim, m, m_s)
+        sketch_width, lowest = (0, 0) if self.get == "nngp" else (f // 2, 1)
+        while sketch_width >= lowest:
             at0 = self._output_dim(steps, 0, sketch_width)
             slope = self._output_dim(steps, 1, sketch_width) - at0
-            width, rest = divmod(f - at0, slope) if slope else (0, 1)
-            if rest == 0 and width >= 2 + self.degree:
-                return width, sketch_width
+            width = (f - at0) // slope if slope else 0
+            if width >= smallest:
+                used = at0 + slope * width
+                if used == f:
+                    return width, sketch_width
+                if best is None or used > best[0]:  # ties: the first, most even split
+                    best = (used, width, sketch_width)
             sketch_width -= 1
-        raise InvalidArgumentError(
-            f"n_features={f} is too small for this network (every activation needs at least degree + 2 = "
-            f"{self.degree + 2} features and every bias one more); use a few hundred or more."
-        )
+        if best is None:
+            raise InvalidArgumentError(
+                f"n_features={f} is too small for this network (every activation needs at least degree + 2 = "
+                f"{smallest} features, every bias one more, and Flatten multiplies them by the number of "
+                "positions); use a few hundred or more."
+            )
+        return best[1], best[2]
 
-    def _output_dim(self, steps: list[_Step], width: int, sketch_width: int) -> int:
-        dk, dt, _ = self._dims(steps, width, sketch_width)
-        return dk if self.get == "nngp" else dt
-
-    def _draw(self, steps: list[_Step], width: int, sketch_width: int, generator: torch.Generator) -> list[_Step]:
+    def _draw(self, steps: list[Step], width: int, sketch_width: int, generator: torch.Generator) -> list[Step]:
         """The steps with their random features and sketches, drawn in order from ``generator``."""
-        drawn: list[_Step] = []
-        dk, dt = self.in_features, 0
+        drawn: list[Step] = []
+        d, projections = Dims(self.in_channels, 0), 0
         for step in steps:
-            if isinstance(step, _Dense):
+            if not isinstance(step, ActivationStep):
                 drawn.append(step)
-                dk, dt = dk + (step.b_std is not None), dk + (step.b_std is not None) + dt
+                d = step.dims(d)
                 continue
             feats: ActivationFeatures
             if self.method == "random_features":
-                feats = RandomActivationFeatures(step.act, dk, width, generator)
+                projections += d.k * width
+                check_fits(
+                    4 * projections,
+                    resolve_budget(None),
+                    f"the random projections ({projections:,} numbers; dim ψ_K = {d.k} before an activation)",
+                    "Use method='sketch' (count sketches instead of dense projections), fewer n_features, or "
+                    "raise memory_budget.",
+                )
+                feats = RandomActivationFeatures(step.act, d.k, width, generator)
             else:
-                feats = HermiteSketchFeatures(step.act, dk, width, self.degree, generator)
-            product = TensorSketch(dt, width, sketch_width, generator) if self.get == "ntk" else None
-            drawn.append(_Activation(step.act, feats, product))
-            dk, dt = width, sketch_width
-        self._widest = self._dims(steps, width, sketch_width)[2]
+                feats = HermiteSketchFeatures(step.act, d.k, width, self.degree, generator)
+            product = TensorSketch(d.t, width, sketch_width, generator) if self.get == "ntk" else None
+            drawn.append(ActivationStep(step.act, feats, product))
+            d = Dims(width, sketch_width)
         return drawn
 
     # ----------------------------------------------------------------------------------------- evaluation
 
     def __call__(self, x: torch.Tensor, *, progress: bool | None = None) -> torch.Tensor:
-        """φ(x): (N, d) -> (N, n_features), on x's device and in x's dtype."""
+        """φ(x): (N, d) or (N, C, *S) -> (N, n_features), on x's device and in x's dtype."""
         x = self._check(x)
         budget = resolve_budget(self.memory_budget, x.device)
         itemsize = x.element_size()
@@ -254,7 +195,7 @@ class FeatureMap:
             f"the features of {x.shape[0]} examples ({x.shape[0]} x {self.n_features})",
             "Use nk.approx.ridge (it accumulates over batches), FeatureMap.batches, or raise memory_budget.",
         )
-        out = x.new_empty((x.shape[0], self.n_features))
+        out = x.new_zeros((x.shape[0], self.n_features))
         for rows, phi in self.batches(x, progress=progress):
             out[rows] = phi
         return out
@@ -263,7 +204,8 @@ class FeatureMap:
         """(rows, φ(x[rows])) for batches of rows sized to the memory budget (never all of φ(x) at once)."""
         x = self._check(x)
         budget = resolve_budget(self.memory_budget, x.device)
-        per_example = 8 * x.element_size() * (self._widest + self.n_features)
+        positions = math.prod(x.shape[2:]) if self._n_spatial else 1
+        per_example = 8 * x.element_size() * (positions * self._widest + self.n_features)
         size = max(1, min(x.shape[0], budget // per_example))
         starts = range(0, x.shape[0], size)
         report = progress_bar(progress if progress is not None else self.progress, len(starts), "features")
@@ -275,46 +217,38 @@ class FeatureMap:
         report(None)
 
     def _check(self, x: object) -> torch.Tensor:
-        x = check_tensor(x, "x", ndim=2)
-        if x.shape[1] != self.in_features:
+        x = check_tensor(x, "x")
+        if self._flatten_input and x.ndim > 2:
+            x = x.flatten(1)
+        ndim = 2 + self._n_spatial
+        if x.ndim != ndim or x.shape[1] != self.in_channels:
+            expected = "(N, {})".format(", ".join([str(self.in_channels)] + ["*"] * self._n_spatial))
+            what = "features" if not self._n_spatial else f"channels and {self._n_spatial} spatial axes"
             raise ShapeError(
-                f"x has shape {format_shape(x.shape)} but the network's first Linear layer takes "
-                f"{self.in_features} features; pass (N, {self.in_features}) inputs."
+                f"x has shape {format_shape(x.shape)} but the network's first layer takes {self.in_channels} "
+                f"{what}; pass {expected} inputs."
             )
         return x
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """The recursion of the module doc on one batch: (B, d) -> (B, n_features)."""
+        """The recursion of the module doc on one batch: (B, C, *S) -> (B, n_features)."""
         need_ntk = self.get == "ntk"
-        psi_k = x / math.sqrt(x.shape[1])
+        psi_k: torch.Tensor = x.movedim(1, -1) / math.sqrt(x.shape[1])  # (B, *S, C)
         psi_t: torch.Tensor | None = None
         for step in self.steps:
-            if isinstance(step, _Dense):
-                bias = [] if step.b_std is None else [psi_k.new_full((psi_k.shape[0], 1), step.b_std)]
-                new_k = torch.cat([step.W_std * psi_k, *bias], dim=1)
-                if need_ntk:
-                    scaled = [] if psi_t is None else [step.W_std * psi_t]
-                    if self._standard:
-                        ones = [torch.ones_like(b) for b in bias]
-                        psi_t = torch.cat([math.sqrt(step.in_features) * psi_k, *ones, *scaled], dim=1)
-                    else:
-                        psi_t = torch.cat([new_k, *scaled], dim=1)
-                psi_k = new_k
-            else:
-                assert step.features is not None
-                psi_k, derivative = step.features(psi_k, need_ntk)
-                if need_ntk:
-                    assert step.product is not None and psi_t is not None and derivative is not None
-                    psi_t = step.product(psi_t, derivative)
-        if not need_ntk:
-            return psi_k
-        assert psi_t is not None
-        return psi_t * self._standard_scale if self._standard else psi_t
+            psi_k, psi_t = step(psi_k, psi_t, need_ntk)
+        out = psi_k
+        if need_ntk:
+            assert psi_t is not None
+            out = psi_t * self._standard_scale if self._standard else psi_t
+        if self.used_features < self.n_features:
+            out = torch.nn.functional.pad(out, (0, self.n_features - self.used_features))
+        return out
 
     def __repr__(self) -> str:
         return (
             f"FeatureMap(n_features={self.n_features}, get={self.get!r}, method={self.method!r}, seed={self.seed}, "
-            f"in_features={self.in_features})"
+            f"in_channels={self.in_channels})"
         )
 
 
