@@ -14,6 +14,16 @@ Parts (``--part``, default all), each printing a markdown table:
   N = 2,500, 5,000 and 10,000 and EXTRAPOLATED to 50,000 (kernels ∝ N², Cholesky ∝ N³; the 20 GB train kernel
   does not fit this machine), its memory computed (N² + N·N_test float64 entries).
 - million: N = 10^6 (MLP, synthetic): fit + predict with F = 1024 random features, time and peak memory.
+- cnn: the NTK of a CNN on digits as 8 x 8 images (Conv2d 3x3 -> ReLU -> AvgPool2d(2) -> Conv2d 3x3 -> ReLU ->
+  GlobalAvgPool -> Linear, W_std = 1.4, b_std = 0.1): exact CNTK regression (``nk.kernel`` + ``gp_inference``,
+  float64) against ``nk.approx.ridge`` with the CNTK sketch for F = 2^10..2^14 (and random features up to 2^12:
+  beyond, the second convolution's Gaussian projection takes GBs), test accuracy and time; the speed line is the
+  time of the features (and of the whole approximate fit) against the exact CNTK at the same N, in one process.
+- diagnose: why the approximate fit on the synthetic task stays above the exact one. On the same 10,000 / 2,000
+  split: the exact kernel's test MSE for diag_reg in {1e-4, 1e-3, 1e-2, 1e-1}; random features for F = 2^10,
+  2^12, 2^13: the relative Frobenius error of ΦΦᵀ against K (first 2,000 training examples) and the test MSE over
+  the same diag_reg grid; Nyström features from F random landmarks of the exact kernel (the rank-F approximation
+  without random error) over the same grid. Solves are dense in float64 (primal for features).
 
 ``--case '{"kind": "approx", "task": "synthetic", "method": "random_features", "F": 8192, "threads": 2,
 "diag_reg": 1e-2}'`` runs one case (the kinds above: "exact", "approx", "exact_speed", "approx_speed").
@@ -21,7 +31,8 @@ Parts (``--part``, default all), each printing a markdown table:
 Each speed case runs in its own process on ``--threads`` threads (default 2). Absolute times on a shared machine are
 noisy: the load average (``uptime``) is printed next to them.
 
-    PYTHONPATH=src python benchmarks/approx.py [--part accuracy|speed|million|all] [--plot docs/images/approx.png]
+    PYTHONPATH=src python benchmarks/approx.py [--part accuracy|speed|million|cnn|diagnose|all]
+        [--plot docs/images/approx-accuracy.png]
 """
 
 from __future__ import annotations
@@ -55,6 +66,19 @@ def mlp(d: int, outputs: int) -> N.Sequential:
     )
 
 
+def cnn(outputs: int) -> N.Sequential:
+    """For (N, 1, 8, 8) images: two 3x3 convolutions, average pooling between them, global average pooling."""
+    return N.Sequential(
+        N.Conv2d(1, 64, 3, W_std=1.4, b_std=0.1),
+        N.ReLU(),
+        N.AvgPool2d(2),
+        N.Conv2d(64, 64, 3, W_std=1.4, b_std=0.1),
+        N.ReLU(),
+        N.GlobalAvgPool(),
+        N.Linear(64, outputs, W_std=1.4, b_std=0.1),
+    )
+
+
 def synthetic(n_train: int, n_test: int, d: int = 16, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_train + n_test, d, generator=g)
@@ -63,8 +87,8 @@ def synthetic(n_train: int, n_test: int, d: int = 16, seed: int = 0):
     return x[:n_train], y[:n_train, None], x[n_train:], y[n_train:, None]
 
 
-def digits():
-    data = load_digits(dtype=torch.float32)
+def digits(images: bool = False):
+    data = load_digits(dtype=torch.float32, flatten=not images)
     one_hot = torch.nn.functional.one_hot(data.y_train, 10).float() - 0.1
     return data.x_train, one_hot, data.x_test, data.y_test
 
@@ -75,19 +99,20 @@ def score(task: str, mean: torch.Tensor, y_test: torch.Tensor) -> float:
     return float(((mean - y_test) ** 2).mean())
 
 
-def load(task: str):
-    return digits() if task == "digits" else synthetic(10_000, 2_000)
+def load(task: str, arch: str = "mlp"):
+    return digits(images=arch == "cnn") if task == "digits" else synthetic(10_000, 2_000)
 
 
 def run_case(case: dict) -> dict:
     """One measurement in this process: returns time, score and peak memory."""
     torch.set_num_threads(case["threads"])
     kind = case["kind"]
+    arch = case.get("arch", "mlp")
     if kind in ("exact", "approx"):
-        x, y, x_test, y_test = load(case["task"])
+        x, y, x_test, y_test = load(case["task"], arch)
     else:  # speed runs
         x, y, x_test, y_test = synthetic(case["n"], case["n_test"])
-    net = mlp(x.shape[1], y.shape[1])
+    net = cnn(y.shape[1]) if arch == "cnn" else mlp(x.shape[1], y.shape[1])
     start = time.perf_counter()
     if kind in ("exact", "exact_speed"):
         x, x_test, y = x.double(), x_test.double(), y.double()
@@ -98,9 +123,9 @@ def run_case(case: dict) -> dict:
         out = {"kernel_s": kernel_s, "solve_s": time.perf_counter() - start - kernel_s}
     else:
         feats = nk.approx.features(net, case["F"], get="ntk", method=case["method"], seed=0)
+        out = {}
         fit = nk.approx.ridge(feats, x, y, diag_reg=case.get("diag_reg", DIAG_REG))
         mean = fit(x_test)
-        out = {}
     out["seconds"] = time.perf_counter() - start
     out["score"] = score(case.get("task", "synthetic"), mean.float(), y_test)
     out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -214,9 +239,101 @@ def million(threads: int) -> None:
     )
 
 
+def cnn_part(threads: int) -> None:
+    """The CNN on digits images (in this process): exact CNTK regression against the CNTK sketch."""
+    torch.set_num_threads(threads)
+    x, y, x_test, y_test = digits(images=True)
+    net = cnn(10)
+    start = time.perf_counter()
+    k_train = nk.kernel(net, x.double(), get="ntk")
+    k_test = nk.kernel(net, x_test.double(), x.double(), get="ntk")
+    kernel_s = time.perf_counter() - start
+    mean = nk.predict.gp_inference(k_train, y.double(), diag_reg=DIAG_REG)("ntk", k_test)
+    exact_s = time.perf_counter() - start
+    exact = score("digits", mean.float(), y_test)
+    print(f"  cnn exact: kernels {kernel_s:.1f} s, total {exact_s:.1f} s, accuracy {exact:.4f}", file=sys.stderr)
+    print(f"\nCNN on digits images ({x.shape[0]} train / {x_test.shape[0]} test), NTK, diag_reg = {DIAG_REG}")
+    print("\n| method | F | test accuracy | features of train + test (s) | fit + predict (s) |")
+    print("|---|---|---|---|---|")
+    print(f"| exact CNTK regression | | {exact:.4f} | kernels {kernel_s:.1f} | {exact_s:.1f} |")
+    rows = []
+    for method, sizes in (("sketch", FEATURES), ("random_features", FEATURES[:3])):
+        for f in sizes:
+            start = time.perf_counter()
+            feats = nk.approx.features(net, f, get="ntk", method=method, seed=0)
+            feats(x), feats(x_test)
+            features_s = time.perf_counter() - start
+            start = time.perf_counter()
+            mean = nk.approx.ridge(feats, x, y, diag_reg=DIAG_REG)(x_test)
+            fit_s = time.perf_counter() - start
+            acc = score("digits", mean, y_test)
+            rows.append((method, f, acc, features_s, fit_s))
+            print(f"| {method} | 2^{int(math.log2(f))} | {acc:.4f} | {features_s:.1f} | {fit_s:.1f} |", flush=True)
+    _, f, acc, features_s, fit_s = next(r for r in rows if r[0] == "sketch" and r[1] == 4096)
+    print(
+        f"\nCNN speed at N = {x.shape[0]} train + {x_test.shape[0]} test: exact CNTK kernels {kernel_s:.1f} s "
+        f"(+ solve: {exact_s:.1f} s), CNTK sketch F = {f} features {features_s:.1f} s (+ fit and predict: "
+        f"{features_s + fit_s:.1f} s): ratio {kernel_s / features_s:.1f}x for the kernel against the features, "
+        f"{exact_s / (features_s + fit_s):.1f}x for the whole regression; accuracy {acc:.4f} against {exact:.4f}. "
+        f"load average {[round(v, 1) for v in os.getloadavg()]}"
+    )
+
+
+def diagnose(threads: int) -> None:
+    """The synthetic task's gap between approximate and exact kernel regression (module doc)."""
+    torch.set_num_threads(threads)
+    x, y, x_test, y_test = (t.double() for t in synthetic(10_000, 2_000))
+    net = mlp(x.shape[1], 1)
+    regs = (1e-4, 1e-3, 1e-2, 1e-1)
+    start = time.perf_counter()
+    k = nk.kernel(net, x, get="ntk").ntk
+    k_test = nk.kernel(net, x_test, x, get="ntk").ntk
+    print(f"  exact kernels {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    mean_diag = float(k.diagonal().mean())
+
+    def dual_mse(kk: torch.Tensor, kk_test: torch.Tensor, reg: float) -> float:
+        chol = torch.linalg.cholesky(kk + reg * float(kk.diagonal().mean()) * torch.eye(len(kk), dtype=kk.dtype))
+        return float(((kk_test @ torch.cholesky_solve(y, chol) - y_test) ** 2).mean())
+
+    def primal_mse(phi: torch.Tensor, phi_test: torch.Tensor, reg: float) -> float:
+        gram = phi.T @ phi
+        lam = reg * float((phi * phi).sum()) / len(phi)
+        w = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), phi.T @ y)
+        return float(((phi_test @ w - y_test) ** 2).mean())
+
+    print(
+        "\n| model | F | rel. Frobenius error of the train kernel | " + " | ".join(f"MSE λ={r:g}" for r in regs) + " |"
+    )
+    print("|---|---|---|" + "---|" * len(regs))
+    exact = [dual_mse(k, k_test, r) for r in regs]
+    print("| exact NTK regression | | 0 | " + " | ".join(f"{m:.3f}" for m in exact) + " |", flush=True)
+    sub = slice(0, 2000)
+    generator = torch.Generator().manual_seed(0)
+    for f in (2**10, 2**12, 2**13):
+        feats = nk.approx.features(net, f, get="ntk", method="random_features", seed=0)
+        phi, phi_test = feats(x), feats(x_test)
+        err = float((phi[sub] @ phi[sub].T - k[sub, sub]).norm() / k[sub, sub].norm())
+        mses = [primal_mse(phi, phi_test, r) for r in regs]
+        print(f"| random features | 2^{int(math.log2(f))} | {err:.3f} | " + " | ".join(f"{m:.3f}" for m in mses) + " |")
+        landmarks = torch.randperm(len(x), generator=generator)[:f]
+        evals, evecs = torch.linalg.eigh(k[landmarks][:, landmarks])
+        keep = evals > 1e-10 * float(evals.max())
+        proj = evecs[:, keep] / evals[keep].sqrt()
+        phi, phi_test = k[:, landmarks] @ proj, k_test[:, landmarks] @ proj
+        err = float((phi[sub] @ phi[sub].T - k[sub, sub]).norm() / k[sub, sub].norm())
+        mses = [primal_mse(phi, phi_test, r) for r in regs]
+        print(
+            f"| Nyström, {f} landmarks | 2^{int(math.log2(f))} | {err:.3f} | "
+            + " | ".join(f"{m:.3f}" for m in mses)
+            + " |",
+            flush=True,
+        )
+    print(f"\nmean diagonal of K: {mean_diag:.3f}; load average {[round(v, 1) for v in os.getloadavg()]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("accuracy", "speed", "million", "all"), default="all")
+    parser.add_argument("--part", choices=("accuracy", "speed", "million", "cnn", "diagnose", "all"), default="all")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plot", default=None, help="PNG path for the accuracy figure")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
@@ -231,6 +348,10 @@ def main() -> None:
         speed(args.threads)
     if args.part in ("million", "all"):
         million(args.threads)
+    if args.part in ("cnn", "all"):
+        cnn_part(args.threads)
+    if args.part in ("diagnose", "all"):
+        diagnose(args.threads)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ def z_scores(net, x, get, method, n_features, n_seeds, **kw):
     return z.triu(), exact, mean
 
 
-def rms_errors(net, get, method, sizes, n_seeds, x):
-    """For each F in ``sizes``, the RMS over seeds of ‖φ(x)φ(x)ᵀ − K‖_F / ‖K‖_F."""
+def rms_errors(net, get, method, sizes, n_seeds, x, statistic="rms"):
+    """For each F in ``sizes``, the RMS (or the median: ``statistic="median"``) over seeds of
+    ‖φ(x)φ(x)ᵀ − K‖_F / ‖K‖_F."""
     exact = getattr(nk.kernel(net, x), get)
     out = []
     for f in sizes:
@@ -34,7 +35,7 @@ def rms_errors(net, get, method, sizes, n_seeds, x):
         for seed in range(n_seeds):
             phi = nk.approx.features(net, f, get=get, method=method, seed=seed)(x)
             sq.append(float(((phi @ phi.T - exact).norm() / exact.norm()) ** 2))
-        out.append(math.sqrt(np.mean(sq)))
+        out.append(math.sqrt(np.mean(sq) if statistic == "rms" else np.median(sq)))
     return out
 
 

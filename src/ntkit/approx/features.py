@@ -1,5 +1,6 @@
 """``nk.approx.features(net, n_features, get, method, seed)``: explicit features φ(x) with φ(x)·φ(y) ≈ the
-infinite-width NNGP or NTK of ``net`` (docs/approx.md; Zandieh et al. 2021, Algorithm 1 and sections 4-5).
+infinite-width NNGP or NTK of ``net`` (docs/approx.md; Zandieh et al. 2021, Algorithm 1, section 4 and the
+CNTK sketch; theory.md §6.2 and §6.6).
 
 The features follow the kernel recursion of theory.md §4.1 layer by layer (``steps``), with ψ_K features of the
 NNGP K and ψ_Θ features of the NTK Θ at every position (input: ψ_K(s) = x(s)/√C, no Θ): weight layers, pooling
