@@ -200,6 +200,8 @@ CASES = [
     Case("Conv1d", "in_channels=0", lambda: N.Conv1d(0, 2, 3), InvalidArgumentError, "in_channels"),
     Case("Conv2d", "W_std tensor with two entries", lambda: N.Conv2d(1, 2, 3, W_std=torch.ones(2)),
          InvalidArgumentError, "W_std"),
+    # a float size used to escape as a raw TypeError ('float' object is not iterable)
+    Case("Conv2d", "kernel_size=2.5", lambda: N.Conv2d(1, 2, 2.5), InvalidArgumentError, "kernel_size must be an int"),
     Case("RBF", "gamma=-1", lambda: N.RBF(-1), InvalidArgumentError, "gamma must be a finite real number > 0"),
     Case("LeakyReLU", "negative_slope=nan", lambda: N.LeakyReLU(NAN), InvalidArgumentError, "negative_slope"),
     Case("ABReLU", "a='x'", lambda: N.ABReLU("x", 1.0), InvalidArgumentError, "slope a"),

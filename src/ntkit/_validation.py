@@ -30,13 +30,15 @@ def format_shape(shape: torch.Size | tuple[int, ...]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
-def as_tuple(value: int | Sequence[int], n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
+def as_tuple(value: object, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
     """An int or a sequence of ``n`` ints (each >= ``minimum``) as a tuple of ``n`` ints (a layer's kernel size,
-    stride or padding per spatial axis); else :class:`~ntkit.errors.InvalidArgumentError` naming ``name``."""
-    out = (value,) * n if isinstance(value, int) else tuple(value)
-    if len(out) != n or any(not isinstance(v, int) or v < minimum for v in out):
+    stride or padding per spatial axis); anything else (a float, a string) is an
+    :class:`~ntkit.errors.InvalidArgumentError` naming ``name``."""
+    items = [value] * n if isinstance(value, int) else list(value) if isinstance(value, Sequence) else []
+    ints = [v for v in items if isinstance(v, int) and v >= minimum]
+    if len(items) != n or len(ints) != n:
         raise InvalidArgumentError(f"{name} must be an int >= {minimum} or a tuple of {n} of them, got {value!r}.")
-    return out
+    return tuple(ints)
 
 
 def parse_get(get: object, allowed: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:

@@ -125,9 +125,9 @@ def s37_rates(model: nn.Module, lr0: float, n_max: int) -> dict[str, float]:
     rates: dict[str, float] = {}
     for name, module in dense_layers(model):
         layer = cast(Linear, module)  # the experiment networks are made of ntkit.nn.Linear layers
-        rates[f"{name}.weight"] = lr0 * layer.in_features / (n_max * layer.W_std**2)
-        if layer.bias is not None:
-            rates[f"{name}.bias"] = lr0 / (n_max * layer.b_std**2)
+        rates[f"{name}.weight"] = lr0 * layer.in_features / (n_max * float(layer.W_std) ** 2)
+        if layer.bias is not None and layer.b_std is not None:
+            rates[f"{name}.bias"] = lr0 / (n_max * float(layer.b_std) ** 2)
     return rates
 
 
@@ -137,7 +137,7 @@ def limit_rates(model: nn.Module, lr0: float) -> dict[str, float]:
     rates: dict[str, float] = {}
     for i, (name, module) in enumerate(dense_layers(model)):
         layer = cast(Linear, module)
-        rates[f"{name}.weight"] = 0.0 if i == 0 else lr0 / layer.W_std**2
+        rates[f"{name}.weight"] = 0.0 if i == 0 else lr0 / float(layer.W_std) ** 2
         if layer.bias is not None:
             rates[f"{name}.bias"] = 0.0
     return rates

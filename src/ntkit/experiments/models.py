@@ -142,7 +142,7 @@ def standard_from_ntk(model: nn.Module) -> nn.Module:
         if isinstance(layer, Linear) and layer.parameterization == "ntk":
             with torch.no_grad():
                 layer.weight.mul_(layer.W_std / math.sqrt(layer.in_features))
-                if layer.bias is not None:
+                if layer.bias is not None and layer.b_std is not None:  # a bias exists exactly when b_std does
                     layer.bias.mul_(layer.b_std)
             layer.parameterization = "standard"
     return out

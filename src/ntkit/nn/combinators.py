@@ -16,10 +16,14 @@ from .layer import KernelLayer
 __all__ = ["Parallel", "Residual", "Sequential"]
 
 
-def _check_modules(layers: tuple[object, ...], where: str) -> None:
+def _check_modules(layers: tuple[object, ...], where: str) -> tuple[nn.Module, ...]:
+    """``layers`` as modules; anything else is an :class:`InvalidArgumentError` naming ``where``."""
+    modules = []
     for layer in layers:
         if not isinstance(layer, nn.Module):
             raise InvalidArgumentError(f"{where} takes torch modules (layers), got {type(layer).__name__}: {layer!r}.")
+        modules.append(layer)
+    return tuple(modules)
 
 
 class Sequential(nn.Sequential, KernelLayer):
@@ -29,9 +33,10 @@ class Sequential(nn.Sequential, KernelLayer):
     """
 
     def __init__(self, *args: object) -> None:
-        if not (len(args) == 1 and isinstance(args[0], OrderedDict)):
-            _check_modules(args, "Sequential")
-        super().__init__(*args)
+        if len(args) == 1 and isinstance(args[0], OrderedDict):
+            super().__init__(args[0])
+        else:
+            super().__init__(*_check_modules(args, "Sequential"))
 
     def kernel_transform(self, k: Kernel) -> Kernel:
         return apply_layers(self, k)
@@ -67,7 +72,7 @@ class Parallel(KernelLayer):
         self.fan_in, self.dim = fan_in, dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [branch(x) for branch in self.branches]
+        outs: list[torch.Tensor] = [branch(x) for branch in self.branches]
         if self.fan_in == "concat":
             return torch.cat(outs, dim=self.dim)
         total = outs[0]
@@ -97,7 +102,8 @@ class Residual(KernelLayer):
         self.block = Sequential(*block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x)
+        out: torch.Tensor = self.block(x)
+        return x + out
 
     def kernel_transform(self, k: Kernel) -> Kernel:
         return transforms.fan_in_sum([k, self.block.kernel_transform(k)], start=k)

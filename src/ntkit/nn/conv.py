@@ -12,7 +12,7 @@ from .._validation import as_tuple, check_positive_int
 from ..errors import InvalidArgumentError, ShapeError
 from ..infinite import spatial, transforms
 from ..infinite.kernel_type import Kernel
-from .layer import WeightLayer
+from .layer import Std, WeightLayer
 
 __all__ = [
     "Conv1d",
@@ -36,14 +36,14 @@ class _ConvNd(WeightLayer):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size,
+        kernel_size: int | tuple[int, ...],
         *,
-        stride=1,
-        padding="same",
-        dilation=1,
+        stride: int | tuple[int, ...] = 1,
+        padding: int | str = "same",
+        dilation: int | tuple[int, ...] = 1,
         padding_mode: str = "zeros",
-        W_std=1.0,
-        b_std=0.0,
+        W_std: Std = 1.0,
+        b_std: Std | None = 0.0,
         parameterization: str = "ntk",
     ) -> None:
         self.in_channels = check_positive_int(in_channels, "in_channels")
@@ -129,14 +129,14 @@ class _ConvLocalNd(_ConvNd):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size,
-        input_size,
+        kernel_size: int | tuple[int, ...],
+        input_size: int | tuple[int, ...],
         *,
-        stride=1,
-        padding="same",
+        stride: int | tuple[int, ...] = 1,
+        padding: int | str = "same",
         padding_mode: str = "zeros",
-        W_std=1.0,
-        b_std=0.0,
+        W_std: Std = 1.0,
+        b_std: Std | None = 0.0,
         parameterization: str = "ntk",
     ) -> None:
         self.input_size = as_tuple(input_size, self.n_dims, "input_size")
@@ -221,12 +221,12 @@ class _ConvTransposeNd(_ConvNd):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size,
+        kernel_size: int | tuple[int, ...],
         *,
-        stride=1,
-        padding="valid",
-        W_std=1.0,
-        b_std=0.0,
+        stride: int | tuple[int, ...] = 1,
+        padding: int | str = "valid",
+        W_std: Std = 1.0,
+        b_std: Std | None = 0.0,
         parameterization: str = "ntk",
     ) -> None:
         super().__init__(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TypeAlias
 
 import torch
 from torch import nn
@@ -12,10 +13,13 @@ from ..errors import InvalidArgumentError
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
 
-__all__ = ["KernelLayer", "WeightLayer"]
+__all__ = ["KernelLayer", "Std", "WeightLayer"]
 
 PARAMETERIZATIONS = ("ntk", "standard")
 
+
+#: A standard deviation W_std or b_std: a number, or a one-element tensor (kernels are differentiable in it).
+Std: TypeAlias = float | torch.Tensor
 
 class KernelLayer(nn.Module):
     """A layer that is a finite torch module and defines the kernel map of its infinite-width limit."""
@@ -44,8 +48,8 @@ class WeightLayer(KernelLayer):
         self,
         weight_shape: tuple[int, ...],
         *,
-        W_std,
-        b_std,
+        W_std: Std,
+        b_std: Std | None,
         parameterization: str,
         bias_shape: tuple[int, ...] | None = None,
         fan_in: int | None = None,
@@ -75,7 +79,7 @@ class WeightLayer(KernelLayer):
                     self.bias.normal_()
             else:
                 self.weight.normal_(0.0, float(self.W_std) / math.sqrt(self.fan_in))
-                if self.bias is not None:
+                if self.bias is not None and self.b_std is not None:  # a bias exists exactly when b_std is given
                     self.bias.normal_(0.0, float(self.b_std))
 
     def _finish(self, y: torch.Tensor) -> torch.Tensor:
@@ -83,10 +87,12 @@ class WeightLayer(KernelLayer):
         shape = (1, -1) + (1,) * (y.ndim - 2) if self.bias is None or self.bias.ndim == 1 else (1, *self.bias.shape)
         if self.parameterization == "ntk":
             y = y * (self.W_std / math.sqrt(self.fan_in))
-            return y if self.bias is None else y + (self.b_std * self.bias).reshape(shape)
+            return y if self.bias is None or self.b_std is None else y + (self.b_std * self.bias).reshape(shape)
         return y if self.bias is None else y + self.bias.reshape(shape)
 
-    def _weight_kernel(self, k: Kernel, in_channels: int, out_channels: int, geometry=None) -> Kernel:
+    def _weight_kernel(
+        self, k: Kernel, in_channels: int, out_channels: int, geometry: transforms.ConvGeometry | None = None
+    ) -> Kernel:
         """``transforms.weight_layer`` with this layer's variances and parameterization."""
         return transforms.weight_layer(
             k,

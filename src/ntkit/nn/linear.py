@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 from .._validation import check_positive_int
 from ..infinite.kernel_type import Kernel
-from .layer import WeightLayer
+from .layer import Std, WeightLayer
 
 __all__ = ["Linear"]
 
@@ -24,8 +24,8 @@ class Linear(WeightLayer):
         in_features: int,
         out_features: int,
         *,
-        W_std=1.0,
-        b_std=0.0,
+        W_std: Std = 1.0,
+        b_std: Std | None = 0.0,
         parameterization: str = "ntk",
     ) -> None:
         self.in_features = check_positive_int(in_features, "in_features")
