@@ -51,13 +51,13 @@ def test_a_worker_killed_mid_run_gives_the_same_result(client, tmp_path):
     """SIGKILL one worker process while tiles run: Dask reschedules its tiles elsewhere (the nanny restarts
     the worker); every tile is done once the call returns and the store equals the in-memory kernel."""
     x, path, net = inputs(30, 5), tmp_path / "k.zarr", mlp()
-    slow = SlowTiles(tiles.InfiniteTiles(net, ("nngp", "ntk"), torch.float64), 0.3)  # ~0.3 s per tile
+    slow = SlowTiles(tiles.InfiniteTiles(net, ("nngp", "ntk"), torch.float64, 2**30), 0.3)  # ~0.3 s per tile
     fingerprint = {"kind": "test", "architecture": "slow", "dtype": "float64", "kernels": "nngp,ntk"}
     result = {}
 
     def run() -> None:  # nk.scale.kernel's own path with the slow tile function
         result["store"] = _compute(slow, x, None, fingerprint, ("nngp", "ntk"), torch.float64, path, client, None,
-                                   5, False, None, False)
+                                   5, False, 2**30, False)
 
     driver = threading.Thread(target=run)
     driver.start()

@@ -183,21 +183,45 @@ def test_read_only_directory(tmp_path):
 
 def test_a_full_disk_leaves_the_tile_not_done_and_the_call_resumes(tmp_path, monkeypatch):
     x, path = inputs(13, 5), tmp_path / "k.zarr"
-    flushes = []
+    flush = store_module._fsync
 
-    def full_after_three(p):
-        flushes.append(p)
-        if len(flushes) > 3 * 2:  # two kernels per tile: the fourth tile's data cannot be flushed
+    def full_at_tile_1_2(p, directory=False):
+        if p.parts[-2:] == ("1", "2"):  # the chunk files of tile (1, 2) cannot be flushed
             raise OSError(errno.ENOSPC, "No space left on device")
+        flush(p, directory)
 
-    monkeypatch.setattr(store_module, "_fsync", full_after_three)
+    monkeypatch.setattr(store_module, "_fsync", full_at_tile_1_2)
     with pytest.raises(StoreError, match=r"disk of .* is full .* not marked done"):
         nk.scale.kernel(mlp(), x, store=path, tile_size=4)
-    assert nk.scale.KernelStore.open(path).tiles_done == 3
+    k = nk.scale.KernelStore.open(path)
+    assert not k.done_mask()[1, 2] and k.tiles_done < 10  # (1, 2) and the tiles committed with it are not done
+    done = k.tiles_done
     monkeypatch.undo()
     k = nk.scale.kernel(mlp(), x, store=path)
-    assert k.tiles_computed == 7
+    assert k.tiles_computed == 10 - done
     assert_store_equals(k, reference(mlp(), x))
+
+
+def test_tiles_are_marked_done_only_after_their_chunks_are_flushed(tmp_path, monkeypatch):
+    """Every fsync of a tile's chunk happens while that tile is not yet done, and every done tile had both its
+    chunks and their directories flushed (the durability rule, with tiles committed in groups)."""
+    x, path = inputs(25, 5), tmp_path / "k.zarr"
+    flush, flushed, marked_too_early = store_module._fsync, set(), []
+
+    def checking(p, directory=False):
+        if not directory:
+            i, j = int(p.parts[-2]), int(p.parts[-1])
+            if zarr.open_array(path / "tiles_done", mode="r")[i, j]:
+                marked_too_early.append((i, j))
+        flushed.add(p)
+        flush(p, directory)
+
+    monkeypatch.setattr(store_module, "_fsync", checking)
+    k = nk.scale.kernel(mlp(), x, store=path, tile_size=4)
+    assert k.complete and not marked_too_early
+    for i, j in k.grid.tiles():
+        chunks = [path / name / "c" / str(i) / str(j) for name in ("nngp", "ntk")]
+        assert all(c in flushed and c.parent in flushed for c in chunks), (i, j)
 
 
 def test_bad_locations_and_arguments(tmp_path):

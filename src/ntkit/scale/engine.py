@@ -11,7 +11,7 @@ import multiprocessing
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import torch
@@ -19,7 +19,8 @@ import torch
 from ..errors import InvalidArgumentError, UnsupportedError
 from .deps import require
 from .store import KernelStore
-from .tiles import Payload, prepared, run_tile, write_tile
+from .tiles import Payload, prepared, run_tile
+from .writer import TileWriter
 
 __all__ = ["fill", "parse_devices"]
 
@@ -56,18 +57,14 @@ def fill(
 
 
 def _in_process(payload: Payload, missing: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
-    """Tiles one after the other on the inputs' device; each tile is written (and flushed) by a writer thread
-    while the next one is computed, so that the disk's time hides behind the computation (two tiles in memory)."""
+    """Tiles one after the other on the inputs' device; a writer thread writes each tile while the next one is
+    computed, and a committer thread flushes the written tiles to disk in groups (:mod:`ntkit.scale.writer`)."""
     local, store = prepared(payload, payload.x1.device)
-    with ThreadPoolExecutor(1, thread_name_prefix="ntkit-tile-writer") as writer:
-        pending: Future[tuple[int, int]] | None = None
+    with TileWriter(store) as writer:
         for i, j in missing:
-            values = local.compute(i, j)
-            if pending is not None:
-                yield pending.result()
-            pending = writer.submit(write_tile, store, i, j, values)
-        if pending is not None:
-            yield pending.result()
+            writer.put(i, j, local.compute(i, j))
+            yield from writer.done()
+        yield from writer.finish()
 
 
 def _on_dask(client: Any, payload: Payload, missing: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:

@@ -83,9 +83,10 @@ def kernel(
         "dtype": str(dtype).removeprefix("torch."),
         "kernels": ",".join(wanted),
     }
-    tiles = InfiniteTiles(net, wanted, dtype)
+    budget = resolve_budget(memory_budget)
+    tiles = InfiniteTiles(net, wanted, dtype, budget)
     return _compute(tiles, x1, x2, fingerprint, wanted, dtype, store, client, devices, tile_size, progress,
-                    memory_budget, allow_other_version)
+                    budget, allow_other_version)
 
 
 def empirical_ntk(
@@ -122,9 +123,10 @@ def empirical_ntk(
         "dtype": str(probe.dtype).removeprefix("torch."),
         "kernels": "ntk",
     }
-    tiles = EmpiricalTiles(model, params, method)
+    budget = resolve_budget(memory_budget)
+    tiles = EmpiricalTiles(model, params, method, budget)
     return _compute(tiles, x1, x2, fingerprint, ("ntk",), probe.dtype, store, client, devices, tile_size,
-                    progress, memory_budget, allow_other_version)
+                    progress, budget, allow_other_version)
 
 
 def _compute(
@@ -139,10 +141,10 @@ def _compute(
     devices: Sequence[str | torch.device] | None,
     tile_size: int | None,
     progress: Progress,
-    memory_budget: int | str | None,
+    memory_budget: int,
     allow_other_version: bool,
 ) -> KernelStore:
-    """Create or resume the store, then fill its missing tiles."""
+    """Create or resume the store, then fill its missing tiles (``memory_budget`` in bytes, resolved)."""
     device_list = parse_devices(devices, client)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
@@ -168,9 +170,7 @@ def _check_per_output(values: dict[str, torch.Tensor], where: str) -> None:
             )
 
 
-def _tile_size(
-    tile_size: int | None, n1: int, n2: int, n_kernels: int, itemsize: int, memory_budget: int | str | None
-) -> int:
+def _tile_size(tile_size: int | None, n1: int, n2: int, n_kernels: int, itemsize: int, memory_budget: int) -> int:
     """Examples per tile side: as given, or the largest side whose tile (its kernels, their host copies and a
     float64 copy when solving) fits the budget, at most ``_MAX_TILE``."""
     largest = max(n1, n2)
@@ -178,6 +178,5 @@ def _tile_size(
         if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 1:
             raise InvalidArgumentError(f"tile_size must be a positive integer (examples per side), got {tile_size!r}.")
         return min(tile_size, largest)
-    budget = resolve_budget(memory_budget)
-    side = math.isqrt(budget // (2 * n_kernels * itemsize + 8))
+    side = math.isqrt(memory_budget // (2 * n_kernels * itemsize + 8))
     return max(1, min(side, _MAX_TILE, largest))

@@ -6,8 +6,9 @@ Layout of the zarr (v3) group at the store's location:
   uncompressed (kernel values do not compress, and compression cost more than the writes); entries of tiles
   not yet written read as NaN. A symmetric store (x2 was x1) writes only the tiles on and above the diagonal.
 - ``tiles_done``: uint8 (T1, T2), one chunk per tile: 1 once every kernel's chunk of that tile is written
-  (and, on a local disk, flushed by fsync). A tile without its marker is computed again on resume, so a crash
-  in the middle of writing can never leave a half-written tile marked done.
+  (and, on a local disk, flushed by fsync; several tiles may be flushed together, :mod:`ntkit.scale.writer`).
+  A tile without its marker is computed again on resume, so a crash in the middle of writing can never leave a
+  half-written tile marked done.
 - attributes: ``format``, ``n1``, ``n2``, ``symmetric``, ``dtype``, ``tile_size``, ``kernels`` and the
   ``fingerprint`` (:mod:`ntkit.scale.fingerprint`) of everything that determines the values.
 """
@@ -107,8 +108,9 @@ def store_errors(location: str, action: str) -> Iterator[None]:
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StoreError(
-                f"the disk of {location} is full while {action} ({exc}); the tile was not marked done. Free space "
-                "and call nk.scale.kernel again with the same store: it resumes with the missing tiles."
+                f"the disk of {location} is full while {action} ({exc}); the tiles being written were not marked "
+                "done. Free space and call nk.scale.kernel again with the same store: it resumes with the missing "
+                "tiles."
             ) from None
         raise StoreError(f"cannot access {location} while {action}: {exc}.") from None
 
@@ -280,16 +282,33 @@ class KernelStore:
         return self.tiles_done == self.tiles_total
 
     def write_tile(self, i: int, j: int, values: dict[str, np.ndarray]) -> None:
-        """Write tile (i, j) of every kernel, flush it (local disks), then mark it done."""
+        """Write tile (i, j) of every kernel, flush it to disk (local disks), then mark it done."""
+        self.mark_done([(i, j)], self.write_data(i, j, values))
+
+    def write_data(self, i: int, j: int, values: dict[str, np.ndarray]) -> list[Path]:
+        """Write tile (i, j) of every kernel, not yet marked done; returns its chunk files on a local disk (none
+        for other stores), to be flushed by :meth:`mark_done`."""
         rows, cols = self.grid.rows(i), self.grid.cols(j)
         local = getattr(self._store, "root", None)
+        files = []
         with store_errors(self.location, f"writing tile ({i}, {j})"):
             for name in self.kernels:
                 array = self._array(name)
                 array[rows, cols] = values[name]
                 if isinstance(local, Path):
-                    _fsync(local / name / array.metadata.encode_chunk_key((i, j)))
-            self._array(_DONE)[i, j] = 1
+                    files.append(local / name / array.metadata.encode_chunk_key((i, j)))
+        return files
+
+    def mark_done(self, tiles: list[tuple[int, int]], files: list[Path]) -> None:
+        """Flush ``files`` (the tiles' chunks, written by :meth:`write_data`) and their directories to disk, then
+        mark ``tiles`` done: a crash before the end leaves them not done."""
+        with store_errors(self.location, f"flushing tiles {', '.join(map(str, tiles))}"):
+            for path in files:
+                _fsync(path)
+            for directory in sorted({path.parent for path in files}):
+                _fsync(directory, directory=True)
+            for i, j in tiles:
+                self._array(_DONE)[i, j] = 1
 
     def read_tile(self, name: str, i: int, j: int) -> np.ndarray:
         """Tile (i, j) of kernel ``name`` as stored (i <= j when symmetric)."""
@@ -419,11 +438,11 @@ def ntkit_version() -> str:
     return __version__
 
 
-def _fsync(path: Path) -> None:
-    """Flush a written file and its directory entry to disk."""
-    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))):
-        fd = os.open(target, flags)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _fsync(path: Path, directory: bool = False) -> None:
+    """Flush a written file (or a directory's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+

@@ -16,7 +16,7 @@ from ..empirical import empirical_ntk
 from ..infinite.compute import kernel
 from .store import KernelStore, StoreSpec
 
-__all__ = ["EmpiricalTiles", "InfiniteTiles", "Payload", "TileFunction", "prepared", "run_tile", "write_tile"]
+__all__ = ["EmpiricalTiles", "InfiniteTiles", "Payload", "TileFunction", "prepared", "run_tile"]
 
 
 class TileFunction(Protocol):
@@ -31,14 +31,18 @@ class TileFunction(Protocol):
 
 @dataclass(frozen=True)
 class InfiniteTiles:
-    """``nk.kernel(net, a, b, get=kernels, dtype=dtype)`` on a tile."""
+    """``nk.kernel(net, a, b, get=kernels, dtype=dtype, memory_budget=memory_budget)`` on a tile.
+
+    ``memory_budget`` (bytes) is the driver's, which chose the tile size: the default budget of a worker (a
+    quarter of its free memory) shrinks as the page cache fills with written tiles."""
 
     net: nn.Module
     kernels: tuple[str, ...]
     dtype: torch.dtype
+    memory_budget: int
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        k = kernel(self.net, a, b, get=self.kernels, dtype=self.dtype)
+        k = kernel(self.net, a, b, get=self.kernels, dtype=self.dtype, memory_budget=self.memory_budget)
         return {name: getattr(k, name) for name in self.kernels}
 
     def to(self, device: torch.device) -> InfiniteTiles:
@@ -47,14 +51,17 @@ class InfiniteTiles:
 
 @dataclass(frozen=True)
 class EmpiricalTiles:
-    """``nk.empirical_ntk(model, a, b, params=params, method=method)`` (per output, traced) on a tile."""
+    """``nk.empirical_ntk(model, a, b, params=params, method=method, memory_budget=memory_budget)`` (traced
+    over outputs) on a tile; ``memory_budget`` as for :class:`InfiniteTiles`."""
 
     model: nn.Module
     params: Any
     method: str
+    memory_budget: int
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        return {"ntk": empirical_ntk(self.model, a, b, params=self.params, method=self.method)}
+        ntk = empirical_ntk(self.model, a, b, params=self.params, method=self.method, memory_budget=self.memory_budget)
+        return {"ntk": ntk}
 
     def to(self, device: torch.device) -> EmpiricalTiles:
         return replace(self, model=copy.deepcopy(self.model).to(device))
@@ -111,10 +118,5 @@ def run_tile(payload: Payload, i: int, j: int, device: str | None = None) -> tup
     it done; returns (i, j)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     local, store = prepared(payload, dev)
-    return write_tile(store, i, j, local.compute(i, j))
-
-
-def write_tile(store: KernelStore, i: int, j: int, values: dict[str, np.ndarray]) -> tuple[int, int]:
-    """Write tile (i, j) and mark it done; returns (i, j)."""
-    store.write_tile(i, j, values)
+    store.write_tile(i, j, local.compute(i, j))
     return i, j
