@@ -27,13 +27,15 @@ from .._memory import check_fits, resolve_budget
 from .._validation import check_tensor, format_shape, parse_get
 from ..errors import IllConditionedError, InvalidArgumentError, ShapeError
 from ..predict.args import check_nonnegative
-from .cg import NystromPreconditioner, conjugate_gradients
+from .cg import Operator, conjugate_gradients
 from .matrix import KernelMatrix
+from .preconditioners import NystromPreconditioner, PivotedCholeskyPreconditioner
 
 __all__ = ["ScaleGPPredictor", "gp_inference"]
 
 GETS = ("nngp", "ntk", "ntkgp")
 METHODS = ("auto", "cholesky", "cg")
+PRECONDITIONERS = ("nystrom", "pivoted_cholesky", None)
 
 
 def gp_inference(
@@ -47,6 +49,7 @@ def gp_inference(
     memory_budget: int | str | None = None,
     tol: float = 1e-10,
     max_iter: int = 1000,
+    preconditioner: str | None = "nystrom",
     rank: int = 256,
     seed: int = 0,
 ) -> ScaleGPPredictor:
@@ -61,7 +64,10 @@ def gp_inference(
         method: "cholesky", "cg" or "auto" (Cholesky if the dense float64 kernel fits ``memory_budget``).
         tol, max_iter: CG stops when every output's relative residual ‖Y − A X‖ / ‖Y‖ <= tol; raises
             :class:`~ntkit.errors.NotConvergedError` after max_iter iterations.
-        rank, seed: the randomized Nyström preconditioner's rank (0: none) and random seed.
+        preconditioner: CG's preconditioner (:mod:`ntkit.scale.preconditioners`): "nystrom" (randomized
+            Nyström: one pass over the kernel), "pivoted_cholesky" (greedy pivoted Cholesky: the kernel's diagonal
+            and ``rank`` of its columns, read in blocks of 64), or None.
+        rank, seed: the preconditioner's rank (0: none) and the Nyström's random seed.
 
     Returns:
         :class:`ScaleGPPredictor`: ``fit(k_test_train)`` -> mean (M, O); ``fit.variance(...)``; ``fit.method``,
@@ -70,6 +76,8 @@ def gp_inference(
     (name,), _ = parse_get(get, GETS)
     if method not in METHODS:
         raise InvalidArgumentError(f"method must be one of {METHODS}, got {method!r}.")
+    if preconditioner not in PRECONDITIONERS:
+        raise InvalidArgumentError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}.")
     inverted = "nngp" if name == "nngp" else "ntk"
     train = KernelMatrix.of(k_train_train, inverted, "k_train_train")
     n = train.shape[0]
@@ -91,7 +99,10 @@ def gp_inference(
     if method == "cg" and train.stored_bytes() <= budget:
         train.keep_in_memory()  # products from memory instead of one pass over the store each
     solver: _Solver = (
-        _Cholesky(train, shift) if method == "cholesky" else _CG(train, shift, tol, max_iter, rank, seed)
+        _Cholesky(train, shift)
+        if method == "cholesky"
+        else _CG(train, shift, tol, max_iter, _preconditioner(train, shift, preconditioner if rank > 0 else None,
+                                                              rank, seed))
     )
     return ScaleGPPredictor(name, k_train_train, y, solver)
 
@@ -137,10 +148,9 @@ class _CG:
     iterations = 0
     residual = 0.0
 
-    def __init__(self, train: KernelMatrix, shift: float, tol: float, max_iter: int, rank: int, seed: int):
+    def __init__(self, train: KernelMatrix, shift: float, tol: float, max_iter: int, preconditioner: Operator | None):
         self._train, self._shift, self._tol, self._max_iter = train, shift, tol, max_iter
-        n = train.shape[0]
-        self._preconditioner = NystromPreconditioner(train.matmul, n, rank, shift, seed) if rank > 0 else None
+        self._preconditioner = preconditioner
 
     def _matvec(self, v: torch.Tensor) -> torch.Tensor:
         return self._train.matmul(v) + self._shift * v
@@ -152,6 +162,15 @@ class _CG:
         )
         self.iterations, self.residual = result.iterations, result.residual
         return result.solution
+
+
+def _preconditioner(train: KernelMatrix, shift: float, kind: str | None, rank: int, seed: int) -> Operator | None:
+    n = train.shape[0]
+    if kind == "nystrom":
+        return NystromPreconditioner(train.matmul, n, rank, shift, seed)
+    if kind == "pivoted_cholesky":
+        return PivotedCholeskyPreconditioner(train.diagonal(), train.columns, rank, shift)
+    return None
 
 
 class ScaleGPPredictor:

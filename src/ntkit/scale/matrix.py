@@ -31,8 +31,10 @@ class KernelMatrix:
         self.source = source
         self.label = label
         self._kept: list[tuple[slice, slice, torch.Tensor]] | None = None
+        self._tile = 1  # examples per tile side of a store (tile columns of a tensor are not used)
         if isinstance(source, KernelStore):
             self.shape = source.shape
+            self._tile = source.tile_size
         else:
             if source.ndim != 2:
                 shape = format_shape(source.shape)
@@ -87,11 +89,13 @@ class KernelMatrix:
             store, name = self.source, self._name()
             self._kept = [(r, c, torch.from_numpy(t)) for r, c, t in store.iter_tiles(name)]
 
-    def tiles(self) -> Iterator[tuple[slice, slice, torch.Tensor]]:
-        """(rows, cols, float64 block) covering the kernel (the upper triangle of a symmetric store)."""
+    def tiles(self, blocks: set[int] | None = None) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+        """(rows, cols, float64 block) covering the kernel (the upper triangle of a symmetric store); with
+        ``blocks``, only a store's tiles in those tile columns (and, when symmetric, tile rows)."""
         if self._kept is not None:
             for rows, cols, tile in self._kept:
-                yield rows, cols, tile.to(torch.float64)
+                if blocks is None or self._in_blocks(rows.start // self._tile, cols.start // self._tile, blocks):
+                    yield rows, cols, tile.to(torch.float64)
             return
         if isinstance(self.source, torch.Tensor):
             n1, _ = self.shape
@@ -100,14 +104,19 @@ class KernelMatrix:
                 yield rows, slice(0, self.shape[1]), self.source[rows].to(torch.float64)
             return
         store, name = self.source, self._name()
-        positions = store.grid.tiles()
+        grid = store.grid
+        positions = [(i, j) for i, j in grid.tiles() if blocks is None or self._in_blocks(i, j, blocks)]
         with ThreadPoolExecutor(1, thread_name_prefix="ntkit-tile-reader") as reader:
             ahead = reader.submit(store.read_tile, name, *positions[0])
             for k, (i, j) in enumerate(positions):
                 block = ahead.result()
                 if k + 1 < len(positions):
                     ahead = reader.submit(store.read_tile, name, *positions[k + 1])
-                yield store.grid.rows(i), store.grid.cols(j), torch.from_numpy(block).to(torch.float64)
+                yield grid.rows(i), grid.cols(j), torch.from_numpy(block).to(torch.float64)
+
+    def _in_blocks(self, i: int, j: int, blocks: set[int]) -> bool:
+        """Whether a store's tile (i, j) lies in one of the tile columns ``blocks`` (or rows, when symmetric)."""
+        return j in blocks or (self.symmetric_store and i in blocks)
 
     def matmul(self, v: torch.Tensor, *, transpose: bool = False) -> torch.Tensor:
         """K v (N1, C) for v (N2, C), or Kᵀ v (N2, C) for v (N1, C) with ``transpose``; float64."""
@@ -140,6 +149,20 @@ class KernelMatrix:
             out[rows, cols] = tile
             if self.symmetric_store and rows != cols:
                 out[cols, rows] = tile.T
+        return out
+
+    def columns(self, index: torch.Tensor) -> torch.Tensor:
+        """K[:, index] (N1, P) of a kernel in float64, reading only the tiles that hold those columns."""
+        if isinstance(self.source, torch.Tensor):
+            return self.source[:, index].to(torch.float64)
+        out = torch.empty((self.shape[0], len(index)), dtype=torch.float64)
+        blocks = {int(c) // self._tile for c in index}
+        for rows, cols, tile in self.tiles(blocks):
+            here = ((index >= cols.start) & (index < cols.stop)).nonzero().squeeze(1)
+            out[rows, here] = tile[:, index[here] - cols.start]
+            if self.symmetric_store and rows != cols:  # tile (j, i) = tile (i, j)ᵀ holds columns of tile row i
+                here = ((index >= rows.start) & (index < rows.stop)).nonzero().squeeze(1)
+                out[cols, here] = tile[index[here] - rows.start].T
         return out
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
