@@ -38,6 +38,7 @@ __all__ = [
     "StoreError",
     "StoreMismatchError",
     "UnsupportedError",
+    "WorkerError",
 ]
 
 
@@ -119,6 +120,11 @@ class StoreError(NtkitError, OSError):
 class StoreMismatchError(NtkitError, ValueError):
     """An existing kernel store whose fingerprint (network, inputs, dtype, kernels, ntkit version) differs from
     the call's: the message names what differs. The store is left as it is."""
+
+
+class WorkerError(NtkitError, RuntimeError):
+    """The local processes computing kernel tiles (``nk.scale.kernel(..., devices=...)``) died more often than
+    allowed (killed, out of memory); tiles already done are kept, and calling again resumes."""
 
 
 class NotConvergedError(NtkitError, ArithmeticError):

@@ -94,6 +94,88 @@ def test_local_processes_per_device_equal_in_memory(tmp_path):
     assert_store_equals(k, reference(mlp(), x))
 
 
+@pytest.mark.slow  # spawned processes import torch, tiles slowed down to be killed mid-run: ~40 s
+def test_a_device_process_killed_mid_run_has_its_tiles_retried(tmp_path):
+    """devices=: SIGKILL one of the two local processes while tiles run; the pool is restarted with the tiles
+    not done (those in flight included), the call completes, and the store equals the in-memory kernel."""
+    import multiprocessing
+    import threading
+
+    from scale_helpers import SlowTiles
+
+    from ntkit.scale import tiles
+    from ntkit.scale.kernels import _compute
+
+    x, path = inputs(30, 5), tmp_path / "k.zarr"
+    slow = SlowTiles(tiles.InfiniteTiles(mlp(), ("nngp", "ntk"), torch.float64, 2**30), 0.5)
+    fingerprint = {"kind": "test", "architecture": "slow", "dtype": "float64", "kernels": "nngp,ntk"}
+    result = {}
+
+    def run() -> None:  # nk.scale.kernel's own path with the slow tile function
+        result["store"] = _compute(slow, x, None, fingerprint, ("nngp", "ntk"), torch.float64, path, None,
+                                   ["cpu", "cpu"], 5, False, 2**30, False)
+
+    driver = threading.Thread(target=run)
+    driver.start()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if (path / "zarr.json").exists() and nk.scale.KernelStore.open(path).tiles_done >= 3:
+            break
+        time.sleep(0.05)
+    workers = multiprocessing.active_children()
+    assert len(workers) == 2
+    os.kill(workers[0].pid, signal.SIGKILL)
+    driver.join(timeout=300)
+    assert not driver.is_alive()
+    k = result["store"]
+    assert k.complete and k.tiles_computed == k.tiles_total == 21
+    assert_store_equals(k, reference(mlp(), x))
+
+
+def test_device_processes_that_keep_dying_end_the_call_cleanly(tmp_path, monkeypatch):
+    """Every pool breaks (as if each process were killed): after PROCESS_RESTARTS restarts a WorkerError says
+    how many tiles are missing, and the tiles done stay done for the next call."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from ntkit.errors import WorkerError
+    from ntkit.scale import engine
+
+    pools = []
+
+    class BreakingPool:  # stands in for ProcessPoolExecutor: computes the first tile of each pool, then breaks
+        def __init__(self, *args, initargs, **kwargs):
+            pools.append(self)
+            self.payload, self.submitted = initargs[0], 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, i, j):
+            future = Future()
+            if self.submitted == 0:
+                future.set_result(engine.run_tile(self.payload, i, j, "cpu"))
+            else:
+                future.set_exception(BrokenProcessPool("a process died"))
+            self.submitted += 1
+            return future
+
+    monkeypatch.setattr(engine, "ProcessPoolExecutor", BreakingPool)
+    seen, x, path = [], inputs(16, 5), tmp_path / "k.zarr"
+    with pytest.raises(WorkerError, match=r"died 4 times .* 6 tiles are not done.*resume"):
+        nk.scale.kernel(mlp(), x, store=path, tile_size=4, devices=["cpu", "cpu"],
+                        progress=lambda done, total: seen.append(done))
+    assert len(pools) == engine.PROCESS_RESTARTS + 1 and seen == [1, 2, 3, 4]
+    assert nk.scale.KernelStore.open(path).tiles_done == 4
+    monkeypatch.undo()
+    k = nk.scale.kernel(mlp(), x, store=path)
+    assert k.tiles_computed == 6
+    assert_store_equals(k, reference(mlp(), x))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_devices(tmp_path):
     x = inputs(13, 5)

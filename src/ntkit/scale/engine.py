@@ -12,19 +12,24 @@ import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
 
-from ..errors import InvalidArgumentError, UnsupportedError
+from ..errors import InvalidArgumentError, UnsupportedError, WorkerError
 from .deps import require
 from .store import KernelStore
 from .tiles import Payload, prepared, run_tile
 from .writer import TileWriter
 
-__all__ = ["fill", "parse_devices"]
+__all__ = ["PROCESS_RESTARTS", "fill", "parse_devices"]
 
 Progress = bool | Callable[[int, int], object] | None
+
+#: How often the local processes of ``devices=`` are restarted after one of them died (Dask's default
+#: ``distributed.scheduler.allowed-failures`` is 3 as well).
+PROCESS_RESTARTS = 3
 
 
 def fill(
@@ -103,19 +108,39 @@ def _run_on_device(i: int, j: int) -> tuple[int, int]:
 
 
 def _on_processes(payload: Payload, missing: list[tuple[int, int]], devices: Sequence[torch.device]) -> Iterator[Any]:
-    """Tiles in one spawned process per device (the payload is pickled to each process once)."""
+    """Tiles in one spawned process per device (the payload is pickled to each process once). When a process
+    dies (killed, out of memory), the pool breaks: its tiles and those not yet started run again in a fresh
+    pool, up to ``PROCESS_RESTARTS`` times (as Dask retries a dead worker's tasks); then :class:`WorkerError`."""
     context = multiprocessing.get_context("spawn")
-    counter = context.Value("i", 0)
     names = [str(d) for d in devices]
-    with ProcessPoolExecutor(len(names), mp_context=context, initializer=_start_device_worker,
-                             initargs=(payload, names, counter)) as pool:
-        futures = [pool.submit(_run_on_device, i, j) for i, j in missing]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+    remaining = list(missing)
+    for _ in range(PROCESS_RESTARTS + 1):
+        counter = context.Value("i", 0)
+        with ProcessPoolExecutor(len(names), mp_context=context, initializer=_start_device_worker,
+                                 initargs=(payload, names, counter)) as pool:
+            futures = {pool.submit(_run_on_device, i, j): (i, j) for i, j in remaining}
+            try:
+                for future in as_completed(futures):
+                    if isinstance(future.exception(), BrokenProcessPool):
+                        break
+                    remaining.remove(future.result())
+                    yield futures[future]
+                else:
+                    return
+            finally:
+                for future in futures:
+                    future.cancel()
+        for future, tile in futures.items():  # finished before the pool broke, not yet counted
+            if tile in remaining and future.done() and not future.cancelled() and future.exception() is None:
+                remaining.remove(tile)
+                yield tile
+        if not remaining:
+            return
+    raise WorkerError(
+        f"the processes computing tiles on {', '.join(names)} died {PROCESS_RESTARTS + 1} times (killed, or out of "
+        f"memory: try a smaller tile_size); {len(remaining)} tiles are not done. The tiles done are kept: call "
+        "nk.scale.kernel again with the same arguments and store to resume."
+    )
 
 
 def parse_devices(devices: Sequence[str | torch.device] | None, client: Any) -> list[torch.device] | None:
