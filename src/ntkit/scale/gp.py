@@ -31,7 +31,7 @@ from .cg import Operator, conjugate_gradients
 from .matrix import KernelMatrix
 from .preconditioners import NystromPreconditioner, PivotedCholeskyPreconditioner
 
-__all__ = ["ScaleGPPredictor", "gp_inference"]
+__all__ = ["ScaleGPPredictor", "gp_inference", "training_system"]
 
 GETS = ("nngp", "ntk", "ntkgp")
 METHODS = ("auto", "cholesky", "cg")
@@ -78,8 +78,32 @@ def gp_inference(
         raise InvalidArgumentError(f"method must be one of {METHODS}, got {method!r}.")
     if preconditioner not in PRECONDITIONERS:
         raise InvalidArgumentError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}.")
-    inverted = "nngp" if name == "nngp" else "ntk"
-    train = KernelMatrix.of(k_train_train, inverted, "k_train_train")
+    train, y, shift = training_system(k_train_train, "nngp" if name == "nngp" else "ntk", y_train, diag_reg,
+                                      diag_reg_absolute_scale)
+    n = train.shape[0]
+    budget = resolve_budget(memory_budget)
+    dense_bytes = 8 * n * n
+    if method == "auto":
+        method = "cholesky" if dense_bytes <= budget else "cg"
+    elif method == "cholesky":
+        check_fits(dense_bytes, budget, f"the dense float64 kernel for Cholesky ({n} x {n})", "Use method='cg'.")
+    if method == "cg":
+        train.keep_in_memory_if_fits(budget)
+    solver: _Solver = (
+        _Cholesky(train, shift)
+        if method == "cholesky"
+        else _CG(train, shift, tol, max_iter, _preconditioner(train, shift, preconditioner if rank > 0 else None,
+                                                              rank, seed))
+    )
+    return ScaleGPPredictor(name, k_train_train, y, solver)
+
+
+def training_system(
+    k_train_train: Any, name: str, y_train: torch.Tensor, diag_reg: float, absolute: bool
+) -> tuple[KernelMatrix, torch.Tensor, float]:
+    """The training kernel ``name`` as an operator, the targets (N, O) or (N,), both checked, and the shift
+    δ = ``diag_reg`` × its mean diagonal (or ``diag_reg`` itself when ``absolute``)."""
+    train = KernelMatrix.of(k_train_train, name, "k_train_train")
     n = train.shape[0]
     if train.shape != (n, n):
         raise ShapeError(f"k_train_train must be square (N, N), got {format_shape(train.shape)}.")
@@ -88,23 +112,8 @@ def gp_inference(
         shape = format_shape(y.shape)
         raise ShapeError(f"y_train must be ({n}, O) or ({n},) for the {n} x {n} training kernel, got {shape}.")
     diag_reg = check_nonnegative(diag_reg, "diag_reg")
-    budget = resolve_budget(memory_budget)
-    dense_bytes = 8 * n * n
-    if method == "auto":
-        method = "cholesky" if dense_bytes <= budget else "cg"
-    elif method == "cholesky":
-        check_fits(dense_bytes, budget, f"the dense float64 kernel for Cholesky ({n} x {n})", "Use method='cg'.")
-    mean_diag = float(train.diagonal().mean())
-    shift = diag_reg if diag_reg_absolute_scale else diag_reg * mean_diag
-    if method == "cg" and train.stored_bytes() <= budget:
-        train.keep_in_memory()  # products from memory instead of one pass over the store each
-    solver: _Solver = (
-        _Cholesky(train, shift)
-        if method == "cholesky"
-        else _CG(train, shift, tol, max_iter, _preconditioner(train, shift, preconditioner if rank > 0 else None,
-                                                              rank, seed))
-    )
-    return ScaleGPPredictor(name, k_train_train, y, solver)
+    shift = diag_reg if absolute else diag_reg * float(train.diagonal().mean())
+    return train, y, shift
 
 
 class _Solver(Protocol):

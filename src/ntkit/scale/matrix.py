@@ -83,6 +83,12 @@ class KernelMatrix:
         entries = sum((g.rows(i).stop - g.rows(i).start) * (g.cols(j).stop - g.cols(j).start) for i, j in g.tiles())
         return int(entries) * itemsize
 
+    def keep_in_memory_if_fits(self, budget: int) -> None:
+        """Read a store's tiles once and keep them (stored dtype) for every later product, if they fit
+        ``budget`` bytes (products then come from memory instead of one pass over the store each)."""
+        if self.stored_bytes() <= budget:
+            self.keep_in_memory()
+
     def keep_in_memory(self) -> None:
         """Read a store's tiles once and keep them (stored dtype) for every later product."""
         if isinstance(self.source, KernelStore) and self._kept is None:

@@ -29,13 +29,12 @@ themselves are the exact greedy algorithm, whatever the block size.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
-from .cg import Operator
+from .cg import Operator, one_thread
 
 __all__ = ["NystromPreconditioner", "PivotedCholeskyPreconditioner"]
 
@@ -56,12 +55,12 @@ class NystromPreconditioner:
         nu = (n**0.5) * torch.finfo(torch.float64).eps * float(y.norm())  # stabilising shift (their Alg. 2.1)
         y = y + nu * omega
         core = omega.T @ y
-        with _one_thread():
+        with one_thread():
             chol = torch.linalg.cholesky((core + core.T) / 2)
         b = torch.linalg.solve_triangular(chol, y.T, upper=False).T  # Y_ν C⁻ᵀ (N, r)
         # B = U Σ Vᵀ through the r x r Gram matrix BᵀB = V Σ² Vᵀ, U = B V Σ⁻¹ (directions with σ ~ 0 dropped)
         gram = b.T @ b
-        with _one_thread():
+        with one_thread():
             s2, v = torch.linalg.eigh(gram)
         keep = s2 > s2.max() * rank * torch.finfo(torch.float64).eps
         s2, v = s2[keep].flip(0), v[:, keep].flip(1)
@@ -117,7 +116,7 @@ class PivotedCholeskyPreconditioner:
         if self.sigma <= 0:  # K = L Lᵀ exactly and no shift: P = L Lᵀ is K itself
             self.sigma = torch.finfo(torch.float64).eps * float(diagonal.abs().max())
         inner = self.sigma * torch.eye(len(pivots), dtype=torch.float64) + self.factor.T @ self.factor
-        with _one_thread():
+        with one_thread():
             self._inner = torch.linalg.cholesky(inner)
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
@@ -133,19 +132,7 @@ def _orthonormal_columns(a: torch.Tensor) -> torch.Tensor:
     """
     for _ in range(2):
         gram = a.T @ a
-        with _one_thread():
+        with one_thread():
             r = torch.linalg.cholesky(gram)
         a = torch.linalg.solve_triangular(r, a.T, upper=False).T
     return a
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run small LAPACK calls (r x r) single-threaded: with two threads on the shared machine, MKL's waiting
-    threads made a 256 x 256 eigh take 10 s instead of 17 ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
