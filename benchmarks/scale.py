@@ -6,13 +6,15 @@ Cases (``--case``; each prints its ratio, the machine's load average next to eve
              ``--workers`` workers (default 2), one thread each. Target: 2 workers >= 1.8x one worker.
   overhead   an MLP kernel (NNGP and NTK, float32, 2 hidden ReLU layers, ``--n`` inputs of dimension 784,
              default 20,000) with in-memory nk.kernel and with nk.scale.kernel into a local store (client=None).
-             Target: store time <= 1.3x in-memory time.
+             Target: store time <= 1.3x in-memory time. Also prints how long the disk alone takes to write and
+             flush as many bytes as the store holds (the floor of the store's time on this disk).
   cg         an MLP NTK (float64, ``--n`` default 10,000) into a store; 10 outputs solved by Cholesky and by
-             CG (tol 1e-10); max difference of the test means (target <= 1e-6 relative), times, iterations.
+             CG (tol 1e-10) with the Nyström and with the pivoted-Cholesky preconditioner (rank 256); max
+             difference of the test means (target <= 1e-6 relative), times, iterations.
   big        the MNIST-sized case: the MLP NTK (float32) at ``--n`` default 60,000 into a store, then CG for 10
-             outputs (tol 1e-6, diag_reg 1e-3, the stored tiles kept in memory: memory_budget 12G); time,
-             iterations and peak resident memory (target < 16 GB).
-             Runs only if ``free`` shows >= 18 GB available (``--force`` overrides).
+             outputs (tol 1e-6, diag_reg 1e-3, Nyström rank 256, the stored tiles (7.7 GB) kept in memory:
+             memory_budget 12G); times, iterations, residual and the peak resident memory of this process
+             and its children (target < 16 GB). Runs only if >= 12 GB are available (``--force`` overrides).
 
 Inputs are synthetic (784 features of a 20-dimensional latent Gaussian plus noise, so the kernel's spectrum
 decays like that of image data); targets are 10 one-hot classes of a random linear readout. Stores go to
@@ -33,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import ntkit as nk
@@ -46,8 +49,10 @@ def load() -> str:
 
 
 def peak_rss_gib() -> float:
-    """Peak resident memory of this process (Linux: ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """Peak resident memory of this process or of its largest waited-for child (Linux: ru_maxrss in KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 2**20
 
 
 def available_gib() -> float:
@@ -127,7 +132,30 @@ def case_overhead(n: int, root: Path) -> None:
     del k
     t_store, s = timed(lambda: nk.scale.kernel(mlp(), x, store=root / "mlp.zarr"))
     print(f"  nk.scale.kernel into a store: {t_store:.1f} s, {s.tiles_total} tiles of {s.tile_size} ({load()})")
+    written = sum(p.stat().st_size for p in (root / "mlp.zarr").rglob("*") if p.is_file())
+    t_disk = disk_write_seconds(root, written)
+    print(f"  the disk alone: writing and flushing the store's {written / 1e9:.2f} GB takes {t_disk:.1f} s "
+          f"({written / t_disk / 1e6:.0f} MB/s), {t_disk / t_mem:.2f}x the in-memory time ({load()})")
     print(f"overhead: store / in-memory = {t_store / t_mem:.2f}x (target <= 1.3x)")
+
+
+def disk_write_seconds(root: Path, total: int) -> float:
+    """Seconds to write ``total`` bytes of random data into 64 MiB files under ``root`` and flush them once."""
+    block = np.random.default_rng(0).bytes(64 * 2**20)
+    paths = []
+    start = time.perf_counter()
+    for k in range(-(-total // len(block))):
+        paths.append(root / f"disk-{k}")
+        with open(paths[-1], "wb") as f:
+            f.write(block[: min(len(block), total - k * len(block))])
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    seconds = time.perf_counter() - start
+    for path in paths:
+        path.unlink()
+    return seconds
 
 
 def case_cg(n: int, root: Path) -> None:
@@ -137,18 +165,23 @@ def case_cg(n: int, root: Path) -> None:
     kt = nk.scale.kernel(mlp(), t, x, store=root / "test.zarr", get="ntk")
     print(f"  kernels into stores: {t_k:.1f} s ({load()})")
     t_chol, chol = timed(lambda: nk.scale.gp_inference(k, y, diag_reg=1e-3, method="cholesky"))
-    t_cg, cg = timed(lambda: nk.scale.gp_inference(k, y, diag_reg=1e-3, method="cg", tol=1e-10))
-    a, b = chol(kt), cg(kt)
-    diff = float((a - b).abs().max() / a.abs().max())
-    print(f"  Cholesky {t_chol:.1f} s; CG {t_cg:.1f} s, {cg.iterations} iterations, residual {cg.residual:.2g} "
-          f"({load()})")
-    print(f"cg: CG vs Cholesky max relative difference of the test means {diff:.2g} (target <= 1e-6)")
+    print(f"  Cholesky {t_chol:.1f} s ({load()})")
+    a = chol(kt)
+    for preconditioner in ("nystrom", "pivoted_cholesky"):
+        t_cg, cg = timed(lambda p=preconditioner: nk.scale.gp_inference(k, y, diag_reg=1e-3, method="cg", tol=1e-10,
+                                                                         preconditioner=p))
+        diff = float((a - cg(kt)).abs().max() / a.abs().max())
+        print(f"  CG ({preconditioner}, rank 256) {t_cg:.1f} s, {cg.iterations} iterations, residual "
+              f"{cg.residual:.2g} ({load()})")
+        print(f"cg: CG ({preconditioner}) vs Cholesky max relative difference of the test means {diff:.2g} "
+              "(target <= 1e-6)")
 
 
 def case_big(n: int, root: Path, force: bool) -> None:
-    if available_gib() < 18 and not force:
-        print(f"big: skipped, {available_gib():.1f} GB available (< 18 GB; --force to run anyway)")
+    if available_gib() < 12 and not force:
+        print(f"big: skipped, {available_gib():.1f} GB available (< 12 GB; --force to run anyway)")
         return
+    print(f"  inputs: synthetic (N, 784) (MNIST's shape; no real MNIST offline), {available_gib():.1f} GB available")
     x = features(n)
     y = labels(x)
     t_k, k = timed(lambda: nk.scale.kernel(mlp(), x, store=root / "big.zarr", get="ntk", progress=True))
@@ -157,8 +190,9 @@ def case_big(n: int, root: Path, force: bool) -> None:
     t_cg, fit = timed(lambda: nk.scale.gp_inference(k, y, diag_reg=1e-3, method="cg", tol=1e-6, memory_budget="12G"))
     train_accuracy = float((fit(k).argmax(1) == y.argmax(1)).double().mean())
     print(f"  CG: {t_cg:.0f} s, {fit.iterations} iterations, residual {fit.residual:.2g} ({load()})")
-    print(f"big: N = {n}, kernel {t_k:.0f} s + CG {t_cg:.0f} s, {fit.iterations} iterations, peak RSS "
-          f"{peak_rss_gib():.1f} GB (target < 16 GB), train accuracy {train_accuracy:.3f}")
+    print(f"big: N = {n}, kernel {t_k:.0f} s + CG {t_cg:.0f} s, {fit.iterations} iterations, residual "
+          f"{fit.residual:.2g}, peak RSS {peak_rss_gib():.1f} GiB (target < 16 GB), train accuracy "
+          f"{train_accuracy:.3f} ({load()})")
 
 
 def main() -> None:
