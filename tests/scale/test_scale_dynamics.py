@@ -14,11 +14,11 @@ import torch
 
 pytest.importorskip("zarr")
 
-from scale_helpers import inputs, mlp  # noqa: E402
+from scale_helpers import inputs, mlp
 
-import ntkit as nk  # noqa: E402
-from ntkit.errors import InvalidArgumentError, NotConvergedError, ShapeError  # noqa: E402
-from ntkit.scale.krylov import lanczos_functions  # noqa: E402
+import ntkit as nk
+from ntkit.errors import InvalidArgumentError, NotConvergedError, ShapeError
+from ntkit.scale.krylov import lanczos_functions
 
 REG = 1e-3
 TIMES = torch.tensor([0.0, 1.0, 10.0, 300.0, 5000.0])

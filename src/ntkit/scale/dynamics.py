@@ -2,7 +2,7 @@
 too large for the eigendecomposition of :func:`ntkit.predict.gradient_descent_mse`, which it equals on small N.
 
 With the regularized train NTK Θ̃ = Θ + δI, targets Y and the loop's schedule (learning rate, MSE scale, momentum,
-discrete or continuous: :mod:`ntkit.predict._modes`), the train residual and the dual coefficients are matrix
+discrete or continuous: :mod:`ntkit.predict.modes`), the train residual and the dual coefficients are matrix
 functions of Θ̃ applied to r_0 = f_0(X) − Y (theory.md §2.2-2.5):
 
     f_t(X) = Y + φ_t(Θ̃) r_0,    α_t = g_t(Θ̃) r_0,    f_t(x) = f_0(x) − Θ(x, X) α_t,
@@ -21,8 +21,8 @@ import torch
 
 from .._memory import resolve_budget
 from ..errors import InvalidArgumentError, ShapeError
-from ..predict._args import parse_times
-from ..predict._modes import Schedule, check_times, mode_factors, warn_if_divergent
+from ..predict.args import parse_times
+from ..predict.modes import Schedule, check_times, mode_factors, warn_if_divergent
 from .gp import training_system
 from .krylov import lanczos_functions
 from .matrix import KernelMatrix
