@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,3 +60,15 @@ class SlowTiles:
 def reference(net, x1, x2=None):
     k = nk.kernel(net, x1, x2)
     return {"nngp": k.nngp, "ntk": k.ntk}
+
+
+def start_until_done(run: Callable[[], None], path: Path, done: int, timeout: float) -> threading.Thread:
+    """Start ``run`` in a thread; return it once the store at ``path`` has ``done`` tiles done (or at timeout)."""
+    driver = threading.Thread(target=run)
+    driver.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (path / "zarr.json").exists() and nk.scale.KernelStore.open(path).tiles_done >= done:
+            break
+        time.sleep(0.05)
+    return driver

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ import torch
 pytest.importorskip("zarr")
 distributed = pytest.importorskip("distributed")
 
-from scale_helpers import SlowTiles, finite_model, inputs, mlp, pooled_cnn, reference  # noqa: E402
+from scale_helpers import SlowTiles, finite_model, inputs, mlp, pooled_cnn, reference, start_until_done  # noqa: E402
 from test_scale_store import assert_store_equals  # noqa: E402
 
 import ntkit as nk  # noqa: E402
@@ -59,13 +57,7 @@ def test_a_worker_killed_mid_run_gives_the_same_result(client, tmp_path):
         result["store"] = _compute(slow, x, None, fingerprint, ("nngp", "ntk"), torch.float64, path, client, None,
                                    5, False, 2**30, False)
 
-    driver = threading.Thread(target=run)
-    driver.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if (path / "zarr.json").exists() and nk.scale.KernelStore.open(path).tiles_done >= 3:
-            break
-        time.sleep(0.05)
+    driver = start_until_done(run, path, 3, timeout=120)
     pids = client.run(os.getpid)
     os.kill(next(iter(pids.values())), signal.SIGKILL)
     driver.join(timeout=300)

@@ -99,9 +99,8 @@ def test_a_device_process_killed_mid_run_has_its_tiles_retried(tmp_path):
     """devices=: SIGKILL one of the two local processes while tiles run; the pool is restarted with the tiles
     not done (those in flight included), the call completes, and the store equals the in-memory kernel."""
     import multiprocessing
-    import threading
 
-    from scale_helpers import SlowTiles
+    from scale_helpers import SlowTiles, start_until_done
 
     from ntkit.scale import tiles
     from ntkit.scale.kernels import _compute
@@ -115,13 +114,7 @@ def test_a_device_process_killed_mid_run_has_its_tiles_retried(tmp_path):
         result["store"] = _compute(slow, x, None, fingerprint, ("nngp", "ntk"), torch.float64, path, None,
                                    ["cpu", "cpu"], 5, False, 2**30, False)
 
-    driver = threading.Thread(target=run)
-    driver.start()
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if (path / "zarr.json").exists() and nk.scale.KernelStore.open(path).tiles_done >= 3:
-            break
-        time.sleep(0.05)
+    driver = start_until_done(run, path, 3, timeout=180)
     workers = multiprocessing.active_children()
     assert len(workers) == 2
     os.kill(workers[0].pid, signal.SIGKILL)
