@@ -52,12 +52,13 @@ class FunctionalModel:
     parameters replaced by ``params`` and returns the outputs flattened to ``(N, O)``.
 
     ``params`` holds the selected parameters' current values (detached), in the module's order.
-    ``module`` is the wrapped module (``None`` for a plain callable).
+    ``module`` is the wrapped module; ``source`` the plain callable (``None`` for a module).
     """
 
     fn: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
     params: dict[str, torch.Tensor]
     module: nn.Module | None = None
+    source: Callable[..., torch.Tensor] | None = None
 
     @property
     def n_params(self) -> int:
@@ -198,7 +199,7 @@ def functionalize(model: ModelArg, params: ParamsArg = None) -> FunctionalModel:
         def fn_callable(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             return flatten_output(model(p, x))
 
-        return FunctionalModel(fn=fn_callable, params=values, module=None)
+        return FunctionalModel(fn=fn_callable, params=values, source=model)
     raise InvalidArgumentError(
         f"model must be a torch.nn.Module or a callable f(params, x), got {type(model).__name__}."
     )

@@ -45,7 +45,20 @@ def test_raw_parameter_adapters_fall_back():
     model, x1, _, _, _ = case("lora")
     trace, method = structured(model, x1)
     assert sorted(trace.fallback) == ["0.lora_A", "0.lora_B", "2.lora_A", "2.lora_B"]
-    assert {g.name for g in method.groups} == {"0.base.weight", "0.base.bias", "2.base.weight", "2.base.bias"}
+    covered = {g.name for g in method.groups} | {g.bias for g in method.groups if g.bias}
+    assert covered == {"0.base.weight", "0.base.bias", "2.base.weight", "2.base.bias"}
+
+
+def test_dense_bias_joins_its_weight_in_gram_form():
+    """A dense layer's bias is computed with its weight (inputs gain a constant 1: one Gram of output cotangents
+    for both); the kernel equals the dense float64 Jacobian's (the zoo tests), here checked per term too."""
+    model, x1, _, _, _ = case("mlp")
+    _, method = structured(model, x1)
+    assert {g.name: g.bias for g in method.groups} == {"0.weight": "0.bias", "2.weight": "2.bias", "4.weight": "4.bias"}
+    for g, term in zip(method.groups, method.features(x1), strict=True):
+        J = dense_jacobian(model, x1, [g.name, g.bias])
+        expected = kernel_from_jacobians(J, J, trace_outputs=True) * J.shape[1]  # pair() sums over outputs
+        assert rel_err(term.pair(term, False), expected) < TOL
 
 
 def test_forms_follow_the_cost_model():

@@ -23,11 +23,17 @@ from .cost import BlockPlan, Problem, plan_blocks
 from .jacobian import JacobianMethod
 from .ntvp import NtvpMethod
 from .structured import StructuredMethod
-from .tracing import ModelTrace, trace_model
+from .tracing import ModelTrace, cached_trace
 
 __all__ = ["METHODS", "empirical_ntk"]
 
 METHODS: dict[str, type] = {"structured": StructuredMethod, "jacobian": JacobianMethod, "ntvp": NtvpMethod}
+
+#: ``method="auto"`` takes the Jacobian method for problems below this many FLOPs by its own estimate: there the
+#: fixed costs of a call decide, and the Jacobian method's are the smallest (one batched reverse pass and one matrix
+#: product per parameter tensor, the torch.func recipe's own steps), while the structured method's interception,
+#: patch unfolding and per-layer terms cost more than their FLOPs save (benchmarks/empirical.py, case tinycnn).
+TINY_FLOPS = 1e9
 
 
 def empirical_ntk(
@@ -60,8 +66,9 @@ def empirical_ntk(
             cotangents for linear/conv weights, index equality for embeddings, small Jacobians for biases and
             normalisation parameters, Jacobian contraction for everything else), or ``"auto"``. All are exact.
             ``"auto"`` estimates the FLOPs of each method from the shapes seen in one traced forward pass and
-            takes the cheapest (details in :mod:`ntkit.empirical.cost`). With FP the FLOPs of one example's
-            forward pass, P the selected parameters and a = 1 (traced) or 2 (full):
+            takes the cheapest (details in :mod:`ntkit.empirical.cost`), except that problems the Jacobian
+            method does in under ``TINY_FLOPS`` (1e9) go to it (fixed costs per call decide there). With FP the
+            FLOPs of one example's forward pass, P the selected parameters and a = 1 (traced) or 2 (full):
             jacobian (1 + 2·O)·FP per example + 2·O^a·P per pair of examples; ntvp (1 + 2·O)·FP per x2
             example + 2·O·FP per pair; structured (1 + O)·FP per example + per pair, for each weight with
             L positions, the cheaper of 2·L²·(d_in + O^a·d_out) (Gram form) and 2·O^a·d_in·d_out (after
@@ -91,7 +98,7 @@ def empirical_ntk(
         )
     fm = functionalize(model, params)
     check_input_dtype(fm, x1)
-    trace = trace_model(fm, x1)
+    trace = cached_trace(fm, x1)
     n1 = x1.shape[0]
     problem = Problem(
         n1=n1,
@@ -145,4 +152,5 @@ def choose_method(
         candidates.append((m, plan))
     if not candidates:
         raise refusals[0]
-    return min(candidates, key=lambda c: c[1].flops)
+    tiny = [c for c in candidates if c[0].name == "jacobian" and c[1].flops < TINY_FLOPS]
+    return tiny[0] if method == "auto" and tiny else min(candidates, key=lambda c: c[1].flops)

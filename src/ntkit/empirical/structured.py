@@ -7,7 +7,10 @@ autograd. Each parameter's contribution is then contracted in the cheapest exact
 :mod:`.cost`):
 
 - a linear or convolution weight in Gram form, (A1 A2ᵀ) ⊙ (G1 G2ᵀ) summed over positions, or in Jacobian form
-  J = Σ_l g_l a_lᵀ formed from the same tensors while a block is contracted, one weight at a time;
+  J = Σ_l g_l a_lᵀ formed from the same tensors while a block is contracted, one weight at a time; the bias of
+  the same calls joins a weight in Gram form where that is cheaper (few positions, e.g. a dense layer): a
+  constant 1 appended to every input a_l makes A1 A2ᵀ + 1, and (A1 A2ᵀ + 1) ⊙ (G1 G2ᵀ) is the weight's plus the
+  bias's contribution (Σ_l g_l · Σ_l' g'_l'), so G1 G2ᵀ is computed once for both;
 - an embedding table through index equality;
 - biases and normalisation affine parameters (LayerNorm, GroupNorm, BatchNorm in eval mode) as small
   Jacobians Σ_l g_l, Σ_l x̂_l ⊙ g_l;
@@ -17,6 +20,7 @@ autograd. Each parameter's contribution is then contracted in the cheapest exact
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -62,6 +66,23 @@ class _Group:
     feature_words: float
     block_flops: float = 0.0  # per example and block: forming the Jacobian of the 'jacobian' form
     workspace_words: float = 0.0  # per example of a block: that Jacobian
+    bias: str | None = None  # 'gram' form: the bias of the same calls, computed with it (module docs)
+
+
+def _with_bias(weight: _Group, bias: _Group, problem: Problem, o: int) -> _Group | None:
+    """``weight`` (Gram form) computing ``bias`` too, if ``bias`` is used exactly by the same calls' bias slot
+    and that costs fewer FLOPs than contracting it alone (each input gains a constant entry: 2·K·L² more
+    FLOPs per pair, against 2·O^a·P_b for the bias on its own)."""
+    if weight.form != "gram" or bias.form != "layout" or [i for i, _ in bias.uses] != [i for i, _ in weight.uses]:
+        return None
+    if any(slot != "bias" for _, slot in bias.uses):
+        return None
+    added = weight.pair_words / (2 + o**problem.output_power)  # K·L², the entries of one Gram
+    if 2.0 * added >= bias.pair_flops:
+        return None
+    return dataclasses.replace(
+        weight, pair_flops=weight.pair_flops + 2.0 * added, feature_words=weight.feature_words + added, bias=bias.name
+    )
 
 
 def _use_flops(call: LayerCall, slot: str, o: int) -> float:
@@ -122,10 +143,20 @@ class StructuredMethod:
 
     def __init__(self, fm: FunctionalModel, trace: ModelTrace, problem: Problem) -> None:
         self.fm, self.trace, self.problem = fm, trace, problem
-        self.groups = [
-            min(_candidate_forms(fm, trace, name, tuple(uses), problem), key=lambda g: _total(g, problem))
+        groups = {
+            name: min(_candidate_forms(fm, trace, name, tuple(uses), problem), key=lambda g: _total(g, problem))
             for name, uses in trace.uses.items()
-        ]
+        }
+        for name, group in list(groups.items()):
+            calls = [trace.calls[i] for i, _ in group.uses]
+            bias = calls[0].params.get("bias", "") if group.form == "gram" else ""
+            if bias not in groups or any(c.params.get("bias") != bias for c in calls):
+                continue
+            joined = _with_bias(group, groups[bias], problem, trace.n_outputs)
+            if joined is not None:
+                groups[name] = joined
+                del groups[bias]
+        self.groups = list(groups.values())
         self.fallback_size = sum(fm.params[k].numel() for k in trace.fallback)
         self.workspace = Workspace()
 
@@ -150,9 +181,7 @@ class StructuredMethod:
             workspace_words=max([g.workspace_words for g in self.groups], default=0.0),
         )
 
-    def _capture(
-        self, x: torch.Tensor
-    ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor], dict[str, torch.Tensor]]:
+    def _capture(self, x: torch.Tensor) -> tuple[dict[int, torch.Tensor], list[torch.Tensor], dict[str, torch.Tensor]]:
         """Per-example inputs of the recorded calls, output cotangents (N, O, *out_shape) per call, and the
         Jacobians (N, O, *shape) of the fallback parameters, from one batched reverse pass."""
         calls = self.trace.calls
@@ -188,7 +217,10 @@ class StructuredMethod:
         for g in self.groups:
             if g.form in ("gram", "jacobian"):
                 parts = [linear_family_term(calls[i], inputs[i], cots[i]) for i, _ in g.uses]
-                term = GramTerm(_cat([t.A for t in parts], 2), _cat([t.G for t in parts], 3))
+                A = _cat([t.A for t in parts], 2)
+                if g.bias is not None:
+                    A = torch.cat([A, A.new_ones(*A.shape[:-1], 1)], -1)
+                term = GramTerm(A, _cat([t.G for t in parts], 3))
                 terms.append(term if g.form == "gram" else FactoredJacobianTerm(term))
             elif g.form == "index":
                 tables = [embedding_term(calls[i], inputs[i], cots[i]) for i, _ in g.uses]

@@ -9,6 +9,15 @@ output cotangent r it compares each rule parameter's gradient rᵀ J rebuilt fro
 output cotangents with the gradient autograd computes. A parameter that the model also uses in a way the
 interceptor cannot see (a custom autograd function, say) fails the check and is moved to Jacobian
 contraction, so the structured method stays exact.
+
+:func:`cached_trace` reuses a trace between calls (tracing, its rule check and the independence check cost
+several forward and backward passes of one example, a third of a small kernel's time): a trace is kept per
+model (weakly, it goes with the model) under a key of everything it depends on: each submodule's identity
+and train/eval flag, each parameter and buffer (identity, storage, in-place version counter, shape, dtype,
+device), the parameter selection, and the inputs' per-example shape, dtype and device. Changing any of them
+(an optimizer step, ``model.double()``, ``.to(device)``, ``model.train()``, a replaced layer, another input
+shape) traces again. A model whose layer calls depend on other Python state (a flag read in ``forward``)
+must call :func:`clear_trace_cache` after changing it.
 """
 
 from __future__ import annotations
@@ -16,6 +25,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +39,7 @@ from .autodiff import autodiff_context
 from .interception import LayerCall, LayerInterceptor
 from .rules import parameter_jacobian
 
-__all__ = ["ModelTrace", "measure_forward", "trace_model"]
+__all__ = ["ModelTrace", "cached_trace", "clear_trace_cache", "measure_forward", "trace_model"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,66 @@ def trace_model(fm: FunctionalModel, x: torch.Tensor) -> ModelTrace:
         forward_flops=float(icpt.matmul_flops + icpt.activation_words),
         activation_words=icpt.activation_words,
     )
+
+
+#: Traces kept per model (the most recent keys first out); a model's entries go when the model does.
+_CACHE_PER_MODEL = 4
+_CACHE: weakref.WeakKeyDictionary[object, OrderedDict[Hashable, ModelTrace]] = weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
+
+
+def _tensor_key(t: torch.Tensor) -> Hashable:
+    """What a trace may depend on in one tensor: identity of its storage, in-place version, layout, placement."""
+    return (
+        t.untyped_storage().data_ptr(),
+        t.storage_offset(),
+        t._version,
+        tuple(t.shape),
+        t.stride(),
+        t.dtype,
+        t.device,
+    )
+
+
+def _trace_key(fm: FunctionalModel, x: torch.Tensor) -> Hashable:
+    """Everything :func:`trace_model` depends on, other than the model object itself (see module docs)."""
+    owned: tuple[Hashable, ...] = ()
+    if fm.module is not None:
+        owned = (
+            tuple((name, id(m), m.training) for name, m in fm.module.named_modules()),
+            tuple((name, id(t), _tensor_key(t)) for name, t in fm.module.named_parameters()),
+            tuple((name, id(t), _tensor_key(t)) for name, t in fm.module.named_buffers()),
+        )
+    selected = tuple((name, _tensor_key(t)) for name, t in fm.params.items())
+    return owned, selected, tuple(x.shape[1:]), x.dtype, x.device
+
+
+def cached_trace(fm: FunctionalModel, x: torch.Tensor) -> ModelTrace:
+    """:func:`trace_model`, or the trace of an earlier call with the same model, parameters and input layout
+    (see module docs). A model that cannot be referenced weakly (a bound method) is traced every time."""
+    owner = fm.module if fm.module is not None else fm.source
+    key = _trace_key(fm, x)
+    with _CACHE_LOCK:
+        try:
+            entries = _CACHE.get(owner)
+        except TypeError:  # not weakly referenceable: no caching
+            return trace_model(fm, x)
+        if entries is not None and key in entries:
+            entries.move_to_end(key)
+            return entries[key]
+    trace = trace_model(fm, x)
+    with _CACHE_LOCK:
+        entries = _CACHE.setdefault(owner, OrderedDict())
+        entries[key] = trace
+        while len(entries) > _CACHE_PER_MODEL:
+            entries.popitem(last=False)
+    return trace
+
+
+def clear_trace_cache() -> None:
+    """Forget every kept trace (for a model whose forward reads Python state the cache key cannot see)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
 
 
 def _verified(
