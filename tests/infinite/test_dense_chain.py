@@ -182,3 +182,31 @@ def test_the_fast_path_is_a_capability_the_activation_declares():
     halved, plain = nk.kernel(model, x1), nk.kernel(deep(), x1)
     torch.testing.assert_close(halved.nngp, plain.nngp)
     assert not torch.allclose(halved.ntk, plain.ntk)
+
+
+@pytest.mark.parametrize("block_size", [None, 16])
+@pytest.mark.parametrize("same", [True, False], ids=["x2=None", "x2"])
+def test_large_blocks_match_generic_path(monkeypatch, block_size, same):
+    """The GPU dispatch (``compute._large_blocks``: the chain in the calling thread, in blocks as large as the budget
+    allows, fresh buffers per block) run on the CPU: the generic path's numbers, in one block or several."""
+    from ntkit.infinite import compute, dense_chain
+
+    blocks = []
+    real = dense_chain.run_chain_tile
+
+    def spy(steps, variances, a, b, *args, **kwargs):
+        blocks.append((a.shape[0], b.shape[0]))
+        return real(steps, variances, a, b, *args, **kwargs)
+
+    monkeypatch.setattr(compute, "_large_blocks", lambda device: True)
+    monkeypatch.setattr(compute, "run_chain_tile", spy)
+    model = deep(ACTIVATIONS["abrelu"], "standard")
+    x1, x2 = inputs()
+    x2 = None if same else x2
+    fast = nk.kernel(model, x1, x2, block_size=block_size)
+    assert_same(fast, generic(model, x1, x2), 1e-12)
+    n2 = 40 if same else 23
+    if block_size is None:
+        assert blocks == [(40, n2)]
+    else:
+        assert len(blocks) == 6 and max(max(b) for b in blocks) == 16  # 3 row blocks: 6 upper tiles, or 3 x 2

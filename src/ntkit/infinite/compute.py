@@ -151,13 +151,15 @@ def _compute(
     p = plan(model, x1, x2, dtype=dtype, ntk=need_ntk, diagonal_spatial=diagonal_spatial)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
-    pooled = not p.requires_grad and x1.device.type == "cpu" and p.kernel_entries <= _TILE_ENTRIES
+    large = _large_blocks(x1.device)
+    pooled = not p.requires_grad and not large and x1.device.type == "cpu" and p.kernel_entries <= _TILE_ENTRIES
     n_workers = torch.get_num_threads() if pooled else 0  # 0: tile after tile in this thread
     budget = resolve_budget(memory_budget, x1.device)
     if p.conv_chain is not None:
         x1, x2 = x1.to(dtype), None if x2 is None else x2.to(dtype)
         return _run_conv_chain(p, x1, x2, need_ntk, budget, block_size, progress)
-    chain = p.chain is not None and pooled  # dense layers and ReLU-family activations: ``dense_chain``
+    # dense layers and ReLU-family activations: ``dense_chain``, in the pool's tiles or in large blocks
+    chain = p.chain is not None and not p.requires_grad and (pooled or large)
     tile_entries = _CHAIN_TILE_ENTRIES if chain else _TILE_ENTRIES
     itemsize = torch.finfo(dtype).bits // 8
     b = _block_size(p, n1, n2, len(wanted), itemsize, budget, n_workers, block_size, tile_entries)
@@ -167,6 +169,13 @@ def _compute(
     tiles = _tiles(n1, n2, b, x2 is None)
     with progress_bar(progress, len(tiles), "nk.kernel", "tile") as bar:
         return _run_tiles(model, x1, x2, p, tiles, need_ntk, n_workers, chain=chain, bar=bar)
+
+
+def _large_blocks(device: torch.device) -> bool:
+    """Whether tiles are as large as the budget allows and run in the calling thread (CUDA), instead of cache-sized
+    tiles spread over the thread pool (CPU): a GPU gains nothing from small tiles or threads, and each tile costs a
+    kernel launch per pass and a host synchronisation for its finiteness check."""
+    return device.type == "cuda"
 
 
 def _block_size(
@@ -341,7 +350,8 @@ def _run_tiles(
     ntk_scale = _ntk_scale(meta) if need_ntk else 1.0
 
     if chain:  # prepared in a worker too: the caller's thread may be a forked child's, where MKL/OpenMP hang
-        evaluate = _worker_pool(n_workers).submit(_no_grad(_chain_evaluator), p, x1, x2, need_ntk, cov).result()
+        prepare, inputs = _no_grad(_chain_evaluator), (p, x1, x2, need_ntk, cov)
+        evaluate = _worker_pool(n_workers).submit(prepare, *inputs).result() if n_workers else prepare(*inputs)
     else:
 
         def evaluate(rows: slice, cols: slice, diagonal: bool):

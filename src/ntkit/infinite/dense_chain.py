@@ -12,8 +12,10 @@ record a :class:`DenseStep` or :class:`ArcCosineStep`, and the chain is used onl
 kernel to the output kernel with nothing else in between (so any other layer, even one registered by a user
 that merely returns ``k.replace(...)``, keeps the generic path). Each tile then runs the same recursions
 (theory.md §4.1-4.2) with ``out=`` and in-place operations on per-worker buffers that are reused from tile to
-tile and call to call: no kernel-sized tensor is allocated per layer, and the per-example variances, their
-square roots and reciprocals are computed once per call for all examples (vectors), not per tile.
+tile and call to call (on a GPU, where one block is usually the whole kernel, fresh ones per block from the caching
+allocator, so that no GPU memory stays pinned between calls): no kernel-sized tensor is allocated per layer, and
+the per-example variances, their square roots and reciprocals are computed once per call for all examples
+(vectors), not per tile.
 
 Numbers: the same formulas in the same order as ``transforms.weight_layer`` and ``activations._arc_cosine_fast``
 up to the association of a few products (round-off); tests compare both paths to 1e-12 in float64.
@@ -144,6 +146,8 @@ class _Buffers(threading.local):
     """Per-thread scratch: four flat tensors reused by every tile of this thread, and 0-dim constants."""
 
     def get(self, n: int, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+        if device.type != "cpu":  # GPU blocks are large; the caching allocator reuses freed memory without pinning it
+            return [torch.empty(n, dtype=dtype, device=device) for _ in range(4)]
         bufs = getattr(self, "bufs", None)
         if bufs is None or bufs[0].numel() < n or bufs[0].dtype != dtype or bufs[0].device != device:
             bufs = [torch.empty(n, dtype=dtype, device=device) for _ in range(4)]
