@@ -1,42 +1,52 @@
-"""Speed and peak memory of ntkit.empirical_ntk against the plain torch.func recipe, side by side.
+"""Speed and peak memory of ntkit.empirical_ntk against the plain torch.func recipe and neural-tangents, side by side.
 
-    python benchmarks/empirical.py                 # all cases, 3 timed repeats each
+    python benchmarks/empirical.py                 # the CPU cases, 3 rounds
     python benchmarks/empirical.py --cases mlp1 --repeats 1
-    python benchmarks/empirical.py --nt-python PATH  # with the neural-tangents columns (default: $NT_PYTHON)
+    python benchmarks/empirical.py --full          # the full kernel (N, N, O, O) instead of the traced one
+    python benchmarks/empirical.py --nt-python PATH  # with the neural-tangents column (default: $NT_PYTHON)
     python benchmarks/empirical.py --threads 1     # one intra-op thread (see below)
+    python benchmarks/empirical.py --device cuda   # the GPU cases, with the device's roofline measured first
 
-Cases (float32, CPU, the traced kernel Θ̂(x, x) of shape (N, N), the default of ``empirical_ntk``):
+Cases (float32, the traced kernel Θ̂(x, x) of shape (N, N), the default of ``empirical_ntk``, or with ``--full``
+the full kernel (N, N, O, O)):
 
-- ``mlp1``: MLP 64-512-512-512-1 (ReLU), N = 256;
-- ``mlp10``: the same with 10 outputs, N = 128;
+- ``tinycnn``: 2 conv layers of 8 channels (3x3, padding 1) on 3x6x6 images, ReLU, flatten, 4 outputs, N = 64
+  (a problem small enough that fixed costs per call decide);
+- ``mlp1``: MLP 64-512-512-512-1 (ReLU), N = 256; ``mlp1-2048``: the same with N = 2048 (GPU default);
+- ``mlp10``: the same with 10 outputs, N = 128; ``mlp10-512``: N = 512 (GPU default);
 - ``cnn``: 3 conv layers of 64 channels (3x3, padding 1) on 3x16x16 images, ReLU, global average pooling,
   a linear head with 10 outputs, N = 128;
 - ``transformer``: Embedding (vocabulary 100, d = 64), 2 ``nn.TransformerEncoderLayer`` (4 heads,
-  feed-forward 256, eval mode), mean pooling over 16 positions, 10 outputs, N = 64.
+  feed-forward 256, eval mode), mean pooling over 16 positions, 10 outputs, N = 64;
+- ``resnet18``: ResNet-18 (torchvision's layout: BasicBlocks [2, 2, 2, 2], batch norm in eval mode) on 3x32x32
+  images, 10 outputs, N = 64 (GPU default).
 
 Each case and method runs in a fresh subprocess:
 
 1. build the model and inputs (seed 0) and run the method once on two examples (a warm-up that pays
    one-time costs, e.g. torch.func's lazy imports, equally for every method);
-2. read the process's peak resident memory ``ru_maxrss`` (``resource.getrusage``), then time one run on
-   the full batch;
-3. report the growth of ``ru_maxrss`` over step 1 as the peak memory of the computation.
+2. time the first call on the full batch (the ``first`` column; the process's peak memory, ``ru_maxrss`` on
+   CPU and ``torch.cuda.max_memory_allocated`` on CUDA, is measured over this call);
+3. time ``--warm`` more calls with the same model and inputs and keep the fastest: the ``time`` column, what
+   repeated calls cost (ntkit reuses its traced structure between them, ``empirical/tracing.py``).
 
 This is repeated ``--repeats`` times, interleaved across methods (round 1: every method once, round 2: ...),
 so that load changes on a shared machine hit all methods alike; the table shows the fastest time and the
-largest peak. A method slower than 20 s is run once. neural-tangents' worker compiles on the full batch and
-then times three warm runs in one process (its peak memory counts from before the compiling call). (torch's CPU
-   allocations are invisible to ``tracemalloc``; the resident-set high-water mark sees everything, at page
-   granularity, including memory the allocator keeps.)
+largest peak. A method slower than 20 s is run once. On CUDA every timed call ends with a synchronisation.
 
 The baseline "torch.func recipe" is the PyTorch tutorial's Jacobian contraction: ``vmap(jacrev(f))`` over
-the examples, then ``einsum('nap,map->nm')`` per parameter. neural-tangents 0.6.5 (JAX, CPU) runs with
-its structured-derivatives and Jacobian-contraction implementations, jit-compiled, timed after compilation,
-when an interpreter with it is given (``--nt-python``, default ``$NT_PYTHON``; benchmarks/README.md).
+the examples, then ``einsum('nap,map->nm')`` per parameter (``'nap,mbp->nmab'`` for the full kernel).
+neural-tangents 0.6.5 (JAX, CPU only) runs when an interpreter with it is given (``--nt-python``, default
+``$NT_PYTHON``; benchmarks/README.md): in one process, each of its three implementations (Jacobian contraction,
+NTK-vector products, structured derivatives) with ``vmap_axes=0`` and with ``None``, each jit-compiled on the
+full batch and then timed on warm calls; the column shows the best of the six and which it was.
 Machines shared with other jobs make absolute times noisy; the ratios measured in one run are what to compare. On an
 oversubscribed machine (load average well above the core count) spinning OpenMP threads can make torch's small
 matrix products ten times slower; run with ``OMP_WAIT_POLICY=PASSIVE`` in the environment (the workers inherit it),
 or ``--threads 1`` (which also restricts XLA to one thread).
+
+Targets (issue 14): ``auto`` never slower than the recipe (ratio >= 1 on every case), >= 2x neural-tangents on
+the MLP cases and >= 3x on the CNN.
 """
 
 from __future__ import annotations
@@ -52,29 +62,67 @@ from pathlib import Path
 
 from nt_python import add_nt_python_option, nt_python
 
-CASES = ["mlp1", "mlp10", "cnn", "transformer"]
+CASES = ["tinycnn", "mlp1", "mlp10", "cnn", "transformer", "mlp1-2048", "mlp10-512", "resnet18"]
+DEFAULT_CASES = {"cpu": ["tinycnn", "mlp1", "mlp10", "cnn", "transformer"], "cuda": CASES}
 TORCH_METHODS = ["recipe", "jacobian", "ntvp", "structured", "auto"]
-NT_METHODS = ["nt-structured", "nt-jacobian"]
-NT_CASES = {"mlp1", "mlp10", "cnn"}
+NT_CASES = {"tinycnn", "mlp1", "mlp10", "cnn"}
+MLP_SIZES = {"mlp1": (1, 256), "mlp10": (10, 128), "mlp1-2048": (1, 2048), "mlp10-512": (10, 512)}
 SLOW = 20.0  # seconds: a method slower than this is timed once
 TIMEOUT = 900.0  # seconds per case and method
+TARGET_VS_NT = {"mlp1": 2.0, "mlp10": 2.0, "cnn": 3.0}
 
 
 # ---------------------------------------------------------------------------------------------- torch side
+def _resnet18(n_outputs: int):
+    """ResNet-18 as torchvision builds it (stem conv 7x7/2 and max pool, BasicBlocks [2, 2, 2, 2] with 1x1
+    projection shortcuts, batch norm, global average pooling, a linear head), written out here so that the
+    benchmark needs no torchvision."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(c_out)
+            self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(c_out)
+            self.down = (
+                nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+                if stride != 1 or c_in != c_out
+                else nn.Identity()
+            )
+
+        def forward(self, x):
+            h = self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))
+            return (h + self.down(x)).relu()
+
+    stages, c_in = [], 64
+    for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        stages += [Block(c_in, c_out, stride), Block(c_out, c_out, 1)]
+        c_in = c_out
+    stem = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    return nn.Sequential(*stem, *stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, n_outputs))
+
+
 def torch_case(name: str):
     """(model, inputs) in float32, eval mode, seed 0."""
     import torch
     from torch import nn
 
     torch.manual_seed(0)
-    if name in ("mlp1", "mlp10"):
-        out, n = (1, 256) if name == "mlp1" else (10, 128)
+    if name in MLP_SIZES:
+        out, n = MLP_SIZES[name]
         layers = [nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU()]
         return nn.Sequential(*layers, nn.Linear(512, out)).eval(), torch.randn(n, 64)
+    if name == "tinycnn":
+        convs = [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten()]
+        return nn.Sequential(*convs, nn.Linear(8 * 6 * 6, 4)).eval(), torch.randn(64, 3, 6, 6)
     if name == "cnn":
         convs = [nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU()]
         convs += [nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         return nn.Sequential(*convs, nn.Linear(64, 10)).eval(), torch.randn(128, 3, 16, 16)
+    if name == "resnet18":
+        return _resnet18(10).eval(), torch.randn(64, 3, 32, 32)
     if name == "transformer":
 
         class Encoder(nn.Module):
@@ -92,7 +140,7 @@ def torch_case(name: str):
     raise ValueError(name)
 
 
-def torch_func_recipe(model, x):
+def torch_func_recipe(model, x, full: bool = False):
     """The tutorial recipe: per-example Jacobians by vmap(jacrev), contracted parameter by parameter."""
     import torch
     from torch.func import functional_call, jacrev, vmap
@@ -103,12 +151,14 @@ def torch_func_recipe(model, x):
         return functional_call(model, p, (xi.unsqueeze(0),)).squeeze(0)
 
     jac = vmap(jacrev(single), (None, 0))(params, x)
+    if full:
+        return sum(torch.einsum("nap,mbp->nmab", j.flatten(2), j.flatten(2)) for j in jac.values())
     n_outputs = next(iter(jac.values())).shape[1]
     return sum(torch.einsum("nap,map->nm", j.flatten(2), j.flatten(2)) for j in jac.values()) / n_outputs
 
 
-def torch_worker(case: str, method: str, threads: int | None) -> dict:
-    """One timed run of one method on one case (the driver interleaves the repeats across methods)."""
+def torch_worker(case: str, method: str, args: argparse.Namespace) -> dict:
+    """One process's measurement of one method on one case (see the module docstring)."""
     import torch
 
     import ntkit as nk
@@ -117,73 +167,117 @@ def torch_worker(case: str, method: str, threads: int | None) -> dict:
     from ntkit.empirical.ntk import choose_method
     from ntkit.empirical.tracing import trace_model
 
-    if threads:
-        torch.set_num_threads(threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     model, x = torch_case(case)
+    model, x = model.to(args.device), x.to(args.device)
 
     def run(batch):
-        return torch_func_recipe(model, batch) if method == "recipe" else nk.empirical_ntk(model, batch, method=method)
+        if method == "recipe":
+            out = torch_func_recipe(model, batch, args.full)
+        else:
+            out = nk.empirical_ntk(model, batch, method=method, trace_outputs=not args.full)
+        if cuda:
+            torch.cuda.synchronize(args.device)
+        return out
+
+    def timed(batch):
+        start = time.perf_counter()
+        out = run(batch)
+        return time.perf_counter() - start, out
 
     run(x[:2])
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    out = run(x)
-    elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
-    result = {"time": elapsed, "peak_mib": peak / 1024, "checksum": float(out.double().sum())}
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(args.device)
+        base = torch.cuda.memory_allocated(args.device)
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    first, out = timed(x)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(args.device) - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    warm = [timed(x)[0] for _ in range(args.warm)] if first < SLOW else [first]
+    result = {"time": min(warm), "first": first, "peak_mib": peak / 2**20, "checksum": float(out.double().sum())}
     if method == "auto":
         fm = functionalize(model)
         trace = trace_model(fm, x)
-        problem = Problem(len(x), len(x), True, False, False, trace.n_outputs)
+        problem = Problem(len(x), len(x), True, False, args.full, trace.n_outputs)
         result["chose"] = choose_method(fm, trace, problem, "auto", 2**40, None, 4)[0].name
     return result
 
 
 # ------------------------------------------------------------------------------------ neural-tangents side
-def nt_worker(case: str, method: str, threads: int | None, repeats: int = 3) -> dict:
-    """Compile, then time ``repeats`` warm runs (compiling once per process is what a user would do)."""
-    if threads:
-        os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
+def nt_worker(case: str, args: argparse.Namespace, repeats: int = 3) -> dict:
+    """Each implementation with vmap_axes 0 and None: compile on the full batch, then the fastest of ``repeats``
+    warm runs (compiling once per process is what a user would do); the best of the six is the result."""
+    if args.threads:
+        os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'}"
     import jax
     import neural_tangents as nt
     from neural_tangents import stax
 
-    if case in ("mlp1", "mlp10"):
-        out, n = (1, 256) if case == "mlp1" else (10, 128)
-        layers = [stax.Dense(512), stax.Relu()] * 3
-        init_fn, apply_fn, _ = stax.serial(*layers, stax.Dense(out))
+    if case in MLP_SIZES:
+        out, n = MLP_SIZES[case]
+        init_fn, apply_fn, _ = stax.serial(*[stax.Dense(512), stax.Relu()] * 3, stax.Dense(out))
         x = jax.random.normal(jax.random.PRNGKey(0), (n, 64))
+    elif case == "tinycnn":
+        conv = [stax.Conv(8, (3, 3), padding="SAME"), stax.Relu()] * 2
+        init_fn, apply_fn, _ = stax.serial(*conv, stax.Flatten(), stax.Dense(4))
+        x = jax.random.normal(jax.random.PRNGKey(0), (64, 6, 6, 3))  # NHWC
     else:
         conv = [stax.Conv(64, (3, 3), padding="SAME"), stax.Relu()] * 3
         init_fn, apply_fn, _ = stax.serial(*conv, stax.GlobalAvgPool(), stax.Dense(10))
         x = jax.random.normal(jax.random.PRNGKey(0), (128, 16, 16, 3))  # NHWC
     _, params = init_fn(jax.random.PRNGKey(1), x.shape)
-    implementation = {
-        "nt-structured": nt.NtkImplementation.STRUCTURED_DERIVATIVES,
-        "nt-jacobian": nt.NtkImplementation.JACOBIAN_CONTRACTION,
-    }[method]
-    kernel_fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0, implementation=implementation))
-    kernel_fn(x[:2], None, params).block_until_ready()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    kernel_fn(x, None, params).block_until_ready()  # compiles for this shape, then runs
-    first = time.perf_counter() - start
-    times = []
-    while len(times) < repeats and sum(times) < SLOW:
-        start = time.perf_counter()
-        out = kernel_fn(x, None, params).block_until_ready()
-        times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
-    return {"time": min(times), "first": first, "peak_mib": peak / 1024, "checksum": float(out.sum())}
+    implementations = {
+        "jacobian": nt.NtkImplementation.JACOBIAN_CONTRACTION,
+        "ntvp": nt.NtkImplementation.NTK_VECTOR_PRODUCTS,
+        "structured": nt.NtkImplementation.STRUCTURED_DERIVATIVES,
+    }
+    trace_axes = () if args.full else (-1,)
+    results = []
+    for label, implementation in implementations.items():
+        for vmap_axes in (0, None):
+            kernel_fn = jax.jit(
+                nt.empirical_ntk_fn(apply_fn, trace_axes=trace_axes, vmap_axes=vmap_axes, implementation=implementation)
+            )
+            kernel_fn(x[:2], None, params).block_until_ready()
+            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            start = time.perf_counter()
+            out = kernel_fn(x, None, params).block_until_ready()  # compiles for this shape, then runs
+            first = time.perf_counter() - start
+            times = [first]
+            while len(times) <= repeats and sum(times) < SLOW and first < SLOW:
+                start = time.perf_counter()
+                out = kernel_fn(x, None, params).block_until_ready()
+                times.append(time.perf_counter() - start)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+            warm = min(times[1:]) if len(times) > 1 else first
+            results.append(
+                {
+                    "time": warm,
+                    "first": first,
+                    "peak_mib": peak / 1024,
+                    "checksum": float(out.sum()),
+                    "chose": f"{label}, vmap_axes={vmap_axes}",
+                }
+            )
+    return min(results, key=lambda r: r["time"])
 
 
 # ------------------------------------------------------------------------------------------------ driver
-def spawn(python: str, case: str, method: str, threads: int | None) -> dict:
+def spawn(python: str, case: str, method: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [python, __file__, "--worker", case, method]
-    cmd += ["--threads", str(threads)] if threads else []
+    cmd = [python, __file__, "--worker", case, method, "--device", args.device, "--warm", str(args.warm)]
+    cmd += ["--threads", str(args.threads)] if args.threads else []
+    cmd += ["--full"] if args.full else []
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -196,15 +290,15 @@ def spawn(python: str, case: str, method: str, threads: int | None) -> dict:
 def measure(case: str, methods: list[str], args: argparse.Namespace) -> dict[str, dict]:
     """Each method ``repeats`` times, the repeats interleaved across methods (so that a change in the load of
     a shared machine affects all methods alike); fastest time, largest peak. neural-tangents runs once (its
-    worker compiles, then times warm runs itself); a method slower than ``SLOW`` seconds is timed once."""
+    worker times warm runs itself); a method slower than ``SLOW`` seconds is timed once."""
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     for round_ in range(args.repeats):
         for method in methods:
             done = runs[method]
-            if round_ and (method.startswith("nt-") or "error" in done[0] or done[0]["time"] > SLOW):
+            if round_ and (method == "nt" or "error" in done[0] or done[0]["time"] > SLOW):
                 continue
-            python = args.nt_python if method.startswith("nt-") else sys.executable
-            done.append(spawn(python, case, method, args.threads))
+            python = args.nt_python if method == "nt" else sys.executable
+            done.append(spawn(python, case, method, args))
     results = {}
     for method, done in runs.items():
         ok = [r for r in done if "error" not in r]
@@ -218,47 +312,70 @@ def measure(case: str, methods: list[str], args: argparse.Namespace) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
+    parser.add_argument("--cases", nargs="+", choices=CASES, help="default: the device's cases (module docs)")
     parser.add_argument("--methods", nargs="+", default=TORCH_METHODS, choices=TORCH_METHODS)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of fresh processes (default 3)")
+    parser.add_argument("--warm", type=int, default=3, help="warm calls timed in each process (default 3)")
+    parser.add_argument("--full", action="store_true", help="the full kernel (N, N, O, O)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (neural-tangents runs on CPU only)")
     parser.add_argument("--threads", type=int, help="intra-op threads for torch and XLA (default: theirs)")
     add_nt_python_option(parser)
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         case, method = args.worker
-        worker = nt_worker if method.startswith("nt-") else torch_worker
-        print(json.dumps(worker(case, method, args.threads)))
+        print(json.dumps(nt_worker(case, args) if method == "nt" else torch_worker(case, method, args)))
         return
 
     import torch
 
-    with_nt = nt_python(args) is not None
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        sys.exit(f"--device {args.device}: torch sees no CUDA device here.")
+    with_nt = not cuda and nt_python(args) is not None
     print(
-        f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, float32, best of "
-        f"{args.repeats}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+        f"torch {torch.__version__}, {args.device}, {args.threads or torch.get_num_threads()} threads, float32, "
+        f"{'full' if args.full else 'traced'} kernel, best of {args.repeats} rounds x {args.warm} warm calls; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
-    header = f"{'case':12s} {'method':14s} {'time (s)':>9s} {'peak (MiB)':>11s} {'speed-up':>9s} {'memory':>7s}  note"
+    if cuda:
+        from roofline import describe
+
+        print(describe(args.device))
+    header = (
+        f"{'case':12s} {'method':12s} {'time (s)':>9s} {'first (s)':>9s} {'peak (MiB)':>11s} {'speed-up':>9s} "
+        f"{'memory':>7s}  note"
+    )
     print(header)
     print("-" * len(header))
     summary = []
-    for case in args.cases:
-        methods = list(args.methods) + (NT_METHODS if with_nt and case in NT_CASES else [])
+    for case in args.cases or DEFAULT_CASES["cuda" if cuda else "cpu"]:
+        methods = list(args.methods) + (["nt"] if with_nt and case in NT_CASES else [])
         results = measure(case, methods, args)
         base = results.get("recipe", {})
         for method, r in results.items():
             if "error" in r:
-                print(f"{case:12s} {method:14s} {'error':>9s}  {r['error']}")
+                print(f"{case:12s} {method:12s} {'error':>9s}  {r['error']}")
                 continue
-            speed = f"{base['time'] / r['time']:8.1f}x" if "time" in base else ""
+            speed = f"{base['time'] / r['time']:8.2f}x" if "time" in base else ""
             memory = f"{base['peak_mib'] / max(r['peak_mib'], 1):6.1f}x" if "peak_mib" in base else ""
-            note = f"chose {r['chose']}" if "chose" in r else (f"first call {r['first']:.1f} s" if "first" in r else "")
-            print(f"{case:12s} {method:14s} {r['time']:9.3f} {r['peak_mib']:11.0f} {speed:>9s} {memory:>7s}  {note}")
-        if "auto" in results and "time" in base and "time" in results["auto"]:
-            summary.append((case, base["time"] / results["auto"]["time"]))
+            note = f"chose {r['chose']}" if "chose" in r else ""
+            print(
+                f"{case:12s} {method:12s} {r['time']:9.4f} {r['first']:9.4f} {r['peak_mib']:11.0f} {speed:>9s} "
+                f"{memory:>7s}  {note}"
+            )
+        auto = results.get("auto", {})
+        if "time" in auto:
+            line = [f"{case}:"]
+            if "time" in base:
+                line.append(f"{base['time'] / auto['time']:.2f}x the recipe (target >= 1)")
+            if "time" in results.get("nt", {}):
+                target = f" (target >= {TARGET_VS_NT[case]:g})" if case in TARGET_VS_NT else ""
+                line.append(f"{results['nt']['time'] / auto['time']:.2f}x neural-tangents' best{target}")
+            summary.append(" ".join(line[:1]) + " " + ", ".join(line[1:]))
     if summary:
-        print("\nauto vs torch.func recipe (speed-up): " + ", ".join(f"{c} {s:.1f}x" for c, s in summary))
+        print("\nauto, warm calls: " + "; ".join(summary))
         print("speed-up and memory columns: recipe / method (above 1: ntkit is faster / uses less memory)")
 
 

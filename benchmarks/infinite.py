@@ -17,7 +17,15 @@ elementwise work any implementation must do. Values of all three are compared (m
 Targets: >= 2x faster than neural-tangents on the MLP cases, >= 5x on the pooled CNN, and at most 3x the
 time of the plain torch pass.
 
+GPU mode (``--device cuda``): the same workers with the inputs, the model and the plain recursion on the GPU (every
+timed call ends with a synchronisation; peak memory is ``torch.cuda.max_memory_allocated``), default cases mlp-4000,
+mlp-20000 and cnn-pool-100, no neural-tangents (CPU only here), and the device's roofline (copy bandwidth, float32
+and float64 GEMM; benchmarks/roofline.py) measured first in the same run. Targets there (issue 14): ntkit at least
+as fast as the plain pass at N = 4000 and >= 2x faster at N = 20000. Values are compared on a strided subsample of
+at most 2000 x 2000 pairs.
+
     PYTHONPATH=src python benchmarks/infinite.py [--cases mlp-1000 cnn-pool-100 ...] [--nt-python PATH]
+    PYTHONPATH=src python benchmarks/infinite.py --device cuda [--cases mlp-4000 mlp-20000]
 """
 
 from __future__ import annotations
@@ -39,11 +47,29 @@ W_STD, B_STD = 1.5, 0.05
 CASES = {
     "mlp-1000": {"kind": "mlp", "shape": (1000, 64)},
     "mlp-4000": {"kind": "mlp", "shape": (4000, 64)},
+    "mlp-20000": {"kind": "mlp", "shape": (20000, 64)},
     "cnn-pool-100": {"kind": "cnn", "readout": "pool", "shape": (100, 1, 8, 8)},
     "cnn-flat-500": {"kind": "cnn", "readout": "flat", "shape": (500, 3, 16, 16)},
 }
 TARGET_VS_NT = {"mlp-1000": 2.0, "mlp-4000": 2.0, "cnn-pool-100": 5.0}
 TARGET_VS_PLAIN = 3.0
+DEFAULT_CASES = {
+    "cpu": ["mlp-1000", "mlp-4000", "cnn-pool-100", "cnn-flat-500"],
+    "cuda": ["mlp-4000", "mlp-20000", "cnn-pool-100"],
+}
+SAVED_SIDE = 2000  # values are compared on every s-th row and column, s chosen so that at most this many remain
+
+
+def _device() -> str:
+    return os.environ.get("NTKIT_BENCH_DEVICE", "cpu")
+
+
+def _save(path: str, a, b) -> None:
+    """Both kernels (torch tensors on any device), on a strided subsample of at most SAVED_SIDE per side."""
+    import numpy as np
+
+    step = max(1, math.ceil(a.shape[0] / SAVED_SIDE))
+    np.save(path, np.stack([t[::step, ::step].float().cpu().numpy() for t in (a, b)]))
 
 
 def _rss_kib() -> int:
@@ -55,7 +81,20 @@ def _rss_kib() -> int:
 
 
 def _measure(fn, warmup_fn) -> tuple[float, float, object]:
-    """(seconds of a warm call, peak MiB above the memory before it, result)."""
+    """(seconds of a warm call, peak MiB above the memory before it, result); on CUDA synchronised, with the
+    allocator's peak."""
+    if _device().startswith("cuda"):
+        import torch
+
+        warmup_fn()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        start = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        return seconds, (torch.cuda.max_memory_allocated() - base) / 2**20, out
     warmup_fn()
     before = _rss_kib()
     start = time.perf_counter()
@@ -75,7 +114,7 @@ def _ntkit_worker(case: dict, x_path: str, out_path: str) -> dict:
     import ntkit as nk
     from ntkit import nn as N
 
-    x = torch.from_numpy(np.load(x_path))
+    x = torch.from_numpy(np.load(x_path)).to(_device())
     if case["kind"] == "mlp":
         d = x.shape[1]
         net = N.Sequential(
@@ -99,7 +138,7 @@ def _ntkit_worker(case: dict, x_path: str, out_path: str) -> dict:
             N.Linear(64 if pool else 64 * h * w, 1, W_std=W_STD, b_std=B_STD),
         )
     seconds, peak, k = _measure(lambda: nk.kernel(net, x), lambda: nk.kernel(net, x))
-    np.save(out_path, np.stack([k.nngp.numpy(), k.ntk.numpy()]))
+    _save(out_path, k.nngp, k.ntk)
     return {"seconds": seconds, "peak_mib": peak}
 
 
@@ -108,7 +147,7 @@ def _plain_worker(case: dict, x_path: str, out_path: str) -> dict:
     import numpy as np
     import torch
 
-    x = torch.from_numpy(np.load(x_path))
+    x = torch.from_numpy(np.load(x_path)).to(_device())
     w2, b2 = W_STD**2, B_STD**2
 
     def relu(K, Th, v1, v2):
@@ -167,7 +206,7 @@ def _plain_worker(case: dict, x_path: str, out_path: str) -> dict:
 
     with torch.no_grad():
         seconds, peak, (K, Th) = _measure(run, run)
-    np.save(out_path, np.stack([K.numpy(), Th.numpy()]))
+    _save(out_path, K, Th)
     return {"seconds": seconds, "peak_mib": peak}
 
 
@@ -193,7 +232,8 @@ def _nt_worker(case: dict, x_path: str, out_path: str) -> dict:
         return np.asarray(k.nngp), np.asarray(k.ntk)
 
     seconds, peak, (nngp, ntk) = _measure(run, run)  # the warm-up compiles for this shape
-    np.save(out_path, np.stack([nngp, ntk]))
+    step = max(1, math.ceil(nngp.shape[0] / SAVED_SIDE))
+    np.save(out_path, np.stack([nngp[::step, ::step], ntk[::step, ::step]]))
     return {"seconds": seconds, "peak_mib": peak}
 
 
@@ -203,9 +243,9 @@ WORKERS = {"ntkit": _ntkit_worker, "plain": _plain_worker, "nt": _nt_worker}
 # ----- driver ---------------------------------------------------------------------------------------------------
 
 
-def _run_worker(impl: str, name: str, x_path: str, out_path: str, nt: str | None) -> dict:
+def _run_worker(impl: str, name: str, x_path: str, out_path: str, nt: str | None, device: str = "cpu") -> dict:
     python = nt if impl == "nt" else sys.executable
-    env = nt_env() if impl == "nt" else dict(os.environ)
+    env = nt_env() if impl == "nt" else dict(os.environ, NTKIT_BENCH_DEVICE=device)
     cmd = [python, str(Path(__file__).resolve()), "--worker", impl, name, x_path, out_path]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -222,7 +262,8 @@ def _max_rel_diff(a_path: str, b_path: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument("--cases", nargs="*", choices=list(CASES), help="default: the device's cases (module docs)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (GPU mode: module docs)")
     parser.add_argument(
         "--repeats", type=int, default=2, help="interleaved runs per implementation; the fastest counts"
     )
@@ -235,19 +276,31 @@ def main() -> None:
         return
 
     import numpy as np
+    import torch
 
-    nt = nt_python(args)
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        sys.exit(f"--device {args.device}: torch sees no CUDA device here.")
+    print(
+        f"{args.device}, float32, best of {args.repeats}; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+    if cuda:
+        from roofline import describe
+
+        print(describe(args.device))
+    nt = None if cuda else nt_python(args)
     impls = [impl for impl in WORKERS if impl != "nt" or nt is not None]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.cases:
+        for name in args.cases or DEFAULT_CASES["cuda" if cuda else "cpu"]:
             x = np.random.default_rng(0).standard_normal(CASES[name]["shape"]).astype(np.float32)
             x_path = os.path.join(tmp, f"{name}-x.npy")
             np.save(x_path, x)
             res: dict[str, dict] = {}
             for _ in range(args.repeats):  # interleaved, so that a busy spell on the machine hits all alike
                 for impl in impls:
-                    r = _run_worker(impl, name, x_path, os.path.join(tmp, f"{name}-{impl}.npy"), nt)
+                    r = _run_worker(impl, name, x_path, os.path.join(tmp, f"{name}-{impl}.npy"), nt, args.device)
                     if impl not in res or "error" in r or r["seconds"] < res[impl].get("seconds", float("inf")):
                         res[impl] = r
             ok = {impl: "error" not in r for impl, r in res.items()}
