@@ -228,6 +228,10 @@ CASES = [
         for layer in (N.ConvTranspose1d, N.ConvTranspose2d, N.ConvTranspose3d)
     ],
     Case("Resize", "neither size nor scale_factor", lambda: N.Resize(), InvalidArgumentError, "exactly one"),
+    Case("SelfAttention", "mechanism='tanh'", lambda: N.SelfAttention(2, 2, key_channels=2, value_channels=2,
+         mechanism="tanh"), InvalidArgumentError, "mechanism"),
+    Case("SelfAttention", "positional embeddings without input_size", lambda: N.SelfAttention(2, 2,
+         key_channels=2, value_channels=2, pos_emb="sum"), InvalidArgumentError, "input_size"),
     Case("Dropout", "p=1.5", lambda: N.Dropout(1.5), InvalidArgumentError, "dropout probability"),
     *[
         Case(layer.__name__, "a parameter that is nan", lambda layer=layer: layer(NAN), InvalidArgumentError, "nan")

@@ -265,6 +265,69 @@ def cases():
         stax.Dense(1),
     ], (3, 2, 3, 4), None
 
+    # Self-attention (1-d sequences and 2-d inputs; neural-tangents' Dense acts on channels, ntkit's Conv(1)).
+    yield "attention_softmax_sum", [
+        stax.Conv(4, (1,), W_std=1.3, b_std=0.2),
+        stax.Relu(),
+        stax.GlobalSelfAttention(
+            4, 3, 5, 2, W_key_std=1.2, W_query_std=0.9, W_value_std=1.1, W_out_std=1.3, b_std=0.2,
+            pos_emb_type="SUM", W_pos_emb_std=0.8,
+        ),
+        stax.Relu(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 5), 2
+    yield "attention_identity_sqrt_concat", [
+        stax.GlobalSelfAttention(
+            4, 3, 5, 2, linear_scaling=False, attention_mechanism="IDENTITY", W_key_std=1.2, W_query_std=0.7,
+            W_out_std=0.9, b_std=0.1, pos_emb_type="CONCAT", n_chan_pos_emb=3, W_pos_emb_std=1.1,
+            pos_emb_decay_fn=lambda d: 1 / (1 + d), val_pos_emb=True,
+        ),
+        stax.Erf(),
+        stax.Flatten(),
+        stax.Dense(1),
+    ], (3, 2, 3, 2), None
+    yield "attention_identity_sqrt_sum", [
+        stax.Conv(4, (2,), padding="SAME", W_std=1.3, b_std=0.2),
+        stax.Erf(),
+        stax.GlobalSelfAttention(
+            4, 3, 5, 1, linear_scaling=False, attention_mechanism="IDENTITY", W_value_std=0.8, b_std=0.3,
+            pos_emb_type="SUM", W_pos_emb_std=0.6,
+        ),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 4), 2
+    yield "attention_relu_concat_2d", [
+        stax.Conv(4, (2, 2), padding="SAME", W_std=1.3, b_std=0.2),
+        stax.Relu(),
+        stax.GlobalSelfAttention(
+            4, 3, 5, 3, attention_mechanism="RELU", W_key_std=0.8, b_std=0.2, pos_emb_type="CONCAT",
+            n_chan_pos_emb=6, pos_emb_decay_fn=lambda d: 1 / (1 + d), pos_emb_p_norm=1, val_pos_emb=True,
+        ),
+        stax.Erf(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 3, 2), 2
+    yield "attention_abs_then_softmax", [
+        stax.Conv(4, (1,), W_std=1.3),
+        stax.Relu(),
+        stax.GlobalSelfAttention(4, 3, 5, 2, attention_mechanism="ABS", W_out_std=1.2),
+        stax.Relu(),
+        stax.GlobalSelfAttention(
+            4, 3, 5, 2, attention_mechanism="SOFTMAX", W_query_std=2.0, b_std=0.1, pos_emb_type="SUM",
+            pos_emb_decay_fn=lambda d: 0.5 ** d, val_pos_emb=True,
+        ),
+        stax.Flatten(),
+        stax.Dense(1),
+    ], (3, 2, 4), None
+    yield "attention_identity_linear", [
+        stax.Conv(4, (1,), W_std=1.1, b_std=0.1),
+        stax.Relu(),
+        stax.GlobalSelfAttention(4, 3, 5, 2, attention_mechanism="IDENTITY", W_key_std=0.5, b_std=0.2),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 5), 2
+
 
 def channels_last(x):
     return np.moveaxis(x, 1, -1) if x.ndim > 2 else x

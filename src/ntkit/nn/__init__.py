@@ -21,6 +21,7 @@ from ..gaussian.activations import (
     Sin,
     compose,
 )
+from .attention import SelfAttention
 from .combinators import Parallel, Residual, Sequential
 from .conv import (
     Conv1d,
@@ -87,6 +88,7 @@ __all__ = [
     "ReLU",
     "Residual",
     "Resize",
+    "SelfAttention",
     "Sequential",
     "SigmoidLike",
     "Sign",
