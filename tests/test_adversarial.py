@@ -228,6 +228,8 @@ CASES = [
         for layer in (N.ConvTranspose1d, N.ConvTranspose2d, N.ConvTranspose3d)
     ],
     Case("Resize", "neither size nor scale_factor", lambda: N.Resize(), InvalidArgumentError, "exactly one"),
+    Case("kernel", "mask_constant=nan", lambda: nk.kernel(N.Sequential(N.Conv1d(2, 2, 1), N.Flatten()),
+         torch.randn(2, 2, 3), mask_constant=float("nan")), InvalidArgumentError, "mask_constant"),
     Case("SelfAttention", "mechanism='tanh'", lambda: N.SelfAttention(2, 2, key_channels=2, value_channels=2,
          mechanism="tanh"), InvalidArgumentError, "mechanism"),
     Case("SelfAttention", "positional embeddings without input_size", lambda: N.SelfAttention(2, 2,

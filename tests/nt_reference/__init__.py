@@ -20,7 +20,8 @@ def _values() -> dict:
 
 
 def load(name: str) -> dict[str, torch.Tensor | None]:
-    """Case ``name``: x1, x2 (None for x1), and neural-tangents' nngp and ntk, float64 tensors."""
+    """Case ``name``: x1, x2 (None for x1), and neural-tangents' nngp and ntk, float64 tensors (and the masked
+    cases' mask_constant)."""
     case = _values()[name]
     return {key: None if value is None else torch.tensor(value, dtype=torch.float64) for key, value in case.items()}
 
@@ -29,6 +30,7 @@ def assert_matches_neural_tangents(name: str, net: nn.Module, rtol: float = 1e-1
     """nk.kernel of ``net`` on case ``name``'s inputs equals neural-tangents' NNGP and NTK (its standard NTK
     unnormalised: ``Kernel.neural_tangents_ntk``) within ``rtol`` (default: float64 round-off)."""
     case = load(name)
-    k = nk.kernel(net, case["x1"], case["x2"])
+    mask = case.get("mask_constant")
+    k = nk.kernel(net, case["x1"], case["x2"], mask_constant=None if mask is None else float(mask))
     torch.testing.assert_close(k.nngp, case["nngp"], rtol=rtol, atol=1e-12)
     torch.testing.assert_close(k.neural_tangents_ntk(), case["ntk"], rtol=rtol, atol=1e-12)

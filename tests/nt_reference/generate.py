@@ -3,13 +3,14 @@
 CI has no neural-tangents (JAX), so its values are stored as data. Regenerate with the interpreter that
 /work/shared/anchors/neural-tangents-env.sh builds (any environment with neural-tangents 0.6.5 and jax):
 
-    JAX_PLATFORMS=cpu /path/to/nt-venv/bin/python tests/nt_reference/generate.py
+    JAX_PLATFORMS=cpu /path/to/nt-venv/bin/python tests/nt_reference/generate.py [case names: only these]
 
 Each case stores its inputs (channels first, as PyTorch; neural-tangents gets them channels last), and the NNGP
 and NTK of ``kernel_fn(x1, x2)``. The ntkit side of each case is written in the test that reads it.
 """
 
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -329,28 +330,76 @@ def cases():
     ], (3, 2, 5), 2
 
 
+#: The input value that marks masked entries in the masked cases (neural-tangents' mask_constant).
+MASK = 1000.0
+
+
+def masked_cases():
+    """name -> (stax layers, x1 shape, x2 rows or None, unmasked lengths of x1's and x2's examples along the last
+    spatial axis: the positions after them have every channel set to MASK)."""
+    yield "masked_attention_softmax", [
+        stax.Conv(4, (1,), W_std=1.3, b_std=0.2),
+        stax.Relu(),
+        stax.GlobalSelfAttention(4, 3, 5, 2, W_key_std=1.2, b_std=0.2, pos_emb_type="SUM", W_pos_emb_std=0.8),
+        stax.Relu(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 6), 2, ([6, 4, 2], [3, 6])
+    yield "masked_identity_sqrt_concat", [
+        stax.Conv(4, (3,), padding="SAME", W_std=1.3, b_std=0.2),
+        stax.Erf(),
+        stax.GlobalSelfAttention(
+            4, 3, 5, 2, linear_scaling=False, attention_mechanism="IDENTITY", b_std=0.1, pos_emb_type="CONCAT",
+            n_chan_pos_emb=3, pos_emb_decay_fn=lambda d: 1 / (1 + d), val_pos_emb=True,
+        ),
+        stax.Relu(),
+        stax.Flatten(),
+        stax.Dense(1),
+    ], (3, 2, 5), None, ([5, 3, 1], None)
+    yield "masked_conv_valid_2d", [
+        stax.Conv(4, (2, 2), padding="VALID", W_std=1.3, b_std=0.2),
+        stax.Relu(),
+        stax.Conv(4, (3, 3), padding="SAME", b_std=0.1),
+        stax.Erf(),
+        stax.GlobalSelfAttention(4, 3, 5, 2, attention_mechanism="RELU", W_out_std=1.2),
+        stax.GlobalSumPool(),
+        stax.Dense(1),
+    ], (3, 2, 3, 5), 2, ([5, 4, 2], [3, 5])
+
+
 def channels_last(x):
     return np.moveaxis(x, 1, -1) if x.ndim > 2 else x
 
 
-def main():
+def main(only=()):
+    """Writes every case, or with case names given only those (the others keep their stored values; the inputs
+    are drawn in the same order either way)."""
     rng = np.random.RandomState(0)
-    out = {}
-    for name, layers, shape, n2 in cases():
+    path = Path(__file__).with_name("values.json")
+    out = json.loads(path.read_text()) if only else {}
+    all_cases = [(*case, None) for case in cases()] + list(masked_cases())
+    for name, layers, shape, n2, lengths in all_cases:
         x1 = rng.randn(*shape)
         x2 = None if n2 is None else rng.randn(n2, *shape[1:])
+        if lengths is not None:
+            for x, unmasked in zip((x1, x2), lengths, strict=True):
+                for example, length in enumerate(unmasked or ()):
+                    x[example, ..., length:] = MASK
+        if only and name not in only:
+            continue
         _, _, kernel_fn = stax.serial(*layers)
-        k = kernel_fn(channels_last(x1), None if x2 is None else channels_last(x2), ("nngp", "ntk"))
+        masking = {} if lengths is None else {"mask_constant": MASK}
+        k = kernel_fn(channels_last(x1), None if x2 is None else channels_last(x2), ("nngp", "ntk"), **masking)
         out[name] = {
             "x1": x1.tolist(),
             "x2": None if x2 is None else x2.tolist(),
             "nngp": np.asarray(k.nngp).tolist(),
             "ntk": np.asarray(k.ntk).tolist(),
+            **masking,
         }
-    path = Path(__file__).with_name("values.json")
     path.write_text(json.dumps(out) + "\n")
     print(f"wrote {len(out)} cases to {path}")
 
 
 if __name__ == "__main__":
-    main()
+    main(tuple(sys.argv[1:]))

@@ -187,15 +187,22 @@ def self_attention(k: Kernel, config: AttentionConfig, layer: str = "SelfAttenti
 
     # Inputs of the keys/queries (K̃, Θ̃) and of the values (K_v, Θ_v).
     keys_nngp, keys_cov, keys_ntk = nngp, cov, ntk
+    masked = None if k.mask is None else k.mask.flatten(1)  # (N, P): the embeddings are zero there too
     if config.pos_emb != "none":
         w_x, w_e = config.mixing_weights()
         r = positional_covariance(
             k.spatial_shape, config.pos_emb_decay_fn, config.pos_emb_p_norm, dtype=cov.dtype, device=cov.device
         )
+        r_pair, r_own = r, r
+        if masked is not None:
+            keep = (~masked).to(r.dtype)
+            keep1, keep2 = k.split(keep)
+            r_pair = r * keep1[:, None, :, None] * keep2[None, :, None, :]
+            r_own = r * keep[:, :, None] * keep[:, None, :]
         emb_var = config.W_pos_emb_std**2
-        keys_nngp, keys_cov = w_x * nngp + w_e * emb_var * r, w_x * cov + w_e * emb_var * r
+        keys_nngp, keys_cov = w_x * nngp + w_e * emb_var * r_pair, w_x * cov + w_e * emb_var * r_own
         if ntk is not None:
-            keys_ntk = w_x * ntk + w_e * (emb_var if ntk_param else 1.0) * r
+            keys_ntk = w_x * ntk + w_e * (emb_var if ntk_param else 1.0) * r_pair
     if config.val_pos_emb:
         val_nngp, val_cov, val_ntk = keys_nngp, keys_cov, keys_ntk
     else:
@@ -204,7 +211,7 @@ def self_attention(k: Kernel, config: AttentionConfig, layer: str = "SelfAttenti
     stds = {"value": config.W_value_std, "out": config.W_out_std}
     fans = {"value": config.value_in_channels, "out": config.n_heads * config.value_channels}
     if config.linear_scaling:
-        weights = _attention_weights(config, keys_cov)
+        weights = _attention_weights(config, keys_cov, masked)
         a1, a2 = k.split(weights)
         base_nngp = _sandwich(a1, val_nngp, a2, pair=True)
         base_cov = _sandwich(weights, val_cov, weights, pair=False)
@@ -258,14 +265,19 @@ def self_attention(k: Kernel, config: AttentionConfig, layer: str = "SelfAttenti
     )
 
 
-def _attention_weights(config: AttentionConfig, keys_cov: torch.Tensor) -> torch.Tensor:
-    """(N, P, P) A(s, a) = mechanism(σ_Q σ_K K̃(x, x)(s, a)) per example (softmax over the keys a)."""
+def _attention_weights(config: AttentionConfig, keys_cov: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
+    """(N, P, P) A(s, a) = mechanism(σ_Q σ_K K̃(x, x)(s, a)) per example (softmax over the keys a); masked keys
+    (``masked``: (N, P)) get no weight."""
     logits = (config.W_query_std * config.W_key_std) * keys_cov
-    return apply_mechanism(config.mechanism, logits)
+    return apply_mechanism(config.mechanism, logits, None if masked is None else masked[:, None, :])
 
 
-def apply_mechanism(mechanism: str, logits: torch.Tensor) -> torch.Tensor:
-    """Attention weights from logits (…, P, P'): softmax over the keys (last axis), or elementwise."""
+def apply_mechanism(mechanism: str, logits: torch.Tensor, masked_keys: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention weights from logits (…, P, P'): softmax over the keys (last axis), or elementwise; keys where
+    ``masked_keys`` (broadcastable, True = masked) is True get weight 0 (all of them masked: uniform softmax)."""
+    if masked_keys is not None:
+        fill = torch.finfo(logits.dtype).min if mechanism == "softmax" else 0.0
+        logits = logits.masked_fill(masked_keys, fill)
     if mechanism == "softmax":
         return torch.softmax(logits, dim=-1)
     if mechanism == "abs":

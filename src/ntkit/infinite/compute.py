@@ -12,7 +12,15 @@ from torch import nn
 
 from .._memory import check_fits, format_bytes, resolve_budget
 from .._progress import Progress, progress_bar
-from .._validation import all_finite, check_input_pair, check_positive_int, format_shape, parse_get, same_examples
+from .._validation import (
+    all_finite,
+    check_input_pair,
+    check_number,
+    check_positive_int,
+    format_shape,
+    parse_get,
+    same_examples,
+)
 from ..errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError
 from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
 from .conv_chain import new_variances, release_buffers, run_pairs
@@ -58,6 +66,7 @@ def kernel(
     dtype: torch.dtype | None = None,
     diagonal_spatial: bool | None = None,
     progress: bool = False,
+    mask_constant: float | None = None,
 ) -> Kernel:
     """The infinite-width NNGP K and NTK Θ of ``model``'s architecture between x1 and x2 (theory.md §4).
 
@@ -80,6 +89,10 @@ def kernel(
             results that overflow are recomputed in float64.
         diagonal_spatial: force the spatial layout (default: full only if some layer pools).
         progress: show a tqdm progress bar over the tiles (needs ``tqdm``; see ``ntkit._progress``).
+        mask_constant: input entries equal to it are masked (neural-tangents' ``mask_constant``): zeroed, and a
+            position whose channels all equal it is left out by the layers that follow (pooling averages over the
+            unmasked positions, attention gives them no weight, their covariances are zero; theory.md §4.11).
+            Layers that do not support masks raise ``UnsupportedError`` (see ``ntkit.infinite.masking``).
 
     Returns:
         :class:`Kernel` with ``nngp`` and ``ntk`` of shape (N1, N2) (with the output's spatial layout
@@ -110,8 +123,10 @@ def kernel(
         raise InvalidArgumentError(
             f"diagonal_spatial must be True, False or None (chosen from the layers), got {diagonal_spatial!r}."
         )
+    if mask_constant is not None:
+        check_number(mask_constant, "mask_constant")
     check_declared_init(model)
-    args = (model, x1, x2, wanted, memory_budget, block_size)
+    args = (model, x1, x2, wanted, memory_budget, block_size, mask_constant)
     work = torch.promote_types(dtype, torch.float32)  # half precisions are computed in float32
     result, finite = _compute(*args, work, diagonal_spatial, progress)
     if not finite and work == torch.float32:
@@ -144,11 +159,11 @@ def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
 
 
 def _compute(
-    model, x1, x2, wanted, memory_budget, block_size, dtype, diagonal_spatial, progress
+    model, x1, x2, wanted, memory_budget, block_size, mask_constant, dtype, diagonal_spatial, progress
 ) -> tuple[Kernel, bool]:
     """The kernel in ``dtype``, and whether it is finite."""
     need_ntk = "ntk" in wanted
-    p = plan(model, x1, x2, dtype=dtype, ntk=need_ntk, diagonal_spatial=diagonal_spatial)
+    p = plan(model, x1, x2, dtype=dtype, ntk=need_ntk, diagonal_spatial=diagonal_spatial, mask_constant=mask_constant)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     large = _large_blocks(x1.device)
@@ -165,10 +180,10 @@ def _compute(
     b = _block_size(p, n1, n2, len(wanted), itemsize, budget, n_workers, block_size, tile_entries)
     x1, x2 = x1.to(dtype), None if x2 is None else x2.to(dtype)
     if p.requires_grad:
-        return _whole(model, x1, x2, p, need_ntk)
+        return _whole(model, x1, x2, p, need_ntk, mask_constant)
     tiles = _tiles(n1, n2, b, x2 is None)
     with progress_bar(progress, len(tiles), "nk.kernel", "tile") as bar:
-        return _run_tiles(model, x1, x2, p, tiles, need_ntk, n_workers, chain=chain, bar=bar)
+        return _run_tiles(model, x1, x2, p, tiles, need_ntk, n_workers, mask_constant, chain=chain, bar=bar)
 
 
 def _large_blocks(device: torch.device) -> bool:
@@ -297,11 +312,12 @@ def _ntk_scale(meta: Kernel) -> float:
     return 1.0 / meta.sp_normalizer()
 
 
-def _whole(model, x1, x2, p: Plan, need_ntk: bool) -> tuple[Kernel, bool]:
+def _whole(model, x1, x2, p: Plan, need_ntk: bool, mask_constant: float | None) -> tuple[Kernel, bool]:
     """The kernel in one piece and out of place, when derivatives are taken: reverse mode keeps every tile for
     the backward pass anyway, and forward mode (``torch.func`` transforms, dual tensors) cannot follow results
     written into preallocated tensors by worker threads. Also returns whether every entry is finite."""
-    k = apply_layer(model, Kernel.from_inputs(x1, x2, diagonal_spatial=p.diagonal_spatial, ntk=need_ntk))
+    k0 = Kernel.from_inputs(x1, x2, diagonal_spatial=p.diagonal_spatial, ntk=need_ntk, mask_constant=mask_constant)
+    k = apply_layer(model, k0)
     nngp, ntk = k.nngp, None if k.ntk is None else k.ntk.expand_as(k.nngp) * _ntk_scale(p.output)
     if x2 is None:  # symmetric up to round-off: make it exact
         meta = p.output
@@ -318,6 +334,7 @@ def _whole(model, x1, x2, p: Plan, need_ntk: bool) -> tuple[Kernel, bool]:
         fn=None,
         fresh=None,
         ntk_divisor=p.output.sp_normalizer() if need_ntk else 1,
+        mask=None,
     )
     return out, all(t is None or all_finite(t) for t in _fields(out))
 
@@ -330,6 +347,7 @@ def _run_tiles(
     tiles: list[tuple[slice, slice]],
     need_ntk: bool,
     n_workers: int,
+    mask_constant: float | None,
     *,
     chain: bool,
     bar: Progress,
@@ -356,7 +374,11 @@ def _run_tiles(
 
         def evaluate(rows: slice, cols: slice, diagonal: bool):
             k0 = Kernel.from_inputs(
-                x1[rows], None if diagonal else xs2[cols], diagonal_spatial=p.diagonal_spatial, ntk=need_ntk
+                x1[rows],
+                None if diagonal else xs2[cols],
+                diagonal_spatial=p.diagonal_spatial,
+                ntk=need_ntk,
+                mask_constant=mask_constant,
             )
             k = apply_layer(model, k0)
             return k.nngp, None if k.ntk is None else k.ntk.expand_as(k.nngp), k
@@ -535,6 +557,7 @@ def _result(meta: Kernel, nngp: torch.Tensor, ntk: torch.Tensor | None, cov: tor
         fn=None,
         fresh=None,
         ntk_divisor=meta.sp_normalizer() if ntk is not None else 1,
+        mask=None,
     )
 
 

@@ -80,6 +80,8 @@ class Kernel:
         sp_width: for the standard parameterization, the widest fan-in channel counts of the weight layers
             (after the input, on the input): Θ accumulates unnormalised (J Jᵀ) contributions and
             ``nk.kernel`` divides by :meth:`sp_normalizer` at the end (theory.md §4.4).
+        mask: (N1 + N2, *S) (or (N1, *S)) True at the masked positions of each example, ordered as ``cov``
+            (None: nothing masked; ``nk.kernel(..., mask_constant=)``, :mod:`.masking`).
         ntk_divisor: what ``ntk`` has been divided by: :meth:`sp_normalizer` in results of ``nk.kernel`` for
             the standard parameterization, else 1 (kernels composed by hand stay unnormalised).
             :meth:`neural_tangents_ntk` undoes it.
@@ -101,6 +103,7 @@ class Kernel:
     parameterization: str | None = None
     sp_width: tuple[int, int] = (0, 0)
     ntk_divisor: int = 1
+    mask: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.nngp is not None and planning():
@@ -114,12 +117,23 @@ class Kernel:
         *,
         diagonal_spatial: bool = True,
         ntk: bool = True,
+        mask_constant: float | None = None,
     ) -> Kernel:
         """The input layer's kernel K(x1, x2) = x1·x2 / C (the mean over the C channels).
 
         x1: (N1, C) or (N1, C, *S) (channels first, as PyTorch); x2 the same with N2 examples, or None for x1.
-        The NTK of the input is zero (no parameters yet).
+        The NTK of the input is zero (no parameters yet). With ``mask_constant``, entries equal to it are zeroed
+        and positions whose channels all equal it are masked (:func:`.masking.input_mask`).
         """
+        masks = None
+        if mask_constant is not None:
+            from .masking import input_mask  # masking builds on this module
+
+            x1, mask_a = input_mask(x1, mask_constant)
+            masks = [mask_a]
+            if x2 is not None:
+                x2, mask_b = input_mask(x2, mask_constant)
+                masks.append(mask_b)
         full = not diagonal_spatial
         n_spatial = x1.ndim - 2 if x1.ndim > 2 else 0
         channels = x1.shape[1] if x1.ndim > 1 else 1
@@ -145,6 +159,7 @@ class Kernel:
             channels=channels,
             is_input=True,
             mean=examples.mean(1),
+            mask=None if masks is None else torch.cat(masks),
         )
 
     def replace(self, **changes) -> Kernel:

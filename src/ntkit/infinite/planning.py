@@ -83,6 +83,7 @@ def plan(
     dtype: torch.dtype,
     ntk: bool,
     diagonal_spatial: bool | None,
+    mask_constant: float | None = None,
 ) -> Plan:
     """Run the requirements pass (see the module docstring)."""
     _check_no_weight_sharing(model)
@@ -94,12 +95,13 @@ def plan(
         device = x1.device if diagonal_spatial else "meta"
         a = x1[:1].to(device=device, dtype=dtype)
         b = None if x2 is None else x2[:1].to(device=device, dtype=dtype)
-        k_input = Kernel.from_inputs(a, b, diagonal_spatial=diagonal_spatial, ntk=ntk)
+        k_input = Kernel.from_inputs(a, b, diagonal_spatial=diagonal_spatial, ntk=ntk, mask_constant=mask_constant)
         out = apply_layer(model, k_input)
     finally:
         working_set_probe.reset(token)
         chain_recorder().reset(chain_token)
     requires_grad = tracks_derivatives(out.nngp, out.ntk)
-    chain = linked_chain(records, k_input, out) if x1.ndim == 2 and not requires_grad else None
-    convs = conv_chain(records, k_input, out) if x1.ndim > 2 and not requires_grad else None
+    fast = not requires_grad and mask_constant is None  # the fast paths run no layer maps, so no masks
+    chain = linked_chain(records, k_input, out) if x1.ndim == 2 and fast else None
+    convs = conv_chain(records, k_input, out) if x1.ndim > 2 and fast else None
     return Plan(diagonal_spatial, probe[0], pair_entries(out.nngp), out, requires_grad, chain, convs)

@@ -19,6 +19,7 @@ from torch import nn
 from .._validation import check_std
 from ..errors import InitializationWarning, InvalidArgumentError, UnsupportedError
 from .kernel_type import Kernel
+from .masking import apply_masked
 
 __all__ = [
     "apply_layer",
@@ -68,7 +69,14 @@ def _entry(module: nn.Module) -> _Entry | None:
 
 
 def apply_layer(module: nn.Module, k: Kernel) -> Kernel:
-    """The kernel of ``module``'s outputs given the kernel ``k`` of its inputs."""
+    """The kernel of ``module``'s outputs given the kernel ``k`` of its inputs (with masked positions: through
+    :func:`.masking.apply_masked`, which also carries the mask)."""
+    if k.mask is not None:
+        return apply_masked(module, k, lambda unmasked: _apply_unmasked(module, unmasked))
+    return _apply_unmasked(module, k)
+
+
+def _apply_unmasked(module: nn.Module, k: Kernel) -> Kernel:
     transform = getattr(module, "kernel_transform", None)
     if transform is not None:
         return transform(k)

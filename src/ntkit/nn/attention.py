@@ -57,6 +57,7 @@ class SelfAttention(KernelLayer):
     """
 
     mixes_positions = True
+    mask_rule = "elementwise"  # the mask is kept; the map gives masked keys no weight
 
     def __init__(
         self,

@@ -32,6 +32,8 @@ class Sequential(nn.Sequential, KernelLayer):
     Layers may be ``ntkit.nn`` layers or PyTorch layers known to :func:`ntkit.register_kernel`'s registry.
     """
 
+    mask_rule = "container"
+
     def __init__(self, *args: object) -> None:
         if len(args) == 1 and isinstance(args[0], OrderedDict):
             super().__init__(args[0])

@@ -31,6 +31,7 @@ _CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 class _ConvNd(WeightLayer):
     n_dims: int
+    mask_rule: str | None = "convolution"
 
     def __init__(
         self,
@@ -125,6 +126,8 @@ class Conv3d(_ConvNd):
 class _ConvLocalNd(_ConvNd):
     """Locally connected: a convolution whose filters are not shared, one per output position."""
 
+    mask_rule = None
+
     def __init__(
         self,
         in_channels: int,
@@ -216,6 +219,8 @@ class ConvLocal3d(_ConvLocalNd):
 
 class _ConvTransposeNd(_ConvNd):
     """Transposed convolution: the convolution (stride 1) of the input dilated by ``stride`` and padded."""
+
+    mask_rule = None
 
     def __init__(
         self,

@@ -28,6 +28,10 @@ class KernelLayer(nn.Module):
     #: covariances between all pairs of positions.
     mixes_positions: bool = False
 
+    #: How the layer treats masked positions (``nk.kernel(..., mask_constant=)``): a rule of
+    #: ``ntkit.infinite.masking.mask_rule``, or None if masks are not supported.
+    mask_rule: str | None = None
+
     def kernel_transform(self, k: Kernel) -> Kernel:
         """The :class:`~ntkit.Kernel` of this layer's outputs given the kernel ``k`` of its inputs."""
         raise NotImplementedError

@@ -19,6 +19,8 @@ class Linear(WeightLayer):
     parameterization Θ' = in_features·K + [bias] + W_std² Θ, normalised by the width in ``nk.kernel`` (4.4).
     """
 
+    mask_rule = "elementwise"  # a masked example (all features masked) stays masked
+
     def __init__(
         self,
         in_features: int,

@@ -185,12 +185,17 @@ class _GlobalPool(KernelLayer):
 
 
 class GlobalAvgPool(_GlobalPool):
-    """The mean over all positions: (N, C, *S) -> (N, C). Kernel: the mean of K(s, s') over all (s, s')."""
+    """The mean over all positions: (N, C, *S) -> (N, C). Kernel: the mean of K(s, s') over all (s, s')
+    (with masked inputs, over the unmasked positions)."""
+
+    mask_rule = "global_avg"
 
     average = True
 
 
 class GlobalSumPool(_GlobalPool):
     """The sum over all positions: (N, C, *S) -> (N, C). Kernel: the sum of K(s, s') over all (s, s')."""
+
+    mask_rule = "global_sum"
 
     average = False

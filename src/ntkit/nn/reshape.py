@@ -14,6 +14,8 @@ __all__ = ["Flatten", "Identity"]
 class Flatten(KernelLayer):
     """(N, C, *S) -> (N, C·|S|). Kernel: the mean over positions of K(s, s) (only the diagonal is needed)."""
 
+    mask_rule = "flatten"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
 
@@ -23,6 +25,8 @@ class Flatten(KernelLayer):
 
 class Identity(KernelLayer):
     """y = x; the kernel is unchanged."""
+
+    mask_rule = "elementwise"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x

@@ -1,0 +1,160 @@
+"""Masked positions (``nk.kernel(..., mask_constant=c)``, neural-tangents' ``mask_constant``): how layers carry a
+mask and leave the masked positions out (theory.md §4.11).
+
+A position of an example is masked when all its input channels equal the mask constant (entries equal to it are
+zeroed). The mask is ``Kernel.mask`` (N1 + N2, *S), ordered as ``cov``, True where masked. After each layer the
+covariances of masked positions are zero ("remasked"), so sums over positions leave them out; layers that
+average over positions count the unmasked ones, and attention gives masked keys no weight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedError
+from ..gaussian.activations import Activation
+from . import spatial
+from .kernel_type import Kernel
+
+__all__ = ["apply_masked", "input_mask", "mask_rule", "remask"]
+
+
+def input_mask(x: torch.Tensor, mask_constant: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x with the entries equal to ``mask_constant`` zeroed, the mask (N, *S): all channels equal to it)."""
+    entries = x == mask_constant
+    return x.masked_fill(entries, 0.0), entries.all(dim=1) if x.ndim > 1 else entries
+
+
+def remask(k: Kernel) -> Kernel:
+    """``k`` with every covariance that involves a masked position set to zero (nngp, ntk and cov)."""
+    if k.mask is None:
+        return k
+    keep = (~k.mask).to(k.cov.dtype)
+    k1, k2 = k.split(keep)
+    p1, p2 = spatial.pair_broadcast(k1, k2, k.full)
+    s1, s2 = spatial.self_broadcast(keep, k.full)
+    pair = p1 * p2
+    return k.replace(
+        nngp=k.nngp * pair,
+        ntk=None if k.ntk is None or k.ntk.ndim == 0 else k.ntk * pair,
+        cov=k.cov * (s1 * s2),
+    )
+
+
+#: How plain PyTorch layers treat masks (``ntkit.nn`` layers declare theirs as ``mask_rule``).
+_PLAIN_RULES: dict[type, str] = {
+    nn.Sequential: "container",
+    nn.Identity: "elementwise",
+    nn.ReLU: "elementwise",
+    nn.LeakyReLU: "elementwise",
+    nn.GELU: "elementwise",
+    nn.Tanh: "elementwise",
+    nn.Sigmoid: "elementwise",
+    nn.SiLU: "elementwise",
+    nn.Linear: "elementwise",  # the mask of a position is already the same for all its channels
+    nn.Conv1d: "convolution",
+    nn.Conv2d: "convolution",
+    nn.Conv3d: "convolution",
+    nn.Flatten: "flatten",
+}
+
+
+def mask_rule(module: nn.Module) -> str | None:
+    """How ``module`` treats masked positions: "container" (applies its layers in turn), "elementwise" (keeps
+    the mask), "convolution", "global_avg", "global_sum", "flatten", or None (not supported)."""
+    if isinstance(module, Activation):
+        return "elementwise"
+    own = getattr(module, "mask_rule", None)
+    if own is not None:
+        return str(own)
+    return _PLAIN_RULES.get(type(module))
+
+
+def apply_masked(module: nn.Module, k: Kernel, transform: Callable[[Kernel], Kernel]) -> Kernel:
+    """The kernel after ``module`` (its map ``transform``) for inputs with masked positions, and the outputs' mask.
+
+    Supported (:func:`mask_rule`): containers that apply their layers in turn (``Sequential``), elementwise
+    layers and dense layers (activations, ``Identity``, ``Linear``; ``SelfAttention``, whose map gives masked keys
+    no weight: the mask is kept), convolutions (the mask of an output position is that of its filter's centre, as
+    neural-tangents), global pooling (over the unmasked positions) and ``Flatten``. Other layers raise
+    :class:`UnsupportedError`.
+    """
+    rule = mask_rule(module)
+    if rule == "container":
+        return transform(k)
+    if rule == "elementwise":
+        return remask(transform(k).replace(mask=k.mask))
+    if rule == "convolution":
+        out = transform(k)
+        return remask(out.replace(mask=_conv_mask(module, k, out)))
+    if rule in ("global_avg", "global_sum"):
+        return _global_pool(k, average=rule == "global_avg", transform=transform)
+    if rule == "flatten":
+        return transform(k).replace(mask=_all_masked(k))
+    raise UnsupportedError(
+        f"{type(module).__name__} ({module!r}) does not support masked inputs (mask_constant) yet; supported: "
+        "Sequential, activations, Identity, Linear, Conv1d/2d/3d, GlobalAvgPool, GlobalSumPool, Flatten and "
+        "SelfAttention. Compute without mask_constant (e.g. on inputs cropped to the unmasked positions)."
+    )
+
+
+def _all_masked(k: Kernel) -> torch.Tensor:
+    """(N,) examples whose positions are all masked: the mask once the positions are pooled or flattened."""
+    assert k.mask is not None
+    return k.mask.flatten(1).all(dim=1) if k.mask.ndim > 1 else k.mask
+
+
+def _conv_mask(module: nn.Module, k: Kernel, out: Kernel) -> torch.Tensor:
+    """The mask of a convolution's outputs: that of the input position at each filter's centre (strided)."""
+    assert k.mask is not None
+    if tuple(out.spatial_shape) == tuple(k.spatial_shape) and all(s == 1 for s in _as_tuple(module.stride)):
+        return k.mask
+    kernel_size, stride = _as_tuple(module.kernel_size), _as_tuple(module.stride)
+    dilation = _as_tuple(getattr(module, "dilation", 1))
+    padding = module.padding if isinstance(module.padding, str) else _as_tuple(module.padding)
+    pads = spatial.conv_paddings(tuple(k.spatial_shape), kernel_size, stride, padding, dilation)
+    mask = k.mask
+    for i, ((before, _), f, s, d, n_out) in enumerate(
+        zip(pads, kernel_size, stride, dilation, out.spatial_shape, strict=True)
+    ):
+        start = (d * (f - 1)) // 2 - before
+        if start < 0:
+            raise UnsupportedError(
+                f"masked inputs to {module!r}: its padding puts a filter's centre outside the input, where "
+                "neural-tangents' mask rule is undefined; use padding='same' or 'valid'."
+            )
+        mask = mask.narrow(i + 1, start, (n_out - 1) * s + 1)[(slice(None),) * (i + 1) + (slice(None, None, s),)]
+    return mask
+
+
+def _as_tuple(value: object) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, tuple | list) else (int(value),)  # type: ignore[call-overload]
+
+
+def _global_pool(k: Kernel, *, average: bool, transform: Callable[[Kernel], Kernel]) -> Kernel:
+    """Global pooling over the unmasked positions: the sum of K(s, s') (zero at masked positions), divided for
+    the average by n(x) n(x') with n the unmasked positions of each example."""
+    assert k.mask is not None
+    summed = transform(remask(k).replace(mask=None))  # the mean over all |S|² pairs (average) or the sum
+    out_mask = _all_masked(k)
+    if not average:
+        return summed.replace(mask=out_mask)
+    size = math.prod(k.spatial_shape)
+    counts = (~k.mask).flatten(1).sum(dim=1).to(k.cov.dtype).clamp_min(1.0)  # n per example, ordered as cov
+    n1, n2 = k.split(counts)
+    pair = size**2 / (n1[:, None] * n2[None, :])
+    own = size**2 / counts**2
+    mean = None
+    if k.mean is not None:
+        mean = (k.mean * (~k.mask).to(k.mean.dtype)).flatten(1).sum(dim=1) / counts
+    return summed.replace(
+        nngp=summed.nngp * pair,
+        ntk=None if summed.ntk is None or summed.ntk.ndim == 0 else summed.ntk * pair,
+        cov=summed.cov * own,
+        mean=mean,
+        mask=out_mask,
+    )

@@ -1,0 +1,159 @@
+"""Masked inputs: ``nk.kernel(..., mask_constant=c)`` (neural-tangents' mask_constant; issue 13, missing item 1).
+
+References:
+- exact: positions masked at the end of a sequence are left out, so through pointwise layers, attention and
+  global pooling an example's kernel equals that of the sequence cut to its unmasked positions (float64
+  round-off, 1e-12); Flatten averages over all positions with zeros at the masked ones (the cut kernel times
+  L/P, as neural-tangents);
+- neural-tangents 0.6.5's float64 kernels with mask_constant (tests/nt_reference, rtol 1e-10): attention with
+  embeddings, 1/√d_k identity attention after a "same" convolution, "valid" 2-d convolutions (the centre rule)
+  with global sum pooling.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import ntkit as nk
+from nt_reference import assert_matches_neural_tangents
+from ntkit import nn as N
+from ntkit.errors import InvalidArgumentError, UnsupportedError
+
+MASK = -5.0
+
+
+def sequences(lengths, channels=2, size=6):
+    """(len(lengths), channels, size) float64 inputs, every channel after position ``length`` set to MASK."""
+    x = torch.randn(len(lengths), channels, size, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for i, length in enumerate(lengths):
+        x[i, :, length:] = MASK
+    return x
+
+
+def pointwise_net(pool, **attention):
+    return N.Sequential(
+        N.Conv1d(2, 4, 1, W_std=1.3, b_std=0.2),
+        N.ReLU(),
+        N.SelfAttention(4, 4, key_channels=3, value_channels=3, n_heads=2, b_std=0.1, **attention),
+        N.Erf(),
+        pool,
+        N.Linear(4, 1),
+    )
+
+
+ATTENTION = {
+    "softmax": {},
+    "softmax_sum_decay": {"pos_emb": "sum", "input_size": 6, "pos_emb_decay_fn": lambda d: 1 / (1 + d)},
+    "identity_sqrt_concat": {
+        "linear_scaling": False,
+        "mechanism": "identity",
+        "pos_emb": "concat",
+        "val_pos_emb": True,
+        "input_size": 6,
+    },
+    "relu": {"mechanism": "relu"},
+}
+
+
+@pytest.mark.parametrize("name", ATTENTION)
+@pytest.mark.parametrize("pool", ["avg", "sum"])
+def test_masked_positions_are_cut_off(name, pool):
+    options = ATTENTION[name]
+    layer = N.GlobalAvgPool() if pool == "avg" else N.GlobalSumPool()
+    lengths = [6, 4, 4, 2]
+    x = sequences(lengths)
+    k = nk.kernel(pointwise_net(layer, **options), x, mask_constant=MASK)
+
+    def cut(length):
+        return pointwise_net(layer, **({**options, "input_size": length} if "input_size" in options else options))
+
+    for i, length in enumerate(lengths):
+        ref = nk.kernel(cut(length), x[i : i + 1, :, :length])
+        torch.testing.assert_close(k.nngp[i, i], ref.nngp[0, 0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(k.ntk[i, i], ref.ntk[0, 0], rtol=1e-12, atol=1e-12)
+    pair = nk.kernel(cut(4), x[1:3, :, :4])  # the two examples of length 4, different values
+    torch.testing.assert_close(k.nngp[1:3, 1:3], pair.nngp, rtol=1e-12, atol=1e-12)
+
+
+def test_flatten_averages_over_all_positions():
+    """Conv (pointwise) -> ReLU -> Flatten in the diagonal layout: the masked positions count as zeros."""
+    net = N.Sequential(N.Conv1d(2, 4, 1, W_std=1.3, b_std=0.2), N.ReLU(), N.Flatten(), N.Linear(24, 1))
+    x = sequences([6, 3])
+    k = nk.kernel(net, x, mask_constant=MASK)
+    cut = N.Sequential(N.Conv1d(2, 4, 1, W_std=1.3, b_std=0.2), N.ReLU(), N.Flatten(), N.Linear(12, 1))
+    ref = nk.kernel(cut, x[1:, :, :3])
+    # the Linear after Flatten: K' = W²·mean_s K(s, s) + b², and the mean runs over 6 positions, 3 of them zero
+    torch.testing.assert_close(k.nngp[1, 1], ref.nngp[0, 0] * 0.5, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["masked_attention_softmax", "masked_identity_sqrt_concat", "masked_conv_valid_2d"])
+def test_matches_neural_tangents(name):
+    nets = {
+        "masked_attention_softmax": lambda: N.Sequential(
+            N.Conv1d(2, 4, 1, W_std=1.3, b_std=0.2),
+            N.ReLU(),
+            N.SelfAttention(
+                4,
+                4,
+                key_channels=3,
+                value_channels=5,
+                n_heads=2,
+                W_key_std=1.2,
+                b_std=0.2,
+                pos_emb="sum",
+                W_pos_emb_std=0.8,
+                input_size=6,
+            ),
+            N.ReLU(),
+            N.GlobalAvgPool(),
+            N.Linear(4, 1, b_std=None),
+        ),
+        "masked_identity_sqrt_concat": lambda: N.Sequential(
+            N.Conv1d(2, 4, 3, padding="same", W_std=1.3, b_std=0.2),
+            N.Erf(),
+            N.SelfAttention(
+                4,
+                4,
+                key_channels=3,
+                value_channels=5,
+                n_heads=2,
+                linear_scaling=False,
+                mechanism="identity",
+                b_std=0.1,
+                pos_emb="concat",
+                pos_emb_channels=3,
+                pos_emb_decay_fn=lambda d: 1 / (1 + d),
+                val_pos_emb=True,
+                input_size=5,
+            ),
+            N.ReLU(),
+            N.Flatten(),
+            N.Linear(20, 1, b_std=None),
+        ),
+        "masked_conv_valid_2d": lambda: N.Sequential(
+            N.Conv2d(2, 4, 2, padding="valid", W_std=1.3, b_std=0.2),
+            N.ReLU(),
+            N.Conv2d(4, 4, 3, padding="same", b_std=0.1),
+            N.Erf(),
+            N.SelfAttention(4, 4, key_channels=3, value_channels=5, n_heads=2, mechanism="relu", W_out_std=1.2),
+            N.GlobalSumPool(),
+            N.Linear(4, 1, b_std=None),
+        ),
+    }
+    assert_matches_neural_tangents(name, nets[name]())
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [N.AvgPool1d(2), N.LayerNorm(2), nn.AvgPool1d(2), N.Parallel(N.Identity(), N.Identity())],
+    ids=["AvgPool1d", "LayerNorm", "nn.AvgPool1d", "Parallel"],
+)
+def test_unsupported_layers_say_so(layer):
+    net = N.Sequential(N.Conv1d(2, 2, 1), N.ReLU(), layer, N.GlobalAvgPool())
+    with pytest.raises(UnsupportedError, match=f"(?s){type(layer).__name__}.*does not support masked inputs"):
+        nk.kernel(net, sequences([6, 3]), mask_constant=MASK)
+
+
+def test_bad_mask_constant():
+    with pytest.raises(InvalidArgumentError, match="mask_constant"):
+        nk.kernel(N.Sequential(N.Conv1d(2, 2, 1), N.Flatten()), sequences([6, 3]), mask_constant=float("nan"))
