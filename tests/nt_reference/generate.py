@@ -329,6 +329,29 @@ def cases():
         stax.Dense(1),
     ], (3, 2, 5), 2
 
+    # FanInProd of branches that end in their own activations (independent) and the shared layer itself.
+    yield "product_independent_dense", [
+        stax.Dense(5, W_std=1.3, b_std=0.2),
+        stax.FanOut(3),
+        stax.parallel(
+            stax.serial(stax.Dense(5, W_std=1.2, b_std=0.1), stax.Relu()),
+            stax.serial(stax.Dense(5, W_std=1.5), stax.Erf()),
+            stax.Identity(),
+        ),
+        stax.FanInProd(),
+        stax.Dense(1, b_std=0.1),
+    ], (3, 4), 2
+    yield "product_independent_conv", [
+        stax.Conv(4, (3, 3), padding="SAME", W_std=1.3, b_std=0.2),
+        stax.FanOut(2),
+        stax.parallel(
+            stax.serial(stax.Conv(4, (2, 2), padding="SAME", b_std=0.1), stax.Relu()),
+            stax.serial(stax.Conv(4, (3, 3), padding="SAME"), stax.Sin()),
+        ),
+        stax.FanInProd(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 3, 4), None
 
 #: The input value that marks masked entries in the masked cases (neural-tangents' mask_constant).
 MASK = 1000.0

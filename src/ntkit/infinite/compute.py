@@ -332,7 +332,7 @@ def _whole(model, x1, x2, p: Plan, need_ntk: bool, mask_constant: float | None) 
         mean=None,
         source=None,
         fn=None,
-        fresh=None,
+        roots=frozenset(),
         ntk_divisor=p.output.sp_normalizer() if need_ntk else 1,
         mask=None,
     )
@@ -555,7 +555,7 @@ def _result(meta: Kernel, nngp: torch.Tensor, ntk: torch.Tensor | None, cov: tor
         mean=None,
         source=None,
         fn=None,
-        fresh=None,
+        roots=frozenset(),
         ntk_divisor=meta.sp_normalizer() if ntk is not None else 1,
         mask=None,
     )

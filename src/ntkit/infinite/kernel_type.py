@@ -74,8 +74,10 @@ class Kernel:
             ordered as ``cov``; layer normalisation after a nonlinearity needs them (``mean1``, ``mean2``).
         source, fn: when the layer is an elementwise function ψ of the last Gaussian layer, that layer's
             kernel and ψ (two activations in a row compose through them).
-        fresh: a token set by a weight layer and kept by linear maps: the outputs are linear in zero-mean
-            weights drawn at that layer, so their covariance with any other branch vanishes.
+        roots: tokens of the weight layers this layer's randomness comes from without another weight layer in
+            between (a weight layer's outputs: its own token; other maps keep them; combinations join them;
+            the deterministic input: none). Layers with disjoint roots are independent in the limit (theory.md
+            §4.9), which the combinations of parallel branches use.
         parameterization: "ntk" or "standard", from the weight layers met so far (they must agree for Θ).
         sp_width: for the standard parameterization, the widest fan-in channel counts of the weight layers
             (after the input, on the input): Θ accumulates unnormalised (J Jᵀ) contributions and
@@ -99,7 +101,7 @@ class Kernel:
     mean: torch.Tensor | None = None
     source: Kernel | None = None
     fn: object | None = None
-    fresh: object | None = None
+    roots: frozenset[object] = frozenset()
     parameterization: str | None = None
     sp_width: tuple[int, int] = (0, 0)
     ntk_divisor: int = 1

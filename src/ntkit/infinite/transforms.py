@@ -209,7 +209,7 @@ def weight_layer(
         mean=None,
         source=None,
         fn=None,
-        fresh=object(),
+        roots=frozenset((object(),)),
         parameterization=parameterization if k.ntk is not None else k.parameterization,
         sp_width=sp_width,
     )
@@ -292,7 +292,6 @@ def elementwise(g: Kernel, psi: GaussianFunction) -> Kernel:
             mean=d.clone(),
             source=g,
             fn=psi,
-            fresh=None,
         )
     if g.ntk is None:
         nngp, ntk = psi.nngp(v1, g.nngp, v2), None
@@ -312,7 +311,6 @@ def elementwise(g: Kernel, psi: GaussianFunction) -> Kernel:
         mean=psi.mean(d),
         source=g,
         fn=psi,
-        fresh=None,
     )
 
 
@@ -573,11 +571,6 @@ def _check_branches(kernels: list[Kernel], what: str) -> None:
         raise UnsupportedError(f"{what} of branches where only some carry an NTK.")
 
 
-def _is_new_fresh(branch: Kernel, start: Kernel) -> bool:
-    """The branch ends in a zero-mean random linear map of weights drawn inside the branch."""
-    return branch.fresh is not None and branch.fresh is not start.fresh
-
-
 def _as_function_of_gaussian(k: Kernel) -> tuple[Kernel, GaussianFunction] | None:
     """(Gaussian layer g, ψ) with k = ψ(g), or None if k is not an elementwise function of one Gaussian."""
     if k.is_gaussian:
@@ -585,6 +578,20 @@ def _as_function_of_gaussian(k: Kernel) -> tuple[Kernel, GaussianFunction] | Non
     if k.source is not None:
         return k.source, k.fn
     return None
+
+
+def _independent_groups(kernels: list[Kernel]) -> list[list[Kernel]]:
+    """The branches grouped so that different groups are independent in the limit (theory.md §4.9): branches
+    whose ``roots`` (the weight layers their randomness comes from) overlap, directly or through other
+    branches, share a group; deterministic branches (no roots: the input) share one group."""
+    deterministic = object()
+    groups: list[tuple[frozenset[object], list[int]]] = []
+    for i, k in enumerate(kernels):
+        roots = k.roots or frozenset((deterministic,))
+        joined = [g for g in groups if g[0] & roots]
+        groups = [g for g in groups if not g[0] & roots]
+        groups.append((roots.union(*(g[0] for g in joined)), sorted([i, *(j for g in joined for j in g[1])])))
+    return [[kernels[i] for i in members] for _, members in sorted(groups, key=lambda g: g[1][0])]
 
 
 def _combine_dependent(kernels: list[Kernel], combine, what: str) -> Kernel:
@@ -595,20 +602,32 @@ def _combine_dependent(kernels: list[Kernel], combine, what: str) -> Kernel:
     pairs = [_as_function_of_gaussian(k) for k in kernels]
     if any(p is None for p in pairs) or any(p[0] is not pairs[0][0] for p in pairs):
         raise UnsupportedError(
-            f"the {what} of branches that are correlated in a way ntkit cannot compute: each branch must end in "
-            "its own Linear or convolution layer (independent branches), or all branches must be elementwise "
+            f"the {what} of branches that are correlated in a way ntkit cannot compute: branches are combined "
+            "in closed form when each has its own weight layers (a Linear or convolution, possibly followed by "
+            "activations, pooling or normalisation: independent branches), or when they are elementwise "
             "functions (identity, activations) of the same Gaussian layer. " + _MONTE_CARLO_HINT
         )
     return elementwise(pairs[0][0], combine(tuple(p[1] for p in pairs)))
 
 
-def _split_branches(kernels: list[Kernel], start: Kernel, combine, what: str) -> tuple[list[Kernel], bool]:
-    """The branches as parts that are mutually independent: those ending in their own random linear layer, and
-    all the others combined into one exactly (elementwise functions of one Gaussian). Also: any such others?"""
+def _independent_parts(kernels: list[Kernel], combine, what: str) -> list[Kernel]:
+    """The branches as mutually independent parts: each group of :func:`_independent_groups` combined into one
+    exactly (one branch, or elementwise functions of one Gaussian).
+
+    A part's ``mean`` is its expectation at each unit when the part is Gaussian or an elementwise function of
+    one (all channels alike), but only the mean over units otherwise (after flattening or concatenation, and
+    for the input); the combinations below need per-unit expectations of all but one part."""
     _check_branches(kernels, f"the {what}")
-    independent = [k for k in kernels if _is_new_fresh(k, start)]
-    dependent = [k for k in kernels if not _is_new_fresh(k, start)]
-    return ([_combine_dependent(dependent, combine, what)] if dependent else []) + independent, bool(dependent)
+    parts = [_combine_dependent(group, combine, what) for group in _independent_groups(kernels)]
+    averaged = [p for p in parts if p.mean is not None and _as_function_of_gaussian(p) is None]
+    if len(averaged) > 1:
+        raise UnsupportedError(
+            f"the {what} of independent branches of which several have non-zero means that differ between "
+            "units (after flattening, concatenation, pooling or normalisation of activations): their cross "
+            "terms E[a]E[b] are not tracked. End all but one of these branches in a Linear or convolution "
+            "layer. " + _MONTE_CARLO_HINT
+        )
+    return parts
 
 
 def _merged(parts: list[Kernel], **fields) -> Kernel:
@@ -618,20 +637,38 @@ def _merged(parts: list[Kernel], **fields) -> Kernel:
         "is_input": False,
         "source": None,
         "fn": None,
-        "fresh": None,
+        "roots": frozenset().union(*(p.roots for p in parts)),
         "parameterization": _common_parameterization(parts),
         "sp_width": (max(p.sp_width[0] for p in parts), max(p.sp_width[1] for p in parts)),
     }
     return parts[0].replace(**{**defaults, **fields})
 
 
-def fan_in_sum(kernels: list[Kernel], start: Kernel) -> Kernel:
-    """y = Σ_i branch_i(x), all branches applied to the kernel ``start``.
+def _mean_products(parts: list[Kernel]) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """Σ_{i≠j} m_i ⊗ m_j for the pair kernel and for the per-example covariances: the cross terms
+    E[a_i] E[a_j'] of a sum of independent parts with means m_i (0 when no two parts have a mean)."""
+    means = [p.mean for p in parts if p.mean is not None]
+    if len(means) < 2:
+        return 0.0, 0.0
+    k = parts[0]
+    pair = [spatial.pair_broadcast(*k.split(m), k.full) for m in means]
+    own = [spatial.self_broadcast(m, k.full) for m in means]
 
-    Branches ending in their own random linear layer are independent of the rest (zero cross-covariance), so
-    their K and Θ add; the others are combined exactly as elementwise functions of their common Gaussian.
+    def cross(factors):
+        total = sum(a for a, _ in factors) * sum(b for _, b in factors)
+        return total - sum(a * b for a, b in factors)
+
+    return cross(pair), cross(own)
+
+
+def fan_in_sum(kernels: list[Kernel]) -> Kernel:
+    """y = Σ_i branch_i(x), the branches applied to the same input (theory.md §4.9).
+
+    Independent parts (:func:`_independent_groups`) a_i have zero cross-covariance, so
+    K = Σ_i K_i + Σ_{i≠j} m_i m_j' (m_i the parts' means) and Θ = Σ_i Θ_i; branches that are elementwise
+    functions of a common Gaussian are first combined exactly.
     """
-    parts, any_dependent = _split_branches(kernels, start, GaussianFunction.sum, "sum")
+    parts = _independent_parts(kernels, GaussianFunction.sum, "sum")
     if len(parts) == 1:
         return parts[0]
 
@@ -639,19 +676,22 @@ def fan_in_sum(kernels: list[Kernel], start: Kernel) -> Kernel:
         values = [getattr(p, name) for p in parts if getattr(p, name) is not None]
         return sum(values) if values else None
 
+    pair_cross, own_cross = _mean_products(parts)
     return _merged(
         parts,
-        **{name: add(name) for name in ("nngp", "ntk", "cov", "mean")},
+        nngp=add("nngp") + pair_cross,
+        ntk=add("ntk"),
+        cov=add("cov") + own_cross,
+        mean=add("mean"),
         is_gaussian=all(p.is_gaussian for p in parts),
-        fresh=None if any_dependent else object(),
     )
 
 
-def fan_in_product(kernels: list[Kernel], start: Kernel) -> Kernel:
-    """y = Π_i branch_i(x) elementwise. Independent branches (own random linear layer) multiply:
-    K = Π K_i, Θ = Σ_i Θ_i Π_{j≠i} K_j (the product rule; cross terms vanish in the limit); the other branches
-    are combined exactly as elementwise functions of their common Gaussian."""
-    parts, any_dependent = _split_branches(kernels, start, GaussianFunction.product, "product")
+def fan_in_product(kernels: list[Kernel]) -> Kernel:
+    """y = Π_i branch_i(x) elementwise (theory.md §4.9). Independent parts a_i (:func:`_independent_groups`)
+    multiply: K = Π_i K_i, Θ = Σ_i Θ_i Π_{j≠i} K_j (the product rule; the cross terms vanish in the limit),
+    mean = Π_i m_i; branches that are elementwise functions of a common Gaussian are first combined exactly."""
+    parts = _independent_parts(kernels, GaussianFunction.product, "product")
     if len(parts) == 1:
         return parts[0]
 
@@ -662,13 +702,13 @@ def fan_in_product(kernels: list[Kernel], start: Kernel) -> Kernel:
     ntk = None
     if parts[0].ntk is not None:
         ntk = sum(p.ntk * math.prod(q.nngp for q in parts if q is not p) for p in parts)
+    means = [p.mean for p in parts]
     return _merged(
         parts,
         **{name: product(name) for name in ("nngp", "cov")},
         ntk=ntk,
         is_gaussian=False,
-        mean=None,  # a factor is an independent centred Gaussian
-        fresh=None if any_dependent else object(),
+        mean=None if any(m is None for m in means) else math.prod(means),  # a centred factor: mean 0
     )
 
 
@@ -693,7 +733,7 @@ def fan_in_concat(kernels: list[Kernel]) -> Kernel:
     )
 
 
-def fan_in_concat_spatial(kernels: list[Kernel], start: Kernel, axis: int) -> Kernel:
+def fan_in_concat_spatial(kernels: list[Kernel], axis: int) -> Kernel:
     """Concatenation along spatial axis ``axis``: positions of different branches are different units, and
     branches that end in their own random linear layer are independent centred Gaussians, so the kernel is
     block diagonal along that axis (neural-tangents' FanInConcat along a spatial axis, which assumes this):
@@ -714,12 +754,13 @@ def fan_in_concat_spatial(kernels: list[Kernel], start: Kernel, axis: int) -> Ke
                 f"concatenation along spatial axis {axis} of branches with {k.channels} and {first.channels} "
                 f"channels and spatial shapes {k.spatial_shape} and {first.spatial_shape}: all other sizes must agree."
             )
-        if not _is_new_fresh(k, start):
-            raise UnsupportedError(
-                "concatenation along a spatial axis needs independent branches, each ending in its own Linear or "
-                "convolution layer (possibly followed by pooling); branches that share random layers are "
-                "correlated across the concatenated positions. " + _MONTE_CARLO_HINT
-            )
+    if len(_independent_groups(kernels)) < len(kernels) or any(k.mean is not None for k in kernels):
+        raise UnsupportedError(
+            "concatenation along a spatial axis needs independent branches with zero means, each ending in its own "
+            "Linear or convolution layer (possibly followed by pooling); branches that share random layers are "
+            "correlated across the concatenated positions, and non-zero means correlate all positions. "
+            + _MONTE_CARLO_HINT
+        )
     if len({k.ntk is None for k in kernels}) > 1:
         raise UnsupportedError("concatenation of branches where only some carry an NTK.")
     sizes = [k.spatial_shape[axis] for k in kernels]
@@ -747,7 +788,6 @@ def fan_in_concat_spatial(kernels: list[Kernel], start: Kernel, axis: int) -> Ke
         spatial_shape=tuple(shape),
         mean=None,
         is_gaussian=all(k.is_gaussian for k in kernels),
-        fresh=object(),
     )
 
 

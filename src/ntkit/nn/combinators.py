@@ -86,10 +86,10 @@ class Parallel(KernelLayer):
         outs = [apply_layer(branch, k) for branch in self.branches]
         if self.fan_in == "concat":
             if self.dim > 1:
-                return transforms.fan_in_concat_spatial(outs, start=k, axis=self.dim - 2)
+                return transforms.fan_in_concat_spatial(outs, axis=self.dim - 2)
             return transforms.fan_in_concat(outs)
         combine = transforms.fan_in_sum if self.fan_in == "sum" else transforms.fan_in_product
-        return combine(outs, start=k)
+        return combine(outs)
 
     def extra_repr(self) -> str:
         return f"fan_in={self.fan_in!r}" + (f", dim={self.dim}" if self.dim != 1 else "")
@@ -108,4 +108,4 @@ class Residual(KernelLayer):
         return x + out
 
     def kernel_transform(self, k: Kernel) -> Kernel:
-        return transforms.fan_in_sum([k, self.block.kernel_transform(k)], start=k)
+        return transforms.fan_in_sum([k, self.block.kernel_transform(k)])
