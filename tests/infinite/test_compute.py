@@ -245,9 +245,6 @@ def test_errors_name_the_problem():
         nk.kernel(N.Sequential(N.ReLU(), N.Linear(3, 1)), x)
     with pytest.raises(UnsupportedError, match="Flatten"):
         nk.kernel(N.Sequential(N.Linear(3, 2)), torch.randn(2, 3, 4, 4))
-    with pytest.raises(UnsupportedError, match="mixes 'ntk' and 'standard'"):
-        nk.kernel(N.Sequential(N.Linear(3, 4), N.ReLU(), N.Linear(4, 1, parameterization="standard")), x)
-    nk.kernel(N.Sequential(N.Linear(3, 4), N.ReLU(), N.Linear(4, 1, parameterization="standard")), x, get="nngp")
     shared = N.Linear(4, 4)
     with pytest.raises(UnsupportedError, match="weight sharing"):
         nk.kernel(N.Sequential(N.Linear(3, 4), shared, N.ReLU(), shared), x)

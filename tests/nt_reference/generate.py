@@ -353,6 +353,31 @@ def cases():
         stax.Dense(1),
     ], (3, 2, 3, 4), None
 
+    # The standard parameterization's width multiplier s, and layers of both parameterizations in one network.
+    yield "sp_width_multiplier", [
+        stax.Dense(5, W_std=1.3, b_std=0.2, s=(1, 3), **SP),
+        stax.Relu(),
+        stax.Dense(4, W_std=1.1, b_std=0.1, s=(3, 2), **SP),
+        stax.Erf(),
+        stax.Dense(1, s=(2, 1), **SP),
+    ], (3, 4), 2
+    yield "mixed_parameterization_dense", [
+        stax.Dense(5, W_std=1.3, b_std=0.2),
+        stax.Relu(),
+        stax.Dense(6, W_std=1.1, b_std=0.1, **SP),
+        stax.Erf(),
+        stax.Dense(1, b_std=0.1),
+    ], (3, 4), 2
+    yield "mixed_parameterization_conv", [
+        stax.Conv(4, (3, 3), padding="SAME", W_std=1.3, b_std=0.2, s=(1, 2), **SP),
+        stax.Relu(),
+        stax.Conv(4, (2, 2), padding="SAME", b_std=0.1),
+        stax.Relu(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1, **SP),
+    ], (3, 2, 3, 4), None
+
+
 #: The input value that marks masked entries in the masked cases (neural-tangents' mask_constant).
 MASK = 1000.0
 

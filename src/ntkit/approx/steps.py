@@ -297,7 +297,8 @@ def _check_whole(steps: list[Step], n_spatial: int | None) -> None:
         )
     if len({w.parameterization for w in weights}) > 1:
         raise UnsupportedError(
-            "this network mixes the 'ntk' and 'standard' parameterizations; use one for every layer (as nk.kernel)."
+            "this network mixes the 'ntk' and 'standard' parameterizations; nk.approx.features needs one for every "
+            "layer (nk.kernel computes mixed networks exactly)."
         )
     if n_spatial:
         raise UnsupportedError(

@@ -78,9 +78,10 @@ class Kernel:
             between (a weight layer's outputs: its own token; other maps keep them; combinations join them;
             the deterministic input: none). Layers with disjoint roots are independent in the limit (theory.md
             §4.9), which the combinations of parallel branches use.
-        parameterization: "ntk" or "standard", from the weight layers met so far (they must agree for Θ).
-        sp_width: for the standard parameterization, the widest fan-in channel counts of the weight layers
-            (after the input, on the input): Θ accumulates unnormalised (J Jᵀ) contributions and
+        parameterization: "ntk", "standard" or "mixed" (both), from the weight layers met so far.
+        sp_width: the widest fan-in channel counts (divided by the width multiplier s_in) of the
+            standard-parameterization weight layers (after the input, on the input): Θ accumulates their
+            unnormalised (J Jᵀ) contributions and
             ``nk.kernel`` divides by :meth:`sp_normalizer` at the end (theory.md §4.4).
         mask: (N1 + N2, *S) (or (N1, *S)) True at the masked positions of each example, ordered as ``cov``
             (None: nothing masked; ``nk.kernel(..., mask_constant=)``, :mod:`.masking`).
@@ -206,9 +207,8 @@ class Kernel:
     def sp_normalizer(self) -> int:
         """The width n by which ``nk.kernel`` normalises the standard-parameterization NTK, Θ = J Jᵀ / n
         (theory.md §4.4): the widest fan-in channel count of a weight layer after the input, or, if every weight
-        layer reads the input, the widest of theirs; 1 for the NTK parameterization."""
-        if self.parameterization != "standard":
-            return 1
+        layer reads the input, the widest of theirs; 1 for the NTK parameterization. Only standard-parameterization
+        layers count, also in networks that mix the two (theory.md §4.4)."""
         hidden, input_fed = self.sp_width
         return hidden or input_fed or 1
 

@@ -132,14 +132,18 @@ def weight_layer(
     out_channels: int,
     geometry: ConvGeometry | None = None,
     layer: str = "a weight layer",
+    s_in: int = 1,
 ) -> Kernel:
     """A dense layer (``geometry=None``) or a convolution, weights W_std²/fan_in and bias b_std² (theory.md §4.1, §4.5):
 
         K' = W_var · C(K) + b_var,    C = the mean over filter offsets of the shifted kernel (``spatial.shifted_sum``)
         "ntk":      Θ' = K' + W_var · C(Θ)
-        "standard": Θ' = in_channels · |filter| · C(K) + [bias] + W_var · C(Θ)   (unnormalised: J Jᵀ; 4.4)
+        "standard": Θ' = (in_channels / s_in) · |filter| · C(K) + [bias] + W_var · C(Θ)   (unnormalised: J Jᵀ; 4.4)
 
-    ``b_var=None``: no bias parameter. The output is a centred Gaussian, independent of other branches.
+    ``s_in``: the standard parameterization's width multiplier of the inputs (theory.md §4.4): the layer reads
+    ``in_channels`` = s_in · n channels but is normalised as if it read n. Layers of both parameterizations may be
+    mixed: each adds its own term to Θ (theory.md §4.4). ``b_var=None``: no bias parameter. The output is a
+    centred Gaussian, independent of other branches.
     ``layer`` names the layer in error messages (a layer whose ``in_channels`` differs from the channels of
     its inputs raises :class:`ShapeError`: the finite network could not run).
     """
@@ -153,11 +157,6 @@ def weight_layer(
         raise UnsupportedError(
             f"a dense (Linear) layer got inputs with spatial axes {k.spatial_shape}; ntkit's Linear, like "
             "torch.nn.Linear, acts on (N, features) inputs. Add Flatten() or GlobalAvgPool() before it."
-        )
-    if k.ntk is not None and k.parameterization not in (None, parameterization):
-        raise UnsupportedError(
-            f"this network mixes {k.parameterization!r} and {parameterization!r} parameterizations; their NTKs "
-            "scale differently with the width, so use one parameterization for every layer (or get='nngp')."
         )
 
     def conv(t: torch.Tensor) -> torch.Tensor:
@@ -194,9 +193,10 @@ def weight_layer(
                 else nngp + scale * mapped["ntk"]
             )
         else:
-            ntk = in_channels * mapped["nngp"] + (0.0 if b_var is None else 1.0) + scale * mapped["ntk"]
+            width = in_channels // s_in
+            ntk = width * mapped["nngp"] + (0.0 if b_var is None else 1.0) + scale * mapped["ntk"]
             hidden, input_fed = sp_width
-            sp_width = (hidden, max(input_fed, in_channels)) if k.is_input else (max(hidden, in_channels), input_fed)
+            sp_width = (hidden, max(input_fed, width)) if k.is_input else (max(hidden, width), input_fed)
     spatial_shape = tuple(mapped["cov"].shape[1:][:: 2 if k.full else 1]) if k.n_spatial else ()
     out = k.replace(
         nngp=nngp,
@@ -210,11 +210,11 @@ def weight_layer(
         source=None,
         fn=None,
         roots=frozenset((object(),)),
-        parameterization=parameterization if k.ntk is not None else k.parameterization,
+        parameterization=_joined(k.parameterization, parameterization) if k.ntk is not None else k.parameterization,
         sp_width=sp_width,
     )
     if geometry is None:
-        record_step(k, out, DenseStep(W_var, b_var, parameterization, in_channels))
+        record_step(k, out, DenseStep(W_var, b_var, parameterization, in_channels // s_in))
     elif not geometry.circular and geometry.input_dilation is None:
         dilation = geometry.dilation or (1,) * k.n_spatial
         record_step(
@@ -228,7 +228,7 @@ def weight_layer(
                 W_var,
                 b_var,
                 parameterization,
-                in_channels,
+                in_channels // s_in,
             ),
         )
     return out
@@ -791,10 +791,11 @@ def fan_in_concat_spatial(kernels: list[Kernel], axis: int) -> Kernel:
     )
 
 
+def _joined(*parameterizations: str | None) -> str | None:
+    """The parameterization of a network whose weight layers use these ("mixed" if they differ)."""
+    found = {p for p in parameterizations if p is not None}
+    return None if not found else found.pop() if len(found) == 1 else "mixed"
+
+
 def _common_parameterization(kernels: list[Kernel]) -> str | None:
-    found = {k.parameterization for k in kernels if k.parameterization is not None}
-    if len(found) > 1 and kernels[0].ntk is not None:
-        raise UnsupportedError(
-            f"parallel branches use different parameterizations {sorted(found)}; use one for every layer."
-        )
-    return found.pop() if found else None
+    return _joined(*(k.parameterization for k in kernels))

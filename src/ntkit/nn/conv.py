@@ -46,6 +46,7 @@ class _ConvNd(WeightLayer):
         W_std: Std = 1.0,
         b_std: Std | None = 0.0,
         parameterization: str = "ntk",
+        s: tuple[int, int] = (1, 1),
     ) -> None:
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
@@ -65,6 +66,7 @@ class _ConvNd(WeightLayer):
             parameterization=parameterization,
             bias_shape=bias_shape,
             fan_in=in_channels * math.prod(self.kernel_size),
+            s=s,
         )
 
     def _parameter_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -141,6 +143,7 @@ class _ConvLocalNd(_ConvNd):
         W_std: Std = 1.0,
         b_std: Std | None = 0.0,
         parameterization: str = "ntk",
+        s: tuple[int, int] = (1, 1),
     ) -> None:
         self.input_size = as_tuple(input_size, self.n_dims, "input_size")
         super().__init__(
@@ -153,6 +156,7 @@ class _ConvLocalNd(_ConvNd):
             W_std=W_std,
             b_std=b_std,
             parameterization=parameterization,
+            s=s,
         )
 
     def _output_size(self) -> tuple[int, ...]:
@@ -233,6 +237,7 @@ class _ConvTransposeNd(_ConvNd):
         W_std: Std = 1.0,
         b_std: Std | None = 0.0,
         parameterization: str = "ntk",
+        s: tuple[int, int] = (1, 1),
     ) -> None:
         super().__init__(
             in_channels,
@@ -243,6 +248,7 @@ class _ConvTransposeNd(_ConvNd):
             W_std=W_std,
             b_std=b_std,
             parameterization=parameterization,
+            s=s,
         )
         if isinstance(padding, int) and any(padding > k - 1 for k in self.kernel_size):
             raise InvalidArgumentError(

@@ -41,9 +41,12 @@ class WeightLayer(KernelLayer):
     """Weights W (out, in, *filter) and an optional bias b, in either parameterization (theory.md §1.1-1.2):
 
     - "ntk" (default): W, b ~ N(0, 1) are the trainable variables and y = (W_std/√fan_in)·(x ⋆ W) + b_std·b;
-    - "standard": W ~ N(0, W_std²/fan_in), b ~ N(0, b_std²) and y = x ⋆ W + b.
+    - "standard": W ~ N(0, W_std²/fan_in), b ~ N(0, b_std²) and y = x ⋆ W / √s_in + b.
 
     Both give the same function distribution at initialisation (the same NNGP) but different gradients (NTK).
+    ``s = (s_in, s_out)`` (standard parameterization only; neural-tangents' width multiplier, theory.md §4.4):
+    the layer reads s_in·in and writes s_out·out channels (weight (s_out·out, s_in·in, ...)) but its NTK is
+    normalised by the base widths in, out: a network widened by s has the same kernels.
     ``b_std=None`` means no bias. ``W_std``, ``b_std`` may be tensors (kernels are differentiable in them); they
     are kept as given, not as parameters of the finite network.
     """
@@ -57,17 +60,22 @@ class WeightLayer(KernelLayer):
         parameterization: str,
         bias_shape: tuple[int, ...] | None = None,
         fan_in: int | None = None,
+        s: tuple[int, int] = (1, 1),
     ) -> None:
-        """``bias_shape``: default (out,) = weight_shape[:1] (one bias per output channel, broadcast over positions);
-        ``fan_in``: default the product of weight_shape[1:] (inputs per output unit)."""
+        """``weight_shape`` (out, in, ...) and ``bias_shape`` (default (out,): one bias per output channel,
+        broadcast over positions) at the base widths, which ``s`` multiplies; ``fan_in``: default the product of
+        weight_shape[1:] (inputs per output unit, at the base width)."""
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise InvalidArgumentError(f"parameterization must be 'ntk' or 'standard', got {parameterization!r}.")
         check_std(W_std, "W_std")
         check_std(b_std, "b_std", allow_none=True)
+        self.s = _width_multiplier(s, parameterization)
         self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
-        self.weight = nn.Parameter(torch.empty(weight_shape))
-        self.bias = nn.Parameter(torch.empty(bias_shape or weight_shape[:1])) if b_std is not None else None
+        s_in, s_out = self.s
+        bias_shape = bias_shape or weight_shape[:1]
+        self.weight = nn.Parameter(torch.empty((s_out * weight_shape[0], s_in * weight_shape[1], *weight_shape[2:])))
+        self.bias = nn.Parameter(torch.empty((s_out * bias_shape[0], *bias_shape[1:]))) if b_std is not None else None
         self._fan_in = fan_in or math.prod(weight_shape[1:])
         self.reset_parameters()
 
@@ -92,22 +100,44 @@ class WeightLayer(KernelLayer):
         if self.parameterization == "ntk":
             y = y * (self.W_std / math.sqrt(self.fan_in))
             return y if self.bias is None or self.b_std is None else y + (self.b_std * self.bias).reshape(shape)
+        if self.s[0] != 1:
+            y = y / math.sqrt(self.s[0])
         return y if self.bias is None else y + self.bias.reshape(shape)
 
     def _weight_kernel(
         self, k: Kernel, in_channels: int, out_channels: int, geometry: transforms.ConvGeometry | None = None
     ) -> Kernel:
-        """``transforms.weight_layer`` with this layer's variances and parameterization."""
+        """``transforms.weight_layer`` with this layer's variances and parameterization (channel counts at the base
+        widths, multiplied by ``s`` here)."""
+        s_in, s_out = self.s
         return transforms.weight_layer(
             k,
             W_var=self.W_std**2,
             b_var=None if self.b_std is None else self.b_std**2,
             parameterization=self.parameterization,
-            in_channels=in_channels,
-            out_channels=out_channels,
+            in_channels=s_in * in_channels,
+            out_channels=s_out * out_channels,
             geometry=geometry,
             layer=repr(self),
+            s_in=s_in,
         )
 
     def extra_repr(self) -> str:
-        return f"W_std={self.W_std}, b_std={self.b_std}, parameterization={self.parameterization!r}"
+        multiplier = f", s={self.s}" if self.s != (1, 1) else ""
+        return f"W_std={self.W_std}, b_std={self.b_std}, parameterization={self.parameterization!r}" + multiplier
+
+
+def _width_multiplier(s: object, parameterization: str) -> tuple[int, int]:
+    """``s`` checked: two positive ints, (1, 1) unless the parameterization is standard."""
+    if not (
+        isinstance(s, tuple | list)
+        and len(s) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in s)
+    ):
+        raise InvalidArgumentError(f"s must be a pair of positive ints (s_in, s_out), got {s!r}.")
+    if tuple(s) != (1, 1) and parameterization != "standard":
+        raise InvalidArgumentError(
+            f"the width multiplier s={tuple(s)} applies to the standard parameterization only (the NTK "
+            "parameterization's kernels do not depend on widths); use parameterization='standard' or s=(1, 1)."
+        )
+    return (s[0], s[1])

@@ -17,6 +17,8 @@ class Linear(WeightLayer):
 
     Kernel (theory.md §4.1, §4.4): K' = W_std² K + b_std²; NTK parameterization Θ' = K' + W_std² Θ; standard
     parameterization Θ' = in_features·K + [bias] + W_std² Θ, normalised by the width in ``nk.kernel`` (4.4).
+    ``s = (s_in, s_out)``: the standard parameterization's width multiplier (weight (s_out·out_features,
+    s_in·in_features), y = x Wᵀ/√s_in + b; the kernels are those of the base widths, as neural-tangents').
     """
 
     mask_rule = "elementwise"  # a masked example (all features masked) stays masked
@@ -29,10 +31,11 @@ class Linear(WeightLayer):
         W_std: Std = 1.0,
         b_std: Std | None = 0.0,
         parameterization: str = "ntk",
+        s: tuple[int, int] = (1, 1),
     ) -> None:
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
-        super().__init__((out_features, in_features), W_std=W_std, b_std=b_std, parameterization=parameterization)
+        super().__init__((out_features, in_features), W_std=W_std, b_std=b_std, parameterization=parameterization, s=s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._finish(F.linear(x, self.weight))
