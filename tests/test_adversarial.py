@@ -238,6 +238,7 @@ CASES = [
          mechanism="tanh"), InvalidArgumentError, "mechanism"),
     Case("SelfAttention", "positional embeddings without input_size", lambda: N.SelfAttention(2, 2,
          key_channels=2, value_channels=2, pos_emb="sum"), InvalidArgumentError, "input_size"),
+    Case("ExpNormalized", "gamma=0", lambda: N.ExpNormalized(0.0), InvalidArgumentError, "gamma"),
     Case("Dropout", "p=1.5", lambda: N.Dropout(1.5), InvalidArgumentError, "dropout probability"),
     *[
         Case(layer.__name__, "a parameter that is nan", lambda layer=layer: layer(NAN), InvalidArgumentError, "nan")

@@ -27,6 +27,7 @@ CLOSED = {
     "cos": nnk.Cos(1.0, 0.7, -0.4),
     "rbf": nnk.RBF(0.6),
     "exp": nnk.Exp(0.5, 0.4),
+    "gabor": nnk.Gabor(),
     "gaussian": nnk.Gaussian(1.2, -0.7),
     "gaussian_pos": nnk.Gaussian(1.0, 0.1),
     "mono0": nnk.Monomial(0),

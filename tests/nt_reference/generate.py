@@ -377,6 +377,23 @@ def cases():
         stax.Dense(1, **SP),
     ], (3, 2, 3, 4), None
 
+    # ExpNormalized and Gabor.
+    yield "exp_normalized_gabor_dense", [
+        stax.Dense(5, W_std=1.3, b_std=0.2),
+        stax.ExpNormalized(gamma=0.8, shift=-0.5),
+        stax.Dense(5, W_std=1.2, b_std=0.1),
+        stax.Gabor(),
+        stax.Dense(1),
+    ], (3, 4), 2
+    yield "exp_normalized_gabor_conv", [
+        stax.Conv(4, (3, 3), padding="SAME", W_std=1.3, b_std=0.2),
+        stax.Gabor(),
+        stax.Conv(4, (2, 2), padding="SAME", W_std=1.5),
+        stax.ExpNormalized(gamma=1.2),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 3, 4), None
+
 
 #: The input value that marks masked entries in the masked cases (neural-tangents' mask_constant).
 MASK = 1000.0

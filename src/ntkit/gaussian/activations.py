@@ -60,6 +60,7 @@ __all__ = [
     "Elementwise",
     "Erf",
     "Exp",
+    "Gabor",
     "Gaussian",
     "LeakyReLU",
     "Monomial",
@@ -537,6 +538,45 @@ class RBF(Sin):
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}"
+
+
+class Gabor(Activation):
+    """φ(x) = exp(−x²)·sin(x) (neural-tangents' Gabor). With S = v1 + v2, D = 4(v1 v2 − cov²) ≥ 0,
+    Δ = det(I + 2Σ) = 1 + 2S + D ≥ 1 and E = exp(−(S + D)/(2Δ)) (docs/infinite_activations.md):
+
+    E[φ(u) φ(v)] = E·sinh(cov/Δ)/√Δ,
+    E[φ'(u) φ'(v)] = E·((Δ + 8 cov²) cosh(cov/Δ) + 4 cov (2 + 3S + D) sinh(cov/Δ)) / Δ^{5/2},
+    E φ = 0,   E φ' = exp(−v/(2(1 + 2v))) / (1 + 2v)^{3/2}.
+    """
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-x * x) * torch.sin(x)
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-x * x) * (torch.cos(x) - 2 * x * torch.sin(x))
+
+    def joint_expectation(
+        self, other: Activation, var1: torch.Tensor, cov: torch.Tensor, var2: torch.Tensor, *, derivative: bool
+    ) -> torch.Tensor | None:
+        if not isinstance(other, Gabor):
+            return None
+        s = var1 + var2
+        d = 4 * torch.clamp_min(var1 * var2 - cov * cov, 0)
+        det = 1 + 2 * s + d
+        common = torch.exp(-(s + d) / (2 * det))
+        x = cov / det
+        if derivative:
+            return common * ((det + 8 * cov * cov) * torch.cosh(x) + 4 * cov * (2 + 3 * s + d) * torch.sinh(x)) / (
+                det * det * torch.sqrt(det)
+            )
+        return common * torch.sinh(x) / torch.sqrt(det)
+
+    def mean(self, var: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(var)
+
+    def mean_derivative(self, var: torch.Tensor) -> torch.Tensor:
+        base = 1 + 2 * var
+        return torch.exp(-var / (2 * base)) / (base * torch.sqrt(base))
 
 
 # --------------------------------------------------------------------------------- exponentials

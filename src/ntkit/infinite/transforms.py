@@ -15,6 +15,7 @@ import torch
 from ..errors import ShapeError, UnsupportedError
 from ..gaussian.activations import Activation
 from ..gaussian.functions import GaussianFunction
+from ..gaussian.stable import safe_sqrt
 from . import spatial
 from .conv_chain import ConvStep, PoolStep, ReduceStep
 from .dense_chain import ArcCosineStep, DenseStep, record_step
@@ -26,6 +27,7 @@ __all__ = [
     "conv_geometry",
     "dropout",
     "elementwise",
+    "exp_normalized",
     "fan_in_concat",
     "fan_in_concat_spatial",
     "fan_in_product",
@@ -311,6 +313,41 @@ def elementwise(g: Kernel, psi: GaussianFunction) -> Kernel:
         mean=psi.mean(d),
         source=g,
         fn=psi,
+    )
+
+
+def exp_normalized(k: Kernel, *, gamma: float, shift: float) -> Kernel:
+    """neural-tangents' ExpNormalized of a Gaussian layer (:class:`ntkit.nn.ExpNormalized`, theory.md §4.2): with
+    v = K(x, x), ρ = K(x, x')/√(v v') clipped to [−1, 1] and e = exp(γ (ρ + shift)),
+
+        K' = √(v v') · e,    Θ' = γ · Θ · e,    mean = √v · exp(γ shift / 2).
+    """
+    if not k.is_gaussian:
+        raise UnsupportedError(
+            "ExpNormalized needs a Gaussian layer (the output of a Linear or convolution layer, or a sum of such): "
+            "its finite layer's kernel is the closed form only for Gaussian inputs. " + _MONTE_CARLO_HINT
+        )
+    d = k.variances()
+
+    def normalised(t: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = safe_sqrt(p * q)
+        rho = torch.where(scale > 0, t / torch.where(scale > 0, scale, torch.ones_like(scale)), 0.0)
+        e = torch.exp(gamma * (rho.clamp(-1.0, 1.0) + shift))
+        return scale * e, e
+
+    nngp, e12 = normalised(k.nngp, *spatial.pair_broadcast(*k.split(d), k.full))
+    cov, _ = normalised(k.cov, *spatial.self_broadcast(d, k.full))
+    if k.x1_is_x2:  # K(x_i, x_i) equals the variance exactly (as ``elementwise``)
+        nngp = torch.diagonal_scatter(nngp, cov.movedim(0, -1), dim1=0, dim2=1)
+    return k.replace(
+        nngp=nngp,
+        ntk=None if k.ntk is None else gamma * k.ntk * e12,
+        cov=cov,
+        is_gaussian=False,
+        is_input=False,
+        mean=safe_sqrt(d) * math.exp(gamma * shift / 2),
+        source=None,
+        fn=None,
     )
 
 

@@ -11,6 +11,7 @@ from ..gaussian.activations import (
     Elementwise,
     Erf,
     Exp,
+    Gabor,
     Gaussian,
     LeakyReLU,
     Monomial,
@@ -35,6 +36,7 @@ from .conv import (
     ConvTranspose3d,
 )
 from .dropout import Dropout
+from .exp_normalized import ExpNormalized
 from .linear import Linear
 from .normalization import LayerNorm
 from .pooling import (
@@ -74,7 +76,9 @@ __all__ = [
     "Elementwise",
     "Erf",
     "Exp",
+    "ExpNormalized",
     "Flatten",
+    "Gabor",
     "Gaussian",
     "GlobalAvgPool",
     "GlobalSumPool",
