@@ -566,9 +566,8 @@ class Gabor(Activation):
         common = torch.exp(-(s + d) / (2 * det))
         x = cov / det
         if derivative:
-            return common * ((det + 8 * cov * cov) * torch.cosh(x) + 4 * cov * (2 + 3 * s + d) * torch.sinh(x)) / (
-                det * det * torch.sqrt(det)
-            )
+            growth = (det + 8 * cov * cov) * torch.cosh(x) + 4 * cov * (2 + 3 * s + d) * torch.sinh(x)
+            return common * growth / (det * det * torch.sqrt(det))
         return common * torch.sinh(x) / torch.sqrt(det)
 
     def mean(self, var: torch.Tensor) -> torch.Tensor:
