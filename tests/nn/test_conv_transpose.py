@@ -88,3 +88,60 @@ def test_matches_monte_carlo():
 def test_padding_larger_than_the_filter_is_refused():
     with pytest.raises(InvalidArgumentError, match="kernel_size - 1"):
         N.ConvTranspose2d(2, 3, 2, padding=2)
+
+
+# ----- circular padding (neural-tangents' CIRCULAR): the "valid" output wrapped onto n·stride positions
+
+CIRCULAR_NETS = {
+    "conv_transpose_circular_pooled": lambda: N.Sequential(
+        N.ConvTranspose2d(2, 4, (3, 2), stride=(2, 1), padding="same", padding_mode="circular", W_std=1.3, b_std=0.2),
+        N.ReLU(),
+        N.ConvTranspose2d(4, 4, (4, 3), stride=(1, 2), padding="same", padding_mode="circular", b_std=0.1),
+        N.Erf(),
+        N.GlobalAvgPool(),
+        N.Linear(4, 1, b_std=None),
+    ),
+    "conv_transpose_circular_flatten": lambda: N.Sequential(
+        N.ConvTranspose1d(2, 4, 5, stride=2, padding="same", padding_mode="circular", W_std=1.3, b_std=0.2),
+        N.ReLU(),
+        N.ConvTranspose1d(
+            4, 4, 3, stride=3, padding="same", padding_mode="circular", b_std=None, parameterization="standard"
+        ),
+        N.ReLU(),
+        N.Flatten(),
+        N.Linear(96, 1, b_std=None),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", CIRCULAR_NETS)
+def test_circular_matches_neural_tangents(name):
+    assert_matches_neural_tangents(name, CIRCULAR_NETS[name](), rtol=1e-8)
+
+
+def circular_net(width, out):
+    return N.Sequential(
+        N.ConvTranspose2d(2, width, 3, stride=2, padding="same", padding_mode="circular", W_std=1.4, b_std=0.3),
+        N.ReLU(),
+        N.ConvTranspose2d(width, width, (2, 3), padding="same", padding_mode="circular", W_std=1.4),
+        N.ReLU(),
+        N.AvgPool2d(2),
+        N.Flatten(),
+        N.Linear(4 * width, out),
+    )
+
+
+def test_circular_matches_monte_carlo():
+    x = torch.randn(3, 2, 2, 2, dtype=torch.float64)
+    assert_network_matches(lambda out: circular_net(WIDTH, out), x, WIDTH)
+
+
+def test_circular_finite_layer_wraps_around():
+    # A circular transposed convolution commutes with cyclic shifts: shifting the input by one position shifts
+    # the output by `stride` positions (what distinguishes it from zero padding).
+    layer = N.ConvTranspose1d(1, 1, 4, stride=2, padding="same", padding_mode="circular", b_std=None)
+    x = torch.randn(1, 1, 5)
+    torch.testing.assert_close(layer(x.roll(1, -1)), layer(x).roll(2, -1))
+    assert layer(x).shape == (1, 1, 10)
+    with pytest.raises(InvalidArgumentError, match="kernel_size >= stride"):
+        N.ConvTranspose1d(1, 1, 2, stride=3, padding="same", padding_mode="circular")

@@ -394,6 +394,24 @@ def cases():
         stax.Dense(1),
     ], (3, 2, 3, 4), None
 
+    # Circular transposed convolutions: the diagonal layout (Flatten) and the full one (pooling).
+    yield "conv_transpose_circular_pooled", [
+        stax.ConvTranspose(4, (3, 2), strides=(2, 1), padding="CIRCULAR", W_std=1.3, b_std=0.2),
+        stax.Relu(),
+        stax.ConvTranspose(4, (4, 3), strides=(1, 2), padding="CIRCULAR", b_std=0.1),
+        stax.Erf(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 3, 4), 2
+    yield "conv_transpose_circular_flatten", [
+        stax.ConvTranspose(4, (5,), strides=(2,), padding="CIRCULAR", W_std=1.3, b_std=0.2),
+        stax.Relu(),
+        stax.ConvTranspose(4, (3,), strides=(3,), padding="CIRCULAR", **SP),
+        stax.Relu(),
+        stax.Flatten(),
+        stax.Dense(1),
+    ], (3, 2, 4), None
+
 
 #: The input value that marks masked entries in the masked cases (neural-tangents' mask_constant).
 MASK = 1000.0

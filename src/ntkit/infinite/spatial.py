@@ -33,6 +33,7 @@ __all__ = [
     "spatial_axes",
     "spatial_diagonal",
     "transpose_padding",
+    "wrap_around",
 ]
 
 
@@ -112,6 +113,17 @@ def block_diagonal(blocks: list[torch.Tensor], first: int, sizes: list[int]) -> 
         out = padded if out is None else out + padded
         offset += n
     return out.movedim((-2, -1), (first, first + 1))
+
+
+def wrap_around(t: torch.Tensor, axis: int, size: int) -> torch.Tensor:
+    """Fold ``axis`` (length L >= ``size``) onto ``size`` positions, out[j] = Σ_{i ≡ j + o (mod size)} t[i] with
+    o = (L − size) // 2: a transposed convolution's "valid" output wrapped around a torus (neural-tangents'
+    CIRCULAR transposed convolution, whose output is "same"-sized and centred the same way). Out of place."""
+    length = t.shape[axis]
+    index = (torch.arange(length, device=t.device) - (length - size) // 2) % size
+    shape = list(t.shape)
+    shape[axis] = size
+    return t.new_zeros(shape).index_add(axis, index, t)
 
 
 def dilate_trailing(t: torch.Tensor, factors: list[int]) -> torch.Tensor:

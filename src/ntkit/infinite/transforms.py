@@ -60,6 +60,7 @@ class ConvGeometry:
     circular: bool = False
     dilation: tuple[int, ...] | None = None
     input_dilation: tuple[int, ...] | None = None  # transposed convolutions: zeros inserted between inputs
+    wrap: tuple[int, ...] | None = None  # circular transposed convolutions: output sizes the result wraps onto
 
     @property
     def receptive_field(self) -> int:
@@ -111,17 +112,23 @@ def _check_window(k: Kernel, window: tuple[int, ...], padding: list[int], what: 
 
 
 def transposed_conv_geometry(
-    k: Kernel, kernel_size: tuple[int, ...], stride: tuple[int, ...], padding: str | int
+    k: Kernel, kernel_size: tuple[int, ...], stride: tuple[int, ...], padding: str | int, *, circular: bool = False
 ) -> ConvGeometry:
     """A transposed convolution as the convolution (stride 1) of its input dilated by ``stride`` (zeros
-    inserted between positions) and padded by :func:`spatial.transpose_padding` on each axis."""
+    inserted between positions) and padded by :func:`spatial.transpose_padding` on each axis. ``circular``
+    (with ``padding="same"``): the "valid" result wrapped around onto the n·stride "same" positions
+    (:func:`spatial.wrap_around`)."""
     if len(kernel_size) != k.n_spatial:
         raise UnsupportedError(
             f"a {len(kernel_size)}-d transposed convolution got inputs with {k.n_spatial} spatial axes "
             f"{k.spatial_shape}; inputs are (N, C, *spatial), channels first."
         )
-    pads = tuple(spatial.transpose_padding(f, s, padding) for f, s in zip(kernel_size, stride, strict=True))
-    return ConvGeometry(tuple(kernel_size), (1,) * k.n_spatial, pads, input_dilation=tuple(stride))
+    pads = tuple(
+        spatial.transpose_padding(f, s, "valid" if circular else padding)
+        for f, s in zip(kernel_size, stride, strict=True)
+    )
+    wrap = tuple(n * s for n, s in zip(k.spatial_shape, stride, strict=True)) if circular else None
+    return ConvGeometry(tuple(kernel_size), (1,) * k.n_spatial, pads, input_dilation=tuple(stride), wrap=wrap)
 
 
 def weight_layer(
@@ -173,6 +180,11 @@ def weight_layer(
         for i in range(k.n_spatial):
             axes = spatial.spatial_axes(k.n_spatial, i, k.full)
             t = spatial.shifted_sum(t, axes, geometry.kernel_size[i], geometry.stride[i], geometry.dilation_of(i))
+            if geometry.wrap is not None:
+                # Positions that wrap onto one another use different filter offsets (independent weights), so
+                # in the diagonal layout folding the diagonal alone is exact.
+                for axis in axes:
+                    t = spatial.wrap_around(t, axis, geometry.wrap[i])
         return t
 
     mapped = k.map(conv)  # sums over the receptive field: W_var / |filter| turns them into the mean

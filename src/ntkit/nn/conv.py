@@ -234,6 +234,7 @@ class _ConvTransposeNd(_ConvNd):
         *,
         stride: int | tuple[int, ...] = 1,
         padding: int | str = "valid",
+        padding_mode: str = "zeros",
         W_std: Std = 1.0,
         b_std: Std | None = 0.0,
         parameterization: str = "ntk",
@@ -245,6 +246,7 @@ class _ConvTransposeNd(_ConvNd):
             kernel_size,
             stride=stride,
             padding=padding,
+            padding_mode=padding_mode,
             W_std=W_std,
             b_std=b_std,
             parameterization=parameterization,
@@ -255,17 +257,34 @@ class _ConvTransposeNd(_ConvNd):
                 f"padding of a transposed convolution must be at most kernel_size - 1, got {padding} for "
                 f"kernel_size {self.kernel_size}."
             )
+        if padding_mode == "circular" and (
+            padding != "same" or any(k < s for k, s in zip(self.kernel_size, self.stride, strict=True))
+        ):
+            raise InvalidArgumentError(
+                "a circular transposed convolution (neural-tangents' CIRCULAR) has padding='same' and "
+                f"kernel_size >= stride on every axis; got padding={padding!r}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}."
+            )
+
+    @property
+    def circular(self) -> bool:
+        return self.padding_mode == "circular"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = [n * s for n, s in zip(x.shape[2:], self.stride, strict=True)]
         x = spatial.dilate_trailing(x, list(self.stride))
-        pads = [
-            spatial.transpose_padding(k, s, self.padding) for k, s in zip(self.kernel_size, self.stride, strict=True)
-        ]
-        x = F.pad(x, [p for pair in reversed(pads) for p in pair])
-        return self._finish(_CONVS[self.n_dims](x, self.weight))
+        padding = "valid" if self.circular else self.padding
+        pads = [spatial.transpose_padding(k, s, padding) for k, s in zip(self.kernel_size, self.stride, strict=True)]
+        y = _CONVS[self.n_dims](F.pad(x, [p for pair in reversed(pads) for p in pair]), self.weight)
+        if self.circular:
+            for i, size in enumerate(sizes):
+                y = spatial.wrap_around(y, 2 + i, size)
+        return self._finish(y)
 
     def kernel_transform(self, k: Kernel) -> Kernel:
-        geometry = transforms.transposed_conv_geometry(k, self.kernel_size, self.stride, self.padding)
+        geometry = transforms.transposed_conv_geometry(
+            k, self.kernel_size, self.stride, self.padding, circular=self.circular
+        )
         return self._weight_kernel(k, self.in_channels, self.out_channels, geometry)
 
 
