@@ -542,7 +542,8 @@ class RBF(Sin):
 
 class Gabor(Activation):
     """φ(x) = exp(−x²)·sin(x) (neural-tangents' Gabor). With S = v1 + v2, D = 4(v1 v2 − cov²) ≥ 0,
-    Δ = det(I + 2Σ) = 1 + 2S + D ≥ 1 and E = exp(−(S + D)/(2Δ)) (docs/infinite_activations.md):
+    Δ = det(I + 2Σ) = 1 + 2S + D ≥ 1 and E = exp(−(S + D)/(2Δ)) (docs/infinite_activations.md; computed in
+    units of λ = max(1, √(v1 v2)), finite at any variance):
 
     E[φ(u) φ(v)] = E·sinh(cov/Δ)/√Δ,
     E[φ'(u) φ'(v)] = E·((Δ + 8 cov²) cosh(cov/Δ) + 4 cov (2 + 3S + D) sinh(cov/Δ)) / Δ^{5/2},
@@ -560,15 +561,20 @@ class Gabor(Activation):
     ) -> torch.Tensor | None:
         if not isinstance(other, Gabor):
             return None
-        s = var1 + var2
-        d = 4 * torch.clamp_min(var1 * var2 - cov * cov, 0)
-        det = 1 + 2 * s + d
-        common = torch.exp(-(s + d) / (2 * det))
-        x = cov / det
+        # With λ = max(1, √(v1 v2)), ĉ = cov/λ, d̂ = s²/λ² (O(1)) and a = Δ/λ = 1/λ + 2S/λ + 4λd̂: x = cov/Δ = ĉ/a,
+        # T = E sinh(x)/√(λa), Ṫ = E·ĝ/(√λ a^{5/2}) with ĝ = the bracket / λ², every factor finite at any
+        # variance the dtype holds (divided one at a time so that nothing overflows before it shrinks).
+        lam, c_hat, d_hat = scaled_cov(var1, cov, var2)
+        s_lam = (var1 + var2) / lam
+        a = 1 / lam + 2 * s_lam + 4 * lam * d_hat
+        common = torch.exp(-(s_lam + 4 * lam * d_hat) / (2 * a))
+        x = c_hat / a
+        up, down = torch.expm1(x), torch.expm1(-x)  # not torch.sinh/cosh: their vectorised CPU loops round
+        sinh, cosh = (up - down) / 2, 1 + (up + down) / 2  # differently from the scalar tail (position-dependent)
         if derivative:
-            growth = (det + 8 * cov * cov) * torch.cosh(x) + 4 * cov * (2 + 3 * s + d) * torch.sinh(x)
-            return common * growth / (det * det * torch.sqrt(det))
-        return common * torch.sinh(x) / torch.sqrt(det)
+            bracket = (a / lam + 8 * c_hat * c_hat) * cosh + 4 * c_hat * (2 / lam + 3 * s_lam + 4 * lam * d_hat) * sinh
+            return common * bracket / torch.sqrt(lam) / a / a / torch.sqrt(a)
+        return common * sinh / torch.sqrt(lam) / torch.sqrt(a)
 
     def mean(self, var: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(var)
