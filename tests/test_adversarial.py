@@ -239,6 +239,11 @@ CASES = [
     Case("SelfAttention", "positional embeddings without input_size", lambda: N.SelfAttention(2, 2,
          key_channels=2, value_channels=2, pos_emb="sum"), InvalidArgumentError, "input_size"),
     Case("ExpNormalized", "gamma=0", lambda: N.ExpNormalized(0.0), InvalidArgumentError, "gamma"),
+    Case("Aggregate", "adjacency not square", lambda: N.Aggregate(torch.ones(2, 3)), InvalidArgumentError,
+         "square"),
+    Case("Aggregate", "wrong number of nodes",
+         lambda: nk.kernel(N.Sequential(N.Conv1d(2, 3, 1), N.Aggregate(torch.eye(4))), torch.randn(2, 2, 5)),
+         ShapeError, "4 nodes"),
     Case("Dropout", "p=1.5", lambda: N.Dropout(1.5), InvalidArgumentError, "dropout probability"),
     *[
         Case(layer.__name__, "a parameter that is nan", lambda layer=layer: layer(NAN), InvalidArgumentError, "nan")

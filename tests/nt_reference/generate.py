@@ -412,6 +412,24 @@ def cases():
         stax.Dense(1),
     ], (3, 2, 4), None
 
+    # Graph aggregation over a fixed weighted adjacency (nodes on the one spatial axis): graph_inputs gives it.
+    yield "aggregate_graph", [
+        stax.Conv(4, (1,), W_std=1.3, b_std=0.2),
+        stax.Aggregate(),
+        stax.Relu(),
+        stax.Conv(4, (1,), b_std=0.1),
+        stax.Aggregate(),
+        stax.Erf(),
+        stax.GlobalSumPool(),
+        stax.Dense(1),
+    ], (3, 2, 4), 2
+
+#: The graph of each Aggregate case: A[i, j] the weight of the edge i -> j (y_j = Σ_i A[i, j] x_i).
+ADJACENCY = {
+    "aggregate_graph": np.array(
+        [[0.0, 1.0, 0.5, 0.0], [1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [0.3, 0.0, 1.0, 1.0]]
+    )
+}
 
 #: The input value that marks masked entries in the masked cases (neural-tangents' mask_constant).
 MASK = 1000.0
@@ -472,13 +490,16 @@ def main(only=()):
             continue
         _, _, kernel_fn = stax.serial(*layers)
         masking = {} if lengths is None else {"mask_constant": MASK}
+        if name in ADJACENCY:  # one adjacency for every example, as neural-tangents' per-example pattern
+            a = ADJACENCY[name]
+            masking["pattern"] = tuple(np.broadcast_to(a, (n, *a.shape)) for n in (len(x1), n2))
         k = kernel_fn(channels_last(x1), None if x2 is None else channels_last(x2), ("nngp", "ntk"), **masking)
         out[name] = {
             "x1": x1.tolist(),
             "x2": None if x2 is None else x2.tolist(),
             "nngp": np.asarray(k.nngp).tolist(),
             "ntk": np.asarray(k.ntk).tolist(),
-            **masking,
+            **{key: value for key, value in masking.items() if key != "pattern"},
         }
     path.write_text(json.dumps(out) + "\n")
     print(f"wrote {len(out)} cases to {path}")

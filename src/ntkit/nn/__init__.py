@@ -22,6 +22,7 @@ from ..gaussian.activations import (
     Sin,
     compose,
 )
+from .aggregate import Aggregate
 from .attention import SelfAttention
 from .combinators import Parallel, Residual, Sequential
 from .conv import (
@@ -58,6 +59,7 @@ __all__ = [
     "ABReLU",
     "Abs",
     "Activation",
+    "Aggregate",
     "AvgPool1d",
     "AvgPool2d",
     "AvgPool3d",
