@@ -259,7 +259,7 @@ def self_attention(k: Kernel, config: AttentionConfig, layer: str = "SelfAttenti
         mean=None,
         source=None,
         fn=None,
-        fresh=object(),
+        roots=frozenset((object(),)),
         parameterization=config.parameterization if k.ntk is not None else k.parameterization,
         sp_width=sp_width,
     )

@@ -53,7 +53,8 @@ class Aggregate(KernelLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(tuple(x.shape[2:]), "its input")
-        return torch.tensordot(x, self.adjacency.to(x), dims=([self.dim], [0])).movedim(-1, self.dim)
+        y: torch.Tensor = torch.tensordot(x, self.adjacency.to(x), dims=([self.dim], [0]))
+        return y.movedim(-1, self.dim)
 
     def kernel_transform(self, k: Kernel) -> Kernel:
         self._check(k.spatial_shape, "the layer before it")
