@@ -281,6 +281,12 @@ def cnn_part(threads: int, n_train: int) -> None:
         f"{exact_s / (features_s + fit_s):.1f}x for the whole regression; accuracy {acc:.4f} against {exact:.4f}. "
         f"load average {[round(v, 1) for v in os.getloadavg()]}"
     )
+    n, big = x.shape[0] + x_test.shape[0], 10_000
+    print(
+        f"EXTRAPOLATED to N = {big:,} images (exact kernels ∝ N², features ∝ N, not run): exact "
+        f"{kernel_s * (big / n) ** 2:.0f} s, features {features_s * big / n:.0f} s, ratio "
+        f"{kernel_s * big / (n * features_s):.0f}x"
+    )
 
 
 def diagnose(threads: int) -> None:
