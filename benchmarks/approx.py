@@ -320,7 +320,7 @@ def diagnose(threads: int) -> None:
     sub = slice(0, 2000)
     generator = torch.Generator().manual_seed(0)
     for f in (2**10, 2**12):
-        feats = nk.approx.features(net, f, get="ntk", method="random_features", seed=0)
+        feats = nk.approx.features(net, f, get="ntk", method="random_features", seed=0, memory_budget="2G")
         phi, phi_test = feats(x), feats(x_test)
         err = float((phi[sub] @ phi[sub].T - k[sub, sub]).norm() / k[sub, sub].norm())
         mses = [primal_mse(phi, phi_test, r) for r in regs]
