@@ -281,6 +281,12 @@ def cnn_part(threads: int, n_train: int) -> None:
         f"{exact_s / (features_s + fit_s):.1f}x for the whole regression; accuracy {acc:.4f} against {exact:.4f}. "
         f"load average {[round(v, 1) for v in os.getloadavg()]}"
     )
+    n, big = x.shape[0] + x_test.shape[0], 10_000
+    print(
+        f"EXTRAPOLATED to N = {big:,} images (exact kernels ∝ N², features ∝ N, not run): exact "
+        f"{kernel_s * (big / n) ** 2:.0f} s, features {features_s * big / n:.0f} s, ratio "
+        f"{kernel_s * big / (n * features_s):.0f}x"
+    )
 
 
 def diagnose(threads: int) -> None:
@@ -314,7 +320,7 @@ def diagnose(threads: int) -> None:
     sub = slice(0, 2000)
     generator = torch.Generator().manual_seed(0)
     for f in (2**10, 2**12):
-        feats = nk.approx.features(net, f, get="ntk", method="random_features", seed=0)
+        feats = nk.approx.features(net, f, get="ntk", method="random_features", seed=0, memory_budget="2G")
         phi, phi_test = feats(x), feats(x_test)
         err = float((phi[sub] @ phi[sub].T - k[sub, sub]).norm() / k[sub, sub].norm())
         mses = [primal_mse(phi, phi_test, r) for r in regs]

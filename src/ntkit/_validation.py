@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Literal, overload
+from typing import Literal, TypeAlias, overload
 
 import torch
 
 from .errors import InvalidArgumentError, NonFiniteError, ShapeError, UnsupportedError
 
 __all__ = [
+    "Std",
     "all_finite",
     "as_tuple",
     "check_finite",
@@ -28,6 +29,10 @@ __all__ = [
 
 def format_shape(shape: torch.Size | tuple[int, ...]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+#: A standard deviation ``W_std`` or ``b_std``: a number, or a one-element tensor (kernels are differentiable in it).
+Std: TypeAlias = float | torch.Tensor
 
 
 def as_tuple(value: object, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:

@@ -75,6 +75,30 @@ def test_masked_positions_are_cut_off(name, pool):
     torch.testing.assert_close(k.nngp[1:3, 1:3], pair.nngp, rtol=1e-12, atol=1e-12)
 
 
+def transformer(**attention):
+    """A pre-pooling transformer block: Residual(attention), LayerNorm over channels, Residual(MLP), Dropout."""
+    return N.Sequential(
+        N.Conv1d(2, 4, 1, W_std=1.3, b_std=0.2),
+        N.Residual(N.SelfAttention(4, 4, key_channels=3, value_channels=3, n_heads=2, b_std=0.1, **attention)),
+        N.LayerNorm(4),
+        N.Residual(N.Conv1d(4, 4, 1, W_std=1.2), N.ReLU(), N.Conv1d(4, 4, 1, b_std=0.1)),
+        N.Parallel(N.Identity(), N.Erf(), fan_in="concat"),
+        N.Dropout(0.2),
+        N.GlobalAvgPool(),
+        N.Linear(8, 1),
+    )
+
+
+def test_transformer_block_masked_positions_are_cut_off():
+    lengths = [6, 5, 3]
+    x = sequences(lengths)
+    k = nk.kernel(transformer(pos_emb="sum", input_size=6), x, mask_constant=MASK)
+    for i, length in enumerate(lengths):
+        ref = nk.kernel(transformer(pos_emb="sum", input_size=length), x[i : i + 1, :, :length])
+        torch.testing.assert_close(k.nngp[i, i], ref.nngp[0, 0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(k.ntk[i, i], ref.ntk[0, 0], rtol=1e-12, atol=1e-12)
+
+
 def test_flatten_averages_over_all_positions():
     """Conv (pointwise) -> ReLU -> Flatten in the diagonal layout: the masked positions count as zeros."""
     net = N.Sequential(N.Conv1d(2, 4, 1, W_std=1.3, b_std=0.2), N.ReLU(), N.Flatten(), N.Linear(24, 1))
@@ -145,8 +169,14 @@ def test_matches_neural_tangents(name):
 
 @pytest.mark.parametrize(
     "layer",
-    [N.AvgPool1d(2), N.LayerNorm(2), nn.AvgPool1d(2), N.Parallel(N.Identity(), N.Identity())],
-    ids=["AvgPool1d", "LayerNorm", "nn.AvgPool1d", "Parallel"],
+    [
+        N.AvgPool1d(2),
+        N.LayerNorm((2, 6)),
+        nn.AvgPool1d(2),
+        nn.LayerNorm([2, 6]),
+        N.Parallel(N.Conv1d(2, 2, 1), N.Conv1d(2, 2, 1), fan_in="concat", dim=2),
+    ],
+    ids=["AvgPool1d", "LayerNorm-spatial", "nn.AvgPool1d", "nn.LayerNorm", "Parallel-spatial-concat"],
 )
 def test_unsupported_layers_say_so(layer):
     net = N.Sequential(N.Conv1d(2, 2, 1), N.ReLU(), layer, N.GlobalAvgPool())

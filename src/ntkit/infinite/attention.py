@@ -215,14 +215,14 @@ def self_attention(k: Kernel, config: AttentionConfig, layer: str = "SelfAttenti
         a1, a2 = k.split(weights)
         base_nngp = _sandwich(a1, val_nngp, a2, pair=True)
         base_cov = _sandwich(weights, val_cov, weights, pair=False)
-        upstream = None if ntk is None else _sandwich(a1, val_ntk, a2, pair=True)
+        upstream = None if val_ntk is None else _sandwich(a1, val_ntk, a2, pair=True)  # None exactly when ntk is
     else:  # identity mechanism, logits scaled by 1/√d_k
         stds |= {"query": config.W_query_std, "key": config.W_key_std}
         fans |= {"query": config.key_in_channels, "key": config.key_in_channels}
         dot = _dot(keys_nngp, val_nngp)
         base_nngp, base_cov = keys_nngp * dot, keys_cov * _dot(keys_cov, val_cov)
         upstream = None
-        if ntk is not None:
+        if keys_ntk is not None and val_ntk is not None:  # exactly when ntk is not None
             upstream = keys_ntk * dot + keys_nngp * (_dot(keys_ntk, val_nngp) + _dot(keys_nngp, val_ntk))
 
     path_var = math.prod(s**2 for s in stds.values())
@@ -231,7 +231,7 @@ def self_attention(k: Kernel, config: AttentionConfig, layer: str = "SelfAttenti
     out_cov = path_var * base_cov + b_var
     out_ntk = None
     sp_width = k.sp_width
-    if ntk is not None:
+    if upstream is not None:  # exactly when ntk is not None
         # Each weight matrix's own gradient: Π of the other matrices' variances times its variance ("ntk") or
         # its fan-in ("standard"), times the path's kernel without variances.
         own = sum(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -31,6 +33,13 @@ from .planning import Plan, plan
 from .registry import apply_layer, check_declared_init
 
 __all__ = ["kernel"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: ``evaluate(rows, cols, diagonal) -> (K, Θ or None, the tile's kernel or None)`` of one tile: the kernel is None
+#: when the per-example covariances are already in place (``dense_chain``).
+Evaluate = Callable[[slice, slice, bool], tuple[torch.Tensor, torch.Tensor | None, Kernel | None]]
 
 _GET = ("nngp", "ntk")
 
@@ -159,7 +168,16 @@ def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
 
 
 def _compute(
-    model, x1, x2, wanted, memory_budget, block_size, mask_constant, dtype, diagonal_spatial, progress
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    wanted: tuple[str, ...],
+    memory_budget: int | str | None,
+    block_size: int | None,
+    mask_constant: float | None,
+    dtype: torch.dtype,
+    diagonal_spatial: bool | None,
+    progress: bool,
 ) -> tuple[Kernel, bool]:
     """The kernel in ``dtype``, and whether it is finite."""
     need_ntk = "ntk" in wanted
@@ -297,12 +315,12 @@ def _single_threaded() -> None:
     torch.ones(1 << 16).add_(1.0)
 
 
-def _no_grad(fn):
+def _no_grad(fn: Callable[P, R]) -> Callable[P, R]:
     """``fn`` under torch.no_grad() (grad mode is per thread; pooled tiles never need gradients)."""
 
-    def run(*args):
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
         with torch.no_grad():
-            return fn(*args)
+            return fn(*args, **kwargs)
 
     return run
 
@@ -312,7 +330,9 @@ def _ntk_scale(meta: Kernel) -> float:
     return 1.0 / meta.sp_normalizer()
 
 
-def _whole(model, x1, x2, p: Plan, need_ntk: bool, mask_constant: float | None) -> tuple[Kernel, bool]:
+def _whole(
+    model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, p: Plan, need_ntk: bool, mask_constant: float | None
+) -> tuple[Kernel, bool]:
     """The kernel in one piece and out of place, when derivatives are taken: reverse mode keeps every tile for
     the backward pass anyway, and forward mode (``torch.func`` transforms, dual tensors) cannot follow results
     written into preallocated tensors by worker threads. Also returns whether every entry is finite."""
@@ -321,9 +341,11 @@ def _whole(model, x1, x2, p: Plan, need_ntk: bool, mask_constant: float | None) 
     nngp, ntk = k.nngp, None if k.ntk is None else k.ntk.expand_as(k.nngp) * _ntk_scale(p.output)
     if x2 is None:  # symmetric up to round-off: make it exact
         meta = p.output
-        nngp, ntk = [
-            None if t is None else (t + _transpose_pair(t, meta.full, meta.n_spatial)) / 2 for t in (nngp, ntk)
-        ]
+
+        def symmetrized(t: torch.Tensor) -> torch.Tensor:
+            return (t + _transpose_pair(t, meta.full, meta.n_spatial)) / 2
+
+        nngp, ntk = symmetrized(nngp), None if ntk is None else symmetrized(ntk)
     out = p.output.replace(
         nngp=nngp,
         ntk=ntk,
@@ -340,9 +362,9 @@ def _whole(model, x1, x2, p: Plan, need_ntk: bool, mask_constant: float | None) 
 
 
 def _run_tiles(
-    model,
-    x1,
-    x2,
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
     p: Plan,
     tiles: list[tuple[slice, slice]],
     need_ntk: bool,
@@ -356,23 +378,23 @@ def _run_tiles(
     preallocated results (differentiable: slices are copied in); also returns whether every entry is finite.
     The standard-parameterization NTK is normalised here (4.4). ``bar`` is advanced by one per tile."""
     symmetric = x2 is None
-    xs2 = x1 if symmetric else x2
+    xs2 = x1 if x2 is None else x2
     n1, n2 = x1.shape[0], xs2.shape[0]
     meta = p.output
     pair_shape = tuple(meta.nngp.shape[2:])
-    new = {"dtype": x1.dtype, "device": x1.device}
-    nngp = torch.empty((n1, n2, *pair_shape), **new)
-    ntk = torch.empty((n1, n2, *pair_shape), **new) if need_ntk else None
-    cov = torch.empty((n1 if symmetric else n1 + n2, *meta.cov.shape[1:]), **new)  # x1's, then x2's
+    nngp = torch.empty((n1, n2, *pair_shape), dtype=x1.dtype, device=x1.device)
+    ntk = torch.empty_like(nngp) if need_ntk else None
+    cov = torch.empty((n1 if symmetric else n1 + n2, *meta.cov.shape[1:]), dtype=x1.dtype, device=x1.device)
     full, n_spatial = meta.full, meta.n_spatial
     ntk_scale = _ntk_scale(meta) if need_ntk else 1.0
 
+    evaluate: Evaluate
     if chain:  # prepared in a worker too: the caller's thread may be a forked child's, where MKL/OpenMP hang
         prepare, inputs = _no_grad(_chain_evaluator), (p, x1, x2, need_ntk, cov)
         evaluate = _worker_pool(n_workers).submit(prepare, *inputs).result() if n_workers else prepare(*inputs)
     else:
 
-        def evaluate(rows: slice, cols: slice, diagonal: bool):
+        def evaluate(rows: slice, cols: slice, diagonal: bool) -> tuple[torch.Tensor, torch.Tensor | None, Kernel]:
             k0 = Kernel.from_inputs(
                 x1[rows],
                 None if diagonal else xs2[cols],
@@ -392,9 +414,9 @@ def _run_tiles(
     def compute_tile(rows: slice, cols: slice) -> bool:
         diagonal = symmetric and rows == cols
         nngp_value, ntk_value, k = evaluate(rows, cols, diagonal)
-        if need_ntk and ntk_scale != 1.0:
+        if ntk_value is not None and ntk_scale != 1.0:
             ntk_value = ntk_value * ntk_scale
-        results = [(nngp, nngp_value)] + ([(ntk, ntk_value)] if need_ntk else [])
+        results = [(nngp, nngp_value)] + ([(ntk, ntk_value)] if ntk is not None and ntk_value is not None else [])
         for out, value in results:
             if diagonal:  # symmetric up to round-off: make it exact, written straight into the result
                 torch.add(value, _transpose_pair(value, full, n_spatial), out=out[rows, cols]).mul_(0.5)
@@ -408,7 +430,7 @@ def _run_tiles(
         if cols.start == (rows.start if symmetric else 0):
             cov[rows] = k.cov1
         if not symmetric and rows.start == 0:
-            cov[n1 + cols.start : n1 + cols.stop] = k.cov2
+            cov[n1 + cols.start : n1 + cols.stop] = k.split(k.cov)[1]  # k.cov2: x2's part (x2 is not x1)
         return finite and all_finite(k.cov)
 
     if n_workers:
@@ -418,23 +440,27 @@ def _run_tiles(
     return _result(meta, nngp, ntk, cov, symmetric), finite
 
 
-def _chain_evaluator(p: Plan, x1: torch.Tensor, x2: torch.Tensor | None, need_ntk: bool, cov: torch.Tensor):
+def _chain_evaluator(
+    p: Plan, x1: torch.Tensor, x2: torch.Tensor | None, need_ntk: bool, cov: torch.Tensor
+) -> Evaluate:
     """Tiles of a dense/ReLU-family chain (``dense_chain``): per-example variances once for all examples (into
     ``cov``), then each tile in its thread's reused buffers. The returned values are valid until the thread's
     next tile (the caller copies them into the result)."""
+    steps = p.chain
+    assert steps is not None  # the caller checked p.chain
     examples = x1 if x2 is None else torch.cat([x1, x2])
     var0 = (examples * examples).sum(1) / examples.shape[1]
     hashes = row_hashes(examples)
-    variances, var_out = chain_variances(p.chain, var0)
+    variances, var_out = chain_variances(steps, var0)
     cov.copy_(var_out)
     xs2, offset = (x1, 0) if x2 is None else (x2, x1.shape[0])
 
-    def evaluate(rows: slice, cols: slice, diagonal: bool):
+    def evaluate(rows: slice, cols: slice, diagonal: bool) -> tuple[torch.Tensor, torch.Tensor | None, None]:
         i2 = slice(offset + cols.start, offset + cols.stop)
         a, b = x1[rows], xs2[cols]
         i, j = equal_pairs(a, b, hashes[rows], hashes[i2])
         equal = (i, j, var0[rows][i]) if i.numel() else None
-        nngp, ntk = run_chain_tile(p.chain, variances, a, b, rows, i2, diagonal, need_ntk, equal)
+        nngp, ntk = run_chain_tile(steps, variances, a, b, rows, i2, diagonal, need_ntk, equal)
         return nngp, ntk, None
 
     return evaluate
@@ -480,10 +506,9 @@ def _run_conv_chain(
     entries = _CONV_BATCH_ENTRIES["cpu" if n_workers else "other"]
     batch = max(1, min(room // pair_bytes, entries // chain.pair_entries, (block_size or n) ** 2))
     meta = p.output
-    new = {"dtype": x1.dtype, "device": x1.device}
-    nngp = torch.empty((n1, n2, *meta.nngp.shape[2:]), **new)
+    nngp = torch.empty((n1, n2, *meta.nngp.shape[2:]), dtype=x1.dtype, device=x1.device)
     ntk = torch.empty_like(nngp) if need_ntk else None
-    cov = torch.empty((n, *meta.cov.shape[1:]), **new)
+    cov = torch.empty((n, *meta.cov.shape[1:]), dtype=x1.dtype, device=x1.device)
     variances = new_variances(chain, n, x1.dtype, x1.device)
     n_spatial = meta.n_spatial if meta.full else 0
 
@@ -513,15 +538,17 @@ def _run_conv_chain(
                     out[cols, rows] = _swap_positions(t, n_spatial)
 
     index = torch.arange(n, device=x1.device)
-    own_batches = [(index[i : i + batch],) for i in range(0, n, batch)]
+    own_batches: list[tuple[torch.Tensor, ...]] = [(index[i : i + batch],) for i in range(0, n, batch)]
     if symmetric:
         rows, cols = torch.triu_indices(n1, n1, offset=1, device=x1.device)
     else:
         rows, cols = (t.flatten() for t in torch.meshgrid(index[:n1], index[:n2], indexing="ij"))
-    pair_batches = [(rows[i : i + batch], cols[i : i + batch]) for i in range(0, rows.numel(), batch)]
+    pair_batches: list[tuple[torch.Tensor, ...]] = [
+        (rows[i : i + batch], cols[i : i + batch]) for i in range(0, rows.numel(), batch)
+    ]
     with progress_bar(progress, len(own_batches) + len(pair_batches), "nk.kernel", "batch") as bar:
 
-        def run(fn, batches: list[tuple[torch.Tensor, ...]]) -> None:
+        def run(fn: Callable[..., None], batches: list[tuple[torch.Tensor, ...]]) -> None:
             def one(args: tuple[torch.Tensor, ...]) -> None:
                 with torch.no_grad():
                     fn(*args)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .dense_chain import ArcCosineStep, DenseStep, Step, is_linked
+from .dense_chain import ArcCosineStep, DenseStep, Record, Step, is_linked
 from .kernel_type import Kernel, pair_entries
 
 __all__ = [
@@ -107,24 +107,21 @@ class ConvChain:
     pair_entries: int
 
 
-def conv_chain(records: list[tuple[Kernel, Kernel, object]], k_input: Kernel, k_output: Kernel) -> ConvChain | None:
+def conv_chain(records: list[Record], k_input: Kernel, k_output: Kernel) -> ConvChain | None:
     """The chain of recorded steps if they map ``k_input`` to ``k_output`` one after the other
     (``dense_chain.is_linked``) and every one of them is a step of this fast path on a full spatial layout,
     else None."""
     if not is_linked(records, k_input, k_output):
         return None
-    steps = tuple(step for _, _, step in records)
-    if not steps or not isinstance(steps[0], ConvStep) or not records[0][0].full:
+    if not records or not isinstance(records[0][2], ConvStep) or not records[0][0].full:
         return None
-    for step in steps:
+    steps: list[ChainStep] = []
+    for _, _, step in records:
         if not isinstance(step, ConvStep | PoolStep | ReduceStep | DenseStep | ArcCosineStep):
-            return None
-        if isinstance(step, ConvStep | DenseStep) and not all(
-            isinstance(v, float | int) and not isinstance(v, bool) for v in (step.W_var, step.b_var or 0.0)
-        ):
-            return None  # tensor variances: the generic path (differentiable)
+            return None  # (a weight layer with tensor variances records no step: not linked either)
+        steps.append(step)
     largest = max(max(pair_entries(k_in.nngp), pair_entries(k_out.nngp)) for k_in, k_out, _ in records)
-    return ConvChain(steps, tuple(k_in.spatial_shape for k_in, _, _ in records), largest)
+    return ConvChain(tuple(steps), tuple(k_in.spatial_shape for k_in, _, _ in records), largest)
 
 
 # ----- the linear maps on the layout (P, *S, *S') ---------------------------------------------------------------

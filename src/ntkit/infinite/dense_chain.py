@@ -67,43 +67,47 @@ class ArcCosineStep:
 
 Step = DenseStep | ArcCosineStep
 
-#: Set by the planning dry run: the (input kernel, output kernel, step) of each recognised map, in order.
-_RECORDER: ContextVar[list | None] = ContextVar("ntkit_dense_chain_recorder", default=None)
+#: (input kernel, output kernel, step) of one recognised map; the step is one of this module's or of
+#: :mod:`.conv_chain` (which builds on this module, so the type here is ``object``; readers check it).
+Record = tuple[Kernel, Kernel, object]
+
+#: Set by the planning dry run: the records of the recognised maps, in order.
+_RECORDER: ContextVar[list[Record] | None] = ContextVar("ntkit_dense_chain_recorder", default=None)
 
 
-def chain_recorder() -> ContextVar[list | None]:
+def chain_recorder() -> ContextVar[list[Record] | None]:
     """The context variable the planning dry run sets to a list to collect steps."""
     return _RECORDER
 
 
-def record_step(k_in: Kernel, k_out: Kernel, step: Step) -> None:
+def record_step(k_in: Kernel, k_out: Kernel, step: object) -> None:
     """Note that ``k_out`` is ``step`` applied to ``k_in`` (a no-op outside the planning dry run)."""
     records = _RECORDER.get()
     if records is not None:
         records.append((k_in, k_out, step))
 
 
-def is_linked(records: list, k_input: Kernel, k_output: Kernel) -> bool:
+def is_linked(records: list[Record], k_input: Kernel, k_output: Kernel) -> bool:
     """Whether the recorded steps map ``k_input`` to ``k_output`` one after the other (no other map ran)."""
     if not records or records[0][0] is not k_input or records[-1][1] is not k_output:
         return False
     return all(records[i][0] is records[i - 1][1] for i in range(1, len(records)))
 
 
-def linked_chain(records: list, k_input: Kernel, k_output: Kernel) -> tuple[Step, ...] | None:
+def linked_chain(records: list[Record], k_input: Kernel, k_output: Kernel) -> tuple[Step, ...] | None:
     """The steps if they map ``k_input`` to ``k_output`` one after the other and are all dense layers and
-    arc-cosine activations (else None: another map ran)."""
+    arc-cosine activations (else None: another map ran, or a weight layer with tensor variances, which records no
+    step)."""
     if not is_linked(records, k_input, k_output):
         return None
-    steps = tuple(step for _, _, step in records)
-    if not isinstance(steps[0], DenseStep) or not all(isinstance(s, DenseStep | ArcCosineStep) for s in steps):
+    if not isinstance(records[0][2], DenseStep):
         return None
-    for step in steps:
-        if isinstance(step, DenseStep) and not all(
-            isinstance(v, float | int) and not isinstance(v, bool) for v in (step.W_var, step.b_var or 0.0)
-        ):
-            return None  # tensor variances: the generic path (differentiable)
-    return steps
+    steps: list[Step] = []
+    for _, _, step in records:
+        if not isinstance(step, DenseStep | ArcCosineStep):
+            return None
+        steps.append(step)
+    return tuple(steps)
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,8 @@ def chain_variances(steps: tuple[Step, ...], var0: torch.Tensor) -> tuple[list[_
     """The per-example variances through the chain, from var0 = K(x, x) of the inputs: for each step the
     vectors an arc-cosine step needs (None for dense steps), and the output's variances (``Kernel.cov``)."""
     grow = 1.0 / (1.0 - 8.0 * torch.finfo(var0.dtype).eps)
-    out, var = [], var0
+    out: list[_Variances | None] = []
+    var = var0
     for step in steps:
         if isinstance(step, DenseStep):
             var = (var * step.W_var).add_(0.0 if step.b_var is None else step.b_var)
@@ -155,7 +160,7 @@ class _Buffers(threading.local):
         return bufs
 
     def scalar(self, value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        cache = self.__dict__.setdefault("scalars", {})
+        cache: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = self.__dict__.setdefault("scalars", {})
         key = (value, dtype, device)
         if key not in cache:
             if len(cache) > 64:
@@ -212,6 +217,7 @@ def run_chain_tile(
                     theta = torch.addcmul(K, theta, dot, value=step.W_var, out=theta)
             dot = None
         else:
+            assert v is not None  # chain_variances gives every arc-cosine step its vectors
             r, dot = _arc_cosine(step, v, K, r_buf, a_buf, i1, i2)
             if diagonal:
                 r.diagonal().copy_(v.out[i1])

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
@@ -16,6 +17,7 @@ from .duplicates import equal_pairs
 
 if TYPE_CHECKING:
     from ..gaussian.activations import Activation
+    from ..gaussian.functions import GaussianFunction
 
 __all__ = ["Kernel"]
 
@@ -43,6 +45,14 @@ def planning() -> bool:
 def pair_entries(t: torch.Tensor) -> int:
     """Entries per pair of examples of a pair kernel tensor (N1, N2, *R)."""
     return t[0, 0].numel() if t.ndim >= 2 else 1
+
+
+class KernelTensors(TypedDict):
+    """The tensors a linear map acts on (:meth:`Kernel.map`), as keyword arguments for :meth:`Kernel.replace`."""
+
+    nngp: torch.Tensor
+    ntk: torch.Tensor | None
+    cov: torch.Tensor
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -101,7 +111,7 @@ class Kernel:
     is_input: bool = False
     mean: torch.Tensor | None = None
     source: Kernel | None = None
-    fn: object | None = None
+    fn: GaussianFunction | None = None
     roots: frozenset[object] = frozenset()
     parameterization: str | None = None
     sp_width: tuple[int, int] = (0, 0)
@@ -165,8 +175,8 @@ class Kernel:
             mask=None if masks is None else torch.cat(masks),
         )
 
-    def replace(self, **changes) -> Kernel:
-        """A copy with some fields changed (kernels are immutable)."""
+    def replace(self, **changes: Any) -> Kernel:
+        """A copy with some fields changed (kernels are immutable); ``changes`` are fields of any of their types."""
         return dataclasses.replace(self, **changes)
 
     @property
@@ -222,7 +232,7 @@ class Kernel:
         """The per-example, per-position variances (N1 + N2, *S), ordered as ``cov``: its spatial diagonal."""
         return spatial.spatial_diagonal(self.cov, self.n_spatial, self.full)
 
-    def map(self, f) -> dict[str, torch.Tensor | None]:
+    def map(self, f: Callable[[torch.Tensor], torch.Tensor]) -> KernelTensors:
         """``f`` applied to nngp, ntk and cov (a linear map acting on the trailing layout axes), as keyword
         arguments for :meth:`replace`."""
         return {"nngp": f(self.nngp), "ntk": None if self.ntk is None else f(self.ntk), "cov": f(self.cov)}
@@ -236,7 +246,7 @@ class Kernel:
         return activation(self, act)
 
     def __repr__(self) -> str:
-        def shape(t):
+        def shape(t: torch.Tensor | None) -> str:
             return "None" if t is None else format_shape(t.shape)
 
         layout = "full" if self.full else "diagonal"

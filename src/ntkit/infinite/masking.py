@@ -64,8 +64,9 @@ _PLAIN_RULES: dict[type, str] = {
 
 
 def mask_rule(module: nn.Module) -> str | None:
-    """How ``module`` treats masked positions: "container" (applies its layers in turn), "elementwise" (keeps
-    the mask), "convolution", "global_avg", "global_sum", "flatten", or None (not supported)."""
+    """How ``module`` treats masked positions: "container" (applies its layers in turn), "branches" (branches on
+    the same input, combined position by position), "elementwise" (keeps the mask), "convolution",
+    "global_avg", "global_sum", "flatten", or None (not supported)."""
     if isinstance(module, Activation):
         return "elementwise"
     own = getattr(module, "mask_rule", None)
@@ -77,15 +78,18 @@ def mask_rule(module: nn.Module) -> str | None:
 def apply_masked(module: nn.Module, k: Kernel, transform: Callable[[Kernel], Kernel]) -> Kernel:
     """The kernel after ``module`` (its map ``transform``) for inputs with masked positions, and the outputs' mask.
 
-    Supported (:func:`mask_rule`): containers that apply their layers in turn (``Sequential``), elementwise
-    layers and dense layers (activations, ``Identity``, ``Linear``; ``SelfAttention``, whose map gives masked keys
-    no weight: the mask is kept), convolutions (the mask of an output position is that of its filter's centre, as
-    neural-tangents), global pooling (over the unmasked positions) and ``Flatten``. Other layers raise
-    :class:`UnsupportedError`.
+    Supported (:func:`mask_rule`): containers that apply their layers in turn (``Sequential``), branches combined
+    position by position (``Residual``, ``Parallel`` summing, multiplying or concatenating channels), elementwise
+    and dense layers (activations, ``Identity``, ``Linear``, ``Dropout``, ``LayerNorm`` over channels;
+    ``SelfAttention``, whose map gives masked keys no weight: the mask is kept), convolutions (the mask of an
+    output position is that of its filter's centre, as neural-tangents), global pooling (over the unmasked
+    positions) and ``Flatten``. Other layers raise :class:`UnsupportedError`.
     """
     rule = mask_rule(module)
     if rule == "container":
         return transform(k)
+    if rule == "branches":  # each branch carries the mask; combined position by position, so they agree
+        return remask(transform(k))
     if rule == "elementwise":
         return remask(transform(k).replace(mask=k.mask))
     if rule == "convolution":
@@ -97,8 +101,9 @@ def apply_masked(module: nn.Module, k: Kernel, transform: Callable[[Kernel], Ker
         return transform(k).replace(mask=_all_masked(k))
     raise UnsupportedError(
         f"{type(module).__name__} ({module!r}) does not support masked inputs (mask_constant) yet; supported: "
-        "Sequential, activations, Identity, Linear, Conv1d/2d/3d, GlobalAvgPool, GlobalSumPool, Flatten and "
-        "SelfAttention. Compute without mask_constant (e.g. on inputs cropped to the unmasked positions)."
+        "Sequential, Residual, Parallel (not along a spatial axis), activations, Identity, Linear, Dropout, "
+        "LayerNorm over channels, Conv1d/2d/3d, GlobalAvgPool, GlobalSumPool, Flatten and SelfAttention. Compute "
+        "without mask_constant (e.g. on inputs cropped to the unmasked positions)."
     )
 
 

@@ -20,7 +20,7 @@ from .._derivatives import tracks_derivatives
 from .._memory import format_bytes
 from ..errors import UnsupportedError
 from .conv_chain import ConvChain, conv_chain
-from .dense_chain import Step, chain_recorder, linked_chain
+from .dense_chain import Record, Step, chain_recorder, linked_chain
 from .kernel_type import KERNEL_TEMPORARIES, Kernel, pair_entries, working_set_probe
 from .registry import apply_layer, mixes_positions
 
@@ -89,7 +89,8 @@ def plan(
     _check_no_weight_sharing(model)
     if diagonal_spatial is None:
         diagonal_spatial = not needs_full_spatial(model)
-    probe, records = [0], []
+    probe: list[int] = [0]
+    records: list[Record] = []
     token, chain_token = working_set_probe.set(probe), chain_recorder().set(records)
     try:
         device = x1.device if diagonal_spatial else "meta"

@@ -11,12 +11,13 @@ import math
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import torch
 from scipy import special
 from torch import nn
 
-from .._validation import check_std
+from .._validation import Std, check_std
 from ..errors import InitializationWarning, InvalidArgumentError, UnsupportedError
 from .kernel_type import Kernel
 from .masking import apply_masked
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 KernelFn = Callable[[nn.Module, Kernel], Kernel]
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class _Entry:
 _TABLE: dict[type, _Entry] = {}
 
 
-def register_kernel(module_type: type, fn: KernelFn, *, mixes_positions: bool = False) -> None:
+def register_kernel(module_type: type[M], fn: Callable[[M, Kernel], Kernel], *, mixes_positions: bool = False) -> None:
     """Teach ``nk.kernel`` the infinite-width kernel map of a module type.
 
     Args:
@@ -58,7 +60,8 @@ def register_kernel(module_type: type, fn: KernelFn, *, mixes_positions: bool = 
         raise InvalidArgumentError(f"register_kernel expects a torch.nn.Module subclass, got {module_type!r}.")
     if not callable(fn):
         raise InvalidArgumentError(f"register_kernel expects a function fn(module, kernel), got {fn!r}.")
-    _TABLE[module_type] = _Entry(fn, mixes_positions)
+    # the table is looked up with a module's own type (or a base class), so fn only ever gets an M
+    _TABLE[module_type] = _Entry(cast(KernelFn, fn), mixes_positions)
 
 
 def _entry(module: nn.Module) -> _Entry | None:
@@ -79,7 +82,8 @@ def apply_layer(module: nn.Module, k: Kernel) -> Kernel:
 def _apply_unmasked(module: nn.Module, k: Kernel) -> Kernel:
     transform = getattr(module, "kernel_transform", None)
     if transform is not None:
-        return transform(k)
+        result: Kernel = transform(k)
+        return result
     entry = _entry(module)
     if entry is None:
         raise UnsupportedError(
@@ -118,7 +122,7 @@ def mixes_positions(module: nn.Module) -> bool:
 _DECLARED = "_ntkit_init"
 
 
-def declare_init(module: nn.Module, *, W_std, b_std, reinit: bool = False) -> nn.Module:
+def declare_init(module: nn.Module, *, W_std: Std, b_std: Std | None, reinit: bool = False) -> nn.Module:
     """Declare how a plain PyTorch weight layer (nn.Linear, nn.Conv1d/2d/3d) is initialised, for ``nk.kernel``:
     weights ~ N(0, W_std² / fan_in) and bias ~ N(0, b_std²) (``b_std`` is ignored if the layer has no bias).
 
@@ -130,30 +134,38 @@ def declare_init(module: nn.Module, *, W_std, b_std, reinit: bool = False) -> nn
     the finite module and its kernel cannot disagree. Returns the module. ``W_std``, ``b_std`` may be tensors
     (for gradients of the kernel with respect to them).
     """
-    if not isinstance(getattr(module, "weight", None), nn.Parameter) or not hasattr(module, "bias"):
-        raise InvalidArgumentError(
-            f"declare_init expects a layer with weight and bias (nn.Linear, nn.Conv*), got {module!r}."
-        )
+    weight, bias = _weight_and_bias(module)
     check_std(W_std, "W_std")
-    check_std(b_std, "b_std", allow_none=module.bias is None)
+    check_std(b_std, "b_std", allow_none=bias is None)
     setattr(module, _DECLARED, (W_std, b_std))
     if reinit:
         with torch.no_grad():
-            fan_in = module.weight[0].numel()
-            module.weight.normal_(0.0, float(W_std) / math.sqrt(fan_in))
-            if module.bias is not None:
-                module.bias.normal_(0.0, float(b_std))
+            weight.normal_(0.0, float(W_std) / math.sqrt(weight[0].numel()))
+            if bias is not None and b_std is not None:  # check_std allowed None only without a bias
+                bias.normal_(0.0, float(b_std))
     return module
 
 
-def declared_init(module: nn.Module) -> tuple[object, object | None]:
+def _weight_and_bias(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weight and bias (None: the layer has no bias) of a plain PyTorch weight layer."""
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", False)
+    if not isinstance(weight, nn.Parameter) or not (bias is None or isinstance(bias, torch.Tensor)):
+        raise InvalidArgumentError(
+            f"declare_init expects a layer with weight and bias (nn.Linear, nn.Conv*), got {module!r}."
+        )
+    return weight, bias
+
+
+def declared_init(module: nn.Module) -> tuple[Std, Std | None]:
     """(W_var, b_var) of a plain weight layer: declared with :func:`declare_init`, or PyTorch's default.
 
     ``b_var`` is None when the layer has no bias.
     """
-    fan_in = module.weight[0].numel()
-    W_std, b_std = getattr(module, _DECLARED, (math.sqrt(1 / 3), math.sqrt(1 / (3 * fan_in))))
-    return W_std**2, (None if module.bias is None else b_std**2)
+    weight, bias = _weight_and_bias(module)
+    default = (math.sqrt(1 / 3), math.sqrt(1 / (3 * weight[0].numel())))
+    declared: tuple[Std, Std | None] = getattr(module, _DECLARED, default)
+    W_std, b_std = declared
+    return W_std**2, (None if bias is None or b_std is None else b_std**2)
 
 
 #: Two-sided false-alarm probability per tensor of :func:`check_declared_init` for weights drawn as declared.
@@ -199,9 +211,9 @@ def check_declared_init(model: nn.Module) -> None:
                 )
 
 
-def _as_float(value: object) -> float:
+def _as_float(value: Std) -> float:
     """A declared variance (a number or a one-element tensor, kept as declared for gradients) as a float."""
-    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)  # type: ignore[arg-type]
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def _mean_square_if_unlikely(values: torch.Tensor, variance: float) -> float | None:

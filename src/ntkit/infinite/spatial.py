@@ -106,12 +106,16 @@ def pad_trailing(t: torch.Tensor, pads: list[tuple[int, int]], circular: bool) -
 def block_diagonal(blocks: list[torch.Tensor], first: int, sizes: list[int]) -> torch.Tensor:
     """Blocks sharing all axes but the pair (first, first + 1), of sizes n_a along both, placed on the diagonal
     of a tensor of size Σ n_a along both axes (zeros elsewhere). Out of place."""
-    total, offset, out = sum(sizes), 0, None
-    for t, n in zip(blocks, sizes, strict=True):
-        moved = t.movedim((first, first + 1), (-2, -1))
-        padded = F.pad(moved, [offset, total - offset - n, offset, total - offset - n])
-        out = padded if out is None else out + padded
-        offset += n
+    total, offsets = sum(sizes), [sum(sizes[:i]) for i in range(len(sizes))]
+
+    def placed(i: int) -> torch.Tensor:
+        moved = blocks[i].movedim((first, first + 1), (-2, -1))
+        after = total - offsets[i] - sizes[i]
+        return F.pad(moved, [offsets[i], after, offsets[i], after])
+
+    out = placed(0)
+    for i in range(1, len(blocks)):
+        out = out + placed(i)
     return out.movedim((-2, -1), (first, first + 1))
 
 
@@ -174,12 +178,16 @@ def shifted_sum(t: torch.Tensor, axes: tuple[int, ...], size: int, stride: int, 
     different filter offsets are independent, so only equal offsets on the two sides correlate.
     """
     n_out = (t.shape[axes[0]] - dilation * (size - 1) - 1) // stride + 1
-    total = None
-    for d in range(size):
-        shifted = t
+
+    def shifted(d: int) -> torch.Tensor:
+        out = t
         for axis in axes:
-            shifted = _strided(shifted, axis, dilation * d, n_out, stride)
-        total = shifted if total is None else total + shifted
+            out = _strided(out, axis, dilation * d, n_out, stride)
+        return out
+
+    total = shifted(0)
+    for d in range(1, size):
+        total = total + shifted(d)
     return total
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -23,6 +24,8 @@ from .registry import apply_layers, declared_init, register_kernel
 
 __all__ = ["ACTIVATIONS"]
 
+T = TypeVar("T")
+
 
 def _gelu(m: nn.GELU) -> Activation:
     """The exact GELU in closed form; its tanh approximation (no closed form) by quadrature."""
@@ -30,8 +33,9 @@ def _gelu(m: nn.GELU) -> Activation:
 
 
 #: PyTorch activation module type -> the ntkit activation with the same elementwise function (closed forms where
-#: ntkit.nn has them, Gaussian quadrature through ``Elementwise`` otherwise).
-ACTIVATIONS: dict[type, Callable[[nn.Module], Activation]] = {
+#: ntkit.nn has them, Gaussian quadrature through ``Elementwise`` otherwise). Each function takes a module of its
+#: key's type (so the table's value type cannot name it: Any).
+ACTIVATIONS: dict[type[nn.Module], Callable[[Any], Activation]] = {
     nn.ReLU: lambda m: ReLU(),
     nn.LeakyReLU: lambda m: LeakyReLU(m.negative_slope),
     nn.GELU: _gelu,
@@ -82,7 +86,8 @@ def _conv(m: nn.Conv1d | nn.Conv2d | nn.Conv3d, k: Kernel) -> Kernel:
     )
 
 
-def _tuple(value, n: int) -> tuple:
+def _tuple(value: T | tuple[T, ...] | list[T], n: int) -> tuple[T, ...]:
+    """A module's per-axis setting (one value for every axis, or one per axis) as a tuple of ``n``."""
     return tuple(value) if isinstance(value, tuple | list) else (value,) * n
 
 
@@ -159,12 +164,15 @@ def _activation(m: nn.Module, k: Kernel) -> Kernel:
 
 
 register_kernel(nn.Linear, _linear)
-for _type in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
-    register_kernel(_type, _conv)
-for _type in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d):
-    register_kernel(_type, _avg_pool, mixes_positions=True)
-for _type in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d):
-    register_kernel(_type, _adaptive_avg_pool, mixes_positions=True)
+_conv_type: type[nn.Conv1d | nn.Conv2d | nn.Conv3d]
+for _conv_type in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+    register_kernel(_conv_type, _conv)
+_pool_type: type[nn.AvgPool1d | nn.AvgPool2d | nn.AvgPool3d]
+for _pool_type in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d):
+    register_kernel(_pool_type, _avg_pool, mixes_positions=True)
+_adaptive_type: type[nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool3d]
+for _adaptive_type in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d):
+    register_kernel(_adaptive_type, _adaptive_avg_pool, mixes_positions=True)
 register_kernel(nn.Flatten, _flatten)
 register_kernel(nn.Upsample, _upsample, mixes_positions=True)
 register_kernel(nn.Identity, lambda m, k: k)
@@ -172,5 +180,5 @@ register_kernel(nn.Dropout, _dropout)
 register_kernel(nn.LayerNorm, _layer_norm)
 register_kernel(nn.GroupNorm, _group_norm)
 register_kernel(nn.Sequential, apply_layers)
-for _type in ACTIVATIONS:
-    register_kernel(_type, _activation)
+for _activation_type in ACTIVATIONS:
+    register_kernel(_activation_type, _activation)

@@ -8,7 +8,9 @@ the pair kernel (N1, N2, *R) and to the per-example covariances (N, *R) alike (s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -192,23 +194,20 @@ def weight_layer(
     scale = W_var / receptive if receptive > 1 else W_var
     bias = 0.0 if b_var is None else b_var
 
-    def affine(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else (t * scale).add_(bias)  # in place on the fresh product
+    def affine(t: torch.Tensor) -> torch.Tensor:
+        return (t * scale).add_(bias)  # in place on the fresh product
 
     nngp = affine(mapped["nngp"])
     ntk = None
     sp_width = k.sp_width
-    if k.ntk is not None:
+    ntk_in = mapped["ntk"]  # None exactly when k.ntk is
+    if ntk_in is not None:
         if parameterization == "ntk":
             # one pass when the scale is a number
-            ntk = (
-                torch.add(nngp, mapped["ntk"], alpha=scale)
-                if isinstance(scale, float)
-                else nngp + scale * mapped["ntk"]
-            )
+            ntk = torch.add(nngp, ntk_in, alpha=scale) if isinstance(scale, float) else nngp + scale * ntk_in
         else:
             width = in_channels // s_in
-            ntk = width * mapped["nngp"] + (0.0 if b_var is None else 1.0) + scale * mapped["ntk"]
+            ntk = width * mapped["nngp"] + (0.0 if b_var is None else 1.0) + scale * ntk_in
             hidden, input_fed = sp_width
             sp_width = (hidden, max(input_fed, width)) if k.is_input else (max(hidden, width), input_fed)
     spatial_shape = tuple(mapped["cov"].shape[1:][:: 2 if k.full else 1]) if k.n_spatial else ()
@@ -227,6 +226,8 @@ def weight_layer(
         parameterization=_joined(k.parameterization, parameterization) if k.ntk is not None else k.parameterization,
         sp_width=sp_width,
     )
+    if isinstance(W_var, torch.Tensor) or isinstance(b_var, torch.Tensor):
+        return out  # tensor variances (kernels differentiable in them): no fast-path step, the generic path runs
     if geometry is None:
         record_step(k, out, DenseStep(W_var, b_var, parameterization, in_channels // s_in))
     elif not geometry.circular and geometry.input_dilation is None:
@@ -267,7 +268,7 @@ def activation(k: Kernel, act: Activation) -> Kernel:
             a, b = slopes
             record_step(k, out, ArcCosineStep(a**2 + b**2, 2 * a * b))
         return out
-    if k.source is not None:
+    if k.source is not None and k.fn is not None:  # set together
         return elementwise(k.source, k.fn.then(act))
     if k.is_input:
         raise UnsupportedError(
@@ -388,14 +389,16 @@ def layer_norm(k: Kernel, *, eps: float, affine: str | None = None, n_axes: int 
         mu, var = m, d - m * m
     scale = _safe_rsqrt(var.clamp_min(0) + eps)  # r per example and position
 
-    def normalise(t, broadcast):
+    Broadcast = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+    def normalise(t: torch.Tensor, broadcast: Broadcast) -> torch.Tensor:
         (m_a, m_b), (mu_a, mu_b), (r_a, r_b) = (broadcast(v) for v in (m, mu, scale))
         return (t - (mu_a * m_b + m_a * mu_b - mu_a * mu_b)) * (r_a * r_b)
 
-    def pair(v):
+    def pair(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return spatial.pair_broadcast(*k.split(v), k.full)
 
-    def own(v):
+    def own(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return spatial.self_broadcast(v, k.full)
 
     nngp = normalise(k.nngp, pair)
@@ -497,8 +500,9 @@ def pool(k: Kernel, geometry: ConvGeometry, divisor: str | float) -> Kernel:
         for i in range(n):
             for axis in spatial.spatial_axes(n, i, full):
                 t = spatial.shifted_sum(t, (axis,), geometry.kernel_size[i], geometry.stride[i])
-                if counts[i] is not None:
-                    t = t / counts[i].reshape((-1,) + (1,) * (-axis - 1))
+                count = counts[i]
+                if count is not None:
+                    t = t / count.reshape((-1,) + (1,) * (-axis - 1))
         return t if constant == 1.0 else t / constant**copies
 
     fields = k.map(lambda t: window_means(t, True))
@@ -564,8 +568,9 @@ def global_pool(k: Kernel, *, average: bool = True) -> Kernel:
         return t.mean(dim=dims) if average else t.sum(dim=dims)
 
     fields = _reduce_spatial(k, reduce)
-    if not average and k.mean is not None:
-        fields["mean"] = fields["mean"] * math.prod(k.spatial_shape)  # the sum of the position means
+    mean = fields["mean"]  # a tensor when k.mean is
+    if not average and isinstance(mean, torch.Tensor):
+        fields["mean"] = mean * math.prod(k.spatial_shape)  # the sum of the position means
     out = k.replace(**fields, source=None, fn=None)
     record_step(k, out, ReduceStep("mean" if average else "sum"))
     return out
@@ -596,7 +601,7 @@ def flatten(k: Kernel) -> Kernel:
     return out
 
 
-def _reduce_spatial(k: Kernel, reduce) -> dict:
+def _reduce_spatial(k: Kernel, reduce: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, object]:
     """Fields after a map that removes the spatial axes; the channel means are averaged over positions."""
     dims = tuple(range(-k.n_spatial, 0))
     return {
@@ -624,9 +629,30 @@ def _as_function_of_gaussian(k: Kernel) -> tuple[Kernel, GaussianFunction] | Non
     """(Gaussian layer g, ψ) with k = ψ(g), or None if k is not an elementwise function of one Gaussian."""
     if k.is_gaussian:
         return k, GaussianFunction.identity()
-    if k.source is not None:
+    if k.source is not None and k.fn is not None:  # set together
         return k.source, k.fn
     return None
+
+
+#: How elementwise functions ψ_i of one Gaussian combine into one (``GaussianFunction.sum`` or ``.product``).
+Combine = Callable[[tuple[GaussianFunction, ...]], GaussianFunction]
+
+
+def _sum(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ values (at least one; shapes broadcast), a new tensor computed as the built-in ``sum`` does (whose type
+    for tensors is ``Tensor | int``)."""
+    total = 0 + values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
+
+
+def _prod(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Π values (at least one; shapes broadcast), computed as ``math.prod`` does."""
+    total = 1 * values[0]
+    for v in values[1:]:
+        total = total * v
+    return total
 
 
 def _independent_groups(kernels: list[Kernel]) -> list[list[Kernel]]:
@@ -643,13 +669,14 @@ def _independent_groups(kernels: list[Kernel]) -> list[list[Kernel]]:
     return [[kernels[i] for i in members] for _, members in sorted(groups, key=lambda g: g[1][0])]
 
 
-def _combine_dependent(kernels: list[Kernel], combine, what: str) -> Kernel:
+def _combine_dependent(kernels: list[Kernel], combine: Combine, what: str) -> Kernel:
     """Branches that may be correlated: they must all be elementwise functions ψ_i of the same Gaussian g,
     and the result is combine(ψ_i) of g, with cross terms E[ψ_i(u) ψ_j(v)] by quadrature."""
     if len(kernels) == 1:
         return kernels[0]
-    pairs = [_as_function_of_gaussian(k) for k in kernels]
-    if any(p is None for p in pairs) or any(p[0] is not pairs[0][0] for p in pairs):
+    found = [_as_function_of_gaussian(k) for k in kernels]
+    pairs = [p for p in found if p is not None]
+    if len(pairs) < len(found) or any(p[0] is not pairs[0][0] for p in pairs):
         raise UnsupportedError(
             f"the {what} of branches that are correlated in a way ntkit cannot compute: branches are combined "
             "in closed form when each has its own weight layers (a Linear or convolution, possibly followed by "
@@ -659,7 +686,7 @@ def _combine_dependent(kernels: list[Kernel], combine, what: str) -> Kernel:
     return elementwise(pairs[0][0], combine(tuple(p[1] for p in pairs)))
 
 
-def _independent_parts(kernels: list[Kernel], combine, what: str) -> list[Kernel]:
+def _independent_parts(kernels: list[Kernel], combine: Combine, what: str) -> list[Kernel]:
     """The branches as mutually independent parts: each group of :func:`_independent_groups` combined into one
     exactly (one branch, or elementwise functions of one Gaussian).
 
@@ -679,7 +706,7 @@ def _independent_parts(kernels: list[Kernel], combine, what: str) -> list[Kernel
     return parts
 
 
-def _merged(parts: list[Kernel], **fields) -> Kernel:
+def _merged(parts: list[Kernel], **fields: Any) -> Kernel:
     """Parts merged into one layer: ``fields`` (the combined tensors and flags) over common defaults."""
     defaults = {
         "channels": max(p.channels for p in parts),
@@ -703,9 +730,9 @@ def _mean_products(parts: list[Kernel]) -> tuple[torch.Tensor | float, torch.Ten
     pair = [spatial.pair_broadcast(*k.split(m), k.full) for m in means]
     own = [spatial.self_broadcast(m, k.full) for m in means]
 
-    def cross(factors):
-        total = sum(a for a, _ in factors) * sum(b for _, b in factors)
-        return total - sum(a * b for a, b in factors)
+    def cross(factors: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        total = _sum([a for a, _ in factors]) * _sum([b for _, b in factors])
+        return total - _sum([a * b for a, b in factors])
 
     return cross(pair), cross(own)
 
@@ -721,16 +748,16 @@ def fan_in_sum(kernels: list[Kernel]) -> Kernel:
     if len(parts) == 1:
         return parts[0]
 
-    def add(name: str):
-        values = [getattr(p, name) for p in parts if getattr(p, name) is not None]
-        return sum(values) if values else None
+    def add(name: str) -> torch.Tensor | None:
+        values: list[torch.Tensor] = [getattr(p, name) for p in parts if getattr(p, name) is not None]
+        return _sum(values) if values else None
 
     pair_cross, own_cross = _mean_products(parts)
     return _merged(
         parts,
-        nngp=add("nngp") + pair_cross,
+        nngp=_sum([p.nngp for p in parts]) + pair_cross,
         ntk=add("ntk"),
-        cov=add("cov") + own_cross,
+        cov=_sum([p.cov for p in parts]) + own_cross,
         mean=add("mean"),
         is_gaussian=all(p.is_gaussian for p in parts),
     )
@@ -744,13 +771,15 @@ def fan_in_product(kernels: list[Kernel]) -> Kernel:
     if len(parts) == 1:
         return parts[0]
 
-    def product(name: str):
-        values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else math.prod(values)
+    def product(name: str) -> torch.Tensor | None:
+        values: list[torch.Tensor | None] = [getattr(p, name) for p in parts]
+        present = [v for v in values if v is not None]
+        return _prod(present) if len(present) == len(values) else None
 
     ntk = None
-    if parts[0].ntk is not None:
-        ntk = sum(p.ntk * math.prod(q.nngp for q in parts if q is not p) for p in parts)
+    ntks = [p.ntk for p in parts if p.ntk is not None]
+    if len(ntks) == len(parts):  # all branches carry an NTK or none (_check_branches)
+        ntk = _sum([t * _prod([q.nngp for q in parts if q is not p]) for t, p in zip(ntks, parts, strict=True)])
     means = [p.mean for p in parts]
     return _merged(
         parts,
@@ -768,10 +797,10 @@ def fan_in_concat(kernels: list[Kernel]) -> Kernel:
     weights = [k.channels for k in kernels]
     total = sum(weights)
 
-    def mix(name: str):
+    def mix(name: str) -> torch.Tensor | None:
         """Σ_i n_i t_i / Σ_i n_i over the branches that have ``name`` (a missing channel mean is zero)."""
         present = [(w, getattr(k, name)) for w, k in zip(weights, kernels, strict=True) if getattr(k, name) is not None]
-        return sum(w * t for w, t in present) / total if present else None
+        return _sum([w * t for w, t in present]) / total if present else None
 
     return _merged(
         kernels,

@@ -82,6 +82,11 @@ class Parallel(KernelLayer):
             total = total + out if self.fan_in == "sum" else total * out
         return total
 
+    @property
+    def mask_rule(self) -> str | None:  # type: ignore[override]
+        """Masked inputs: supported unless concatenating along a spatial axis (the masks would join)."""
+        return "branches" if self.dim == 1 else None
+
     def kernel_transform(self, k: Kernel) -> Kernel:
         outs = [apply_layer(branch, k) for branch in self.branches]
         if self.fan_in == "concat":
@@ -97,6 +102,8 @@ class Parallel(KernelLayer):
 
 class Residual(KernelLayer):
     """x + block(x), with ``block`` = ``Sequential(*block)`` (a :class:`Parallel` of Identity and the block)."""
+
+    mask_rule = "branches"
 
     def __init__(self, *block: nn.Module) -> None:
         super().__init__()

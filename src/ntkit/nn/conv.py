@@ -8,11 +8,11 @@ import math
 import torch
 from torch.nn import functional as F
 
-from .._validation import as_tuple, check_positive_int
+from .._validation import Std, as_tuple, check_positive_int
 from ..errors import InvalidArgumentError, ShapeError
 from ..infinite import spatial, transforms
 from ..infinite.kernel_type import Kernel
-from .layer import Std, WeightLayer
+from .layer import WeightLayer
 
 __all__ = [
     "Conv1d",

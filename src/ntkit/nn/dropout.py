@@ -21,6 +21,8 @@ class Dropout(KernelLayer):
     and its kernel are the identity.
     """
 
+    mask_rule = "elementwise"
+
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import TypeAlias
 
 import torch
 from torch import nn
 
-from .._validation import check_std
+from .._validation import Std, check_std
 from ..errors import InvalidArgumentError
 from ..infinite import transforms
 from ..infinite.kernel_type import Kernel
 
-__all__ = ["KernelLayer", "Std", "WeightLayer"]
+__all__ = ["KernelLayer", "WeightLayer"]
 
 PARAMETERIZATIONS = ("ntk", "standard")
 
-
-#: A standard deviation W_std or b_std: a number, or a one-element tensor (kernels are differentiable in it).
-Std: TypeAlias = float | torch.Tensor
 
 class KernelLayer(nn.Module):
     """A layer that is a finite torch module and defines the kernel map of its infinite-width limit."""

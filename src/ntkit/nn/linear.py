@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from .._validation import check_positive_int
+from .._validation import Std, check_positive_int
 from ..infinite.kernel_type import Kernel
-from .layer import Std, WeightLayer
+from .layer import WeightLayer
 
 __all__ = ["Linear"]
 

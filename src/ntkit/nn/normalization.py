@@ -51,6 +51,12 @@ class LayerNorm(KernelLayer):
         self.weight = nn.Parameter(torch.ones(shape)) if elementwise_affine else None
         self.bias = nn.Parameter(torch.zeros(shape)) if elementwise_affine else None
 
+    @property
+    def mask_rule(self) -> str | None:  # type: ignore[override]
+        """Masked inputs: supported over channels only (each position on its own); over spatial axes too, the
+        statistics would have to leave the masked positions out."""
+        return "elementwise" if len(self.normalized_shape) == 1 else None
+
     def _check(self, channels: int, spatial_shape: tuple[int, ...]) -> None:
         n_axes = len(self.normalized_shape) - 1
         got = (channels, *spatial_shape[len(spatial_shape) - n_axes :]) if n_axes <= len(spatial_shape) else None

@@ -79,8 +79,8 @@ def conjugate_gradients(
 
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
-    """Run small LAPACK calls (r x r) single-threaded: with two threads on the shared machine, MKL's waiting
-    threads made a 256 x 256 eigh take 10 s instead of 17 ms."""
+    """Run small LAPACK calls (r x r) single-threaded: MKL's waiting threads cost far more than such a call on
+    shared cores (benchmarks/README.md, "Tuning notes")."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

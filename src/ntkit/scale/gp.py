@@ -127,8 +127,8 @@ class _Solver(Protocol):
 
 
 class _Cholesky:
-    """(K + δI) = L Lᵀ in place in one dense float64 copy (LAPACK's blocked potrf through torch; scipy's
-    OpenBLAS threads took 40x longer than torch's on the shared 2-core machine)."""
+    """(K + δI) = L Lᵀ in place in one dense float64 copy (LAPACK's blocked potrf through torch, not scipy:
+    benchmarks/README.md, "Tuning notes")."""
 
     method = "cholesky"
     iterations = 0

@@ -12,8 +12,7 @@ Three stages run at once (for ``client=None``, where one process computes every 
 Group commit (as databases do with their logs): each commit takes every tile written since the previous one
 began, so commits are per tile while the disk keeps up and grow when it does not, and the disk always has the
 next group to write while a tile is computed. An fsync per file as it is written forces a flush of the disk's
-cache each time: on the shared machine, 30 tile files of 67 MB flushed one by one as each was written went at
-43-107 MB/s, flushed together after writing at 108-159 MB/s (measured under load). The durability rule is
+cache each time; flushed together, the files go faster (benchmarks/README.md, "Tuning notes"). The durability rule is
 unchanged: a tile is marked done only after its data is on disk, and a crash loses the tiles written since the
 last commit (they are computed again on resume), never marks a half-written one done.
 
