@@ -95,8 +95,7 @@ def _ntkit_worker(name: str, x_path: str, out_path: str, device: str, dtype: str
 
     def run():
         k = nk.kernel(net, x)
-        if device != "cpu":
-            torch.cuda.synchronize()
+        _sync(device)
         return k
 
     run()
@@ -104,7 +103,7 @@ def _ntkit_worker(name: str, x_path: str, out_path: str, device: str, dtype: str
     k = run()
     seconds = time.perf_counter() - start
     np.save(out_path, np.stack([k.nngp.double().cpu().numpy(), k.ntk.double().cpu().numpy()]))
-    return {"seconds": seconds}
+    return {"seconds": seconds, "entries_per_pair": _entries_per_pair(net, x)}
 
 
 def _nt_worker(name: str, x_path: str, out_path: str, device: str, dtype: str) -> dict:
@@ -147,28 +146,40 @@ def _nt_worker(name: str, x_path: str, out_path: str, device: str, dtype: str) -
 
 
 def _roofline_worker(name: str, x_path: str, out_path: str, device: str, dtype: str) -> dict:
-    """The device's copy bandwidth (bytes/s, best of 5 copies of 1 GiB) and the kernel entries (K and Θ, per
-    pair) that the layers of ``name`` write, for 3x32x32 inputs."""
+    """The device's copy bandwidth (bytes/s, best of 5 copies of 1 GiB, read + write counted)."""
     import torch
 
     big = torch.empty(2**28, dtype=torch.float32, device=device)
     other = torch.empty_like(big)
     best = float("inf")
     for _ in range(5):
-        torch.cuda.synchronize()
+        _sync(device)
         start = time.perf_counter()
         other.copy_(big)
-        torch.cuda.synchronize()
+        _sync(device)
         best = min(best, time.perf_counter() - start)
-    bandwidth = 2 * big.numel() * big.element_size() / best
+    return {"bandwidth": 2 * big.numel() * big.element_size() / best}
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _entries_per_pair(net, x) -> int:
+    """Kernel entries (per tensor) that the layers of the fast path write for one pair: the sum over its steps
+    of the size of their output covariance."""
+    import torch
+
     from ntkit.infinite.planning import plan
 
-    x = torch.zeros(1, 3, 32, 32, device=device)
-    p = plan(_ntkit_net(_net_spec(name), 3), x, None, dtype=torch.float32, ntk=True, diagonal_spatial=None)
+    p = plan(net, x[:1], None, dtype=torch.float32, ntk=True, diagonal_spatial=None)
     if p.conv_chain is None:
-        raise RuntimeError(f"{name} did not take the convolutional fast path")
+        raise RuntimeError("the network did not take the convolutional fast path")
     outputs = [*p.conv_chain.shapes[1:], ()]  # the spatial shape after each step
-    return {"bandwidth": bandwidth, "entries_per_pair": sum(math.prod(s) ** 2 for s in outputs)}
+    return sum(math.prod(s) ** 2 for s in outputs)
 
 
 WORKERS = {"ntkit": _ntkit_worker, "nt": _nt_worker, "roofline": _roofline_worker}
@@ -245,7 +256,7 @@ def _cpu_rows(args, nt: str | None, tmp: str) -> None:
 def _gpu_rows(args, tmp: str) -> None:
     import numpy as np
 
-    n = 64 if args.quick else 256
+    n = args.n or (64 if args.quick else 256)
     print(
         "| case | dtype | N | s | ms per entry | roofline ms per entry | fraction of roofline | CIFAR-10 "
         + " | ".join(f"k = {k} GPU-hours" for k in args.k)
@@ -255,8 +266,8 @@ def _gpu_rows(args, tmp: str) -> None:
     x = np.random.default_rng(0).standard_normal((n, 3, 32, 32)).astype(np.float32)
     x_path = os.path.join(tmp, "gpu-x.npy")
     np.save(x_path, x)
+    roof = _run_worker("roofline", ["-", x_path, "-", args.device, "float32"], None)
     for name in ("myrtle5", "myrtle10", "cntk-gap-11"):
-        roof = _run_worker("roofline", [name, x_path, "-", args.device, "float32"], None)
         for dtype, itemsize in (("float32", 4), ("float64", 8)):
             r = _run_worker("ntkit", [name, x_path, os.path.join(tmp, "gpu.npy"), args.device, dtype], None)
             if "error" in r or "error" in roof:
@@ -265,7 +276,7 @@ def _gpu_rows(args, tmp: str) -> None:
             entries = n * n
             ms = r["seconds"] * 1e3 / entries
             # one read and one write of K and Θ per layer, for the n(n+1)/2 distinct pairs
-            roof_ms = 4 * itemsize * roof["entries_per_pair"] * (n * (n + 1) / 2) / roof["bandwidth"] * 1e3 / entries
+            roof_ms = 4 * itemsize * r["entries_per_pair"] * (n * (n + 1) / 2) / roof["bandwidth"] * 1e3 / entries
             hours = " | ".join(f"{_hours(r['seconds'], n, k):.1f}" for k in args.k)
             print(
                 f"| {name} | {dtype} | {n} | {r['seconds']:.2f} | {ms:.4f} | {roof_ms:.5f} | {roof_ms / ms:.2f} "
@@ -278,6 +289,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N = 8 only on CPU (64 on GPU), one run each")
     parser.add_argument("--device", default="cpu", help="cpu (side by side with neural-tangents) or cuda")
+    parser.add_argument("--n", type=int, default=None, help="examples of the GPU rows (default 256, --quick 64)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per implementation (CPU)")
     parser.add_argument("--k", type=int, nargs="*", default=[1, 8], help="devices for the CIFAR-10 extrapolation")
     add_nt_python_option(parser)

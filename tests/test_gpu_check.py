@@ -59,14 +59,24 @@ def test_bad_arguments(gpu_check, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_rehearsal_on_the_cpu(gpu_check, tmp_path):
-    """The quick steps run for real on the CPU and land in the output file under their headers."""
+def rehearse(gpu_check, tmp_path, steps: list[str]) -> str:
     out = tmp_path / "check.txt"
-    assert (
-        gpu_check.main(["--device", "cpu", "--steps", "env", "roofline", "--out", str(out), "--python", sys.executable])
-        == 0
-    )
-    text = out.read_text()
-    assert "=== env:" in text and "--- env: exit status 0" in text
-    assert "roofline (CPU" in text and "--- roofline: exit status 0" in text
+    argv = ["--device", "cpu", "--steps", *steps, "--out", str(out), "--python", sys.executable]
+    assert gpu_check.main(argv) == 0
+    return out.read_text()
+
+
+def test_rehearsal_on_the_cpu(gpu_check, tmp_path):
+    """A step runs for real on the CPU and lands in the output file under its header, with its exit status."""
+    text = rehearse(gpu_check, tmp_path, ["env"])
+    assert "=== env:" in text and "available False" in text and "--- env: exit status 0" in text
     assert "gpu_check finished" in text
+
+
+@pytest.mark.slow
+def test_rehearsal_of_the_benchmarks_on_the_cpu(gpu_check, tmp_path):
+    """The roofline and the benchmark steps in their small CPU versions (a few minutes on a loaded machine)."""
+    text = rehearse(gpu_check, tmp_path, ["roofline", "infinite", "linearize", "empirical"])
+    for step in ("roofline", "infinite", "linearize", "empirical"):
+        assert f"--- {step}: exit status 0" in text
+    assert "roofline (CPU" in text and "x the recipe" in text
