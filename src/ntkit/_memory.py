@@ -9,11 +9,20 @@ import torch
 
 from .errors import InvalidArgumentError, MemoryBudgetError
 
-__all__ = ["DEFAULT_MEMORY_FRACTION", "check_fits", "default_memory_budget", "format_bytes", "resolve_budget"]
+__all__ = [
+    "DEFAULT_MEMORY_FRACTION",
+    "MEMINFO_PATH",
+    "check_fits",
+    "default_memory_budget",
+    "format_bytes",
+    "resolve_budget",
+]
 
 #: Share of the available memory that ntkit lets one call's intermediates use by default.
 DEFAULT_MEMORY_FRACTION = 0.25
 _FALLBACK_BUDGET = 2 * 2**30
+#: Linux's memory report: its MemAvailable counts the page cache the kernel can reclaim as available.
+MEMINFO_PATH = "/proc/meminfo"
 
 
 def format_bytes(n: float) -> str:
@@ -30,13 +39,22 @@ def _available_bytes(device: torch.device) -> int | None:
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
     try:
+        with open(MEMINFO_PATH) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere: the free pages only (the page cache counts as used, so this budget errs on the small side).
+    try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return None
 
 
 def default_memory_budget(device: torch.device | str = "cpu") -> int:
-    """Bytes one call may use for intermediates: a quarter of the free memory of ``device``.
+    """Bytes one call may use for intermediates: a quarter of the available memory of ``device`` (on Linux
+    MemAvailable, which counts reclaimable page cache, so the budget does not shrink as files are written).
 
     Override per call with ``memory_budget=`` or globally with the environment variable
     ``NTKIT_MEMORY_BUDGET`` (bytes, or with a suffix K, M, G: ``NTKIT_MEMORY_BUDGET=4G``).
