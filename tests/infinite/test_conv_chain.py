@@ -11,6 +11,8 @@ find no chain. ``window_sum`` is also checked against a direct implementation (a
 import pytest
 import torch
 from torch.nn import functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import ntkit as nk
 from ntkit import nn as N
@@ -173,6 +175,53 @@ def test_memory_budget_of_the_fast_path():
     assert uses_chain(net, big)
     with pytest.raises(nk.errors.MemoryBudgetError, match=r"one pair of examples needs .*full spatial layout"):
         nk.kernel(net, big, memory_budget="100M")
+
+
+class FreshAllocations(TorchDispatchMode):
+    """Records the bytes of every tensor an operation returns on storage that none of its inputs has: an upper
+    bound on what the operations allocate beyond the buffers they write into."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if torch.is_tensor(t)}
+        out = func(*args, **kwargs)
+        for t in tree_flatten(out)[0]:
+            if torch.is_tensor(t) and t.untyped_storage().data_ptr() not in inputs:
+                self.bytes += t.untyped_storage().nbytes()
+        return out
+
+
+@pytest.mark.parametrize("net", [myrtle_like, cntk_gap], ids=["myrtle", "cntk-gap"])
+def test_memory_per_batch_is_twice_one_layers_covariances(net):
+    """Issue 16: a batch of P pairs needs at most twice one layer's K and Θ. The four per-thread buffers are
+    exactly that (4 x P x the largest layer's covariance of a pair); everything else one batch allocates (the
+    per-position variances it gathers, spatial-free results) is counted by intercepting every operation, and
+    must stay below an eighth of one layer's K and Θ. A padded copy or a fresh tensor per shifted sum, as the
+    generic path makes, allocates a whole covariance each and fails this."""
+    model, n_pairs = net(), 3
+    x = torch.randn(2 * n_pairs, 2, 8, 8, dtype=torch.float64)
+    chain = planning.plan(model, x, None, dtype=x.dtype, ntk=True, diagonal_spatial=None).conv_chain
+    variances = conv_chain.new_variances(chain, x.shape[0], x.dtype, x.device)
+    rows = torch.arange(x.shape[0])
+    conv_chain.release_buffers()
+    conv_chain.run_pairs(chain, variances, x, x, rows, rows, True, True)  # the own pairs: buffers for 2P pairs
+    buffers = conv_chain._BUFFERS.bufs
+    assert len(buffers) == 4 and all(b.numel() == 2 * n_pairs * chain.pair_entries for b in buffers)
+    one_layer = 2 * n_pairs * chain.pair_entries * x.element_size()  # K and Θ of P pairs at the largest layer
+    fresh = FreshAllocations()
+    with fresh:
+        k, theta = conv_chain.run_pairs(
+            chain, variances, x[:n_pairs], x[n_pairs:], rows[:n_pairs], rows[n_pairs:], True, False
+        )
+    assert conv_chain._BUFFERS.bufs is buffers  # reused, not reallocated
+    assert 0 < fresh.bytes <= one_layer / 8
+    reference = generic(model, x[:n_pairs], x[n_pairs:])
+    torch.testing.assert_close(k, reference.nngp.diagonal(), rtol=RTOL, atol=0)
+    torch.testing.assert_close(theta, reference.ntk.diagonal(), rtol=RTOL, atol=0)
 
 
 def direct_window_sum(t, dims, size, stride, dilation, padding):
