@@ -175,8 +175,9 @@ class _CG:
 
 def _preconditioner(train: KernelMatrix, shift: float, kind: str | None, rank: int, seed: int) -> Operator | None:
     n = train.shape[0]
-    if kind == "nystrom":
-        return NystromPreconditioner(train.matmul, n, rank, shift, seed)
+    if kind == "nystrom":  # the sketch K Ω in the stored dtype: it only shapes P, CG's products stay float64
+        return NystromPreconditioner(lambda v: train.matmul(v, dtype=train.dtype), n, rank, shift, seed,
+                                     eps=torch.finfo(train.dtype).eps)
     if kind == "pivoted_cholesky":
         return PivotedCholeskyPreconditioner(train.diagonal(), train.columns, rank, shift)
     return None

@@ -1,9 +1,10 @@
 """``KernelMatrix``: a kernel (N1, N2) that solvers multiply with, tile by tile from a store or from memory.
 
-Products are in float64 whatever the stored dtype: each tile is converted as it is used, so memory holds one
-tile (and the next, read ahead in a thread while this one is multiplied) besides the vectors. A store's tiles
-can be kept in memory in their stored dtype (:meth:`KernelMatrix.keep_in_memory`) when they fit, which saves
-reading the store once per product.
+Products are in float64 whatever the stored dtype: each tile is converted as it is used, into one reused
+buffer, so memory holds one tile in float64 (and the next, read ahead in a thread while this one is
+multiplied) besides the vectors. One pass over the tiles serves every column of a block of vectors (N, C), and
+a symmetric store's upper tiles serve their transposes. A store's tiles can be kept in memory in their stored
+dtype (:meth:`KernelMatrix.keep_in_memory`) when they fit, which saves reading the store once per product.
 """
 
 from __future__ import annotations
@@ -95,19 +96,25 @@ class KernelMatrix:
             store, name = self.source, self._name()
             self._kept = [(r, c, torch.from_numpy(t)) for r, c, t in store.iter_tiles(name)]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the kernel is stored (or held) in."""
+        return self.source.dtype
+
     def tiles(self, blocks: set[int] | None = None) -> Iterator[tuple[slice, slice, torch.Tensor]]:
-        """(rows, cols, float64 block) covering the kernel (the upper triangle of a symmetric store); with
-        ``blocks``, only a store's tiles in those tile columns (and, when symmetric, tile rows)."""
+        """(rows, cols, block) covering the kernel (the upper triangle of a symmetric store), in the stored
+        dtype; with ``blocks``, only a store's tiles in those tile columns (and, when symmetric, tile rows).
+        A store's tiles are read one ahead in a thread unless they are kept in memory."""
         if self._kept is not None:
             for rows, cols, tile in self._kept:
                 if blocks is None or self._in_blocks(rows.start // self._tile, cols.start // self._tile, blocks):
-                    yield rows, cols, tile.to(torch.float64)
+                    yield rows, cols, tile
             return
         if isinstance(self.source, torch.Tensor):
             n1, _ = self.shape
             for start in range(0, n1, _ROW_BLOCK):
                 rows = slice(start, min(start + _ROW_BLOCK, n1))
-                yield rows, slice(0, self.shape[1]), self.source[rows].to(torch.float64)
+                yield rows, slice(0, self.shape[1]), self.source[rows]
             return
         store, name = self.source, self._name()
         grid = store.grid
@@ -118,24 +125,38 @@ class KernelMatrix:
                 block = ahead.result()
                 if k + 1 < len(positions):
                     ahead = reader.submit(store.read_tile, name, *positions[k + 1])
-                yield grid.rows(i), grid.cols(j), torch.from_numpy(block).to(torch.float64)
+                yield grid.rows(i), grid.cols(j), torch.from_numpy(block)
 
     def _in_blocks(self, i: int, j: int, blocks: set[int]) -> bool:
         """Whether a store's tile (i, j) lies in one of the tile columns ``blocks`` (or rows, when symmetric)."""
         return j in blocks or (self.symmetric_store and i in blocks)
 
-    def matmul(self, v: torch.Tensor, *, transpose: bool = False) -> torch.Tensor:
-        """K v (N1, C) for v (N2, C), or Kᵀ v (N2, C) for v (N1, C) with ``transpose``; float64."""
+    def matmul(self, v: torch.Tensor, *, transpose: bool = False, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """K v (N1, C) for v (N2, C), or Kᵀ v (N2, C) for v (N1, C) with ``transpose``; float64.
+
+        One pass over the tiles for all C columns. Each tile's products are computed in ``dtype`` (float64: exact
+        products of the stored values; the stored dtype, e.g. float32: no conversion, for a randomized sketch)
+        and summed over tiles in float64. A tile stored in another dtype is converted into one buffer that is
+        reused for every tile (a fresh float64 copy per tile costs more than the products: page faults). A
+        symmetric store's tile (i, j), i < j, serves both K[i, j] v[j] and its transpose K[j, i] v[i].
+        """
         transpose = transpose and not self.symmetric_store  # a symmetric kernel is its own transpose
         n_out = self.shape[1] if transpose else self.shape[0]
         out = torch.zeros((n_out, v.shape[1]), dtype=torch.float64)
-        for rows, cols, tile in self.tiles():
+        v = v.to(dtype)
+        buffer = torch.empty(0, dtype=dtype)
+        for rows, cols, stored in self.tiles():
+            tile = stored
+            if stored.dtype != dtype:
+                if buffer.numel() < stored.numel():
+                    buffer = torch.empty(stored.numel(), dtype=dtype)
+                tile = buffer[: stored.numel()].view(stored.shape).copy_(stored)
             if transpose:
-                out[cols] += tile.T @ v[rows]
+                _accumulate(out[cols], tile.T, v[rows])
             else:
-                out[rows] += tile @ v[cols]
+                _accumulate(out[rows], tile, v[cols])
             if self.symmetric_store and rows != cols:  # the lower tile, tile (j, i) = tile (i, j)ᵀ
-                out[cols] += tile.T @ v[rows]
+                _accumulate(out[cols], tile.T, v[rows])
         return out
 
     def diagonal(self) -> torch.Tensor:
@@ -152,7 +173,7 @@ class KernelMatrix:
         """The whole kernel in float64 (N1, N2) (the caller checked that it fits)."""
         out = torch.empty(self.shape, dtype=torch.float64)
         for rows, cols, tile in self.tiles():
-            out[rows, cols] = tile
+            out[rows, cols] = tile  # converted as it is copied
             if self.symmetric_store and rows != cols:
                 out[cols, rows] = tile.T
         return out
@@ -178,3 +199,11 @@ class KernelMatrix:
         pick = torch.zeros((self.shape[0], len(index)), dtype=torch.float64)
         pick[index, torch.arange(len(index))] = 1.0
         return self.matmul(pick, transpose=True).T
+
+
+def _accumulate(out: torch.Tensor, tile: torch.Tensor, v: torch.Tensor) -> None:
+    """out += tile @ v: in place when the product is float64, else the product converted and added."""
+    if tile.dtype == out.dtype:
+        out.addmm_(tile, v)
+    else:
+        out += tile @ v

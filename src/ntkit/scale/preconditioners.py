@@ -44,20 +44,24 @@ Columns = Callable[[torch.Tensor], torch.Tensor]
 class NystromPreconditioner:
     """P⁻¹ of the randomized Nyström approximation of rank ``rank`` for K + μI (module docs).
 
-    ``matvec`` computes K V for V (N, r); it is called once. ``seed`` fixes Ω.
+    ``matvec`` computes K V for V (N, r); it is called once. ``seed`` fixes Ω. ``eps``: the unit round-off of
+    that product (float32's when the sketch is computed in float32): it sets the stabilising shift ν.
     """
 
-    def __init__(self, matvec: Operator, n: int, rank: int, shift: float, seed: int = 0):
+    def __init__(self, matvec: Operator, n: int, rank: int, shift: float, seed: int = 0,
+                 eps: float = torch.finfo(torch.float64).eps):
         rank = max(1, min(rank, n))
         g = torch.Generator().manual_seed(seed)
         omega = _orthonormal_columns(torch.randn(n, rank, generator=g, dtype=torch.float64))
         y = matvec(omega)
-        nu = (n**0.5) * torch.finfo(torch.float64).eps * float(y.norm())  # stabilising shift (their Alg. 2.1)
-        y = y + nu * omega
+        nu = (n**0.5) * eps * float(y.norm())  # stabilising shift (their Alg. 2.1)
+        y.add_(omega, alpha=nu)
         core = omega.T @ y
+        del omega  # memory: at most two (N, r) matrices at a time from here on
         with one_thread():
             chol = torch.linalg.cholesky((core + core.T) / 2)
         b = torch.linalg.solve_triangular(chol, y.T, upper=False).T  # Y_ν C⁻ᵀ (N, r)
+        del y
         # B = U Σ Vᵀ through the r x r Gram matrix BᵀB = V Σ² Vᵀ, U = B V Σ⁻¹ (directions with σ ~ 0 dropped)
         gram = b.T @ b
         with one_thread():
@@ -65,6 +69,7 @@ class NystromPreconditioner:
         keep = s2 > s2.max() * rank * torch.finfo(torch.float64).eps
         s2, v = s2[keep].flip(0), v[:, keep].flip(1)
         u = (b @ v) / s2.sqrt()
+        del b
         lam = (s2 - nu).clamp_min(0.0)
         self.u = u
         floor = float(lam[-1]) + shift
