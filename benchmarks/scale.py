@@ -12,9 +12,10 @@ Cases (``--case``; each prints its ratio, the machine's load average next to eve
              CG (tol 1e-10) with the Nyström and with the pivoted-Cholesky preconditioner (rank 256); max
              difference of the test means (target <= 1e-6 relative), times, iterations.
   big        the MNIST-sized case: the MLP NTK (float32) at ``--n`` default 60,000 into a store, then CG for 10
-             outputs (tol 1e-6, diag_reg 1e-3, Nyström rank 256, the stored tiles (7.7 GB) kept in memory:
-             memory_budget 12G); times, iterations, residual and the peak resident memory of this process
-             and its children (target < 16 GB). Runs only if >= 12 GB are available (``--force`` overrides).
+             outputs (tol 1e-6, diag_reg 1e-3, Nyström rank ``--rank`` default 2048, the stored tiles (7.7 GB)
+             kept in memory: memory_budget 12G); times, iterations, residual and the peak resident memory of
+             this process and its children (target < 16 GB); the time of each product with the kernel as it
+             runs. Runs only if >= 12 GB are available (``--force`` overrides).
 
 Inputs are synthetic (784 features of a 20-dimensional latent Gaussian plus noise, so the kernel's spectrum
 decays like that of image data); targets are 10 one-hot classes of a random linear readout. Stores go to
@@ -28,6 +29,7 @@ decays like that of image data); targets are 10 one-hot classes of a random line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -177,7 +179,7 @@ def case_cg(n: int, root: Path) -> None:
               "(target <= 1e-6)")
 
 
-def case_big(n: int, root: Path, force: bool) -> None:
+def case_big(n: int, root: Path, force: bool, rank: int) -> None:
     if available_gib() < 12 and not force:
         print(f"big: skipped, {available_gib():.1f} GB available (< 12 GB; --force to run anyway)")
         return
@@ -185,14 +187,47 @@ def case_big(n: int, root: Path, force: bool) -> None:
     x = features(n)
     y = labels(x)
     t_k, k = timed(lambda: nk.scale.kernel(mlp(), x, store=root / "big.zarr", get="ntk", progress=True))
-    print(f"  NTK {n} x {n} into a store: {t_k:.0f} s, {k.tiles_total} tiles of {k.tile_size} ({load()})")
+    print(f"  NTK {n} x {n} into a store: {t_k:.0f} s, {k.tiles_total} tiles of {k.tile_size} ({load()})", flush=True)
     # memory_budget 12G: the stored tiles (7.7 GB in float32 at N = 60,000) are kept in memory for the products
-    t_cg, fit = timed(lambda: nk.scale.gp_inference(k, y, diag_reg=1e-3, method="cg", tol=1e-6, memory_budget="12G"))
+    with logged_products():
+        t_cg, fit = timed(lambda: nk.scale.gp_inference(k, y, diag_reg=1e-3, method="cg", tol=1e-6, rank=rank,
+                                                        memory_budget="12G"))
+    print(f"  CG: {t_cg:.0f} s, {fit.iterations} iterations, residual {fit.residual:.2g} ({load()})", flush=True)
     train_accuracy = float((fit(k).argmax(1) == y.argmax(1)).double().mean())
-    print(f"  CG: {t_cg:.0f} s, {fit.iterations} iterations, residual {fit.residual:.2g} ({load()})")
-    print(f"big: N = {n}, kernel {t_k:.0f} s + CG {t_cg:.0f} s, {fit.iterations} iterations, residual "
-          f"{fit.residual:.2g}, peak RSS {peak_rss_gib():.1f} GiB (target < 16 GB), train accuracy "
+    print(f"big: N = {n}, kernel {t_k:.0f} s + CG {t_cg:.0f} s (Nyström rank {rank}), {fit.iterations} iterations, "
+          f"residual {fit.residual:.2g}, peak RSS {peak_rss_gib():.1f} GiB (target < 16 GB), train accuracy "
           f"{train_accuracy:.3f} ({load()})")
+
+
+@contextlib.contextmanager
+def logged_products():
+    """Print the time of each product with the training kernel during gp_inference (the Nyström sketch with
+    ``rank`` columns, then one per CG iteration), the resident memory and the load: the per-iteration time
+    from which the CG time extrapolates if a run is cut short."""
+    from ntkit.scale.matrix import KernelMatrix
+
+    plain = KernelMatrix.matmul
+    count = 0
+
+    def matmul(self, v, **kwargs):
+        nonlocal count
+        seconds, out = timed(lambda: plain(self, v, **kwargs))
+        count += 1
+        if count <= 3 or count % 10 == 0:
+            print(f"    product {count} with {v.shape[1]} columns: {seconds:.1f} s, resident {rss_gib():.1f} GiB "
+                  f"({load()})", flush=True)
+        return out
+
+    KernelMatrix.matmul = matmul
+    try:
+        yield
+    finally:
+        KernelMatrix.matmul = plain
+
+
+def rss_gib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 2**20
 
 
 def main() -> None:
@@ -202,6 +237,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=None, help="where stores go (default: a temporary directory)")
     parser.add_argument("--force", action="store_true", help="run big whatever memory is available")
+    parser.add_argument("--rank", type=int, default=2048, help="big: rank of CG's Nyström preconditioner")
     args = parser.parse_args()
     cases = [c for c in DEFAULT_N if c != "big"] if args.case == "all" else [args.case]
     root = Path(tempfile.mkdtemp(prefix="ntkit-scale-", dir=args.dir))
@@ -216,7 +252,7 @@ def main() -> None:
             elif case == "cg":
                 case_cg(n, root)
             else:
-                case_big(n, root, args.force)
+                case_big(n, root, args.force, args.rank)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
