@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 jax.config.update("jax_enable_x64", True)
-from neural_tangents import stax  # noqa: E402
+from neural_tangents import predict, stax  # noqa: E402
 
 SP = {"parameterization": "standard"}
 
@@ -468,6 +468,38 @@ def masked_cases():
     ], (3, 2, 3, 5), 2, ([5, 4, 2], [3, 5])
 
 
+def predict_trace_axes_conv(rng):
+    """predict.gradient_descent_mse on the outputs (N, H, W, C) of a conv network without pooling, channels traced
+    (trace_axes=(-1,)): the NTK of N + M inputs (N, N, H, H', W, W'), targets, initial outputs, and the flow's
+    outputs at lr and t (channels first, as ntkit)."""
+    n, m, lr, t = 5, 3, 0.8, 3.0
+    x = rng.randn(n + m, 2, 4, 3)
+    y, fx0 = rng.randn(n, 3, 4, 3), 0.1 * rng.randn(n + m, 3, 4, 3)
+    _, _, kernel_fn = stax.serial(
+        stax.Conv(8, (3, 3), padding="SAME", W_std=1.5, b_std=0.1),
+        stax.Relu(),
+        stax.Conv(3, (3, 3), padding="SAME", W_std=1.5, b_std=0.1),
+    )
+    ntk = kernel_fn(channels_last(x), None, "ntk")
+    p = predict.gradient_descent_mse(ntk[:n, :n], channels_last(y), lr, trace_axes=(-1,))
+    train, test = p(t, channels_last(fx0[:n]), channels_last(fx0[n:]), ntk[n:, :n])
+    first = lambda a: np.moveaxis(np.asarray(a), -1, 1)  # noqa: E731
+    return {
+        "x1": x.tolist(),
+        "ntk": np.asarray(ntk).tolist(),
+        "y": y.tolist(),
+        "fx0": fx0.tolist(),
+        "lr": lr,
+        "t": t,
+        "train": first(train).tolist(),
+        "test": first(test).tolist(),
+    }
+
+
+#: Cases that are not a kernel of stax layers: name -> function of the random state returning the stored values.
+OTHER_CASES = {"predict_trace_axes_conv": predict_trace_axes_conv}
+
+
 def channels_last(x):
     return np.moveaxis(x, 1, -1) if x.ndim > 2 else x
 
@@ -501,6 +533,10 @@ def main(only=()):
             "ntk": np.asarray(k.ntk).tolist(),
             **{key: value for key, value in masking.items() if key != "pattern"},
         }
+    for name, make in OTHER_CASES.items():
+        values = make(rng)
+        if not only or name in only:
+            out[name] = values
     path.write_text(json.dumps(out) + "\n")
     print(f"wrote {len(out)} cases to {path}")
 

@@ -127,14 +127,20 @@ def test_shape_mismatches(problem):
         nk.predict.gradient_descent_mse(k, torch.randn(N + 1, N_OUT, dtype=torch.float64))
     with pytest.raises(ShapeError, match="full"):
         nk.predict.gradient_descent_mse(torch.zeros(N, N, N_OUT + 1, N_OUT + 1, dtype=torch.float64), y)
-    with pytest.raises(ShapeError, match="y_train"):
-        nk.predict.gradient_descent_mse(k, torch.randn(N, N_OUT, 2, dtype=torch.float64))
+    with pytest.raises(ShapeError, match=r"must be \(10, 10, 2, 2\)"):  # outputs (N, O, 2), the last axis traced
+        nk.predict.gradient_descent_mse(k, torch.randn(N, N_OUT, 2, dtype=torch.float64), trace_axes=-1)
+    with pytest.raises(ShapeError, match="pass trace_axes="):  # neither per-output nor full for outputs (N, O, 2)
+        nk.predict.gradient_descent_mse(torch.zeros(N, N, 2, 2), torch.randn(N, N_OUT, 2, dtype=torch.float64))
+    with pytest.raises(InvalidArgumentError, match="axis 0, the examples, cannot be traced"):
+        nk.predict.gradient_descent_mse(k, y, trace_axes=(0,))
+    with pytest.raises(InvalidArgumentError, match="trace_axes must be an int or a tuple"):
+        nk.predict.gradient_descent_mse(k, y, trace_axes="channels")
     p = nk.predict.gradient_descent_mse(k, y, 1e-3)
     with pytest.raises(ShapeError, match="fx_train_0"):
         p(1, torch.zeros(N, N_OUT + 1, dtype=torch.float64))
     with pytest.raises(ShapeError, match="ntk_test_train"):
         p(1, 0.0, 0.0, k_test[:, :-1])
-    with pytest.raises(ShapeError, match=r"\(M, N, O, O\)"):  # per-output test kernel with a full train kernel
+    with pytest.raises(ShapeError, match=r"\(M, 10, 2, 2\)"):  # per-output test kernel with a full train kernel
         full = torch.einsum("nm,ab->nmab", k, torch.eye(N_OUT, dtype=torch.float64))
         nk.predict.gradient_descent_mse(full, y, 1e-3)(1, 0.0, 0.0, k_test)
     with pytest.raises(ShapeError, match="fx_test_0"):

@@ -69,9 +69,9 @@ def _extreme_eigenvalues(k: object, n_outputs: int, reduction: str) -> tuple[flo
                 f"n_outputs = {n_outputs} but the full kernel has shape {format_shape(k.shape)} "
                 f"({k.shape[2]} outputs); leave n_outputs out for a full kernel."
             )
-        layout = Layout(n, k.shape[2], True, False)
+        layout = Layout.flat(n, k.shape[2], True)
     elif k.ndim == 2 and k.shape[1] == n:
-        layout = Layout(n, n_outputs, False, False)
+        layout = Layout.flat(n, n_outputs, False)
     else:
         raise ShapeError(f"ntk_train_train has shape {format_shape(k.shape)}; it must be (N, N) or (N, N, O, O).")
     check_factorization_fits(layout.dim, torch.float64, k.device, "ntk_train_train")

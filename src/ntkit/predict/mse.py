@@ -38,13 +38,16 @@ def gradient_descent_mse(
     diag_reg_absolute_scale: bool = False,
     continuous: bool = False,
     dtype: torch.dtype = torch.float64,
+    trace_axes: int | tuple[int, ...] | None = None,
 ) -> MSEPredictor:
     """Predictor of gradient-descent training on MSE of a linearized model, in closed form.
 
     Args:
         ntk_train_train: the NTK on the training set, per-output (N, N) (applied to every output) or full
-            (N, N, O, O) (``nk.empirical_ntk(..., trace_outputs=False)``).
-        y_train: targets, (N, O) or (N,).
+            (N, N, O, O) (``nk.empirical_ntk(..., trace_outputs=False)``); for outputs with more axes
+            (N, *F), (N, N, F_a, F_a', F_b, F_b', ...) over the axes a < b < ... that ``trace_axes`` leaves.
+        y_train: targets, (N, O) or (N,), or (N, *F) (e.g. (N, C, H, W) of a convolutional network without
+            pooling).
         learning_rate: ``lr`` of torch.optim.SGD; > 0.
         momentum: ``momentum`` of torch.optim.SGD (heavy ball, no dampening, no Nesterov), in [0, 1).
         reduction: ``"mean"`` or ``"sum"``, as in torch.nn.MSELoss.
@@ -53,6 +56,10 @@ def gradient_descent_mse(
         continuous: gradient flow (time t·lr) instead of discrete steps; with momentum, the ODE of theory.md §2.5
             in time t·√lr.
         dtype: dtype of the linear algebra (float64 by default).
+        trace_axes: output axes (of y_train's, 1..ndim−1, or negative) over which the kernel is Θ ⊗ I
+            (neural-tangents' ``trace_axes``): the kernel omits them. E.g. ``trace_axes=(1,)`` for outputs
+            (N, C, H, W) and the kernel (N, N, H, H', W, W') of ``nk.kernel(net, x, diagonal_spatial=False).ntk``.
+            None (default): inferred, (N, N) (every axis traced) or full (N, N, F_1, F_1', ...) (none).
 
     Returns:
         A :class:`MSEPredictor` ``p``; ``p(t, fx_train_0, fx_test_0=None, ntk_test_train=None)`` gives the
@@ -60,8 +67,8 @@ def gradient_descent_mse(
         train kernel is computed on first use and reused.
     """
     k = check_tensor(ntk_train_train, "ntk_train_train", min_ndim=2)
-    y, targets = check_targets(y_train, k.device)
-    layout = layout_of(k, targets.n_train, targets.n_outputs, targets.vector_targets, "ntk_train_train")
+    y, targets = check_targets(y_train, k.device, output_axes=True)
+    layout = layout_of(k, targets.n_train, targets.out_shape, targets.vector_targets, "ntk_train_train", trace_axes)
     dtype = check_dtype(dtype)
     matrix = layout.kernel_matrix(k, "ntk_train_train")
     kernels = TrainKernels(

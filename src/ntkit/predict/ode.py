@@ -48,6 +48,7 @@ def gradient_descent(
     rtol: float = 1e-10,
     atol: float = 1e-12,
     dtype: torch.dtype = torch.float64,
+    trace_axes: int | tuple[int, ...] | None = None,
 ) -> LossPredictor:
     """Predictor of gradient-descent training of a linearized model on any loss of its outputs.
 
@@ -55,13 +56,16 @@ def gradient_descent(
         loss: ``loss(f, y) -> scalar tensor`` with f the outputs (N, O) (or (N,) for 1-D float targets), e.g.
             ``torch.nn.CrossEntropyLoss()`` (with integer class labels (N,) or class probabilities (N, O)) or
             ``torch.nn.MSELoss()``. Its gradient with respect to f is taken by autograd.
-        ntk_train_train: per-output (N, N) or full (N, N, O, O) NTK on the training set.
+        ntk_train_train: per-output (N, N) or full (N, N, O, O) NTK on the training set (with ``trace_axes``:
+            (N, N, *pairs of the kept output axes)).
         y_train: targets passed to ``loss`` as they are (integer labels stay integer).
         learning_rate, momentum: ``lr`` and ``momentum`` of torch.optim.SGD.
         continuous: integrate the ODE limit (time t·lr, or t·√lr with momentum) instead of iterating steps.
         ode_method, rtol, atol: ``scipy.integrate.solve_ivp`` method and tolerances (on α, for ``continuous``).
             For very long, stiff horizons ``"LSODA"`` or ``"Radau"`` can be faster.
         dtype: dtype of the computation (float64 by default).
+        trace_axes: output axes over which the kernel is Θ ⊗ I, as :func:`gradient_descent_mse`'s (axes of the
+            outputs f (N, *F); e.g. (1,) for outputs (N, C, H, W) and a kernel (N, N, H, H', W, W')).
 
     Returns:
         A :class:`LossPredictor` with the interface of :func:`gradient_descent_mse`'s predictor. There is no
@@ -81,7 +85,10 @@ def gradient_descent(
         )
     solver = _Solver(ode_method, check_nonnegative(rtol, "rtol"), check_nonnegative(atol, "atol"))
     lr, beta = check_learning_rate(learning_rate), check_momentum(momentum)
-    return LossPredictor(loss, k, y, lr, beta, bool(continuous), solver, check_dtype(dtype))
+    predictor = LossPredictor(loss, k, y, lr, beta, bool(continuous), solver, check_dtype(dtype), trace_axes)
+    if trace_axes is not None and y.is_floating_point():
+        predictor._layout(0.0)  # checks trace_axes against the kernel now
+    return predictor
 
 
 @dataclass(frozen=True)
@@ -150,35 +157,38 @@ class LossPredictor(FunctionSpacePredictor):
         continuous: bool,
         solver: _Solver,
         dtype: torch.dtype,
+        trace_axes: object = None,
     ):
         self.loss, self.lr, self.momentum, self.continuous, self.solver = loss, lr, momentum, continuous, solver
         self.dtype, self._kernel, self._out_dtype = dtype, kernel, promote_dtype(kernel, y)
         self._y = y.to(dtype) if y.is_floating_point() else y
-        self._layouts: dict[int, tuple[Layout, TrainKernels]] = {}
+        self._layouts: dict[tuple[int, ...], tuple[Layout, TrainKernels]] = {}
+        self._trace_axes = trace_axes
 
     def _layout(self, fx_train_0: object) -> Layout:
-        """O comes from a full kernel, from float targets (N, O), or else from ``fx_train_0`` (N, O)."""
+        """The outputs' shape (N, *F) comes from float targets, else from ``fx_train_0``, else from a full
+        (N, N, O, O) kernel (F = (O,))."""
         k, y = self._kernel, self._y
         regression_vector = y.is_floating_point() and y.ndim == 1
-        if k.ndim == 4:
-            n_outputs = k.shape[2]
-        elif y.is_floating_point():
-            n_outputs = y.shape[1] if y.ndim == 2 else 1
-        elif isinstance(fx_train_0, torch.Tensor) and fx_train_0.ndim == 2:
-            n_outputs = fx_train_0.shape[1]
+        if y.is_floating_point():
+            out_shape = tuple(y.shape[1:]) or (1,)
+        elif isinstance(fx_train_0, torch.Tensor) and fx_train_0.ndim >= 2:
+            out_shape = tuple(fx_train_0.shape[1:])
+        elif k.ndim == 4 and self._trace_axes is None:
+            out_shape = (k.shape[2],)
         else:
             raise ShapeError(
-                "with integer targets and a per-output (N, N) kernel the number of outputs is unknown; pass "
-                "fx_train_0 as a tensor of shape (N, O)."
+                "with integer targets the shape of the outputs is unknown; pass fx_train_0 as a tensor of shape "
+                "(N, O) (or (N, *F))."
             )
-        if n_outputs not in self._layouts:
-            layout = layout_of(k, k.shape[0], n_outputs, regression_vector, "ntk_train_train")
+        if out_shape not in self._layouts:
+            layout = layout_of(k, k.shape[0], out_shape, regression_vector, "ntk_train_train", self._trace_axes)
             matrix = layout.kernel_matrix(k, "ntk_train_train")
             kernels = TrainKernels(
                 lambda _: matrix, lambda _: "ntk_train_train", diag_reg=0.0, absolute=False, dtype=self.dtype
             )
-            self._layouts[n_outputs] = (layout, kernels)
-        return self._layouts[n_outputs][0]
+            self._layouts[out_shape] = (layout, kernels)
+        return self._layouts[out_shape][0]
 
     def state(
         self,
@@ -270,7 +280,7 @@ class LossPredictor(FunctionSpacePredictor):
                 f"t = {times[times < t0][0].item()} is before the start state's t = {t0}; a state can only be "
                 "continued forwards."
             )
-        k = self._layouts[layout.n_outputs][1].matrix("ntk")
+        k = self._layouts[layout.out_shape][1].matrix("ntk")
         zeros = torch.zeros_like(f0)
         state = (f0.clone(), zeros, zeros) if start is None else (start.f, start.velocity, start.coefficients)
         run = self._integrate if self.continuous else self._iterate

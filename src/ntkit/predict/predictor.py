@@ -68,7 +68,7 @@ class FunctionSpacePredictor:
         return self._layout(fx_train_0), fx_train_0, self._evolve
 
     def _train_start(self, fx_train_0: object, layout: Layout) -> torch.Tensor:
-        shape = (layout.n_train,) if layout.vector_targets else (layout.n_train, layout.n_outputs)
+        shape = layout.outputs_shape(layout.n_train)
         return layout.to_matrix(outputs_argument(fx_train_0, "fx_train_0", shape, self.device, self.dtype))
 
     def coefficients(self, t: object, fx_train_0: object = 0.0) -> torch.Tensor:
@@ -97,7 +97,8 @@ class FunctionSpacePredictor:
             fx_train_0: outputs at initialization on the train set, (N, O) like ``y_train`` (or a number).
             fx_test_0: outputs at initialization on the test set, (M, O) (or a number; None means 0).
             ntk_test_train: test-train kernel, (M, N) for a per-output train kernel or (M, N, O, O) for a
-                full one.
+                full one. Outputs with more axes (N, *F) (``trace_axes``): (M, N, *pairs of the kept axes),
+                like the train kernel.
             options: a predictor's own keyword arguments (``start``, ``progress`` of ``gradient_descent``'s).
 
         Returns:
@@ -116,7 +117,7 @@ class FunctionSpacePredictor:
         check_device(k_test, "ntk_test_train", self.device)
         k_test = layout.kernel_matrix(k_test, "ntk_test_train").to(self.dtype)
         n_test = ntk_test_train.shape[0]
-        shape = (n_test,) if layout.vector_targets else (n_test, layout.n_outputs)
+        shape = layout.outputs_shape(n_test)
         f_test_0 = layout.to_matrix(
             outputs_argument(0.0 if fx_test_0 is None else fx_test_0, "fx_test_0", shape, self.device, self.dtype)
         )
