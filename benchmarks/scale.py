@@ -6,8 +6,9 @@ Cases (``--case``; each prints its ratio, the machine's load average next to eve
              ``--workers`` workers (default 2), one thread each. Target: 2 workers >= 1.8x one worker.
   overhead   an MLP kernel (NNGP and NTK, float32, 2 hidden ReLU layers, ``--n`` inputs of dimension 784,
              default 20,000) with in-memory nk.kernel and with nk.scale.kernel into a local store (client=None).
-             Target: store time <= 1.3x in-memory time. Also prints how long the disk alone takes to write and
-             flush as many bytes as the store holds (the floor of the store's time on this disk).
+             Target: store time <= 1.3x in-memory time, best of ``--repeat`` (default 3) interleaved runs of
+             each. Also prints how long the disk alone takes to write and flush as many bytes as the store
+             holds: the store cannot take less than the larger of that and the computation (its floor).
   cg         an MLP NTK (float64, ``--n`` default 10,000) into a store; 10 outputs solved by Cholesky and by
              CG (tol 1e-10) with the Nyström and with the pivoted-Cholesky preconditioner (rank 256); max
              difference of the test means (target <= 1e-6 relative), times, iterations.
@@ -126,19 +127,28 @@ def case_workers(n: int, workers: int, root: Path) -> None:
     print(f"workers: {workers} workers are {times[1] / times[workers]:.2f}x one worker (target >= 1.8x)")
 
 
-def case_overhead(n: int, root: Path) -> None:
+def case_overhead(n: int, root: Path, repeat: int) -> None:
     x = features(n)
     nk.kernel(mlp(), x[:500])  # warm-up (thread pool, first allocations)
-    t_mem, k = timed(lambda: nk.kernel(mlp(), x, memory_budget="12G"))  # the whole result must fit
-    print(f"  in-memory nk.kernel: {t_mem:.1f} s ({load()})")
-    del k
-    t_store, s = timed(lambda: nk.scale.kernel(mlp(), x, store=root / "mlp.zarr"))
-    print(f"  nk.scale.kernel into a store: {t_store:.1f} s, {s.tiles_total} tiles of {s.tile_size} ({load()})")
+    t_mem, t_store = [], []
+    for _ in range(repeat):  # interleaved, best of each: load from other processes hits both sides alike
+        seconds, k = timed(lambda: nk.kernel(mlp(), x, memory_budget="12G"))  # the whole result must fit
+        t_mem.append(seconds)
+        print(f"  in-memory nk.kernel: {seconds:.1f} s ({load()})", flush=True)
+        del k
+        shutil.rmtree(root / "mlp.zarr", ignore_errors=True)  # a store left from the last repetition would resume
+        seconds, s = timed(lambda: nk.scale.kernel(mlp(), x, store=root / "mlp.zarr"))
+        t_store.append(seconds)
+        print(f"  nk.scale.kernel into a store: {seconds:.1f} s, {s.tiles_total} tiles of {s.tile_size} ({load()})",
+              flush=True)
     written = sum(p.stat().st_size for p in (root / "mlp.zarr").rglob("*") if p.is_file())
     t_disk = disk_write_seconds(root, written)
+    best_mem, best_store = min(t_mem), min(t_store)
     print(f"  the disk alone: writing and flushing the store's {written / 1e9:.2f} GB takes {t_disk:.1f} s "
-          f"({written / t_disk / 1e6:.0f} MB/s), {t_disk / t_mem:.2f}x the in-memory time ({load()})")
-    print(f"overhead: store / in-memory = {t_store / t_mem:.2f}x (target <= 1.3x)")
+          f"({written / t_disk / 1e6:.0f} MB/s), {t_disk / best_mem:.2f}x the in-memory time ({load()})")
+    print(f"  floor on this disk: the store takes at least max(computing, writing) = "
+          f"{max(1.0, t_disk / best_mem):.2f}x the in-memory time")
+    print(f"overhead: store / in-memory = {best_store / best_mem:.2f}x, best of {repeat} each (target <= 1.3x)")
 
 
 def disk_write_seconds(root: Path, total: int) -> float:
@@ -237,6 +247,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=None, help="where stores go (default: a temporary directory)")
     parser.add_argument("--force", action="store_true", help="run big whatever memory is available")
+    parser.add_argument("--repeat", type=int, default=3, help="overhead: repetitions of each side (best taken)")
     parser.add_argument("--rank", type=int, default=2048, help="big: rank of CG's Nyström preconditioner")
     args = parser.parse_args()
     cases = [c for c in DEFAULT_N if c != "big"] if args.case == "all" else [args.case]
@@ -248,7 +259,7 @@ def main() -> None:
             if case == "workers":
                 case_workers(n, args.workers, root)
             elif case == "overhead":
-                case_overhead(n, root)
+                case_overhead(n, root, args.repeat)
             elif case == "cg":
                 case_cg(n, root)
             else:
