@@ -163,3 +163,63 @@ def test_functional_layers_in_a_plain_function_use_rules():
     J = torch.cat([j.flatten(2) for j in J.values()], -1)
     got = nk.empirical_ntk(f, x1, params=params, method="structured", trace_outputs=False)
     assert rel_err(got, kernel_from_jacobians(J, J, False)) < TOL
+
+
+class SequenceFirst(nn.Module):
+    """Token vectors (N, L, d) handled sequence-first inside: the layers see the batch at axis 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.conv = nn.Conv1d(4, 2, 2)
+        self.out = nn.Linear(2, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x.transpose(0, 1)))  # (L, N, 4)
+        h = torch.tanh(self.conv(h.permute(1, 2, 0)))  # (N, 2, L - 1)
+        return self.out(h.mean(2))
+
+
+class FoldsTheBatch(nn.Module):
+    """Folds examples and positions into one axis before its layer: (N·L, d)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x.reshape(-1, 3))).reshape(x.shape[0], -1)
+
+
+@pytest.mark.parametrize(("model", "batched"), [(SequenceFirst(), True), (FoldsTheBatch(), False)])
+def test_capture_of_the_whole_batch(monkeypatch, model, batched):
+    """The structured method captures layer inputs and cotangents by plain autograd on the whole batch, with the
+    batch axis of each call found by its traced shape (here at axis 1 for the sequence-first layer); a model that
+    folds the batch into another axis takes the per-example route. Both exact against the dense reference."""
+    routes = []
+    real = StructuredMethod._capture_batched
+    monkeypatch.setattr(StructuredMethod, "_capture_batched", lambda m, x: routes.append(r := real(m, x)) or r)
+    model = model.to(DT).eval()
+    x1, x2 = torch.randn(4, 5, 3, dtype=DT), torch.randn(3, 5, 3, dtype=DT)
+    for other in (None, x2):
+        for trace_outputs in (True, False):
+            got = nk.empirical_ntk(model, x1, other, method="structured", trace_outputs=trace_outputs)
+            J1 = dense_jacobian(model, x1)
+            want = kernel_from_jacobians(J1, J1 if other is None else dense_jacobian(model, x2), trace_outputs)
+            assert rel_err(got, want) < TOL
+    assert routes and all((r is not None) == batched for r in routes)
+    assert structured(model, x1)[0].fallback == []
+
+
+def test_capture_routes_agree():
+    """The whole-batch capture gives the per-example route's tensors (to round-off: the same products, batched
+    differently), including a single example (where no axis tells the batch apart)."""
+    model, x1, _, _, _ = case("cnn2d")
+    for x in (x1, x1[:1]):
+        _, method = structured(model, x)
+        batched, per_example = method._capture_batched(x), method._capture_per_example(x)
+        assert batched is not None
+        for got, want in zip(batched[:2], per_example[:2], strict=True):
+            for key in want.keys() if isinstance(want, dict) else range(len(want)):
+                assert got[key].shape == want[key].shape
+                assert torch.allclose(got[key], want[key], rtol=1e-12, atol=1e-12)

@@ -1,10 +1,12 @@
 """Method ``"structured"``: the NTK from per-layer structure instead of per-example Jacobians.
 
-One forward pass per example records the inputs of the layer calls with a rule (:mod:`.interception`), and
-one batched reverse pass (``vmap(jacrev)`` with respect to zero probes added to the layer outputs) gives the
-cotangents of every layer output for all O model outputs at once; no parameter gradient is formed by
-autograd. Each parameter's contribution is then contracted in the cheapest exact form (:mod:`.terms`,
-:mod:`.cost`):
+One forward pass records the inputs of the layer calls with a rule (:mod:`.interception`), and one reverse
+pass batched over the O model outputs (with respect to zero probes added to the layer outputs) gives the
+cotangents of every layer output; no parameter gradient is formed by autograd. Both run on the whole batch as
+plain autograd where each layer sees the batch at one axis and no parameter needs Jacobian contraction (the
+examples are independent, so the cotangent of example n's probe is the per-example one); otherwise per
+example under ``vmap(jacrev)``, whose dispatch costs more than a small model's arithmetic. Each parameter's
+contribution is then contracted in the cheapest exact form (:mod:`.terms`, :mod:`.cost`):
 
 - a linear or convolution weight in Gram form, (A1 A2ᵀ) ⊙ (G1 G2ᵀ) summed over positions, or in Jacobian form
   J = Σ_l g_l a_lᵀ formed from the same tensors while a block is contracted, one weight at a time; the bias of
@@ -128,6 +130,25 @@ def _candidate_forms(fm: FunctionalModel, trace: ModelTrace, name: str, uses: Us
     return [layout]
 
 
+def _batch_axis(traced: tuple[int, ...], batched: tuple[int, ...], n: int) -> int | None:
+    """The axis at which a call's batched shape holds the batch: the one axis where the traced shape (one
+    example) has 1 and the batched shape n, all others equal; None if there is no such single axis."""
+    if len(traced) != len(batched):
+        return None
+    differ = [i for i, (t, b) in enumerate(zip(traced, batched, strict=True)) if t != b]
+    if not differ:  # n == 1: the first axis of size 1 (moving an axis of size 1 changes nothing)
+        return next((i for i, t in enumerate(traced) if t == 1), None)
+    i = differ[0]
+    return i if len(differ) == 1 and traced[i] == 1 and batched[i] == n else None
+
+
+def _per_example(t: torch.Tensor, axis: int | None, lead: int) -> torch.Tensor:
+    """A batched tensor (``lead`` leading axes, then a call's shape with the batch at ``axis``) laid out as the
+    per-example route gives it: batch first, then the leading axes, then the traced shape (batch axis of 1)."""
+    assert axis is not None, "the caller returns None for calls without a batch axis"
+    return t.movedim(lead + axis, 0).unsqueeze(lead + 1 + axis)
+
+
 def _cat(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
     """Positions of several calls of one parameter, side by side (no copy for a single call)."""
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
@@ -182,15 +203,62 @@ class StructuredMethod:
         )
 
     def _capture(self, x: torch.Tensor) -> tuple[dict[int, torch.Tensor], list[torch.Tensor], dict[str, torch.Tensor]]:
-        """Per-example inputs of the recorded calls, output cotangents (N, O, *out_shape) per call, and the
-        Jacobians (N, O, *shape) of the fallback parameters, from one batched reverse pass."""
+        """Per-example inputs of the recorded calls (N, *in_shape), output cotangents (N, O, *out_shape) per call,
+        and the Jacobians (N, O, *shape) of the fallback parameters: from one forward and one backward pass of
+        the whole batch where that is possible (:meth:`_capture_batched`), else per example under ``vmap``."""
+        if not self.trace.fallback:
+            captured = self._capture_batched(x)
+            if captured is not None:
+                return captured
+        return self._capture_per_example(x)
+
+    def _check_calls(self, calls: list[LayerCall]) -> None:
+        if [c.signature() for c in calls] != [c.signature() for c in self.trace.calls]:
+            raise UnsupportedError(
+                "the model calls its layers differently for different examples (data-dependent control "
+                "flow?), so the structured method cannot be used; pass method='jacobian'."
+            )
+
+    def _capture_batched(
+        self, x: torch.Tensor
+    ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor], dict[str, torch.Tensor]] | None:
+        """The capture as plain autograd on the batch, without per-example transforms (their dispatch costs more
+        than the arithmetic of a small model): the model runs once on x with a zero probe added to each recorded
+        call's output, and one backward pass batched over the O outputs (``is_grads_batched``) gives the
+        cotangents of all probes. Examples are independent (checked when the model was traced), so the cotangent
+        of example n's probe is ∂f_o(x_n)/∂y_n, the per-example cotangent. Each call's batched tensors must be its
+        traced per-example tensors with the batch at one axis (traced size 1, here N); else (a model that folds
+        the batch into another axis) None, and the caller takes the per-example route. Needs no parameter
+        Jacobians: only used without fallback parameters."""
+        n = x.shape[0]
+        icpt = LayerInterceptor({id(v): k for k, v in self.fm.params.items()}, make_probes=True)
+        with autodiff_context(), torch.enable_grad():
+            with icpt:
+                out = self.fm.fn(self.fm.params, x)
+            self._check_calls(icpt.calls)
+            pairs = list(zip(self.trace.calls, icpt.calls, strict=True))
+            out_axes = [_batch_axis(c.out_shape, b.out_shape, n) for c, b in pairs]
+            recorded = {i: t for i, t in enumerate(icpt.inputs) if t is not None}
+            in_axes = {i: _batch_axis(pairs[i][0].in_shape, pairs[i][1].in_shape, n) for i in recorded}
+            if None in out_axes or None in in_axes.values():
+                return None
+            o = out.shape[1]
+            seeds = torch.eye(o, dtype=out.dtype, device=out.device).unsqueeze(1).expand(o, n, o)
+            grads = torch.autograd.grad(out, icpt.made_probes, seeds, is_grads_batched=True, materialize_grads=True)
+        cotangents = [_per_example(g.detach(), a, lead=1) for g, a in zip(grads, out_axes, strict=True)]
+        return {i: _per_example(t.detach(), in_axes[i], lead=0) for i, t in recorded.items()}, cotangents, {}
+
+    def _capture_per_example(
+        self, x: torch.Tensor
+    ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor], dict[str, torch.Tensor]]:
+        """The capture by ``vmap(jacrev)`` of one example's forward pass (works for any model whose examples are
+        independent, and gives the fallback parameters' Jacobians in the same reverse pass)."""
         calls = self.trace.calls
         rule = {k: v for k, v in self.fm.params.items() if k in self.trace.uses}
         fallback = {k: self.fm.params[k] for k in self.trace.fallback}
         watched = {id(v): k for k, v in rule.items()}
         dtype, device = self.fm.dtype, next(iter(self.fm.params.values())).device
         probes = [torch.zeros(c.out_shape, dtype=dtype, device=device) for c in calls]
-        expected = [c.signature() for c in calls]
 
         def per_example(
             xn: torch.Tensor, probes: list[torch.Tensor], fallback: dict[str, torch.Tensor]
@@ -198,11 +266,7 @@ class StructuredMethod:
             icpt = LayerInterceptor(watched, probes=probes)
             with icpt:
                 out = self.fm.fn({**rule, **fallback}, xn.unsqueeze(0)).squeeze(0)
-            if [c.signature() for c in icpt.calls] != expected:
-                raise UnsupportedError(
-                    "the model calls its layers differently for different examples (data-dependent control "
-                    "flow?), so the structured method cannot be used; pass method='jacobian'."
-                )
+            self._check_calls(icpt.calls)
             return out, {str(i): t for i, t in enumerate(icpt.inputs) if t is not None}
 
         with autodiff_context():
