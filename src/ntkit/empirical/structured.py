@@ -34,6 +34,7 @@ from .._functional import FunctionalModel
 from ..errors import UnsupportedError
 from .autodiff import autodiff_context
 from .cost import MethodCost, Problem, SideCost
+from .dense_chain import dense_chain
 from .interception import LayerCall, LayerInterceptor
 from .rules import LINEAR_FAMILY, embedding_term, linear_family_dims, linear_family_term, parameter_jacobian
 from .terms import (
@@ -180,6 +181,7 @@ class StructuredMethod:
         self.groups = list(groups.values())
         self.fallback_size = sum(fm.params[k].numel() for k in trace.fallback)
         self.workspace = Workspace()
+        self.chain = dense_chain(fm, trace)
 
     def cost(self) -> MethodCost:
         t, o_a = self.trace, self.trace.n_outputs**self.problem.output_power
@@ -275,7 +277,12 @@ class StructuredMethod:
         return {int(k): v for k, v in inputs.items()}, cotangents, fallback_jac
 
     def features(self, x: torch.Tensor) -> list[Term]:
-        inputs, cots, fallback_jac = self._capture(x)
+        outer: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.chain is not None:
+            inputs, cots, outer = self.chain.capture(x)
+            fallback_jac: dict[str, torch.Tensor] = {}
+        else:
+            inputs, cots, fallback_jac = self._capture(x)
         calls = self.trace.calls
         terms: list[Term] = []
         for g in self.groups:
@@ -284,7 +291,8 @@ class StructuredMethod:
                 A = _cat([t.A for t in parts], 2)
                 if g.bias is not None:
                     A = torch.cat([A, A.new_ones(*A.shape[:-1], 1)], -1)
-                term = GramTerm(A, _cat([t.G for t in parts], 3))
+                factors = outer.get(g.uses[0][0]) if len(g.uses) == 1 else None
+                term = GramTerm(A, _cat([t.G for t in parts], 3), factors)
                 terms.append(term if g.form == "gram" else FactoredJacobianTerm(term))
             elif g.form == "index":
                 tables = [embedding_term(calls[i], inputs[i], cots[i]) for i, _ in g.uses]
