@@ -155,3 +155,24 @@ def test_clear_trace_cache(traces):
     tracing.clear_trace_cache()
     nk.empirical_ntk(model, x)
     assert len(traces) == 2
+
+
+def test_warm_calls_reuse_the_plan(traces, monkeypatch):
+    """The structured method's per-parameter forms are planned once per trace and problem size: repeated calls do
+    not plan again, another batch size does, and an in-place parameter update (a new trace) plans again and gives
+    the new parameters' kernel."""
+    from ntkit.empirical import structured
+
+    plans = []
+    real = structured._groups
+    monkeypatch.setattr(structured, "_groups", lambda *a: plans.append(a[2]) or real(*a))
+    model, x = mlp(), torch.randn(6, 5, dtype=DT)
+    for _ in range(3):
+        check(model, x, extra={"method": "structured"})
+    assert len(plans) == 1
+    check(model, x[:4], extra={"method": "structured"})
+    assert len(plans) == 2
+    with torch.no_grad():
+        model[2].weight.add_(1.0)
+    check(model, x, extra={"method": "structured"})
+    assert len(plans) == 3 and len(traces) == 2

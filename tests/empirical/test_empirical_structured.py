@@ -223,3 +223,26 @@ def test_capture_routes_agree():
             for key in want.keys() if isinstance(want, dict) else range(len(want)):
                 assert got[key].shape == want[key].shape
                 assert torch.allclose(got[key], want[key], rtol=1e-12, atol=1e-12)
+
+
+class PerRowBranch(nn.Module):
+    """Python control flow on each example's values: per-example transforms (vmap) cannot trace it, autograd on
+    the batch can (each row takes its own branch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.lin(x)
+        return torch.stack([row if row.sum() > 0 else -row for row in y])
+
+
+def test_per_example_branches_are_exact_with_the_whole_batch_capture():
+    torch.manual_seed(0)
+    model = PerRowBranch().to(DT).eval()
+    x = torch.randn(8, 4, dtype=DT) * 3
+    J = dense_jacobian(model, x)
+    assert {bool(r.sum() > 0) for r in model.lin(x)} == {True, False}  # both branches taken
+    got = nk.empirical_ntk(model, x, method="structured", trace_outputs=False)
+    assert rel_err(got, kernel_from_jacobians(J, J, False)) < TOL

@@ -159,26 +159,31 @@ def _total(form: _Group, problem: Problem) -> float:
     return problem.examples * (form.feature_flops + form.block_flops) + problem.pairs * form.pair_flops
 
 
+def _groups(fm: FunctionalModel, trace: ModelTrace, problem: Problem) -> list[_Group]:
+    """Each rule parameter's cheapest form for this problem, biases joined to their weights where that pays."""
+    groups = {
+        name: min(_candidate_forms(fm, trace, name, tuple(uses), problem), key=lambda g: _total(g, problem))
+        for name, uses in trace.uses.items()
+    }
+    for name, group in list(groups.items()):
+        calls = [trace.calls[i] for i, _ in group.uses]
+        bias = calls[0].params.get("bias", "") if group.form == "gram" else ""
+        if bias not in groups or any(c.params.get("bias") != bias for c in calls):
+            continue
+        joined = _with_bias(group, groups[bias], problem, trace.n_outputs)
+        if joined is not None:
+            groups[name] = joined
+            del groups[bias]
+    return list(groups.values())
+
+
 class StructuredMethod:
     name = "structured"
     same_features = True
 
     def __init__(self, fm: FunctionalModel, trace: ModelTrace, problem: Problem) -> None:
         self.fm, self.trace, self.problem = fm, trace, problem
-        groups = {
-            name: min(_candidate_forms(fm, trace, name, tuple(uses), problem), key=lambda g: _total(g, problem))
-            for name, uses in trace.uses.items()
-        }
-        for name, group in list(groups.items()):
-            calls = [trace.calls[i] for i, _ in group.uses]
-            bias = calls[0].params.get("bias", "") if group.form == "gram" else ""
-            if bias not in groups or any(c.params.get("bias") != bias for c in calls):
-                continue
-            joined = _with_bias(group, groups[bias], problem, trace.n_outputs)
-            if joined is not None:
-                groups[name] = joined
-                del groups[bias]
-        self.groups = list(groups.values())
+        self.groups = trace.memo(("structured groups", problem), lambda: _groups(fm, trace, problem))
         self.fallback_size = sum(fm.params[k].numel() for k in trace.fallback)
         self.workspace = Workspace()
         self.chain = dense_chain(fm, trace)

@@ -28,8 +28,9 @@ import math
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
@@ -40,6 +41,11 @@ from .interception import LayerCall, LayerInterceptor
 from .rules import parameter_jacobian
 
 __all__ = ["ModelTrace", "cached_trace", "clear_trace_cache", "measure_forward", "trace_model"]
+
+
+T = TypeVar("T")
+#: Entries of :meth:`ModelTrace.memo` per trace (one per problem size asked for).
+_MEMO_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,21 @@ class ModelTrace:
     n_params: int
     forward_flops: float
     activation_words: int
+    _memo: dict[Hashable, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def memo(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, kept with the trace under ``key`` for later calls with the same trace (plans that depend
+        only on the traced structure and the problem's sizes; never parameter values, which the trace key pins
+        but a kept object could outlive). At most ``_MEMO_SIZE`` entries: the oldest go first."""
+        if key in self._memo:
+            kept: T = self._memo[key]
+            return kept
+        value = compute()
+        with _CACHE_LOCK:
+            while len(self._memo) >= _MEMO_SIZE:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[key] = value
+        return value
 
 
 def trace_model(fm: FunctionalModel, x: torch.Tensor) -> ModelTrace:
