@@ -500,6 +500,61 @@ def predict_trace_axes_conv(rng):
 OTHER_CASES = {"predict_trace_axes_conv": predict_trace_axes_conv}
 
 
+def graph_cases():
+    """name -> (stax layers, x1 shape, x2 rows or None, function (rng, N1, N2) -> the per-example patterns)."""
+
+    def dense(rng, n1, n2, nodes=5):
+        return tuple(rng.rand(n, nodes, nodes) * (rng.rand(n, nodes, nodes) < 0.6) for n in (n1, n2))
+
+    def sparse(rng, n1, n2, nodes=5, edges=7):
+        """(N, edges, 2) integer (tail, head) edges, repeats allowed, each example's last few (-1, -1) padding."""
+        out = []
+        for n in (n1, n2):
+            p = rng.randint(0, nodes, size=(n, edges, 2))
+            for example in range(n):
+                p[example, edges - example :] = -1
+            out.append(p)
+        return tuple(out)
+
+    yield "aggregate_per_example_dense", [
+        stax.Conv(4, (1,), W_std=1.3, b_std=0.2),
+        stax.Aggregate(),
+        stax.Relu(),
+        stax.Aggregate(),
+        stax.Conv(4, (1,), b_std=0.1),
+        stax.Erf(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 5), 2, dense
+    yield "aggregate_per_example_sparse", [
+        stax.Conv(4, (1,), W_std=1.2, b_std=0.3),
+        stax.Aggregate(implementation="SPARSE"),
+        stax.Relu(),
+        stax.Conv(4, (1,), W_std=1.4),
+        stax.Aggregate(implementation="SPARSE"),
+        stax.Relu(),
+        stax.GlobalSumPool(),
+        stax.Dense(1),
+    ], (3, 2, 5), 2, sparse
+    yield "aggregate_per_example_rows", [
+        stax.Conv(4, (1, 1), W_std=1.3, b_std=0.2),
+        stax.Aggregate(aggregate_axis=2),
+        stax.Relu(),
+        stax.Conv(4, (2, 1), padding="SAME", b_std=0.1),
+        stax.Aggregate(aggregate_axis=2),
+        stax.Relu(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 3, 5), None, dense
+
+
+def graph_fields(patterns, n2):
+    """The stored graphs of a case: pattern1, and pattern2 when x2 is given (none for other cases)."""
+    if patterns is None:
+        return {}
+    return {"pattern1": patterns[0].tolist(), "pattern2": None if n2 is None else patterns[1].tolist()}
+
+
 def channels_last(x):
     return np.moveaxis(x, 1, -1) if x.ndim > 2 else x
 
@@ -510,10 +565,15 @@ def main(only=()):
     rng = np.random.RandomState(0)
     path = Path(__file__).with_name("values.json")
     out = json.loads(path.read_text()) if only else {}
-    all_cases = [(*case, None) for case in cases()] + list(masked_cases())
-    for name, layers, shape, n2, lengths in all_cases:
+    all_cases = (
+        [(*case, None, None) for case in cases()]
+        + [(*case, None) for case in masked_cases()]
+        + [(name, layers, shape, n2, None, graphs) for name, layers, shape, n2, graphs in graph_cases()]
+    )
+    for name, layers, shape, n2, lengths, graphs in all_cases:
         x1 = rng.randn(*shape)
         x2 = None if n2 is None else rng.randn(n2, *shape[1:])
+        patterns = None if graphs is None else graphs(rng, len(x1), len(x1) if n2 is None else n2)
         if lengths is not None:
             for x, unmasked in zip((x1, x2), lengths, strict=True):
                 for example, length in enumerate(unmasked or ()):
@@ -525,6 +585,8 @@ def main(only=()):
         if name in ADJACENCY:  # one adjacency for every example, as neural-tangents' per-example pattern
             a = ADJACENCY[name]
             masking["pattern"] = tuple(np.broadcast_to(a, (n, *a.shape)) for n in (len(x1), n2))
+        if patterns is not None:  # each example's own graph (x2=None: x1's twice)
+            masking["pattern"] = patterns if n2 is not None else (patterns[0], patterns[0])
         k = kernel_fn(channels_last(x1), None if x2 is None else channels_last(x2), ("nngp", "ntk"), **masking)
         out[name] = {
             "x1": x1.tolist(),
@@ -532,6 +594,7 @@ def main(only=()):
             "nngp": np.asarray(k.nngp).tolist(),
             "ntk": np.asarray(k.ntk).tolist(),
             **{key: value for key, value in masking.items() if key != "pattern"},
+            **graph_fields(patterns, n2),
         }
     for name, make in OTHER_CASES.items():
         values = make(rng)

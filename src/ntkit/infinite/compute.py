@@ -28,6 +28,7 @@ from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
 from .conv_chain import new_variances, release_buffers, run_pairs
 from .dense_chain import chain_variances, run_chain_tile
 from .duplicates import equal_pairs, row_hashes
+from .graphs import check_pattern
 from .kernel_type import Kernel
 from .planning import Plan, plan
 from .registry import apply_layer, check_declared_init
@@ -76,6 +77,7 @@ def kernel(
     diagonal_spatial: bool | None = None,
     progress: bool = False,
     mask_constant: float | None = None,
+    pattern: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Kernel:
     """The infinite-width NNGP K and NTK Θ of ``model``'s architecture between x1 and x2 (theory.md §4).
 
@@ -102,6 +104,10 @@ def kernel(
             position whose channels all equal it is left out by the layers that follow (pooling averages over the
             unmasked positions, attention gives them no weight, their covariances are zero; theory.md §4.11).
             Layers that do not support masks raise ``UnsupportedError`` (see ``ntkit.infinite.masking``).
+        pattern: the graph of each example, for ``ntkit.nn.Aggregate`` layers without a fixed adjacency
+            (neural-tangents' ``pattern``): a tensor for x1 when x2 is None, else the pair (x1's, x2's); each
+            dense (N, n, n) edge weights or sparse (N, n_edges, 2) integer (tail, head) edges, (-1, -1) padding
+            (``ntkit.infinite.graphs``).
 
     Returns:
         :class:`Kernel` with ``nngp`` and ``ntk`` of shape (N1, N2) (with the output's spatial layout
@@ -121,7 +127,10 @@ def kernel(
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     x1, x2 = check_input_pair(x1, x2)
-    x2 = same_examples(x1, x2)  # equal inputs take the x2=None path (docs/infinite.md, "Equal inputs")
+    patterns = None if pattern is None else _check_patterns(pattern, x1, x2)
+    x2 = _same_examples(x1, x2, patterns)  # equal inputs take the x2=None path (docs/infinite.md, "Equal inputs")
+    if x2 is None and patterns is not None:
+        patterns = (patterns[0], None)
     if x1.ndim < 2:
         raise ShapeError(f"inputs must be (N, features) or (N, C, *spatial), got x1 of shape {format_shape(x1.shape)}.")
     dtype = dtype or x1.dtype
@@ -135,7 +144,7 @@ def kernel(
     if mask_constant is not None:
         check_number(mask_constant, "mask_constant")
     check_declared_init(model)
-    args = (model, x1, x2, wanted, memory_budget, block_size, mask_constant)
+    args = (model, x1, x2, wanted, memory_budget, block_size, mask_constant, patterns)
     work = torch.promote_types(dtype, torch.float32)  # half precisions are computed in float32
     result, finite = _compute(*args, work, diagonal_spatial, progress)
     if not finite and work == torch.float32:
@@ -175,13 +184,23 @@ def _compute(
     memory_budget: int | str | None,
     block_size: int | None,
     mask_constant: float | None,
+    patterns: tuple[torch.Tensor, torch.Tensor | None] | None,
     dtype: torch.dtype,
     diagonal_spatial: bool | None,
     progress: bool,
 ) -> tuple[Kernel, bool]:
     """The kernel in ``dtype``, and whether it is finite."""
     need_ntk = "ntk" in wanted
-    p = plan(model, x1, x2, dtype=dtype, ntk=need_ntk, diagonal_spatial=diagonal_spatial, mask_constant=mask_constant)
+    p = plan(
+        model,
+        x1,
+        x2,
+        dtype=dtype,
+        ntk=need_ntk,
+        diagonal_spatial=diagonal_spatial,
+        mask_constant=mask_constant,
+        patterns=patterns,
+    )
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
     large = _large_blocks(x1.device)
@@ -198,10 +217,52 @@ def _compute(
     b = _block_size(p, n1, n2, len(wanted), itemsize, budget, n_workers, block_size, tile_entries)
     x1, x2 = x1.to(dtype), None if x2 is None else x2.to(dtype)
     if p.requires_grad:
-        return _whole(model, x1, x2, p, need_ntk, mask_constant)
+        return _whole(model, x1, x2, p, need_ntk, mask_constant, patterns)
     tiles = _tiles(n1, n2, b, x2 is None)
     with progress_bar(progress, len(tiles), "nk.kernel", "tile") as bar:
-        return _run_tiles(model, x1, x2, p, tiles, need_ntk, n_workers, mask_constant, chain=chain, bar=bar)
+        return _run_tiles(model, x1, x2, p, tiles, need_ntk, n_workers, mask_constant, patterns, chain=chain, bar=bar)
+
+
+def _check_patterns(
+    pattern: object, x1: torch.Tensor, x2: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """nk.kernel's ``pattern`` checked (:func:`.graphs.check_pattern`) as (x1's graphs, x2's or None)."""
+    if x2 is None:
+        if isinstance(pattern, tuple | list):
+            raise InvalidArgumentError(
+                f"pattern must be one tensor of graphs (x1's) when x2 is None, got a {type(pattern).__name__} of "
+                f"{len(pattern)}; pass (x1's, x2's) only together with x2."
+            )
+        return check_pattern(pattern, x1.shape[0], "pattern"), None
+    if not (isinstance(pattern, tuple | list) and len(pattern) == 2):
+        raise InvalidArgumentError(
+            "with x2 given, pattern must be the pair (x1's graphs, x2's graphs) (neural-tangents' (pattern1, "
+            f"pattern2)), got {type(pattern).__name__}."
+        )
+    return check_pattern(pattern[0], x1.shape[0], "pattern[0]"), check_pattern(pattern[1], x2.shape[0], "pattern[1]")
+
+
+def _same_examples(
+    x1: torch.Tensor, x2: torch.Tensor | None, patterns: tuple[torch.Tensor, torch.Tensor | None] | None
+) -> torch.Tensor | None:
+    """x2, or None when x1 and x2 are the same examples (:func:`same_examples`): with graphs, only if their
+    graphs are equal too."""
+    same = same_examples(x1, x2)
+    p1, p2 = patterns or (None, None)
+    graphs_differ = p1 is not None and p2 is not None and not (p1.dtype == p2.dtype and _equal(p1, p2))
+    return x2 if same is None and graphs_differ else same
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a, b)
+
+
+def _tile_patterns(
+    patterns: tuple[torch.Tensor, torch.Tensor | None], rows: slice, cols: slice, diagonal: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The graphs of a tile's examples: x1's rows, and x2's (or x1's, when x2 is x1) columns."""
+    p1, p2 = patterns
+    return p1[rows], None if diagonal else (p1 if p2 is None else p2)[cols]
 
 
 def _large_blocks(device: torch.device) -> bool:
@@ -331,12 +392,20 @@ def _ntk_scale(meta: Kernel) -> float:
 
 
 def _whole(
-    model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None, p: Plan, need_ntk: bool, mask_constant: float | None
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    p: Plan,
+    need_ntk: bool,
+    mask_constant: float | None,
+    patterns: tuple[torch.Tensor, torch.Tensor | None] | None,
 ) -> tuple[Kernel, bool]:
     """The kernel in one piece and out of place, when derivatives are taken: reverse mode keeps every tile for
     the backward pass anyway, and forward mode (``torch.func`` transforms, dual tensors) cannot follow results
     written into preallocated tensors by worker threads. Also returns whether every entry is finite."""
-    k0 = Kernel.from_inputs(x1, x2, diagonal_spatial=p.diagonal_spatial, ntk=need_ntk, mask_constant=mask_constant)
+    k0 = Kernel.from_inputs(
+        x1, x2, diagonal_spatial=p.diagonal_spatial, ntk=need_ntk, mask_constant=mask_constant, pattern=patterns
+    )
     k = apply_layer(model, k0)
     nngp, ntk = k.nngp, None if k.ntk is None else k.ntk.expand_as(k.nngp) * _ntk_scale(p.output)
     if x2 is None:  # symmetric up to round-off: make it exact
@@ -357,6 +426,7 @@ def _whole(
         roots=frozenset(),
         ntk_divisor=p.output.sp_normalizer() if need_ntk else 1,
         mask=None,
+        pattern=None,
     )
     return out, all(t is None or all_finite(t) for t in _fields(out))
 
@@ -370,6 +440,7 @@ def _run_tiles(
     need_ntk: bool,
     n_workers: int,
     mask_constant: float | None,
+    patterns: tuple[torch.Tensor, torch.Tensor | None] | None,
     *,
     chain: bool,
     bar: Progress,
@@ -401,6 +472,7 @@ def _run_tiles(
                 diagonal_spatial=p.diagonal_spatial,
                 ntk=need_ntk,
                 mask_constant=mask_constant,
+                pattern=None if patterns is None else _tile_patterns(patterns, rows, cols, diagonal),
             )
             k = apply_layer(model, k0)
             return k.nngp, None if k.ntk is None else k.ntk.expand_as(k.nngp), k
@@ -440,9 +512,7 @@ def _run_tiles(
     return _result(meta, nngp, ntk, cov, symmetric), finite
 
 
-def _chain_evaluator(
-    p: Plan, x1: torch.Tensor, x2: torch.Tensor | None, need_ntk: bool, cov: torch.Tensor
-) -> Evaluate:
+def _chain_evaluator(p: Plan, x1: torch.Tensor, x2: torch.Tensor | None, need_ntk: bool, cov: torch.Tensor) -> Evaluate:
     """Tiles of a dense/ReLU-family chain (``dense_chain``): per-example variances once for all examples (into
     ``cov``), then each tile in its thread's reused buffers. The returned values are valid until the thread's
     next tile (the caller copies them into the result)."""
@@ -585,6 +655,7 @@ def _result(meta: Kernel, nngp: torch.Tensor, ntk: torch.Tensor | None, cov: tor
         roots=frozenset(),
         ntk_divisor=meta.sp_normalizer() if ntk is not None else 1,
         mask=None,
+        pattern=None,
     )
 
 

@@ -14,6 +14,7 @@ from .._validation import format_shape
 from ..errors import UnsupportedError
 from . import spatial
 from .duplicates import equal_pairs
+from .graphs import stack_patterns
 
 if TYPE_CHECKING:
     from ..gaussian.activations import Activation
@@ -95,6 +96,9 @@ class Kernel:
             ``nk.kernel`` divides by :meth:`sp_normalizer` at the end (theory.md §4.4).
         mask: (N1 + N2, *S) (or (N1, *S)) True at the masked positions of each example, ordered as ``cov``
             (None: nothing masked; ``nk.kernel(..., mask_constant=)``, :mod:`.masking`).
+        pattern: the graph of each example for graph aggregation, ordered as ``cov``: dense (N1 + N2, n, n) edge
+            weights or sparse (N1 + N2, E, 2) edge lists (None: no per-example graphs; ``nk.kernel(...,
+            pattern=)``, :mod:`.graphs`). Layers other than ``Aggregate`` pass it on unchanged.
         ntk_divisor: what ``ntk`` has been divided by: :meth:`sp_normalizer` in results of ``nk.kernel`` for
             the standard parameterization, else 1 (kernels composed by hand stay unnormalised).
             :meth:`neural_tangents_ntk` undoes it.
@@ -117,6 +121,7 @@ class Kernel:
     sp_width: tuple[int, int] = (0, 0)
     ntk_divisor: int = 1
     mask: torch.Tensor | None = None
+    pattern: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.nngp is not None and planning():
@@ -131,12 +136,14 @@ class Kernel:
         diagonal_spatial: bool = True,
         ntk: bool = True,
         mask_constant: float | None = None,
+        pattern: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> Kernel:
         """The input layer's kernel K(x1, x2) = x1·x2 / C (the mean over the C channels).
 
         x1: (N1, C) or (N1, C, *S) (channels first, as PyTorch); x2 the same with N2 examples, or None for x1.
         The NTK of the input is zero (no parameters yet). With ``mask_constant``, entries equal to it are zeroed
-        and positions whose channels all equal it are masked (:func:`.masking.input_mask`).
+        and positions whose channels all equal it are masked (:func:`.masking.input_mask`). ``pattern``: the
+        graphs of x1's and x2's examples (x2's None when x2 is None), checked by :func:`.graphs.check_pattern`.
         """
         masks = None
         if mask_constant is not None:
@@ -173,6 +180,7 @@ class Kernel:
             is_input=True,
             mean=examples.mean(1),
             mask=None if masks is None else torch.cat(masks),
+            pattern=None if pattern is None else stack_patterns(*pattern),
         )
 
     def replace(self, **changes: Any) -> Kernel:

@@ -102,8 +102,8 @@ def apply_masked(module: nn.Module, k: Kernel, transform: Callable[[Kernel], Ker
     raise UnsupportedError(
         f"{type(module).__name__} ({module!r}) does not support masked inputs (mask_constant) yet; supported: "
         "Sequential, Residual, Parallel (not along a spatial axis), activations, Identity, Linear, Dropout, "
-        "LayerNorm over channels, Conv1d/2d/3d, GlobalAvgPool, GlobalSumPool, Flatten and SelfAttention. Compute "
-        "without mask_constant (e.g. on inputs cropped to the unmasked positions)."
+        "LayerNorm over channels, Conv1d/2d/3d, GlobalAvgPool, GlobalSumPool, Flatten, SelfAttention and "
+        "Aggregate. Compute without mask_constant (e.g. on inputs cropped to the unmasked positions)."
     )
 
 

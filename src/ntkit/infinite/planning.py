@@ -84,6 +84,7 @@ def plan(
     ntk: bool,
     diagonal_spatial: bool | None,
     mask_constant: float | None = None,
+    patterns: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> Plan:
     """Run the requirements pass (see the module docstring)."""
     _check_no_weight_sharing(model)
@@ -96,7 +97,13 @@ def plan(
         device = x1.device if diagonal_spatial else "meta"
         a = x1[:1].to(device=device, dtype=dtype)
         b = None if x2 is None else x2[:1].to(device=device, dtype=dtype)
-        k_input = Kernel.from_inputs(a, b, diagonal_spatial=diagonal_spatial, ntk=ntk, mask_constant=mask_constant)
+        graphs = None
+        if patterns is not None:  # the first example's graph of each side
+            p1, p2 = patterns
+            graphs = (p1[:1].to(device), None if p2 is None else p2[:1].to(device))
+        k_input = Kernel.from_inputs(
+            a, b, diagonal_spatial=diagonal_spatial, ntk=ntk, mask_constant=mask_constant, pattern=graphs
+        )
         out = apply_layer(model, k_input)
     finally:
         working_set_probe.reset(token)

@@ -36,6 +36,7 @@ __all__ = [
     "fan_in_sum",
     "flatten",
     "global_pool",
+    "graph_aggregation",
     "layer_norm",
     "pool",
     "separable_linear",
@@ -543,6 +544,40 @@ def separable_linear(k: Kernel, matrices: tuple[torch.Tensor, ...], layer: str =
         **fields,
         spatial_shape=tuple(a.shape[0] for a in matrices),
         mean=None if k.mean is None else apply(k.mean, False),
+        source=None,
+        fn=None,
+    )
+
+
+def graph_aggregation(k: Kernel, adjacency: torch.Tensor, axis: int) -> Kernel:
+    """Graph aggregation along spatial axis ``axis`` (the nodes) with one (n, n) adjacency per example,
+    ``adjacency`` (N1 + N2, n, n) ordered as ``cov`` (A[i, j] the weight of the edge i -> j): y_j = Σ_i A[i, j]
+    x_i, so for examples a, b (theory.md §4.6, a linear map of the positions that depends on the example)
+
+        K'_ab(j, j') = Σ_{i, i'} A_a[i, j] A_b[i', j'] K_ab(i, i'),   mean'_a(j) = Σ_i A_a[i, j] m_a(i).
+    """
+    _require_full(k, "graph aggregation")
+    a1, a2 = k.split(adjacency)
+
+    def aggregate(t: torch.Tensor, t_axis: int, a: torch.Tensor, batch: int) -> torch.Tensor:
+        """Σ_i A_e[i, j] t[..., i, ...] along ``t_axis``, e the example index on ``batch`` (0 or 1)."""
+        moved = t.movedim(t_axis, -1)
+        spec = "z...i,zij->z...j" if batch == 0 else "yz...i,zij->yz...j"
+        return torch.einsum(spec, moved, a.to(t)).movedim(-1, t_axis)
+
+    first, second = spatial.spatial_axes(k.n_spatial, axis, True)
+
+    def both(t: torch.Tensor | None, left: torch.Tensor, right: torch.Tensor, pair: bool) -> torch.Tensor | None:
+        if t is None or t.ndim == 0:
+            return t
+        return aggregate(aggregate(t, first, left, 0), second, right, 1 if pair else 0)
+
+    (mean_axis,) = spatial.spatial_axes(k.n_spatial, axis, False)
+    return k.replace(
+        nngp=both(k.nngp, a1, a2, True),
+        ntk=both(k.ntk, a1, a2, True),
+        cov=both(k.cov, adjacency, adjacency, False),
+        mean=None if k.mean is None else aggregate(k.mean, mean_axis, adjacency, 0),
         source=None,
         fn=None,
     )

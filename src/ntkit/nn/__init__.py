@@ -22,7 +22,7 @@ from ..gaussian.activations import (
     Sin,
     compose,
 )
-from .aggregate import Aggregate
+from .aggregate import Aggregate, graph_patterns
 from .attention import SelfAttention
 from .combinators import Parallel, Residual, Sequential
 from .conv import (
@@ -103,4 +103,5 @@ __all__ = [
     "SumPool2d",
     "SumPool3d",
     "compose",
+    "graph_patterns",
 ]
