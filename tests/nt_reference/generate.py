@@ -466,6 +466,75 @@ def masked_cases():
         stax.GlobalSumPool(),
         stax.Dense(1),
     ], (3, 2, 3, 5), 2, ([5, 4, 2], [3, 5])
+    # Masks through the layers that gained a mask rule: window pooling, ConvLocal, ConvTranspose, ImageResize,
+    # LayerNorm over spatial axes and spatial concatenation (NHWC here; the mask runs along W).
+    lengths = ([6, 4, 2], [3, 6])
+    yield "masked_pooling", [
+        stax.Conv(4, (2, 2), padding="SAME", W_std=1.3, b_std=0.2),
+        stax.Relu(),
+        stax.AvgPool((2, 3), (1, 2), "SAME"),
+        stax.Conv(4, (1, 2), padding="SAME", b_std=0.1),
+        stax.Erf(),
+        stax.AvgPool((2, 2), (1, 1), "SAME", normalize_edges=True),
+        stax.Conv(4, (1, 1)),
+        stax.Relu(),
+        stax.SumPool((1, 2), (1, 2), "VALID"),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 3, 6), 2, lengths
+    yield "masked_conv_local", [
+        stax.ConvLocal(4, (2, 3), padding="SAME", W_std=1.3, b_std=0.2),
+        stax.Relu(),
+        stax.ConvLocal(4, (1, 2), (1, 2), padding="VALID", b_std=0.1),
+        stax.Relu(),
+        stax.Flatten(),
+        stax.Dense(1),
+    ], (3, 2, 3, 6), 2, lengths
+    yield "masked_conv_transpose", [
+        stax.ConvTranspose(4, (2, 3), (1, 2), padding="SAME", W_std=1.3, b_std=0.2),
+        stax.Relu(),
+        stax.ConvTranspose(4, (3, 2), (2, 3), padding="VALID", b_std=0.1),
+        stax.Erf(),
+        stax.ConvTranspose(4, (1, 3), (1, 2), padding="CIRCULAR"),
+        stax.Relu(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 3, 6), 2, lengths
+    yield "masked_resize", [
+        stax.Conv(4, (1, 1), W_std=1.3, b_std=0.2),
+        stax.Relu(),
+        stax.ImageResize((-1, 8, 8, -1), "linear"),
+        stax.Conv(4, (2, 2), padding="SAME", b_std=0.1),
+        stax.Relu(),
+        stax.ImageResize((-1, 7, 7, -1), "nearest"),
+        stax.Conv(4, (1, 1)),
+        stax.Relu(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 5, 5), 2, ([5, 3, 1], [2, 5])
+    yield "masked_layer_norm_spatial", [
+        stax.Conv(4, (2, 2), padding="SAME", W_std=1.3, b_std=0.2),
+        stax.LayerNorm(axis=(1, 2, 3)),
+        stax.Relu(),
+        stax.Conv(4, (1, 2), padding="SAME", b_std=0.1),
+        stax.LayerNorm(axis=(2, 3)),
+        stax.Erf(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 3, 6), 2, lengths
+    yield "masked_concat_spatial", [
+        stax.FanOut(2),
+        stax.parallel(
+            stax.Conv(4, (1, 2), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.Conv(4, (2, 1), padding="SAME", b_std=0.1),
+        ),
+        stax.FanInConcat(axis=2),
+        stax.Relu(),
+        stax.Conv(4, (1, 3), padding="SAME"),
+        stax.Relu(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 3, 6), 2, lengths
 
 
 def predict_trace_axes_conv(rng):

@@ -28,15 +28,16 @@ def is_sparse(pattern: torch.Tensor) -> bool:
     return not (pattern.is_floating_point() or pattern.dtype == torch.bool)
 
 
-def check_pattern(pattern: object, n_examples: int, name: str) -> torch.Tensor:
-    """``pattern`` checked as the graphs of ``n_examples`` examples: dense (N, n, n) with finite weights, or
-    sparse (N, E, 2) integer edges (the node count is checked against the layer's input, where it is known)."""
+def check_pattern(pattern: object, n_examples: int | None, name: str) -> torch.Tensor:
+    """``pattern`` checked as the graphs of ``n_examples`` examples (None: any number): dense (N, n, n) with
+    finite weights, or sparse (N, E, 2) integer edges (the node count is checked against the layer's input, where
+    it is known)."""
     if not isinstance(pattern, torch.Tensor) or pattern.ndim != 3 or pattern.is_complex():
         raise InvalidArgumentError(
             f"{name} must be a tensor of graphs, dense (N, n, n) edge weights or sparse (N, n_edges, 2) integer "
             f"(tail, head) pairs, got {_describe(pattern)}."
         )
-    if pattern.shape[0] != n_examples:
+    if n_examples is not None and pattern.shape[0] != n_examples:
         raise ShapeError(
             f"{name} has {pattern.shape[0]} graphs for {n_examples} examples ({format_shape(pattern.shape)}); "
             "give one graph per example, in the order of the inputs."

@@ -59,14 +59,22 @@ _PLAIN_RULES: dict[type, str] = {
     nn.Conv1d: "convolution",
     nn.Conv2d: "convolution",
     nn.Conv3d: "convolution",
+    nn.AvgPool1d: "pooling",
+    nn.AvgPool2d: "pooling",
+    nn.AvgPool3d: "pooling",
+    nn.Upsample: "resize",
+    nn.LayerNorm: "elementwise",  # statistics over spatial axes leave masked positions out (transforms.layer_norm)
+    nn.GroupNorm: "elementwise",
     nn.Flatten: "flatten",
 }
 
 
 def mask_rule(module: nn.Module) -> str | None:
     """How ``module`` treats masked positions: "container" (applies its layers in turn), "branches" (branches on
-    the same input, combined position by position), "elementwise" (keeps the mask), "convolution",
-    "global_avg", "global_sum", "flatten", or None (not supported)."""
+    the same input, combined position by position or concatenated), "elementwise" (keeps the mask),
+    "convolution" and "pooling" (the mask at each window's centre), "transposed_convolution" (masked where any
+    input reaching the output is), "resize" (masked where every input reaching the output is), "global_avg",
+    "global_sum", "flatten", or None (not supported)."""
     if isinstance(module, Activation):
         return "elementwise"
     own = getattr(module, "mask_rule", None)
@@ -78,12 +86,15 @@ def mask_rule(module: nn.Module) -> str | None:
 def apply_masked(module: nn.Module, k: Kernel, transform: Callable[[Kernel], Kernel]) -> Kernel:
     """The kernel after ``module`` (its map ``transform``) for inputs with masked positions, and the outputs' mask.
 
-    Supported (:func:`mask_rule`): containers that apply their layers in turn (``Sequential``), branches combined
-    position by position (``Residual``, ``Parallel`` summing, multiplying or concatenating channels), elementwise
-    and dense layers (activations, ``Identity``, ``Linear``, ``Dropout``, ``LayerNorm`` over channels;
-    ``SelfAttention``, whose map gives masked keys no weight: the mask is kept), convolutions (the mask of an
-    output position is that of its filter's centre, as neural-tangents), global pooling (over the unmasked
-    positions) and ``Flatten``. Other layers raise :class:`UnsupportedError`.
+    Supported (:func:`mask_rule`), each with neural-tangents' mask rule: containers that apply their layers in
+    turn (``Sequential``), branches (``Residual``, ``Parallel`` summing, multiplying, concatenating channels or
+    along a spatial axis, where the branches' masks are concatenated), elementwise and dense layers (activations,
+    ``Identity``, ``Linear``, ``Dropout``, ``LayerNorm``, whose statistics over spatial axes leave masked
+    positions out; ``SelfAttention``, whose map gives masked keys no weight; ``Aggregate``: the mask is kept),
+    convolutions, locally connected layers and window pooling (the mask of an output position is that of its
+    window's centre), transposed convolutions (an output is masked if any input reaching it is), resizing (an
+    output is masked if every input reaching it is), global pooling (over the unmasked positions) and
+    ``Flatten``. Other layers raise :class:`UnsupportedError`.
     """
     rule = mask_rule(module)
     if rule == "container":
@@ -92,18 +103,29 @@ def apply_masked(module: nn.Module, k: Kernel, transform: Callable[[Kernel], Ker
         return remask(transform(k))
     if rule == "elementwise":
         return remask(transform(k).replace(mask=k.mask))
-    if rule == "convolution":
+    if rule in ("convolution", "pooling"):
+        if rule == "pooling" and getattr(module, "padding_mode", "zeros") == "circular":
+            raise UnsupportedError(
+                f"masked inputs to circular pooling ({module!r}): neural-tangents has no mask rule for it either "
+                "(its CIRCULAR pooling fails on masks). Use zero padding, or compute without mask_constant."
+            )
         out = transform(k)
         return remask(out.replace(mask=_conv_mask(module, k, out)))
+    if rule == "transposed_convolution":
+        out = transform(k)
+        return remask(out.replace(mask=_transposed_conv_mask(module, k)))
+    if rule == "resize":
+        out = transform(k)
+        return remask(out.replace(mask=_resize_mask(module, k)))
     if rule in ("global_avg", "global_sum"):
         return _global_pool(k, average=rule == "global_avg", transform=transform)
     if rule == "flatten":
         return transform(k).replace(mask=_all_masked(k))
     raise UnsupportedError(
         f"{type(module).__name__} ({module!r}) does not support masked inputs (mask_constant) yet; supported: "
-        "Sequential, Residual, Parallel (not along a spatial axis), activations, Identity, Linear, Dropout, "
-        "LayerNorm over channels, Conv1d/2d/3d, GlobalAvgPool, GlobalSumPool, Flatten, SelfAttention and "
-        "Aggregate. Compute without mask_constant (e.g. on inputs cropped to the unmasked positions)."
+        "Sequential, Residual, Parallel, activations, Identity, Linear, Dropout, LayerNorm, convolutions (also "
+        "locally connected and transposed), AvgPool/SumPool, GlobalAvgPool, GlobalSumPool, Flatten, Resize, "
+        "SelfAttention and Aggregate. Compute without mask_constant (e.g. on inputs cropped to the unmasked positions)."
     )
 
 
@@ -116,11 +138,12 @@ def _all_masked(k: Kernel) -> torch.Tensor:
 def _conv_mask(module: nn.Module, k: Kernel, out: Kernel) -> torch.Tensor:
     """The mask of a convolution's outputs: that of the input position at each filter's centre (strided)."""
     assert k.mask is not None
-    if tuple(out.spatial_shape) == tuple(k.spatial_shape) and all(s == 1 for s in _as_tuple(module.stride)):
+    n = k.n_spatial
+    if tuple(out.spatial_shape) == tuple(k.spatial_shape) and all(s == 1 for s in _as_tuple(module.stride, n)):
         return k.mask
-    kernel_size, stride = _as_tuple(module.kernel_size), _as_tuple(module.stride)
-    dilation = _as_tuple(getattr(module, "dilation", 1))
-    padding = module.padding if isinstance(module.padding, str) else _as_tuple(module.padding)
+    kernel_size, stride = _as_tuple(module.kernel_size, n), _as_tuple(module.stride, n)
+    dilation = _as_tuple(getattr(module, "dilation", 1), n)
+    padding = module.padding if isinstance(module.padding, str) else _as_tuple(module.padding, n)
     pads = spatial.conv_paddings(tuple(k.spatial_shape), kernel_size, stride, padding, dilation)
     mask = k.mask
     for i, ((before, _), f, s, d, n_out) in enumerate(
@@ -136,8 +159,36 @@ def _conv_mask(module: nn.Module, k: Kernel, out: Kernel) -> torch.Tensor:
     return mask
 
 
-def _as_tuple(value: object) -> tuple[int, ...]:
-    return tuple(value) if isinstance(value, tuple | list) else (int(value),)  # type: ignore[call-overload]
+def _transposed_conv_mask(module: nn.Module, k: Kernel) -> torch.Tensor:
+    """The mask of a transposed convolution's outputs: masked where any input position reaching it is masked
+    (neural-tangents: the transposed convolution of the mask with a filter of ones, rounded to bool). A circular
+    one (padding="same", wrapping around) takes the "same" zero-padded rule, as neural-tangents."""
+    assert k.mask is not None
+    n = k.n_spatial
+    kernel_size, stride = _as_tuple(module.kernel_size, n), _as_tuple(module.stride, n)
+    padding: str | int = str(module.padding) if isinstance(module.padding, str) else _as_tuple(module.padding, 1)[0]
+    if getattr(module, "padding_mode", "zeros") == "circular":
+        padding = "same"
+    masked = spatial.dilate_trailing(k.mask.to(k.cov.dtype), list(stride))
+    pads = [spatial.transpose_padding(f, s, padding) for f, s in zip(kernel_size, stride, strict=True)]
+    masked = spatial.pad_trailing(masked, pads, circular=False)
+    for i, f in enumerate(kernel_size):
+        masked = spatial.shifted_sum(masked, (i + 1,), f, 1)
+    return masked > 0
+
+
+def _resize_mask(module: nn.Module, k: Kernel) -> torch.Tensor:
+    """The mask of a resizing's outputs: masked where every input it interpolates is (neural-tangents: the mask
+    of the unmasked positions resized, non-zero where some unmasked input has a weight). Interpolation weights
+    are non-negative, so the module applied to the unmasked indicator is zero exactly there."""
+    assert k.mask is not None
+    reached: torch.Tensor = module((~k.mask).to(k.cov.dtype).unsqueeze(1)).squeeze(1)
+    return reached == 0
+
+
+def _as_tuple(value: object, n: int) -> tuple[int, ...]:
+    """``value`` (an int, or one per axis) as ``n`` ints."""
+    return tuple(value) if isinstance(value, tuple | list) else (int(value),) * n  # type: ignore[call-overload]
 
 
 def _global_pool(k: Kernel, *, average: bool, transform: Callable[[Kernel], Kernel]) -> Kernel:

@@ -378,14 +378,21 @@ def layer_norm(k: Kernel, *, eps: float, affine: str | None = None, n_axes: int 
         torch.nn.LayerNorm([C, H, W]), so only equal positions along A share them).
 
     With n_axes = 0, μ = m and K' = (K − m m') r r'. Inputs that are not Gaussian (after a nonlinearity) only
-    need their means, so this works anywhere (neural-tangents: Gaussian inputs only).
+    need their means, so this works anywhere (neural-tangents: Gaussian inputs only). Masked positions
+    (``k.mask``) are left out of the means over A.
     """
     d = k.variances()
     m = torch.zeros_like(d) if k.mean is None else k.mean
-    if n_axes:
+    if n_axes:  # means over A; with masked positions (``k.mask``) over the unmasked ones (neural-tangents)
         dims = tuple(range(-n_axes, 0))
-        mu = m.mean(dim=dims, keepdim=True).expand_as(m)
-        var = d.mean(dim=dims, keepdim=True).expand_as(d) - mu * mu
+        weights = torch.ones_like(d) if k.mask is None else (~k.mask).to(d.dtype)
+        counts = weights.sum(dim=dims, keepdim=True).clamp_min(1.0)
+
+        def average(v: torch.Tensor) -> torch.Tensor:
+            return ((v * weights).sum(dim=dims, keepdim=True) / counts).expand_as(v)
+
+        mu = average(m)
+        var = average(d) - mu * mu
     else:
         mu, var = m, d - m * m
     scale = _safe_rsqrt(var.clamp_min(0) + eps)  # r per example and position
@@ -901,7 +908,20 @@ def fan_in_concat_spatial(kernels: list[Kernel], axis: int) -> Kernel:
         spatial_shape=tuple(shape),
         mean=None,
         is_gaussian=all(k.is_gaussian for k in kernels),
+        mask=_concatenated_masks(kernels, axis),
     )
+
+
+def _concatenated_masks(kernels: list[Kernel], axis: int) -> torch.Tensor | None:
+    """The branches' masks (N1 + N2, *S) joined along spatial ``axis`` (None if no branch has one; a branch
+    without one is unmasked), as neural-tangents' FanInConcat."""
+    if all(k.mask is None for k in kernels):
+        return None
+    first = next(k.mask for k in kernels if k.mask is not None)
+    masks = [
+        k.mask if k.mask is not None else first.new_zeros((first.shape[0], *k.spatial_shape)) for k in kernels
+    ]
+    return torch.cat(masks, dim=1 + axis)
 
 
 def _joined(*parameterizations: str | None) -> str | None:

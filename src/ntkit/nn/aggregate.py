@@ -31,7 +31,7 @@ def graph_patterns(pattern: torch.Tensor) -> Iterator[None]:
 
     (neural-tangents passes ``pattern=`` to ``apply_fn``; a torch module's forward takes one input, so the graphs
     travel beside it.)"""
-    token = _PATTERNS.set(pattern)
+    token = _PATTERNS.set(check_pattern(pattern, None, "graph_patterns' pattern"))
     try:
         yield
     finally:

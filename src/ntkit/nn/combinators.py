@@ -82,10 +82,7 @@ class Parallel(KernelLayer):
             total = total + out if self.fan_in == "sum" else total * out
         return total
 
-    @property
-    def mask_rule(self) -> str | None:  # type: ignore[override]
-        """Masked inputs: supported unless concatenating along a spatial axis (the masks would join)."""
-        return "branches" if self.dim == 1 else None
+    mask_rule = "branches"  # concatenated along a spatial axis, the branches' masks are concatenated too
 
     def kernel_transform(self, k: Kernel) -> Kernel:
         outs = [apply_layer(branch, k) for branch in self.branches]

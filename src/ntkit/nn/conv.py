@@ -128,8 +128,6 @@ class Conv3d(_ConvNd):
 class _ConvLocalNd(_ConvNd):
     """Locally connected: a convolution whose filters are not shared, one per output position."""
 
-    mask_rule = None
-
     def __init__(
         self,
         in_channels: int,
@@ -224,7 +222,7 @@ class ConvLocal3d(_ConvLocalNd):
 class _ConvTransposeNd(_ConvNd):
     """Transposed convolution: the convolution (stride 1) of the input dilated by ``stride`` and padded."""
 
-    mask_rule = None
+    mask_rule = "transposed_convolution"
 
     def __init__(
         self,

@@ -31,7 +31,8 @@ class LayerNorm(KernelLayer):
     Kernel (see ``transforms.layer_norm``): K' = (K − μ m' − m μ' + μ μ')/√(s s') with the channel means m,
     their mean μ over A and the variances s over channels and A of each example (μ = m over channels alone),
     so inputs after a nonlinearity are handled exactly. The affine parameters are trained directly (no width
-    scaling) and add K' + 1 to Θ (at equal positions along A when they have a shape along A).
+    scaling) and add K' + 1 to Θ (at equal positions along A when they have a shape along A). With masked inputs
+    (``nk.kernel(..., mask_constant=)``) μ and s are over the unmasked positions of A, as neural-tangents.
     """
 
     def __init__(
@@ -51,11 +52,7 @@ class LayerNorm(KernelLayer):
         self.weight = nn.Parameter(torch.ones(shape)) if elementwise_affine else None
         self.bias = nn.Parameter(torch.zeros(shape)) if elementwise_affine else None
 
-    @property
-    def mask_rule(self) -> str | None:  # type: ignore[override]
-        """Masked inputs: supported over channels only (each position on its own); over spatial axes too, the
-        statistics would have to leave the masked positions out."""
-        return "elementwise" if len(self.normalized_shape) == 1 else None
+    mask_rule = "elementwise"  # the mask is kept; statistics over spatial axes leave masked positions out
 
     def _check(self, channels: int, spatial_shape: tuple[int, ...]) -> None:
         n_axes = len(self.normalized_shape) - 1

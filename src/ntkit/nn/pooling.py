@@ -49,6 +49,7 @@ class _PoolNd(KernelLayer):
 
     n_dims: ClassVar[int]
     mixes_positions = True
+    mask_rule = "pooling"  # the mask at each window's centre, as neural-tangents (not with circular padding)
 
     def __init__(
         self,

@@ -22,10 +22,12 @@ class Resize(KernelLayer):
     bilinear or trilinear by the number of spatial axes), ``align_corners`` for "linear".
 
     Kernel (``transforms.separable_linear``): a fixed linear map A of the positions, K' = A K Aᵀ along each
-    position axis (it mixes positions, so the full spatial covariance is needed).
+    position axis (it mixes positions, so the full spatial covariance is needed). With masked inputs an output
+    is masked where every input it interpolates (with a non-zero weight) is masked, as neural-tangents.
     """
 
     mixes_positions = True
+    mask_rule = "resize"
 
     def __init__(
         self,
