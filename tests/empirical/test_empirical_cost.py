@@ -78,3 +78,19 @@ def test_chunking_raises_the_estimated_cost():
     chunked = plan_blocks(cost, problem, 4, 1e18, 10, "jacobian")
     assert whole.size == 100
     assert chunked.flops > whole.flops
+
+
+def test_auto_takes_the_smallest_fixed_costs_for_tiny_problems():
+    """Below TINY_FLOPS: structured when no parameter falls back (whole-batch autograd), else jacobian."""
+    tiny = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    assert _choice(tiny, torch.randn(64, 3, 6, 6)) == "structured"
+
+    class Transposed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.tanh(x @ self.lin.weight.T)  # a use without a rule: the weight falls back
+
+    assert _choice(Transposed().eval(), torch.randn(8, 4)) == "jacobian"

@@ -1,7 +1,7 @@
-"""The structured method's hand-written capture for chains of dense layers (``empirical.dense_chain``) and the
-half-work Gram products (``terms.gram``), against the dense float64 Jacobian (plain autograd, one gradient per
-example and output) to ``TOL``: both routes are exact, so the difference is round-off; a wrong derivative, a
-missing layer or a wrong collapse of the output sum is off by far more."""
+"""The structured method's hand-written capture for chains of dense layers (``empirical.dense_chain``), against
+the dense float64 Jacobian (plain autograd, one gradient per example and output) to ``TOL``: both routes are
+exact, so the difference is round-off; a wrong derivative, a missing layer or a wrong collapse of the output sum
+is off by far more."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from torch import nn
 import ntkit as nk
 from ntkit._functional import functionalize
 from ntkit.empirical.dense_chain import dense_chain
-from ntkit.empirical.terms import SYMMETRIC_BLOCK, gram
 from ntkit.empirical.tracing import trace_model
 from reference import dense_jacobian, rel_err
 
@@ -76,19 +75,3 @@ def test_what_is_not_a_dense_chain():
     assert not recognised(hooked, x)
     J = dense_jacobian(hooked, x)
     assert rel_err(nk.empirical_ntk(hooked, x, method="structured"), kernel_from_jacobians(J, J, True)) < TOL
-
-
-def test_large_batch_uses_half_grams():
-    """Above 2·SYMMETRIC_BLOCK examples the Gram products of x with itself multiply only the blocks on and above
-    the diagonal: the kernel still matches the reference, and the mirrored blocks are exact transposes."""
-    model = chain_of(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
-    x = torch.randn(2 * SYMMETRIC_BLOCK + 5, 3, dtype=DT)
-    J = dense_jacobian(model, x)
-    for trace_outputs in (True, False):
-        got = nk.empirical_ntk(model, x, method="structured", trace_outputs=trace_outputs)
-        assert rel_err(got, kernel_from_jacobians(J, J, trace_outputs)) < TOL
-    a = torch.randn(2, 4 * SYMMETRIC_BLOCK + 3, 7, dtype=DT)
-    g = gram(a, a)
-    assert rel_err(g, a @ a.mT) < TOL
-    b = SYMMETRIC_BLOCK
-    assert torch.equal(g[:, 2 * b :, :b], g[:, :b, 2 * b :].mT)

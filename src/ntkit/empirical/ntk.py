@@ -29,10 +29,10 @@ __all__ = ["METHODS", "empirical_ntk"]
 
 METHODS: dict[str, type] = {"structured": StructuredMethod, "jacobian": JacobianMethod, "ntvp": NtvpMethod}
 
-#: ``method="auto"`` takes the Jacobian method for problems below this many FLOPs by its own estimate: there the
-#: fixed costs of a call decide, and the Jacobian method's are the smallest (one batched reverse pass and one matrix
-#: product per parameter tensor, the torch.func recipe's own steps), while the structured method's interception,
-#: patch unfolding and per-layer terms cost more than their FLOPs save (benchmarks/empirical.py, case tinycnn).
+#: ``method="auto"`` decides problems below this many FLOPs (the Jacobian method's estimate) by fixed costs, not
+#: FLOPs: the structured method where no parameter falls back to Jacobian contraction (it then runs plain autograd
+#: on the whole batch, no per-example transforms), else the Jacobian method (one batched reverse pass and one matrix
+#: product per parameter tensor, the torch.func recipe's own steps) (benchmarks/empirical.py, case tinycnn).
 TINY_FLOPS = 1e9
 
 
@@ -67,7 +67,8 @@ def empirical_ntk(
             normalisation parameters, Jacobian contraction for everything else), or ``"auto"``. All are exact.
             ``"auto"`` estimates the FLOPs of each method from the shapes seen in one traced forward pass and
             takes the cheapest (details in :mod:`ntkit.empirical.cost`), except that problems the Jacobian
-            method does in under ``TINY_FLOPS`` (1e9) go to it (fixed costs per call decide there). With FP the
+            method does in under ``TINY_FLOPS`` (1e9) go to the method with the smallest fixed costs per call:
+            structured if no parameter falls back to Jacobian contraction, else jacobian. With FP the
             FLOPs of one example's forward pass, P the selected parameters and a = 1 (traced) or 2 (full):
             jacobian (1 + 2·O)·FP per example + 2·O^a·P per pair of examples; ntvp (1 + 2·O)·FP per x2
             example + 2·O·FP per pair; structured (1 + O)·FP per example + per pair, for each weight with
@@ -152,5 +153,7 @@ def choose_method(
         candidates.append((m, plan))
     if not candidates:
         raise refusals[0]
-    tiny = [c for c in candidates if c[0].name == "jacobian" and c[1].flops < TINY_FLOPS]
-    return tiny[0] if method == "auto" and tiny else min(candidates, key=lambda c: c[1].flops)
+    by_name = {m.name: (m, plan) for m, plan in candidates}
+    if method == "auto" and "jacobian" in by_name and by_name["jacobian"][1].flops < TINY_FLOPS:
+        return by_name["structured" if "structured" in by_name and not trace.fallback else "jacobian"]
+    return min(candidates, key=lambda c: c[1].flops)

@@ -81,27 +81,6 @@ class JacobianTerm:
         return torch.einsum("nap,nbp->nab", self.J, other.J)
 
 
-#: Rows per block of :func:`gram` on one operand: small enough to skip most of the mirrored half, large enough that
-#: each product still runs at the matrix-multiply rate.
-SYMMETRIC_BLOCK = 64
-
-
-def gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b.mT`` over the last two axes (any leading batch axes). If ``b`` is ``a`` (a block on the diagonal of
-    a kernel of x with itself) only the row blocks on and above the diagonal are multiplied, k + 1 of 2k halves
-    for k blocks, and the blocks below are their transposes."""
-    n = a.shape[-2]
-    if b is not a or n < 2 * SYMMETRIC_BLOCK:
-        return a @ b.mT
-    step = max(SYMMETRIC_BLOCK, -(-n // 4))
-    out = a.new_empty(*a.shape[:-2], n, n)
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        out[..., start:stop, start:] = a[..., start:stop, :] @ a[..., start:, :].mT
-        out[..., stop:, start:stop] = out[..., start:stop, stop:].mT
-    return out
-
-
 def _gram_pair(SA: torch.Tensor, G1: torch.Tensor, G2: torch.Tensor, full: bool) -> torch.Tensor:
     """Σ_k Σ_{l,l'} SA[k, n, l, m, l'] (G1[n, o, k, l] · G2[m, o', k, l']).
 
@@ -112,11 +91,11 @@ def _gram_pair(SA: torch.Tensor, G1: torch.Tensor, G2: torch.Tensor, full: bool)
     if not full:
         g1 = G1.permute(2, 0, 3, 1, 4).reshape(K, n1 * l1, o * d)
         g2 = g1 if G2 is G1 else G2.permute(2, 0, 3, 1, 4).reshape(K, n2 * l2, o * d)
-        SG = gram(g1, g2).reshape(K, n1, l1, n2, l2)
+        SG = (g1 @ g2.mT).reshape(K, n1, l1, n2, l2)
         return (SA * SG).sum((0, 2, 4))
     g1 = G1.permute(2, 0, 3, 1, 4).reshape(K, n1 * l1 * o, d)
     g2 = g1 if G2 is G1 else G2.permute(2, 0, 3, 1, 4).reshape(K, n2 * l2 * o, d)
-    SG = gram(g1, g2).reshape(K, n1, l1, o, n2, l2, o)
+    SG = (g1 @ g2.mT).reshape(K, n1, l1, o, n2, l2, o)
     return (SA.reshape(K, n1, l1, 1, n2, l2, 1) * SG).sum((0, 2, 5)).permute(0, 2, 1, 3)
 
 
@@ -147,12 +126,12 @@ class GramTerm:
         K, n1, l1, n2, l2 = self.A.shape[1], self.A.shape[0], self.A.shape[2], other.A.shape[0], other.A.shape[2]
         a1 = self.A.transpose(0, 1).reshape(K, n1 * l1, -1)
         a2 = a1 if other is self else other.A.transpose(0, 1).reshape(K, n2 * l2, -1)
-        SA = gram(a1, a2).reshape(K, n1, l1, n2, l2)
+        SA = (a1 @ a2.mT).reshape(K, n1, l1, n2, l2)
         if not full and self.outer is not None and other.outer is not None:
             (D1, w), (D2, _) = self.outer, other.outer
             D1w = D1 * (w * w).sum(0)
             return SA.reshape(n1, n2) * (D1w @ D2.T)
-        return _gram_pair(SA, self.G, other.G if other is not self else self.G, full)
+        return _gram_pair(SA, self.G, other.G, full)
 
     def diag(self, other: GramTerm, full: bool, workspace: Workspace | None = None) -> torch.Tensor:
         SA = torch.einsum("nkli,nkji->nklj", self.A, other.A)
