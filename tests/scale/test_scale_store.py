@@ -378,3 +378,55 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     k = nk.scale.kernel(mlp(), inputs(40, 5), store=path)
     assert k.tiles_computed == total - done
     assert_store_equals(k, reference(mlp(), inputs(40, 5)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chunks_written_past_the_page_cache_are_the_files_zarr_writes(tmp_path, monkeypatch, dtype):
+    """On a local disk that takes O_DIRECT, each chunk file is written directly (ntkit.scale.direct); the files,
+    ragged edge tiles padded with NaN included, are byte for byte those that zarr itself writes, and no
+    temporary file is left."""
+    from ntkit.scale.direct import DirectChunkWriter
+
+    written = []
+    direct_write = DirectChunkWriter.write
+
+    def counting(self, path, values, array):
+        ok = direct_write(self, path, values, array)
+        written.append(ok)
+        return ok
+
+    x = inputs(11, 5).to(dtype)  # 11 = 2 x 4 + 3: ragged last tiles
+    monkeypatch.setattr(DirectChunkWriter, "write", counting)
+    nk.scale.kernel(mlp(), x, store=tmp_path / "direct.zarr", tile_size=4)
+    if not any(written):
+        pytest.skip("this file system refuses O_DIRECT (zarr wrote every chunk)")
+    assert all(written) and len(written) == 2 * 6  # two kernels, 6 tiles on and above the diagonal
+    monkeypatch.setattr(DirectChunkWriter, "write", lambda self, path, values, array: False)
+    nk.scale.kernel(mlp(), x, store=tmp_path / "zarr.zarr", tile_size=4)
+    direct, plain = files(tmp_path / "direct.zarr"), files(tmp_path / "zarr.zarr")
+    chunks = [name for name in plain if name.startswith(("nngp/c/", "ntk/c/"))]
+    assert len(chunks) == 12 and sorted(n for n in direct if "/c/" in n) == sorted(n for n in plain if "/c/" in n)
+    assert all(direct[name] == plain[name] for name in chunks)
+    if dtype == torch.float64:  # 1e-12 to the in-memory kernel (float32 tiles differ from it by round-off)
+        assert_store_equals(nk.scale.KernelStore.open(tmp_path / "direct.zarr"), reference(mlp(), x))
+
+
+def test_a_file_system_that_refuses_o_direct_gets_zarrs_writes(tmp_path, monkeypatch):
+    """os.open with O_DIRECT failing with EINVAL (tmpfs): the chunk is written by zarr instead, O_DIRECT is not
+    tried again in that directory, and the store is right."""
+    if not hasattr(os, "O_DIRECT"):
+        pytest.skip("no O_DIRECT on this platform (zarr writes every chunk)")
+    plain_open, tried = os.open, []
+
+    def refusing(path, flags, *args):
+        if flags & os.O_DIRECT:
+            tried.append(Path(path).parent)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return plain_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refusing)
+    x = inputs(11, 5)
+    k = nk.scale.kernel(mlp(), x, store=tmp_path / "k.zarr", tile_size=4)
+    monkeypatch.undo()
+    assert len(tried) == len(set(tried))  # once per chunk directory
+    assert_store_equals(k, reference(mlp(), x))

@@ -5,6 +5,8 @@ Layout of the zarr (v3) group at the store's location:
 - ``nngp``, ``ntk`` (the kernels asked for): arrays (N1, N2) in the kernel's dtype, chunks (tile, tile),
   uncompressed (kernel values do not compress, and compression cost more than the writes); entries of tiles
   not yet written read as NaN. A symmetric store (x2 was x1) writes only the tiles on and above the diagonal.
+- On a local disk the kernels' chunk files are written past the page cache (``O_DIRECT``) where the file
+  system allows it, byte for byte as zarr writes them (:mod:`ntkit.scale.direct`).
 - ``tiles_done``: uint8 (T1, T2), one chunk per tile: 1 once every kernel's chunk of that tile is written
   (and, on a local disk, flushed by fsync; several tiles may be flushed together, :mod:`ntkit.scale.writer`).
   A tile without its marker is computed again on resume, so a crash in the middle of writing can never leave a
@@ -30,6 +32,7 @@ import torch
 from .._memory import check_fits, resolve_budget
 from ..errors import InvalidArgumentError, StoreError, StoreMismatchError
 from .deps import require
+from .direct import DirectChunkWriter
 from .fingerprint import differences
 from .grid import TileGrid
 
@@ -135,6 +138,7 @@ class KernelStore:
         self.spec = spec
         self.tiles_computed = tiles_computed
         self._arrays: dict[str, Any] = {}
+        self._direct = DirectChunkWriter()
 
     # --- opening and creating -------------------------------------------------------------------------------
     @classmethod
@@ -294,9 +298,13 @@ class KernelStore:
         with store_errors(self.location, f"writing tile ({i}, {j})"):
             for name in self.kernels:
                 array = self._array(name)
-                array[rows, cols] = values[name]
-                if isinstance(local, Path):
-                    files.append(local / name / array.metadata.encode_chunk_key((i, j)))
+                if not isinstance(local, Path):
+                    array[rows, cols] = values[name]
+                    continue
+                path = local / name / array.metadata.encode_chunk_key((i, j))
+                if not self._direct.write(path, values[name], array):  # past the page cache where allowed
+                    array[rows, cols] = values[name]
+                files.append(path)
         return files
 
     def mark_done(self, tiles: list[tuple[int, int]], files: list[Path]) -> None:
