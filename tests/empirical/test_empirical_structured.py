@@ -246,3 +246,17 @@ def test_per_example_branches_are_exact_with_the_whole_batch_capture():
     assert {bool(r.sum() > 0) for r in model.lin(x)} == {True, False}  # both branches taken
     got = nk.empirical_ntk(model, x, method="structured", trace_outputs=False)
     assert rel_err(got, kernel_from_jacobians(J, J, False)) < TOL
+
+
+class ReadsItsValues(PerRowBranch):
+    def forward(self, x):
+        y = self.lin(x)
+        return torch.stack([row * row.sum().item() for row in y])  # .item(): autograd sees a constant
+
+
+def test_values_read_into_python_numbers_take_the_per_example_route():
+    """.item() would make whole-batch autograd differentiate a different function (the value as a constant): the
+    structured method takes the per-example route, which refuses it with the clear error (regression: the
+    whole-batch capture returned that other function's kernel)."""
+    with pytest.raises(UnsupportedError, match=r"\.item\(\) or branches"):
+        nk.empirical_ntk(ReadsItsValues().to(DT).eval(), torch.randn(4, 4, dtype=DT), method="structured")

@@ -150,6 +150,12 @@ _MATMULS = (
 )
 
 
+#: Methods that turn tensor values into Python numbers, which autograd then treats as constants.
+_VALUE_READS = frozenset(
+    {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.numpy}
+)
+
+
 def _never(*args: object, **kwargs: object) -> bool:
     return False
 
@@ -201,6 +207,7 @@ class LayerInterceptor(TorchFunctionMode):
     flagged: set[str] = field(default_factory=set)
     activation_words: int = 0
     matmul_flops: int = 0
+    read_values: bool = False  # a tensor's values were taken out of the graph (.item(), .tolist(), float(t), ...)
     _entered: list[Callable[..., Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -214,6 +221,7 @@ class LayerInterceptor(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        self.read_values |= func in _VALUE_READS
         names = {self.watched[id(t)] for t in _tensors((args, kwargs)) if id(t) in self.watched}
         if not names:
             return self._count(func, args, func(*args, **kwargs))

@@ -235,8 +235,10 @@ class StructuredMethod:
         cotangents of all probes. Examples are independent (checked when the model was traced), so the cotangent
         of example n's probe is ∂f_o(x_n)/∂y_n, the per-example cotangent. Each call's batched tensors must be its
         traced per-example tensors with the batch at one axis (traced size 1, here N); else (a model that folds
-        the batch into another axis) None, and the caller takes the per-example route. Needs no parameter
-        Jacobians: only used without fallback parameters."""
+        the batch into another axis) None, and the caller takes the per-example route. None too if the model
+        reads tensor values into Python numbers (``.item()``): autograd would treat them as constants, where
+        the per-example route raises a clear error. Needs no parameter Jacobians: only used without fallback
+        parameters."""
         n = x.shape[0]
         icpt = LayerInterceptor({id(v): k for k, v in self.fm.params.items()}, make_probes=True)
         with autodiff_context(), torch.enable_grad():
@@ -247,7 +249,7 @@ class StructuredMethod:
             out_axes = [_batch_axis(c.out_shape, b.out_shape, n) for c, b in pairs]
             recorded = {i: t for i, t in enumerate(icpt.inputs) if t is not None}
             in_axes = {i: _batch_axis(pairs[i][0].in_shape, pairs[i][1].in_shape, n) for i in recorded}
-            if None in out_axes or None in in_axes.values():
+            if None in out_axes or None in in_axes.values() or icpt.read_values:
                 return None
             o = out.shape[1]
             seeds = torch.eye(o, dtype=out.dtype, device=out.device).unsqueeze(1).expand(o, n, o)
