@@ -221,6 +221,17 @@ MASKED_LAYERS = {
         N.GlobalAvgPool(),
         N.Linear(4, 1, b_std=None),
     ),
+    "masked_exp_normalized": lambda: N.Sequential(
+        N.Conv2d(2, 4, 1, W_std=1.3, b_std=0.2),
+        N.ExpNormalized(gamma=0.8, shift=-0.5),
+        N.Conv2d(4, 4, (1, 2), padding="same", b_std=0.1),
+        N.Gabor(),
+        N.Conv2d(4, 4, 2, padding="same", b_std=None),
+        N.ReLU(),
+        nn.Dropout(0.3),  # neural-tangents' Dropout(0.7): its rate is the keep probability
+        N.GlobalAvgPool(),
+        N.Linear(4, 1, b_std=None),
+    ),
     "masked_concat_spatial": lambda: N.Sequential(
         N.Parallel(
             N.Conv2d(2, 4, (1, 2), padding="same", W_std=1.3, b_std=0.2),
@@ -242,8 +253,9 @@ def test_layers_with_mask_rules_match_neural_tangents(name):
     """Window pooling and ConvLocal (the mask at each window's centre), ConvTranspose (masked where any input
     reaching the output is; its circular form takes the "same" rule), ImageResize (masked where every input is;
     a square resize: neural-tangents 0.6.5 resizes the wrong axes of a non-square one after a convolution),
-    LayerNorm over spatial axes (statistics over the unmasked positions) and concatenation along a spatial axis
-    (the masks concatenated), (N, C, 3, 6) or (N, C, 5, 5) inputs masked along the last axis: rtol 1e-10."""
+    LayerNorm over spatial axes (statistics over the unmasked positions), concatenation along a spatial axis
+    (the masks concatenated), ExpNormalized and torch's Dropout (the mask kept), (N, C, 3, 6) or (N, C, 5, 5)
+    inputs masked along the last axis: rtol 1e-10."""
     assert_matches_neural_tangents(name, MASKED_LAYERS[name]())
 
 

@@ -522,6 +522,17 @@ def masked_cases():
         stax.GlobalAvgPool(),
         stax.Dense(1),
     ], (3, 2, 3, 6), 2, lengths
+    yield "masked_exp_normalized", [
+        stax.Conv(4, (1, 1), W_std=1.3, b_std=0.2),
+        stax.ExpNormalized(gamma=0.8, shift=-0.5),
+        stax.Conv(4, (1, 2), padding="SAME", b_std=0.1),
+        stax.Gabor(),
+        stax.Conv(4, (2, 2), padding="SAME"),
+        stax.Relu(),
+        stax.Dropout(0.7),
+        stax.GlobalAvgPool(),
+        stax.Dense(1),
+    ], (3, 2, 3, 6), 2, lengths
     yield "masked_concat_spatial", [
         stax.FanOut(2),
         stax.parallel(

@@ -49,6 +49,7 @@ def remask(k: Kernel) -> Kernel:
 _PLAIN_RULES: dict[type, str] = {
     nn.Sequential: "container",
     nn.Identity: "elementwise",
+    nn.Dropout: "elementwise",
     nn.ReLU: "elementwise",
     nn.LeakyReLU: "elementwise",
     nn.GELU: "elementwise",
@@ -89,8 +90,9 @@ def apply_masked(module: nn.Module, k: Kernel, transform: Callable[[Kernel], Ker
     Supported (:func:`mask_rule`), each with neural-tangents' mask rule: containers that apply their layers in
     turn (``Sequential``), branches (``Residual``, ``Parallel`` summing, multiplying, concatenating channels or
     along a spatial axis, where the branches' masks are concatenated), elementwise and dense layers (activations,
-    ``Identity``, ``Linear``, ``Dropout``, ``LayerNorm``, whose statistics over spatial axes leave masked
-    positions out; ``SelfAttention``, whose map gives masked keys no weight; ``Aggregate``: the mask is kept),
+    ``ExpNormalized``, ``Identity``, ``Linear``, ``Dropout``, ``LayerNorm``, whose statistics over spatial axes
+    leave masked positions out; ``SelfAttention``, whose map gives masked keys no weight; ``Aggregate``: the mask
+    is kept),
     convolutions, locally connected layers and window pooling (the mask of an output position is that of its
     window's centre), transposed convolutions (an output is masked if any input reaching it is), resizing (an
     output is masked if every input reaching it is), global pooling (over the unmasked positions) and
@@ -123,9 +125,10 @@ def apply_masked(module: nn.Module, k: Kernel, transform: Callable[[Kernel], Ker
         return transform(k).replace(mask=_all_masked(k))
     raise UnsupportedError(
         f"{type(module).__name__} ({module!r}) does not support masked inputs (mask_constant) yet; supported: "
-        "Sequential, Residual, Parallel, activations, Identity, Linear, Dropout, LayerNorm, convolutions (also "
-        "locally connected and transposed), AvgPool/SumPool, GlobalAvgPool, GlobalSumPool, Flatten, Resize, "
-        "SelfAttention and Aggregate. Compute without mask_constant (e.g. on inputs cropped to the unmasked positions)."
+        "Sequential, Residual, Parallel, activations, ExpNormalized, Identity, Linear, Dropout, LayerNorm, "
+        "convolutions (also locally connected and transposed), AvgPool/SumPool, GlobalAvgPool, GlobalSumPool, "
+        "Flatten, Resize, SelfAttention and Aggregate. Compute without mask_constant (e.g. on inputs cropped to "
+        "the unmasked positions)."
     )
 
 

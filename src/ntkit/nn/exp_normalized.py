@@ -24,8 +24,11 @@ class ExpNormalized(KernelLayer):
 
     exactly neural-tangents' map (its ``do_clip``: ρ is always clipped to [−1, 1], a round-off guard). In the
     limit σ = √v, so y_c = √v φ(u_c/√v) with φ(z) = exp(√γ z + γ(shift − 1)/2), and E[φ(z)φ(z')] =
-    exp(γ(1 + ρ) + γ(shift − 1)) for unit normals of correlation ρ. ``gamma`` > 0.
+    exp(γ(1 + ρ) + γ(shift − 1)) for unit normals of correlation ρ. ``gamma`` > 0. Masked positions stay masked
+    (σ is per position), as neural-tangents.
     """
+
+    mask_rule = "elementwise"
 
     def __init__(self, gamma: float = 1.0, shift: float = -1.0) -> None:
         super().__init__()
