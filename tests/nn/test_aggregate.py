@@ -115,6 +115,70 @@ def test_per_example_graphs_on_a_second_spatial_axis_match_neural_tangents():
     assert_matches_neural_tangents("aggregate_per_example_rows", net, rtol=1e-10)
 
 
+@pytest.mark.parametrize("name", ["aggregate_pixels_dense", "aggregate_pixels_sparse"])
+def test_graphs_over_two_node_axes_match_neural_tangents(name):
+    """The 3 x 4 pixels of each image are the nodes (dim=(2, 3), neural-tangents' aggregate_axis=(1, 2)):
+    dense (N, 3, 4, 3, 4) adjacencies (x1 and x2 given), or (N, 9, 2, 2) edges with (row, column) coordinates and
+    -1 padding (x2 = None; neural-tangents' DENSE kernel on the edges counted by a plain loop, its ``to_dense``
+    route: after a convolution neural-tangents 0.6.5's SPARSE kernel over several axes disagrees with its own
+    DENSE one on the same graphs)."""
+    net = N.Sequential(
+        N.Conv2d(2, 4, 1, W_std=1.3, b_std=0.2),
+        N.Aggregate(dim=(2, 3)),
+        N.ReLU(),
+        N.Conv2d(4, 4, 2, padding="same", b_std=0.1),
+        N.Aggregate(dim=(2, 3)),
+        N.Erf(),
+        N.GlobalSumPool(),
+        N.Linear(4, 1),
+    )
+    assert_matches_neural_tangents(name, net, rtol=1e-10)
+
+
+def test_two_node_axes_match_monte_carlo():
+    """Edge lists over the 3 x 4 pixels, aggregating the input first, against Monte Carlo over the finite network
+    (4 standard errors + 3/width, as above). (neural-tangents 0.6.5's kernel of this network, with several node
+    axes and no convolution first, differs from its own Monte Carlo estimate, so it is not used here.)"""
+    x = torch.randn(3, 2, 3, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    edges = torch.stack([torch.randint(0, n, (3, 9, 2), generator=torch.Generator().manual_seed(n)) for n in (3, 4)], 2)
+    edges[1, 7:] = -1
+
+    def net(width, out):
+        return N.Sequential(
+            N.Aggregate(dim=(2, 3)),
+            N.Conv2d(2, width, 1, W_std=1.3, b_std=0.2),
+            N.ReLU(),
+            N.Conv2d(width, width, 1, b_std=0.1),
+            N.Aggregate(dim=(2, 3)),
+            N.Erf(),
+            N.Flatten(),  # keeps where each pixel's value came from: the transposed graph fails the test
+            N.Linear(12 * width, out),
+        )
+
+    k = nk.kernel(net(4, 1), x, pattern=edges)
+    with N.graph_patterns(edges):
+        nngp = mc_nngp(lambda: net(WIDTH, 16), x, None, 60)
+        ntk = mc_ntk(lambda: net(WIDTH, 1), x, None, 40)
+    assert_matches(k.nngp, nngp, bias=3 / WIDTH)
+    assert_matches(k.ntk, ntk, bias=3 / WIDTH)
+
+
+def test_two_node_axes_finite_layer_is_the_flattened_graph():
+    """Aggregate(dim=(2, 3)) on (N, C, H, W) is the one-axis aggregation of the H·W pixels numbered row-major,
+    for a fixed (H, W, H, W) adjacency and for per-example edge lists."""
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64)
+    a = torch.rand(3, 4, 3, 4, dtype=torch.float64)
+    flat = torch.einsum("nci,ij->ncj", x.reshape(2, 3, 12), a.reshape(12, 12)).reshape(2, 3, 3, 4)
+    torch.testing.assert_close(N.Aggregate(a, dim=(2, 3))(x), flat, rtol=1e-12, atol=0)
+    edges = torch.tensor([[[[0, 2], [1, 3]], [[2, 0], [3, 1]]], [[[1, 1], [1, 1]], [[-1, -1], [-1, -1]]]])
+    dense = torch.zeros(2, 12, 12, dtype=torch.float64)
+    dense[0, 0 * 4 + 1, 2 * 4 + 3] = 1.0  # tail (row 0, column 1) -> head (row 2, column 3)
+    dense[0, 2 * 4 + 3, 0 * 4 + 1] = 1.0
+    dense[1, 1 * 4 + 1, 1 * 4 + 1] = 1.0
+    expected = torch.einsum("nci,nij->ncj", x.reshape(2, 3, 12), dense).reshape(2, 3, 3, 4)
+    torch.testing.assert_close(N.Aggregate(dim=(2, 3))(x, edges), expected, rtol=1e-12, atol=0)
+
+
 def random_edges(n_graphs, nodes, edges, seed):
     """(n_graphs, edges, 2) int64 edges with repeats; example e's last e edges are (-1, -1) padding."""
     p = torch.randint(0, nodes, (n_graphs, edges, 2), generator=torch.Generator().manual_seed(seed))
@@ -190,7 +254,7 @@ def test_equal_inputs_with_different_graphs_are_different_examples():
         (None, InvalidArgumentError, "without an adjacency"),
         (torch.rand(3, 5, 4), ShapeError, r"\(N, n, n\)"),
         (torch.rand(2, 5, 5), ShapeError, "2 graphs for 3 examples"),
-        (torch.rand(3, 4, 4), ShapeError, "5 nodes"),
+        (torch.rand(3, 4, 4), ShapeError, r"nodes of shape \(5,\)"),
         (torch.full((3, 5, 5), float("nan")), InvalidArgumentError, "not finite"),
         (torch.zeros(3, 4, 3, dtype=torch.long), ShapeError, r"\(N, n_edges, 2\)"),
         (torch.tensor([[[0, 5]]] * 3), InvalidArgumentError, "node 5.*5 nodes"),
@@ -216,6 +280,13 @@ def test_bad_pattern_pairs_and_finite_layers_are_refused():
         N.Aggregate(ADJACENCY.float())(torch.randn(2, 2, 4), torch.rand(2, 4, 4))
     with N.graph_patterns(torch.tensor([[[0, 7]]] * 3)), pytest.raises(InvalidArgumentError, match="node 7"):
         per_example_net()(x1)
+    pixels = N.Aggregate(dim=(2, 3))
+    with pytest.raises(ShapeError, match=r"1 coordinates per node.*2 node axes"):
+        pixels(torch.randn(2, 2, 3, 4), torch.zeros(2, 5, 2, dtype=torch.long))
+    with pytest.raises(InvalidArgumentError, match="node 3 on node axis 0"):
+        pixels(torch.randn(1, 2, 3, 4), torch.tensor([[[[3, 0], [0, 0]]]]))
+    with pytest.raises(InvalidArgumentError, match="increasing node axes"):
+        N.Aggregate(dim=(3, 2))
 
 
 def test_masked_nodes_are_left_out_of_the_aggregation():

@@ -627,6 +627,52 @@ def graph_cases():
         stax.Dense(1),
     ], (3, 2, 3, 5), None, dense
 
+    # The pixels of (N, C, 3, 4) images are the nodes (aggregate_axis over both spatial axes: NHWC 1 and 2).
+    def dense_grid(rng, n1, n2, grid=(3, 4)):
+        return tuple(rng.rand(n, *grid, *grid) * (rng.rand(n, *grid, *grid) < 0.4) for n in (n1, n2))
+
+    def sparse_grid(rng, n1, n2, grid=(3, 4), edges=9):
+        """(N, edges, 2, 2): the (row, column) of each edge's tail and head, padded with -1 at the end."""
+        out = []
+        for n in (n1, n2):
+            p = np.stack([rng.randint(0, size, size=(n, edges, 2)) for size in grid], axis=2)
+            for example in range(n):
+                p[example, edges - 2 * example :] = -1
+            out.append(p)
+        return tuple(out)
+
+    pixels = [
+        stax.Conv(4, (1, 1), W_std=1.3, b_std=0.2),
+        stax.Aggregate(aggregate_axis=(1, 2)),
+        stax.Relu(),
+        stax.Conv(4, (2, 2), padding="SAME", b_std=0.1),
+        stax.Aggregate(aggregate_axis=(1, 2)),
+        stax.Erf(),
+        stax.GlobalSumPool(),
+        stax.Dense(1),
+    ]
+    yield "aggregate_pixels_dense", pixels, (3, 2, 3, 4), 2, dense_grid
+    # Edge lists over two axes, given to neural-tangents' DENSE implementation through grid_to_dense (its to_dense
+    # route): after a Conv (its kernel's spatial axes reversed) neural-tangents 0.6.5's SPARSE kernel over several
+    # axes differs from its own DENSE one on the same graphs.
+    yield "aggregate_pixels_sparse", pixels, (3, 2, 3, 4), None, sparse_grid
+
+
+def grid_to_dense(edges, grid):
+    """(N, E, K, 2) edges with -1 padding -> (N, *grid, *grid) edge counts (a plain loop: the reference for
+    ntkit's conversion)."""
+    dense = np.zeros((len(edges), *grid, *grid))
+    for example, graph in enumerate(edges):
+        for coordinates in graph:
+            tail, head = tuple(coordinates[:, 0]), tuple(coordinates[:, 1])
+            if min(tail + head) >= 0:
+                dense[(example, *tail, *head)] += 1.0
+    return dense
+
+
+#: Graph cases whose edge lists neural-tangents gets as dense adjacencies over this grid of nodes.
+VIA_DENSE = {"aggregate_pixels_sparse": (3, 4)}
+
 
 def graph_fields(patterns, n2):
     """The stored graphs of a case: pattern1, and pattern2 when x2 is given (none for other cases)."""
@@ -666,7 +712,8 @@ def main(only=()):
             a = ADJACENCY[name]
             masking["pattern"] = tuple(np.broadcast_to(a, (n, *a.shape)) for n in (len(x1), n2))
         if patterns is not None:  # each example's own graph (x2=None: x1's twice)
-            masking["pattern"] = patterns if n2 is not None else (patterns[0], patterns[0])
+            given = patterns if name not in VIA_DENSE else tuple(grid_to_dense(p, VIA_DENSE[name]) for p in patterns)
+            masking["pattern"] = given if n2 is not None else (given[0], given[0])
         k = kernel_fn(channels_last(x1), None if x2 is None else channels_last(x2), ("nngp", "ntk"), **masking)
         out[name] = {
             "x1": x1.tolist(),

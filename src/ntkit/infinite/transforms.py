@@ -556,35 +556,39 @@ def separable_linear(k: Kernel, matrices: tuple[torch.Tensor, ...], layer: str =
     )
 
 
-def graph_aggregation(k: Kernel, adjacency: torch.Tensor, axis: int) -> Kernel:
-    """Graph aggregation along spatial axis ``axis`` (the nodes) with one (n, n) adjacency per example,
-    ``adjacency`` (N1 + N2, n, n) ordered as ``cov`` (A[i, j] the weight of the edge i -> j): y_j = Σ_i A[i, j]
-    x_i, so for examples a, b (theory.md §4.6, a linear map of the positions that depends on the example)
+def graph_aggregation(k: Kernel, adjacency: torch.Tensor, axes: tuple[int, ...]) -> Kernel:
+    """Graph aggregation over the nodes at the positions of spatial ``axes`` (one axis, or several: a grid of
+    nodes numbered row-major) with one (n, n) adjacency per example, ``adjacency`` (N1 + N2, n, n) ordered as
+    ``cov`` (A[i, j] the weight of the edge i -> j): y_j = Σ_i A[i, j] x_i, so for examples a, b (theory.md
+    §4.6, a linear map of the positions that depends on the example)
 
         K'_ab(j, j') = Σ_{i, i'} A_a[i, j] A_b[i', j'] K_ab(i, i'),   mean'_a(j) = Σ_i A_a[i, j] m_a(i).
     """
     _require_full(k, "graph aggregation")
     a1, a2 = k.split(adjacency)
 
-    def aggregate(t: torch.Tensor, t_axis: int, a: torch.Tensor, batch: int) -> torch.Tensor:
-        """Σ_i A_e[i, j] t[..., i, ...] along ``t_axis``, e the example index on ``batch`` (0 or 1)."""
-        moved = t.movedim(t_axis, -1)
+    def aggregate(t: torch.Tensor, t_axes: list[int], a: torch.Tensor, batch: int) -> torch.Tensor:
+        """Σ_i A_e[i, j] t[..., i, ...] over the node axes ``t_axes`` of t, e the example index on ``batch``."""
+        tail = list(range(-len(t_axes), 0))
+        moved = t.movedim(t_axes, tail)
+        flat = moved.reshape(*moved.shape[: -len(t_axes)], -1)
         spec = "z...i,zij->z...j" if batch == 0 else "yz...i,zij->yz...j"
-        return torch.einsum(spec, moved, a.to(t)).movedim(-1, t_axis)
+        return torch.einsum(spec, flat, a.to(t)).reshape(moved.shape).movedim(tail, t_axes)
 
-    first, second = spatial.spatial_axes(k.n_spatial, axis, True)
+    first = [spatial.spatial_axes(k.n_spatial, i, True)[0] for i in axes]
+    second = [spatial.spatial_axes(k.n_spatial, i, True)[1] for i in axes]
 
     def both(t: torch.Tensor | None, left: torch.Tensor, right: torch.Tensor, pair: bool) -> torch.Tensor | None:
         if t is None or t.ndim == 0:
             return t
         return aggregate(aggregate(t, first, left, 0), second, right, 1 if pair else 0)
 
-    (mean_axis,) = spatial.spatial_axes(k.n_spatial, axis, False)
+    mean_axes = [spatial.spatial_axes(k.n_spatial, i, False)[0] for i in axes]
     return k.replace(
         nngp=both(k.nngp, a1, a2, True),
         ntk=both(k.ntk, a1, a2, True),
         cov=both(k.cov, adjacency, adjacency, False),
-        mean=None if k.mean is None else aggregate(k.mean, mean_axis, adjacency, 0),
+        mean=None if k.mean is None else aggregate(k.mean, mean_axes, adjacency, 0),
         source=None,
         fn=None,
     )
