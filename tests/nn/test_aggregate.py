@@ -137,8 +137,7 @@ def test_graphs_over_two_node_axes_match_neural_tangents(name):
 
 def test_two_node_axes_match_monte_carlo():
     """Edge lists over the 3 x 4 pixels, aggregating the input first, against Monte Carlo over the finite network
-    (4 standard errors + 3/width, as above). (neural-tangents 0.6.5's kernel of this network, with several node
-    axes and no convolution first, differs from its own Monte Carlo estimate, so it is not used here.)"""
+    (4 standard errors + 3/width, as above)."""
     x = torch.randn(3, 2, 3, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     edges = torch.stack([torch.randint(0, n, (3, 9, 2), generator=torch.Generator().manual_seed(n)) for n in (3, 4)], 2)
     edges[1, 7:] = -1
