@@ -147,3 +147,34 @@ def assert_network_matches(
     k = nk.kernel(make_net(1), x)
     assert_matches(k.nngp, mc_nngp(lambda: make_net(16), x, None, nngp_samples), bias=3 / width)
     assert_matches(k.ntk, mc_ntk(lambda: make_net(1), x, None, ntk_samples), bias=3 / width)
+
+
+def mc_outputs(
+    make_net: Callable[[], nn.Module], xs: torch.Tensor | tuple[torch.Tensor, ...], n_samples: int, *, ntk: bool
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(mean, standard error) of the NNGP f f^T / O (``ntk=False``) or the NTK J J^T / O (``ntk=True``) at
+    x2 = x1, one pair per output of networks that may take a tuple of inputs ``xs`` (``net(xs)``) and return a
+    tuple of outputs (several outputs, e.g. a FanOut not joined again); each (N, N). Draws as :func:`mc_ntk`."""
+    xs = tuple(x.float() for x in xs) if isinstance(xs, tuple) else xs.float()
+    n = (xs[0] if isinstance(xs, tuple) else xs).shape[0]
+
+    def outputs(base: nn.Module, params: dict, buffers: dict) -> tuple[torch.Tensor, ...]:
+        out = functional_call(base, (params, buffers), (xs,))
+        return tuple(f.reshape(n, -1) for f in (out if isinstance(out, tuple) else (out,)))
+
+    def one(base: nn.Module, params: dict, buffers: dict) -> torch.Tensor:
+        if not ntk:
+            return torch.stack([f @ f.T / f.shape[1] for f in outputs(base, params, buffers)])
+        jac = jacrev(lambda p: outputs(base, p, buffers))(params)  # per output: {name: (N, O, *param shape)}
+        kernels = []
+        for per_output in jac:
+            j = torch.cat([v.reshape(n, v.shape[1], -1) for v in per_output.values()], dim=-1)
+            kernels.append(torch.einsum("nop,mop->nm", j, j) / j.shape[1])
+        return torch.stack(kernels)
+
+    samples = [
+        vmap(partial(one, base), randomness="different")(params, buffers)
+        for base, params, buffers in _ensembles(make_net, n_samples, 25)
+    ]
+    stack = torch.cat(samples).detach().double()  # (S, outputs, N, N)
+    return [_mean_se(stack[:, i]) for i in range(stack.shape[1])]

@@ -13,7 +13,7 @@ The four capabilities, in the order data flows through them:
 from . import approx, errors, nn, predict, scale
 from .empirical import empirical_nngp, empirical_ntk, ntk_vector_product
 from .errors import NtkitError
-from .infinite.compute import kernel
+from .infinite.compute import kernel, kernels
 from .infinite.kernel_type import Kernel
 from .infinite.registry import declare_init, register_kernel
 from .linearize import LinearizedModel, TaylorExpandedModel, linearize, taylor_expand
@@ -34,6 +34,7 @@ __all__ = [
     "empirical_ntk",
     "errors",
     "kernel",
+    "kernels",
     "linearize",
     "monte_carlo_kernel",
     "nn",

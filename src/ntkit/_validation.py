@@ -115,25 +115,33 @@ def check_tensor(
 
 
 def check_input_pair(
-    x1: object, x2: object | None, *, allow_integer: bool = False
+    x1: object, x2: object | None, *, allow_integer: bool = False, name: tuple[str, str] = ("x1", "x2")
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Check a batch pair: both real, non-empty, finite, same per-example shape, dtype and device.
 
-    ``x2=None`` (meaning x2 = x1) is passed through. Batches are indexed by their first dimension.
+    ``x2=None`` (meaning x2 = x1) is passed through. Batches are indexed by their first dimension. ``name``: how
+    messages call the two.
     """
-    x1 = check_tensor(x1, "x1", min_ndim=1, allow_integer=allow_integer)
+    a, b = name
+    if isinstance(x1, tuple | list):
+        raise InvalidArgumentError(
+            f"x1 is a {type(x1).__name__} (several inputs); this function takes one input tensor. Only nk.kernel "
+            "takes a tuple of inputs (networks with several inputs); here, wrap the model so that it takes one "
+            "tensor (e.g. the inputs concatenated) and returns one."
+        )
+    x1 = check_tensor(x1, a, min_ndim=1, allow_integer=allow_integer)
     if x2 is None:
         return x1, None
-    x2 = check_tensor(x2, "x2", min_ndim=1, allow_integer=allow_integer)
+    x2 = check_tensor(x2, b, min_ndim=1, allow_integer=allow_integer)
     if x1.shape[1:] != x2.shape[1:]:
         raise ShapeError(
-            f"x1 and x2 must have the same per-example shape; got x1 {format_shape(x1.shape)} and "
-            f"x2 {format_shape(x2.shape)} (examples are indexed by the first dimension)."
+            f"{a} and {b} must have the same per-example shape; got {a} {format_shape(x1.shape)} and "
+            f"{b} {format_shape(x2.shape)} (examples are indexed by the first dimension)."
         )
     if x1.dtype != x2.dtype:
-        raise UnsupportedError(f"x1 has dtype {x1.dtype} but x2 has {x2.dtype}; convert one of them.")
+        raise UnsupportedError(f"{a} has dtype {x1.dtype} but {b} has {x2.dtype}; convert one of them.")
     if x1.device != x2.device:
-        raise UnsupportedError(f"x1 is on {x1.device} but x2 is on {x2.device}; move them to one device.")
+        raise UnsupportedError(f"{a} is on {x1.device} but {b} is on {x2.device}; move them to one device.")
     return x1, x2
 
 

@@ -576,8 +576,85 @@ def predict_trace_axes_conv(rng):
     }
 
 
+def branches_dense_conv(rng):
+    """FanOut(2) -> parallel(Dense (on channels, ntkit's 1x1 convolution), a conv branch) -> FanInSum on images
+    (one input, one output). (A Flatten-Dense branch next to a conv branch fails in neural-tangents 0.6.5's
+    requirements check: a None channel axis compared with an int.)"""
+    x1, x2 = rng.randn(3, 2, 4, 4), rng.randn(2, 2, 4, 4)
+    _, _, kernel_fn = stax.serial(
+        stax.FanOut(2),
+        stax.parallel(
+            stax.Dense(6, W_std=1.3, b_std=0.2),
+            stax.serial(
+                stax.Conv(4, (3, 3), padding="SAME", W_std=1.4, b_std=0.1),
+                stax.Relu(),
+                stax.Conv(6, (2, 2), padding="SAME", W_std=1.2),
+            ),
+        ),
+        stax.FanInSum(),
+        stax.Erf(),
+        stax.GlobalAvgPool(),
+        stax.Dense(1, b_std=0.1),
+    )
+    k = kernel_fn(channels_last(x1), channels_last(x2), ("nngp", "ntk"))
+    return {
+        "x1": x1.tolist(),
+        "x2": x2.tolist(),
+        "nngp": np.asarray(k.nngp).tolist(),
+        "ntk": np.asarray(k.ntk).tolist(),
+    }
+
+
+def two_inputs_concat(rng):
+    """Two inputs, a vector (N, 5) and an image (N, 2, 3, 4): parallel(Dense-Relu, Conv-Relu-GlobalAvgPool) ->
+    FanInConcat (channels) -> Dense (several inputs, one output)."""
+    x1 = (rng.randn(3, 5), rng.randn(3, 2, 3, 4))
+    x2 = (rng.randn(2, 5), rng.randn(2, 2, 3, 4))
+    _, _, kernel_fn = stax.serial(
+        stax.parallel(
+            stax.serial(stax.Dense(4, W_std=1.3, b_std=0.2), stax.Relu()),
+            stax.serial(stax.Conv(6, (2, 2), padding="SAME", W_std=1.5, b_std=0.1), stax.Relu(), stax.GlobalAvgPool()),
+        ),
+        stax.FanInConcat(axis=-1),
+        stax.Dense(1, W_std=1.1, b_std=0.1),
+    )
+    k = kernel_fn([channels_last(x) for x in x1], [channels_last(x) for x in x2], ("nngp", "ntk"))
+    return {
+        "x1_a": x1[0].tolist(),
+        "x1_b": x1[1].tolist(),
+        "x2_a": x2[0].tolist(),
+        "x2_b": x2[1].tolist(),
+        "nngp": np.asarray(k.nngp).tolist(),
+        "ntk": np.asarray(k.ntk).tolist(),
+    }
+
+
+def two_outputs(rng):
+    """A shared Dense trunk, FanOut(2) and parallel(Relu-Dense, Erf-Dense) left as two outputs: one kernel each."""
+    x1 = rng.randn(3, 4)
+    _, _, kernel_fn = stax.serial(
+        stax.Dense(5, W_std=1.3, b_std=0.2),
+        stax.FanOut(2),
+        stax.parallel(
+            stax.serial(stax.Relu(), stax.Dense(1, W_std=1.2, b_std=0.1)),
+            stax.serial(stax.Erf(), stax.Dense(1, W_std=0.9)),
+        ),
+    )
+    ks = kernel_fn(x1, None, ("nngp", "ntk"))
+    return {
+        "x1": x1.tolist(),
+        "nngp": [np.asarray(k.nngp).tolist() for k in ks],
+        "ntk": [np.asarray(k.ntk).tolist() for k in ks],
+    }
+
+
 #: Cases that are not a kernel of stax layers: name -> function of the random state returning the stored values.
-OTHER_CASES = {"predict_trace_axes_conv": predict_trace_axes_conv}
+OTHER_CASES = {
+    "predict_trace_axes_conv": predict_trace_axes_conv,
+    "branches_dense_conv": branches_dense_conv,
+    "two_inputs_concat": two_inputs_concat,
+    "two_outputs": two_outputs,
+}
 
 
 def graph_cases():

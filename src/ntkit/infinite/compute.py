@@ -7,40 +7,38 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ParamSpec, TypedDict, TypeVar
 
 import torch
 from torch import nn
 
 from .._memory import check_fits, format_bytes, resolve_budget
 from .._progress import Progress, progress_bar
-from .._validation import (
-    all_finite,
-    check_input_pair,
-    check_number,
-    check_positive_int,
-    format_shape,
-    parse_get,
-    same_examples,
-)
+from .._validation import all_finite, check_number, check_positive_int, parse_get
 from ..errors import InvalidArgumentError, MemoryBudgetError, NonFiniteError, ShapeError
 from . import torch_layers  # noqa: F401  (registers PyTorch's layers)
 from .conv_chain import new_variances, release_buffers, run_pairs
 from .dense_chain import chain_variances, run_chain_tile
 from .duplicates import equal_pairs, row_hashes
-from .graphs import check_pattern
-from .kernel_type import Kernel
-from .planning import Plan, plan
-from .registry import apply_layer, check_declared_init
+from .inputs import InputArg, Inputs
+from .kernel_type import Kernel, Kernels
+from .planning import Plan, plan_inputs
+from .registry import apply_kernels, check_declared_init
 
-__all__ = ["kernel"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["KernelOptions", "kernel", "kernels"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: ``evaluate(rows, cols, diagonal) -> (K, Θ or None, the tile's kernel or None)`` of one tile: the kernel is None
-#: when the per-example covariances are already in place (``dense_chain``).
-Evaluate = Callable[[slice, slice, bool], tuple[torch.Tensor, torch.Tensor | None, Kernel | None]]
+#: One output's tile: (K, Θ or None, the tile's kernel or None); the kernel is None when the per-example
+#: covariances are already in place (``dense_chain``).
+TileValues = tuple[torch.Tensor, torch.Tensor | None, Kernel | None]
+#: ``evaluate(rows, cols, diagonal) -> one TileValues per output of the network`` of one tile.
+Evaluate = Callable[[slice, slice, bool], list[TileValues]]
 
 _GET = ("nngp", "ntk")
 
@@ -67,8 +65,8 @@ _CONV_BATCH_ENTRIES = {"cpu": 2**20, "other": 2**24}
 
 def kernel(
     model: nn.Module,
-    x1: torch.Tensor,
-    x2: torch.Tensor | None = None,
+    x1: InputArg,
+    x2: InputArg | None = None,
     *,
     get: str | tuple[str, ...] = _GET,
     memory_budget: int | str | None = None,
@@ -92,6 +90,8 @@ def kernel(
             triangle of tiles is computed and the result is exactly symmetric). x2 that is x1, or equal to it and
             not requiring a gradient of its own, is treated as None: equal inputs give equal answers (with the
             input's duplicates rule of :mod:`.duplicates` and the correlation rule of the activations).
+            A network with several inputs takes a tuple of tensors, one per input (the same N in each; x2 then
+            a tuple too): ``kernel(net, (x_a, x_b))`` (:mod:`ntkit.nn.combinators`, :mod:`.inputs`).
         get: "nngp", "ntk" or both.
         memory_budget: bytes (or "4G") for the output and the working set; default a quarter of free memory.
         block_size: at most this many examples per tile side (tiles are chosen to fit the budget anyway).
@@ -111,7 +111,9 @@ def kernel(
 
     Returns:
         :class:`Kernel` with ``nngp`` and ``ntk`` of shape (N1, N2) (with the output's spatial layout
-        appended if the network does not pool or flatten), ``cov1`` (N1,) = K(x1_i, x1_i) and ``cov2``.
+        appended if the network does not pool or flatten), ``cov1`` (N1,) = K(x1_i, x1_i) and ``cov2``. A network
+        with several outputs (a ``FanOut`` or ``Parallel(..., fan_in=None)`` not joined again) raises
+        ``ShapeError``: :func:`kernels` returns one :class:`Kernel` per output.
         For the standard parameterization Θ is normalised by the width n of the widest hidden layer
         (Θ = J Jᵀ / n in expectation; theory.md §4.4): ``Kernel.neural_tangents_ntk()`` gives neural-tangents' J Jᵀ.
 
@@ -123,17 +125,67 @@ def kernel(
         MemoryBudgetError: the result or one tile cannot fit the budget (raised before computing).
         NonFiniteError: the true kernel overflows the dtype.
     """
-    wanted, _ = parse_get(get, _GET)
+    _check_model(model)
+    check_declared_init(model)  # its warnings point at the caller's line
+    options = KernelOptions(
+        get=get,
+        memory_budget=memory_budget,
+        block_size=block_size,
+        dtype=dtype,
+        diagonal_spatial=diagonal_spatial,
+        progress=progress,
+        mask_constant=mask_constant,
+        pattern=pattern,
+    )
+    (result,) = _kernels(model, x1, x2, options, one_output=True)
+    return result
+
+
+class KernelOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`kernel` (and :func:`kernels`), documented there."""
+
+    get: str | tuple[str, ...]
+    memory_budget: int | str | None
+    block_size: int | None
+    dtype: torch.dtype | None
+    diagonal_spatial: bool | None
+    progress: bool
+    mask_constant: float | None
+    pattern: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+
+
+def kernels(
+    model: nn.Module, x1: InputArg, x2: InputArg | None = None, **options: Unpack[KernelOptions]
+) -> tuple[Kernel, ...]:
+    """The infinite-width kernels of each output of a network with several outputs (theory.md §4): a tuple with
+    one :class:`Kernel` per output, output i's equal to the kernel of the network that keeps only its branch (the
+    cross-covariances between outputs are not returned); a network with one output gives a 1-tuple. Arguments
+    (``get``, ``memory_budget``, ``block_size``, ``dtype``, ``diagonal_spatial``, ``progress``,
+    ``mask_constant``, ``pattern``) and everything else as :func:`kernel`."""
+    _check_model(model)
+    check_declared_init(model)  # its warnings point at the caller's line
+    unknown = set(options) - set(KernelOptions.__annotations__)
+    if unknown:
+        raise InvalidArgumentError(f"unexpected argument(s) {', '.join(sorted(unknown))} (see nk.kernel).")
+    return _kernels(model, x1, x2, options, one_output=False)
+
+
+def _check_model(model: object) -> None:
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-    x1, x2 = check_input_pair(x1, x2)
-    patterns = None if pattern is None else _check_patterns(pattern, x1, x2)
-    x2 = _same_examples(x1, x2, patterns)  # equal inputs take the x2=None path (docs/infinite.md, "Equal inputs")
-    if x2 is None and patterns is not None:
-        patterns = (patterns[0], None)
-    if x1.ndim < 2:
-        raise ShapeError(f"inputs must be (N, features) or (N, C, *spatial), got x1 of shape {format_shape(x1.shape)}.")
-    dtype = dtype or x1.dtype
+
+
+def _kernels(
+    model: nn.Module, x1: InputArg, x2: InputArg | None, options: KernelOptions, *, one_output: bool
+) -> tuple[Kernel, ...]:
+    """:func:`kernels`; with ``one_output`` a network with several outputs raises ``ShapeError`` (after the plan)."""
+    get, dtype = options.get("get", _GET), options.get("dtype")
+    memory_budget, block_size = options.get("memory_budget"), options.get("block_size")
+    diagonal_spatial, mask_constant = options.get("diagonal_spatial"), options.get("mask_constant")
+    progress, pattern = options.get("progress", False), options.get("pattern")
+    wanted, _ = parse_get(get, _GET)
+    inputs = Inputs.check(x1, x2, pattern)  # equal inputs take the x2=None path (docs/infinite.md, "Equal inputs")
+    dtype = dtype or inputs.dtype
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise InvalidArgumentError(f"dtype must be a floating-point torch.dtype, got {dtype!r}.")
     check_positive_int(block_size, "block_size", allow_none=True)
@@ -143,8 +195,7 @@ def kernel(
         )
     if mask_constant is not None:
         check_number(mask_constant, "mask_constant")
-    check_declared_init(model)
-    args = (model, x1, x2, wanted, memory_budget, block_size, mask_constant, patterns)
+    args = (model, inputs, wanted, memory_budget, block_size, mask_constant, one_output)
     work = torch.promote_types(dtype, torch.float32)  # half precisions are computed in float32
     result, finite = _compute(*args, work, diagonal_spatial, progress)
     if not finite and work == torch.float32:
@@ -152,9 +203,10 @@ def kernel(
         # float64 and keep the result if it fits the dtype.
         work = torch.float64
         result, finite = _compute(*args, work, diagonal_spatial, progress)
+    outs = result
     if work != dtype:
-        result = result.replace(**{name: _cast(getattr(result, name), dtype) for name in _TENSORS})
-        finite = finite and all(t is None or all_finite(t) for t in _fields(result))
+        outs = tuple(k.replace(**{name: _cast(getattr(k, name), dtype) for name in _TENSORS}) for k in outs)
+        finite = finite and all(t is None or all_finite(t) for k in outs for t in _fields(k))
     if not finite:
         raise NonFiniteError(
             f"the kernel has entries that are not finite in {dtype} (largest value {torch.finfo(dtype).max:.3g}). "
@@ -162,7 +214,8 @@ def kernel(
             "variances, which grow like W_std^(2·depth) in deep networks (or a registered kernel function that "
             "returns NaN). Use dtype=torch.float64, a smaller W_std, or fewer layers."
         )
-    return result if "nngp" in wanted else result.replace(nngp=None)
+    outs = outs if "nngp" in wanted else tuple(k.replace(nngp=None) for k in outs)
+    return outs
 
 
 _TENSORS = ("nngp", "ntk", "cov")
@@ -178,91 +231,46 @@ def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
 
 def _compute(
     model: nn.Module,
-    x1: torch.Tensor,
-    x2: torch.Tensor | None,
+    inputs: Inputs,
     wanted: tuple[str, ...],
     memory_budget: int | str | None,
     block_size: int | None,
     mask_constant: float | None,
-    patterns: tuple[torch.Tensor, torch.Tensor | None] | None,
+    one_output: bool,
     dtype: torch.dtype,
     diagonal_spatial: bool | None,
     progress: bool,
-) -> tuple[Kernel, bool]:
-    """The kernel in ``dtype``, and whether it is finite."""
+) -> tuple[tuple[Kernel, ...], bool]:
+    """The kernel(s) in ``dtype`` (one per output of the network), and whether every entry is finite. With
+    ``one_output`` a network with several outputs raises ``ShapeError``."""
     need_ntk = "ntk" in wanted
-    p = plan(
-        model,
-        x1,
-        x2,
-        dtype=dtype,
-        ntk=need_ntk,
-        diagonal_spatial=diagonal_spatial,
-        mask_constant=mask_constant,
-        patterns=patterns,
+    p = plan_inputs(
+        model, inputs, dtype=dtype, ntk=need_ntk, diagonal_spatial=diagonal_spatial, mask_constant=mask_constant
     )
-    n1 = x1.shape[0]
-    n2 = n1 if x2 is None else x2.shape[0]
-    large = _large_blocks(x1.device)
-    pooled = not p.requires_grad and not large and x1.device.type == "cpu" and p.kernel_entries <= _TILE_ENTRIES
+    if one_output and len(p.outputs) > 1:
+        raise ShapeError(
+            f"the network has {len(p.outputs)} outputs (a FanOut or Parallel(..., fan_in=None) not joined again); "
+            "nk.kernel returns the kernel of one output: use nk.kernels, which returns one Kernel per output."
+        )
+    n1, n2, device = inputs.n1, inputs.n2, inputs.device
+    large = _large_blocks(device)
+    pooled = not p.requires_grad and not large and device.type == "cpu" and p.kernel_entries <= _TILE_ENTRIES
     n_workers = torch.get_num_threads() if pooled else 0  # 0: tile after tile in this thread
-    budget = resolve_budget(memory_budget, x1.device)
-    if p.conv_chain is not None:
-        x1, x2 = x1.to(dtype), None if x2 is None else x2.to(dtype)
+    budget = resolve_budget(memory_budget, device)
+    if p.conv_chain is not None:  # one input and one output (``plan``)
+        x1, x2 = inputs.x1[0].to(dtype), None if inputs.x2 is None else inputs.x2[0].to(dtype)
         return _run_conv_chain(p, x1, x2, need_ntk, budget, block_size, progress)
     # dense layers and ReLU-family activations: ``dense_chain``, in the pool's tiles or in large blocks
     chain = p.chain is not None and not p.requires_grad and (pooled or large)
     tile_entries = _CHAIN_TILE_ENTRIES if chain else _TILE_ENTRIES
     itemsize = torch.finfo(dtype).bits // 8
     b = _block_size(p, n1, n2, len(wanted), itemsize, budget, n_workers, block_size, tile_entries)
-    x1, x2 = x1.to(dtype), None if x2 is None else x2.to(dtype)
+    inputs = inputs.to(device, dtype)
     if p.requires_grad:
-        return _whole(model, x1, x2, p, need_ntk, mask_constant, patterns)
-    tiles = _tiles(n1, n2, b, x2 is None)
+        return _whole(model, inputs, p, need_ntk, mask_constant)
+    tiles = _tiles(n1, n2, b, inputs.x2 is None)
     with progress_bar(progress, len(tiles), "nk.kernel", "tile") as bar:
-        return _run_tiles(model, x1, x2, p, tiles, need_ntk, n_workers, mask_constant, patterns, chain=chain, bar=bar)
-
-
-def _check_patterns(
-    pattern: object, x1: torch.Tensor, x2: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """nk.kernel's ``pattern`` checked (:func:`.graphs.check_pattern`) as (x1's graphs, x2's or None)."""
-    if x2 is None:
-        if isinstance(pattern, tuple | list):
-            raise InvalidArgumentError(
-                f"pattern must be one tensor of graphs (x1's) when x2 is None, got a {type(pattern).__name__} of "
-                f"{len(pattern)}; pass (x1's, x2's) only together with x2."
-            )
-        return check_pattern(pattern, x1.shape[0], "pattern"), None
-    if not (isinstance(pattern, tuple | list) and len(pattern) == 2):
-        raise InvalidArgumentError(
-            "with x2 given, pattern must be the pair (x1's graphs, x2's graphs) (neural-tangents' (pattern1, "
-            f"pattern2)), got {type(pattern).__name__}."
-        )
-    return check_pattern(pattern[0], x1.shape[0], "pattern[0]"), check_pattern(pattern[1], x2.shape[0], "pattern[1]")
-
-
-def _same_examples(
-    x1: torch.Tensor, x2: torch.Tensor | None, patterns: tuple[torch.Tensor, torch.Tensor | None] | None
-) -> torch.Tensor | None:
-    """x2, or None when x1 and x2 are the same examples (:func:`same_examples`): with graphs, only if their
-    graphs are equal too."""
-    same = same_examples(x1, x2)
-    p1, p2 = patterns or (None, None)
-    graphs_differ = p1 is not None and p2 is not None and not (p1.dtype == p2.dtype and _equal(p1, p2))
-    return x2 if same is None and graphs_differ else same
-
-
-def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and torch.equal(a, b)
-
-
-def _tile_patterns(
-    patterns: tuple[torch.Tensor, torch.Tensor | None], rows: slice, cols: slice, diagonal: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The graphs of a tile's examples: x1's rows, and x2's (or x1's, when x2 is x1) columns."""
-    p1, p2 = patterns
-    return p1[rows], None if diagonal else (p1 if p2 is None else p2)[cols]
+        return _run_tiles(model, inputs, p, tiles, need_ntk, n_workers, mask_constant, chain=chain, bar=bar)
 
 
 def _large_blocks(device: torch.device) -> bool:
@@ -392,124 +400,126 @@ def _ntk_scale(meta: Kernel) -> float:
 
 
 def _whole(
-    model: nn.Module,
-    x1: torch.Tensor,
-    x2: torch.Tensor | None,
-    p: Plan,
-    need_ntk: bool,
-    mask_constant: float | None,
-    patterns: tuple[torch.Tensor, torch.Tensor | None] | None,
-) -> tuple[Kernel, bool]:
-    """The kernel in one piece and out of place, when derivatives are taken: reverse mode keeps every tile for
+    model: nn.Module, inputs: Inputs, p: Plan, need_ntk: bool, mask_constant: float | None
+) -> tuple[tuple[Kernel, ...], bool]:
+    """The kernel(s) in one piece and out of place, when derivatives are taken: reverse mode keeps every tile for
     the backward pass anyway, and forward mode (``torch.func`` transforms, dual tensors) cannot follow results
     written into preallocated tensors by worker threads. Also returns whether every entry is finite."""
-    k0 = Kernel.from_inputs(
-        x1, x2, diagonal_spatial=p.diagonal_spatial, ntk=need_ntk, mask_constant=mask_constant, pattern=patterns
-    )
-    k = apply_layer(model, k0)
-    nngp, ntk = k.nngp, None if k.ntk is None else k.ntk.expand_as(k.nngp) * _ntk_scale(p.output)
-    if x2 is None:  # symmetric up to round-off: make it exact
-        meta = p.output
+    k0 = inputs.kernel(diagonal_spatial=p.diagonal_spatial, ntk=need_ntk, mask_constant=mask_constant)
+    computed = _each(apply_kernels(model, k0))
+    symmetric = inputs.x2 is None
+    outs = []
+    for k, meta in zip(computed, p.outputs, strict=True):
+        nngp, ntk = k.nngp, None if k.ntk is None else k.ntk.expand_as(k.nngp) * _ntk_scale(meta)
+        if symmetric:  # symmetric up to round-off: make it exact
+            nngp = (nngp + _transpose_pair(nngp, meta.full, meta.n_spatial)) / 2
+            ntk = None if ntk is None else (ntk + _transpose_pair(ntk, meta.full, meta.n_spatial)) / 2
+        outs.append(_result(meta, nngp, ntk, k.cov, symmetric))
+    return tuple(outs), all(t is None or all_finite(t) for out in outs for t in _fields(out))
 
-        def symmetrized(t: torch.Tensor) -> torch.Tensor:
-            return (t + _transpose_pair(t, meta.full, meta.n_spatial)) / 2
 
-        nngp, ntk = symmetrized(nngp), None if ntk is None else symmetrized(ntk)
-    out = p.output.replace(
-        nngp=nngp,
-        ntk=ntk,
-        cov=k.cov,
-        x1_is_x2=x2 is None,
-        mean=None,
-        source=None,
-        fn=None,
-        roots=frozenset(),
-        ntk_divisor=p.output.sp_normalizer() if need_ntk else 1,
-        mask=None,
-        pattern=None,
-    )
-    return out, all(t is None or all_finite(t) for t in _fields(out))
+def _each(k: Kernels) -> tuple[Kernel, ...]:
+    """The outputs' kernels as a tuple (one kernel: a 1-tuple)."""
+    return k if isinstance(k, tuple) else (k,)
 
 
 def _run_tiles(
     model: nn.Module,
-    x1: torch.Tensor,
-    x2: torch.Tensor | None,
+    inputs: Inputs,
     p: Plan,
     tiles: list[tuple[slice, slice]],
     need_ntk: bool,
     n_workers: int,
     mask_constant: float | None,
-    patterns: tuple[torch.Tensor, torch.Tensor | None] | None,
     *,
     chain: bool,
     bar: Progress,
-) -> tuple[Kernel, bool]:
-    """Compute the kernel tile by tile (by the layers' kernel maps, or ``dense_chain`` if ``chain``) into
-    preallocated results (differentiable: slices are copied in); also returns whether every entry is finite.
-    The standard-parameterization NTK is normalised here (4.4). ``bar`` is advanced by one per tile."""
-    symmetric = x2 is None
-    xs2 = x1 if x2 is None else x2
-    n1, n2 = x1.shape[0], xs2.shape[0]
-    meta = p.output
-    pair_shape = tuple(meta.nngp.shape[2:])
-    nngp = torch.empty((n1, n2, *pair_shape), dtype=x1.dtype, device=x1.device)
-    ntk = torch.empty_like(nngp) if need_ntk else None
-    cov = torch.empty((n1 if symmetric else n1 + n2, *meta.cov.shape[1:]), dtype=x1.dtype, device=x1.device)
-    full, n_spatial = meta.full, meta.n_spatial
-    ntk_scale = _ntk_scale(meta) if need_ntk else 1.0
+) -> tuple[tuple[Kernel, ...], bool]:
+    """Compute the kernel(s) tile by tile (by the layers' kernel maps, or ``dense_chain`` if ``chain``) into
+    preallocated results, one per output of the network (differentiable: slices are copied in); also returns
+    whether every entry is finite. The standard-parameterization NTK is normalised here (4.4). ``bar`` is advanced
+    by one per tile."""
+    symmetric = inputs.x2 is None
+    n1, n2 = inputs.n1, inputs.n2
+    dtype, device = inputs.dtype, inputs.device
+    results = [_TileResults.allocate(meta, n1, n2, symmetric, need_ntk, dtype, device) for meta in p.outputs]
 
     evaluate: Evaluate
     if chain:  # prepared in a worker too: the caller's thread may be a forked child's, where MKL/OpenMP hang
-        prepare, inputs = _no_grad(_chain_evaluator), (p, x1, x2, need_ntk, cov)
-        evaluate = _worker_pool(n_workers).submit(prepare, *inputs).result() if n_workers else prepare(*inputs)
+        x1, x2 = inputs.x1[0], None if inputs.x2 is None else inputs.x2[0]  # one input and one output (``plan``)
+        prepare, args = _no_grad(_chain_evaluator), (p, x1, x2, need_ntk, results[0].cov)
+        evaluate = _worker_pool(n_workers).submit(prepare, *args).result() if n_workers else prepare(*args)
     else:
 
-        def evaluate(rows: slice, cols: slice, diagonal: bool) -> tuple[torch.Tensor, torch.Tensor | None, Kernel]:
-            k0 = Kernel.from_inputs(
-                x1[rows],
-                None if diagonal else xs2[cols],
-                diagonal_spatial=p.diagonal_spatial,
-                ntk=need_ntk,
-                mask_constant=mask_constant,
-                pattern=None if patterns is None else _tile_patterns(patterns, rows, cols, diagonal),
-            )
-            k = apply_layer(model, k0)
-            return k.nngp, None if k.ntk is None else k.ntk.expand_as(k.nngp), k
+        def evaluate(rows: slice, cols: slice, diagonal: bool) -> list[TileValues]:
+            pair = inputs.tile(rows, None if diagonal else cols)
+            k0 = pair.kernel(diagonal_spatial=p.diagonal_spatial, ntk=need_ntk, mask_constant=mask_constant)
+            return [
+                (k.nngp, None if k.ntk is None else k.ntk.expand_as(k.nngp), k) for k in _each(apply_kernels(model, k0))
+            ]
 
     def tile(rows: slice, cols: slice) -> bool:
         try:
-            return compute_tile(rows, cols)
+            values = evaluate(rows, cols, symmetric and rows == cols)
+            return all([out.write(rows, cols, *value) for out, value in zip(results, values, strict=True)])
         finally:
             bar.update(1)
-
-    def compute_tile(rows: slice, cols: slice) -> bool:
-        diagonal = symmetric and rows == cols
-        nngp_value, ntk_value, k = evaluate(rows, cols, diagonal)
-        if ntk_value is not None and ntk_scale != 1.0:
-            ntk_value = ntk_value * ntk_scale
-        results = [(nngp, nngp_value)] + ([(ntk, ntk_value)] if ntk is not None and ntk_value is not None else [])
-        for out, value in results:
-            if diagonal:  # symmetric up to round-off: make it exact, written straight into the result
-                torch.add(value, _transpose_pair(value, full, n_spatial), out=out[rows, cols]).mul_(0.5)
-                continue
-            out[rows, cols] = value
-            if symmetric:
-                out[cols, rows] = _transpose_pair(value, full, n_spatial)
-        finite = all(all_finite(out[rows, cols]) for out, _ in results)
-        if k is None:  # the per-example covariances are already in place
-            return finite
-        if cols.start == (rows.start if symmetric else 0):
-            cov[rows] = k.cov1
-        if not symmetric and rows.start == 0:
-            cov[n1 + cols.start : n1 + cols.stop] = k.split(k.cov)[1]  # k.cov2: x2's part (x2 is not x1)
-        return finite and all_finite(k.cov)
 
     if n_workers:
         finite = all(_worker_pool(n_workers).map(_no_grad(tile), *zip(*tiles, strict=True)))
     else:
         finite = all([tile(rows, cols) for rows, cols in tiles])
-    return _result(meta, nngp, ntk, cov, symmetric), finite
+    return tuple(_result(out.meta, out.nngp, out.ntk, out.cov, symmetric) for out in results), finite
+
+
+@dataclass(frozen=True)
+class _TileResults:
+    """The preallocated results of one output of the network, which tiles are written into."""
+
+    meta: Kernel  # the output's kernel from the plan (metadata)
+    nngp: torch.Tensor  # (N1, N2, *R)
+    ntk: torch.Tensor | None
+    cov: torch.Tensor  # (N1 [+ N2], *R)
+    symmetric: bool
+    ntk_scale: float
+
+    @classmethod
+    def allocate(
+        cls, meta: Kernel, n1: int, n2: int, symmetric: bool, need_ntk: bool, dtype: torch.dtype, device: torch.device
+    ) -> _TileResults:
+        nngp = torch.empty((n1, n2, *meta.nngp.shape[2:]), dtype=dtype, device=device)
+        ntk = torch.empty_like(nngp) if need_ntk else None
+        cov = torch.empty((n1 if symmetric else n1 + n2, *meta.cov.shape[1:]), dtype=dtype, device=device)
+        return cls(meta, nngp, ntk, cov, symmetric, _ntk_scale(meta) if need_ntk else 1.0)
+
+    def write(
+        self, rows: slice, cols: slice, nngp_value: torch.Tensor, ntk_value: torch.Tensor | None, k: Kernel | None
+    ) -> bool:
+        """Write one tile's values (and, from the tiles that hold them, the per-example covariances); returns
+        whether they are finite."""
+        symmetric, meta = self.symmetric, self.meta
+        diagonal = symmetric and rows == cols
+        if ntk_value is not None and self.ntk_scale != 1.0:
+            ntk_value = ntk_value * self.ntk_scale
+        pairs = [(self.nngp, nngp_value)]
+        if self.ntk is not None and ntk_value is not None:
+            pairs.append((self.ntk, ntk_value))
+        for out, value in pairs:
+            if diagonal:  # symmetric up to round-off: make it exact, written straight into the result
+                torch.add(value, _transpose_pair(value, meta.full, meta.n_spatial), out=out[rows, cols]).mul_(0.5)
+                continue
+            out[rows, cols] = value
+            if symmetric:
+                out[cols, rows] = _transpose_pair(value, meta.full, meta.n_spatial)
+        finite = all(all_finite(out[rows, cols]) for out, _ in pairs)
+        if k is None:  # the per-example covariances are already in place
+            return finite
+        if cols.start == (rows.start if symmetric else 0):
+            self.cov[rows] = k.cov1
+        if not symmetric and rows.start == 0:
+            n1 = self.nngp.shape[0]
+            self.cov[n1 + cols.start : n1 + cols.stop] = k.split(k.cov)[1]  # k.cov2: x2's part (x2 is not x1)
+        return finite and all_finite(k.cov)
 
 
 def _chain_evaluator(p: Plan, x1: torch.Tensor, x2: torch.Tensor | None, need_ntk: bool, cov: torch.Tensor) -> Evaluate:
@@ -525,13 +535,13 @@ def _chain_evaluator(p: Plan, x1: torch.Tensor, x2: torch.Tensor | None, need_nt
     cov.copy_(var_out)
     xs2, offset = (x1, 0) if x2 is None else (x2, x1.shape[0])
 
-    def evaluate(rows: slice, cols: slice, diagonal: bool) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+    def evaluate(rows: slice, cols: slice, diagonal: bool) -> list[TileValues]:
         i2 = slice(offset + cols.start, offset + cols.stop)
         a, b = x1[rows], xs2[cols]
         i, j = equal_pairs(a, b, hashes[rows], hashes[i2])
         equal = (i, j, var0[rows][i]) if i.numel() else None
         nngp, ntk = run_chain_tile(steps, variances, a, b, rows, i2, diagonal, need_ntk, equal)
-        return nngp, ntk, None
+        return [(nngp, ntk, None)]
 
     return evaluate
 
@@ -544,7 +554,7 @@ def _run_conv_chain(
     budget: int,
     block_size: int | None,
     progress: bool,
-) -> tuple[Kernel, bool]:
+) -> tuple[tuple[Kernel, ...], bool]:
     """A pooled CNN by ``conv_chain``: first the examples' own pairs (their variances at every activation, and
     ``cov``; with x2 = None also the batch diagonal of K and Θ), then the other pairs, only i < j when x2 is
     None (mirrored into the result), in batches of pairs spread over the worker pool on CPU. Also returns
@@ -639,7 +649,7 @@ def _run_conv_chain(
     if ntk is not None and (scale := _ntk_scale(meta)) != 1.0:
         ntk.mul_(scale)
     out = _result(meta, nngp, ntk, cov, symmetric)
-    return out, all(t is None or all_finite(t) for t in _fields(out))
+    return (out,), all(t is None or all_finite(t) for t in _fields(out))
 
 
 def _result(meta: Kernel, nngp: torch.Tensor, ntk: torch.Tensor | None, cov: torch.Tensor, symmetric: bool) -> Kernel:

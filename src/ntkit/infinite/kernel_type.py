@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..gaussian.activations import Activation
     from ..gaussian.functions import GaussianFunction
 
-__all__ = ["Kernel"]
+__all__ = ["Kernel", "Kernels"]
 
 #: Tensors of a kernel's size alive at once while a layer's map runs (inputs, outputs, the Gaussian layer kept
 #: for composition, temporaries of the closed forms): the working set is this many times the kernel's size.
@@ -264,6 +264,11 @@ class Kernel:
             f"cov2={shape(self.cov2)}, spatial={format_shape(self.spatial_shape)} {layout}, "
             f"channels={self.channels}" + "".join(", " + f for f in flags) + ")"
         )
+
+
+#: The kernels flowing between layers: one :class:`Kernel`, or one per tensor where a network carries several
+#: (several inputs, ``FanOut``, ``Parallel(..., fan_in=None)``; ``ntkit.nn.combinators``).
+Kernels = Kernel | tuple[Kernel, ...]
 
 
 def _gram(a: torch.Tensor, b: torch.Tensor, n_spatial: int, full: bool, pair: bool) -> torch.Tensor:

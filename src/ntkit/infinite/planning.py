@@ -21,23 +21,32 @@ from .._memory import format_bytes
 from ..errors import UnsupportedError
 from .conv_chain import ConvChain, conv_chain
 from .dense_chain import Record, Step, chain_recorder, linked_chain
+from .inputs import Inputs, Patterns
 from .kernel_type import KERNEL_TEMPORARIES, Kernel, pair_entries, working_set_probe
-from .registry import apply_layer, mixes_positions
+from .registry import apply_kernels, mixes_positions
 
-__all__ = ["Plan", "plan"]
+__all__ = ["Plan", "plan", "plan_inputs"]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What the dry run found. ``output`` is the output layer's kernel on the meta device (its metadata)."""
+    """What the dry run found. ``outputs``: each output layer's kernel on the meta device (its metadata), one per
+    output of the network; ``several_outputs``: the network gives a tuple (even of one: no fast path then)."""
 
     diagonal_spatial: bool
     working_entries: int  # tensor entries alive at once per pair of examples, at the most demanding layer
-    output_entries: int  # entries of the output kernel per pair of examples
-    output: Kernel
+    output_entries: int  # entries of the output kernels per pair of examples (all outputs)
+    outputs: tuple[Kernel, ...]
+    several_outputs: bool
     requires_grad: bool  # derivatives are taken (reverse mode records, or forward mode is active)
     chain: tuple[Step, ...] | None = None  # dense layers and ReLU-family activations only (``dense_chain``)
     conv_chain: ConvChain | None = None  # a pooled CNN of convolutions, ReLU-family, pooling (``conv_chain``)
+
+    @property
+    def output(self) -> Kernel:
+        """The output layer's kernel of a network with one output (the fast paths')."""
+        assert not self.several_outputs
+        return self.outputs[0]
 
     @property
     def kernel_entries(self) -> int:
@@ -84,9 +93,26 @@ def plan(
     ntk: bool,
     diagonal_spatial: bool | None,
     mask_constant: float | None = None,
-    patterns: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    patterns: Patterns | None = None,
 ) -> Plan:
-    """Run the requirements pass (see the module docstring)."""
+    """Run the requirements pass (see the module docstring) for a network with one input (and the examples'
+    graphs ``patterns``, :mod:`.graphs`)."""
+    inputs = Inputs((x1,), None if x2 is None else (x2,), several=False, patterns=patterns)
+    return plan_inputs(
+        model, inputs, dtype=dtype, ntk=ntk, diagonal_spatial=diagonal_spatial, mask_constant=mask_constant
+    )
+
+
+def plan_inputs(
+    model: nn.Module,
+    inputs: Inputs,
+    *,
+    dtype: torch.dtype,
+    ntk: bool,
+    diagonal_spatial: bool | None,
+    mask_constant: float | None = None,
+) -> Plan:
+    """Run the requirements pass (see the module docstring) for checked inputs (one tensor or several)."""
     _check_no_weight_sharing(model)
     if diagonal_spatial is None:
         diagonal_spatial = not needs_full_spatial(model)
@@ -94,22 +120,21 @@ def plan(
     records: list[Record] = []
     token, chain_token = working_set_probe.set(probe), chain_recorder().set(records)
     try:
-        device = x1.device if diagonal_spatial else "meta"
-        a = x1[:1].to(device=device, dtype=dtype)
-        b = None if x2 is None else x2[:1].to(device=device, dtype=dtype)
-        graphs = None
-        if patterns is not None:  # the first example's graph of each side
-            p1, p2 = patterns
-            graphs = (p1[:1].to(device), None if p2 is None else p2[:1].to(device))
-        k_input = Kernel.from_inputs(
-            a, b, diagonal_spatial=diagonal_spatial, ntk=ntk, mask_constant=mask_constant, pattern=graphs
-        )
-        out = apply_layer(model, k_input)
+        first = inputs.tile(slice(0, 1), None if inputs.x2 is None else slice(0, 1))
+        first = first.to(inputs.device if diagonal_spatial else "meta", dtype)
+        k_input = first.kernel(diagonal_spatial=diagonal_spatial, ntk=ntk, mask_constant=mask_constant)
+        out = apply_kernels(model, k_input)
     finally:
         working_set_probe.reset(token)
         chain_recorder().reset(chain_token)
-    requires_grad = tracks_derivatives(out.nngp, out.ntk)
-    fast = not requires_grad and mask_constant is None  # the fast paths run no layer maps, so no masks
-    chain = linked_chain(records, k_input, out) if x1.ndim == 2 and fast else None
-    convs = conv_chain(records, k_input, out) if x1.ndim > 2 and fast else None
-    return Plan(diagonal_spatial, probe[0], pair_entries(out.nngp), out, requires_grad, chain, convs)
+    outs = out if isinstance(out, tuple) else (out,)
+    requires_grad = tracks_derivatives(*(t for k in outs for t in (k.nngp, k.ntk)))
+    entries = sum(pair_entries(k.nngp) for k in outs)
+    several = isinstance(out, tuple)
+    if isinstance(out, tuple) or isinstance(k_input, tuple) or requires_grad or mask_constant is not None:
+        # the fast paths take one input and one output, and run no layer maps (so no masks)
+        return Plan(diagonal_spatial, probe[0], entries, outs, several, requires_grad)
+    x1 = inputs.x1[0]
+    chain = linked_chain(records, k_input, out) if x1.ndim == 2 else None
+    convs = conv_chain(records, k_input, out) if x1.ndim > 2 else None
+    return Plan(diagonal_spatial, probe[0], entries, outs, several, requires_grad, chain, convs)

@@ -18,11 +18,12 @@ from scipy import special
 from torch import nn
 
 from .._validation import Std, check_std
-from ..errors import InitializationWarning, InvalidArgumentError, UnsupportedError
-from .kernel_type import Kernel
+from ..errors import InitializationWarning, InvalidArgumentError, ShapeError, UnsupportedError
+from .kernel_type import Kernel, Kernels
 from .masking import apply_masked
 
 __all__ = [
+    "apply_kernels",
     "apply_layer",
     "apply_layers",
     "check_declared_init",
@@ -73,13 +74,62 @@ def _entry(module: nn.Module) -> _Entry | None:
 
 def apply_layer(module: nn.Module, k: Kernel) -> Kernel:
     """The kernel of ``module``'s outputs given the kernel ``k`` of its inputs (with masked positions: through
-    :func:`.masking.apply_masked`, which also carries the mask)."""
+    :func:`.masking.apply_masked`, which also carries the mask), for a layer with one output."""
+    return one_kernel(apply_kernels(module, k), module)
+
+
+def apply_kernels(module: nn.Module, k: Kernels) -> Kernels:
+    """The kernels of ``module``'s outputs given those of its inputs: one :class:`Kernel` per tensor, a tuple where
+    several tensors flow (networks with several inputs or outputs). Layers that take or give several tensors
+    (``ntkit.nn``'s ``FanOut``, ``FanIn*``, ``Parallel``, ``Sequential``, and ``torch.nn.Sequential``) define
+    ``kernels_transform``; every other layer takes one kernel and gives one."""
+    if isinstance(k, tuple):
+        if any(part.mask is not None for part in k):
+            raise UnsupportedError(
+                f"masked inputs (mask_constant) in a network with several inputs or branch outputs ({module!r}) are "
+                "not supported yet; compute without mask_constant."
+            )
+        return _several(module, k)
     if k.mask is not None:
-        return apply_masked(module, k, lambda unmasked: _apply_unmasked(module, unmasked))
+        return apply_masked(module, k, lambda unmasked: one_kernel(_apply_unmasked(module, unmasked), module))
     return _apply_unmasked(module, k)
 
 
-def _apply_unmasked(module: nn.Module, k: Kernel) -> Kernel:
+def one_kernel(k: Kernels, module: nn.Module) -> Kernel:
+    """``k`` if it is one kernel; several (the outputs of branches) raise :class:`ShapeError` naming ``module``."""
+    if isinstance(k, tuple):
+        raise ShapeError(
+            f"{type(module).__name__} ({module!r}) gives {len(k)} outputs where one is expected; combine them "
+            "with FanInSum(), FanInProduct() or FanInConcat() (or Parallel(..., fan_in='sum'|'product'|'concat'))."
+        )
+    return k
+
+
+def _several(module: nn.Module, k: tuple[Kernel, ...]) -> Kernels:
+    """A layer applied to several tensors: only layers that take them (``kernels_transform``) can."""
+    transform = _kernels_transform(module)
+    if transform is None:
+        raise ShapeError(
+            f"{type(module).__name__} ({module!r}) takes one input, but the layers before it give {len(k)} "
+            "tensors (several network inputs, a FanOut, or Parallel(..., fan_in=None)); combine them first with "
+            "FanInSum(), FanInProduct() or FanInConcat(), or apply one layer per tensor with "
+            "Parallel(*layers, fan_in=None)."
+        )
+    return transform(k)
+
+
+def _kernels_transform(module: nn.Module) -> Callable[[Kernels], Kernels] | None:
+    """The map of a layer that takes or gives several kernels, or None (one kernel in, one out)."""
+    own: Callable[[Kernels], Kernels] | None = getattr(module, "kernels_transform", None)
+    if own is None and isinstance(module, nn.Sequential):  # torch's container carries tuples too
+        return lambda k: apply_layers(module, k)
+    return own
+
+
+def _apply_unmasked(module: nn.Module, k: Kernel) -> Kernels:
+    several = _kernels_transform(module)
+    if several is not None:
+        return several(k)
     transform = getattr(module, "kernel_transform", None)
     if transform is not None:
         result: Kernel = transform(k)
@@ -101,10 +151,10 @@ def _apply_unmasked(module: nn.Module, k: Kernel) -> Kernel:
     return out
 
 
-def apply_layers(layers: Iterable[nn.Module], k: Kernel) -> Kernel:
-    """The kernel after ``layers`` in series (a ``Sequential``): each layer's map applied in turn."""
+def apply_layers(layers: Iterable[nn.Module], k: Kernels) -> Kernels:
+    """The kernel(s) after ``layers`` in series (a ``Sequential``): each layer's map applied in turn."""
     for layer in layers:
-        k = apply_layer(layer, k)
+        k = apply_kernels(layer, k)
     return k
 
 

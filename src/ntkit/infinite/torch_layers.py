@@ -20,7 +20,7 @@ from ..errors import UnsupportedError
 from ..gaussian.activations import GELU, Activation, Elementwise, LeakyReLU, ReLU
 from . import spatial, transforms
 from .kernel_type import Kernel
-from .registry import apply_layers, declared_init, register_kernel
+from .registry import declared_init, register_kernel
 
 __all__ = ["ACTIVATIONS"]
 
@@ -179,6 +179,5 @@ register_kernel(nn.Identity, lambda m, k: k)
 register_kernel(nn.Dropout, _dropout)
 register_kernel(nn.LayerNorm, _layer_norm)
 register_kernel(nn.GroupNorm, _group_norm)
-register_kernel(nn.Sequential, apply_layers)
 for _activation_type in ACTIVATIONS:
     register_kernel(_activation_type, _activation)

@@ -24,7 +24,7 @@ from ..gaussian.activations import (
 )
 from .aggregate import Aggregate, graph_patterns
 from .attention import SelfAttention
-from .combinators import Parallel, Residual, Sequential
+from .combinators import FanInConcat, FanInProduct, FanInSum, FanOut, Parallel, Residual, Sequential
 from .conv import (
     Conv1d,
     Conv2d,
@@ -79,6 +79,10 @@ __all__ = [
     "Erf",
     "Exp",
     "ExpNormalized",
+    "FanInConcat",
+    "FanInProduct",
+    "FanInSum",
+    "FanOut",
     "Flatten",
     "Gabor",
     "Gaussian",

@@ -234,6 +234,11 @@ def layout_of(
 
 def kernel_part(k: object, part: str, name: str) -> torch.Tensor:
     """``k.nngp`` / ``k.ntk`` of an ``nk.Kernel``-like object, or ``k["nngp"]`` of a mapping, checked."""
+    if isinstance(k, tuple):
+        raise UnsupportedError(
+            f"{name} is a tuple of {len(k)} (the kernels of a network with several outputs, nk.kernels); "
+            "predictions take the kernels of one output: e.g. kernel_fn = lambda a, b: nk.kernels(net, a, b)[i]."
+        )
     if isinstance(k, torch.Tensor):
         raise UnsupportedError(
             f"{name} is a plain tensor, but the {part!r} kernel is needed; pass an nk.Kernel (with .nngp and .ntk) "
