@@ -229,7 +229,7 @@ def test_bad_inputs_are_refused_clearly():
     with pytest.raises(ShapeError, match=r"the network has 2 outputs .* use nk.kernels"):
         nk.kernel(two_outputs(), torch.randn(3, 4))
     assert len(nk.kernels(two_inputs(), (x_a, x_b))) == 1  # one output: a 1-tuple
-    with pytest.raises(InvalidArgumentError, match="unexpected argument.*blocksize"):
+    with pytest.raises(InvalidArgumentError, match=r"unexpected argument.*blocksize"):
         nk.kernels(net, (x_a, x_b), blocksize=2)
     with pytest.raises(UnsupportedError, match="mask_constant"):
         nk.kernel(N.Sequential(N.FanOut(2), N.FanInSum()), x_b, mask_constant=0.0)
