@@ -170,6 +170,14 @@ CASES = [
          "memory_budget"),
     Case("kernel", "negative string memory_budget", lambda: nk.kernel(net(), x(), memory_budget="-1G"),
          InvalidArgumentError, "memory_budget"),
+    Case("kernel", "a tuple of inputs for a network with one", lambda: nk.kernel(net(), (x(), x())), ShapeError,
+         "takes one input, but the layers before it give 2 tensors"),
+    Case("kernel", "a network with two outputs", lambda: nk.kernel(N.FanOut(2), x()), ShapeError,
+         "the network has 2 outputs .* use nk.kernels"),
+    Case("kernels", "an unknown keyword", lambda: nk.kernels(net(), x(), blocksize=2), InvalidArgumentError,
+         "unexpected argument.*blocksize"),
+    Case("FanOut", "n=0", lambda: N.FanOut(0), InvalidArgumentError, r"FanOut\(n\) takes the number of copies"),
+    Case("FanInConcat", "dim=0", lambda: N.FanInConcat(dim=0), InvalidArgumentError, "dim is the concatenation axis"),
     *[
         Case("kernel", f"block_size={b}", lambda b=b: nk.kernel(net(), x(), block_size=b), InvalidArgumentError,
              f"block_size must be a positive integer or None, got {b}")

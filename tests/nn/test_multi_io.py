@@ -231,6 +231,8 @@ def test_bad_inputs_are_refused_clearly():
     assert len(nk.kernels(two_inputs(), (x_a, x_b))) == 1  # one output: a 1-tuple
     with pytest.raises(InvalidArgumentError, match=r"unexpected argument.*blocksize"):
         nk.kernels(net, (x_a, x_b), blocksize=2)
+    with pytest.raises(UnsupportedError, match="correlated in a way ntkit cannot compute"):  # x_a + x_b: cross terms
+        nk.kernel(N.FanInSum(), (x_a, x_a + 1))
     with pytest.raises(UnsupportedError, match="mask_constant"):
         nk.kernel(N.Sequential(N.FanOut(2), N.FanInSum()), x_b, mask_constant=0.0)
     with pytest.raises(InvalidArgumentError, match="fan_in must be one of"):

@@ -2,7 +2,9 @@
 
 ``register_kernel(ModuleType, fn)`` adds a type; ``fn(module, kernel) -> kernel`` gets the module instance (its
 sizes and settings) and the input :class:`Kernel`. The entries for PyTorch's own layers live in
-:mod:`.torch_layers`, all in one table.
+:mod:`.torch_layers`, all in one table. Layers that take or give several tensors (networks with several inputs
+or outputs: ``ntkit.nn.combinators``) map a tuple of kernels with their ``kernels_transform``
+(:func:`apply_kernels`); ``torch.nn.Sequential`` passes tuples through its layers.
 """
 
 from __future__ import annotations

@@ -48,7 +48,18 @@ def _count_mismatch(layer: nn.Module, expected: int, got: int) -> ShapeError:
     )
 
 
-class Sequential(nn.Sequential, KernelLayer):
+class _Branching(KernelLayer):
+    """A layer that may take or give several tensors: its map is ``kernels_transform`` (one kernel, or a tuple of
+    them), and ``kernel_transform`` is that map for one kernel in and one out (several out: ``ShapeError``)."""
+
+    def kernels_transform(self, k: Kernels) -> Kernels:
+        raise NotImplementedError
+
+    def kernel_transform(self, k: Kernel) -> Kernel:
+        return one_kernel(self.kernels_transform(k), self)
+
+
+class Sequential(nn.Sequential, _Branching):
     """Layers in series (a ``torch.nn.Sequential``); the kernel passes through each layer's map in turn.
 
     Layers may be ``ntkit.nn`` layers or PyTorch layers known to :func:`ntkit.register_kernel`'s registry.
@@ -65,9 +76,6 @@ class Sequential(nn.Sequential, KernelLayer):
 
     def kernels_transform(self, k: Kernels) -> Kernels:
         return apply_layers(self, k)
-
-    def kernel_transform(self, k: Kernel) -> Kernel:
-        return one_kernel(self.kernels_transform(k), self)
 
 
 _FAN_IN = ("sum", "product", "concat")
@@ -101,7 +109,7 @@ def _check_fan_in(fan_in: object, dim: object, allow_none: bool) -> None:
         raise InvalidArgumentError(f"dim is the concatenation axis (1: channels, 2, ...: spatial), got {dim!r}.")
 
 
-class Parallel(KernelLayer):
+class Parallel(_Branching):
     """Branches, their outputs combined by ``fan_in``:
 
     - "sum": Σ_i branch_i(x);
@@ -151,14 +159,11 @@ class Parallel(KernelLayer):
         outs = [apply_layer(branch, ki) for branch, ki in zip(self.branches, inputs, strict=True)]
         return tuple(outs) if self.fan_in is None else _fan_in_kernel(outs, self.fan_in, self.dim)
 
-    def kernel_transform(self, k: Kernel) -> Kernel:
-        return one_kernel(self.kernels_transform(k), self)
-
     def extra_repr(self) -> str:
         return f"fan_in={self.fan_in!r}" + (f", dim={self.dim}" if self.dim != 1 else "")
 
 
-class FanOut(KernelLayer):
+class FanOut(_Branching):
     """n copies of one tensor, as a tuple (neural-tangents' ``FanOut``): y = (x, ..., x). Followed by
     ``Parallel(*n_layers, fan_in=None)`` and a fan-in, or left as n outputs of the network."""
 
@@ -182,7 +187,7 @@ class FanOut(KernelLayer):
         return str(self.n)
 
 
-class _FanIn(KernelLayer):
+class _FanIn(_Branching):
     """Several tensors (a tuple) joined into one by ``fan_in`` (``FanInSum``, ``FanInProduct``, ``FanInConcat``)."""
 
     fan_in = "sum"
