@@ -5,7 +5,7 @@ Unbiasedness: with one hidden (convolutional) layer every step is unbiased given
 mean of S draws of φ(x)·φ(y) is the kernel up to its standard error; |z| < 5 on every entry (about 20 entries per
 case: a false alarm has probability ~1e-5, while a wrong patch, padding, pooling divisor or scale shifts the mean by
 many standard errors; for instance a padding that wraps instead of zero-filling changes the border kernel by 10-40%).
-Consistency: the RMS relative Frobenius error over seeds falls like F^-1/2.
+Consistency: the RMS relative Frobenius error over seeds falls like F^-1/2 (docs/approx.md, "Rate").
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import torch
 import ntkit as nk
 from approx_reference import rms_errors, slope, z_scores
 from ntkit import nn as N
+from ntkit.approx.activation_features import HermiteSketchFeatures
+from ntkit.approx.sketches import CountSketch, PolySketch
 from ntkit.errors import ShapeError, UnsupportedError
 
 
@@ -117,26 +119,53 @@ def test_cnn_error_falls_like_inverse_sqrt_features(method):
     assert abs(slope(sizes, errors) + 0.5) < 0.1
 
 
+DEEP_SIZES = [2**k for k in range(6, 12)]
+
+
+def _deep_slope(method, get, n_seeds):
+    x = torch.randn(8, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    return slope(DEEP_SIZES, rms_errors(_cnn(2), get, method, DEEP_SIZES, n_seeds, x))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("get", ["nngp", "ntk"])
-@pytest.mark.parametrize(("method", "low"), [("random_features", 7), ("sketch", 8)])
-def test_cnn_error_falls_like_inverse_sqrt_features_deep(method, low, get):
-    """Two convolutional layers with average pooling between them and GAP: consistent features (a bias O(1/F),
-    measured below the noise from F = 2^8 on), fitted slope over six doublings of F from 2^low.
+@pytest.mark.parametrize(("method", "n_seeds"), [("random_features", 48), ("sketch", 128)])
+def test_cnn_error_falls_like_inverse_sqrt_features_deep(method, n_seeds, get):
+    """Two convolutional layers with average pooling between them and GAP: consistent features, fitted slope of
+    the RMS error over F = 2^6..2^11 within 0.1 of −1/2, as the issue asks (measured: random features −0.50 NNGP
+    and −0.49 NTK, sketch −0.52 NNGP and −0.49 NTK, each ± 0.03 by bootstrap over the seeds).
 
-    The statistic is the median over 24 seeds: the errors of a pooled CNN's features have heavy tails (the
-    largest of 64 draws 3-4x the RMS), so RMS estimates over a few dozen seeds scatter by ±30% and their fitted
-    slope by ±0.15. Random features: within 0.1 of −1/2 (as the issue asks). The sketch's error falls FASTER than
-    F^-1/2 over this range (median slope measured −0.71 for the NNGP and −0.66 for the NTK, while the one-layer
-    CNN gives −0.50 above; the cause is not analysed), so for it the test asserts a slope between −0.9 and −0.4:
-    at least the F^-1/2 rate, with the 0.1 tolerance."""
-    sizes = [2**k for k in range(low, low + 6)]
-    x = torch.randn(8, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    fitted = slope(sizes, rms_errors(_cnn(2), get, method, sizes, 24, x, statistic="median"))
-    if method == "random_features":
-        assert abs(fitted + 0.5) < 0.1
-    else:
-        assert -0.9 < fitted < -0.4
+    Why the RMS and many seeds (docs/approx.md, "Rate"): the fit of E‖error‖² = a/F + b/F² to the mean squared
+    errors gives b/(aF) consistent with 0 (<= 0.2 ± 0.2 at F = 2^6-2^7), so the RMS has slope −1/2 over this range
+    (the truncation bias of the sketch's degree-4 series, 2.0e-3 of ‖K‖ for this NTK, matters only beyond
+    F ~ 2^19). But the errors have heavy tails: count sketches of the first layer's 19-coordinate patches
+    collide with probability ∝ 1/F, so most draws have a small error and a few a large one; the mean squared
+    error falls as 1/F while the median falls faster over this range (median slopes −0.55 to −0.70 for the
+    sketch: the −0.66/−0.71 that the earlier median statistic measured). The RMS over 16-32 seeds scatters by
+    20-30% and its slope by ±0.06-0.08; hence 48 (random features) and 128 (sketch) seeds."""
+    fitted = _deep_slope(method, get, n_seeds)
+    print(f"fitted slope {fitted:.3f}")  # shown by pytest -rP
+    assert abs(fitted + 0.5) < 0.1
+
+
+def _fixed_size_sketch(self, act, in_dim, out_dim, degree, generator):
+    """HermiteSketchFeatures whose count sketches use 16 buckets per degree whatever n_features (the other output
+    columns stay zero): a deliberately mis-scaled variant with a fixed-size internal stage."""
+    self.act, self.out_dim, self.degree = act, out_dim, degree
+    block = min(16, (out_dim - 1) // (degree + 1))
+    self.linear = CountSketch(in_dim, out_dim - 1 - degree * block, generator)
+    self.linear.hash %= block
+    self.powers = PolySketch(in_dim, block, degree + 1, generator)
+
+
+@pytest.mark.slow
+def test_deep_cnn_rate_check_fails_a_fixed_size_stage(monkeypatch):
+    """The rate test above can fail: with the activations' sketches held at a fixed size the error has a floor, and
+    the fitted slope (same statistic, 32 seeds) is far above −0.4 (measured −0.16)."""
+    monkeypatch.setattr(HermiteSketchFeatures, "__init__", _fixed_size_sketch)
+    fitted = _deep_slope("sketch", "ntk", 32)
+    print(f"fitted slope {fitted:.3f}")  # shown by pytest -rP
+    assert fitted > -0.4
 
 
 def test_flatten_widths_and_zero_columns():
