@@ -3,7 +3,7 @@
 Parts (``--part``, default all), each printing a markdown table:
 
 - accuracy: the NTK of a ReLU MLP (d -> 512 -> 512 -> outputs, W_std = 1.4, b_std = 0.1, NTK parameterization)
-  on digits (1438 train / 359 test, 10 classes, centred one-hot targets, test accuracy) and on a synthetic
+  on digits (1348 train / 449 test, 10 classes, centred one-hot targets, test accuracy) and on a synthetic
   regression task (10,000 train / 2,000 test, d = 16, y = sin(2 x·u) + cos(x·v) with unit u, v, test MSE):
   ``nk.approx.ridge`` with random features and with the sketch for F = 2^10..2^14, against exact kernel
   regression (``nk.kernel`` + ``nk.predict.gp_inference``, float64), all with diag_reg = 1e-4 (relative).
@@ -16,10 +16,11 @@ Parts (``--part``, default all), each printing a markdown table:
 - million: N = 10^6 (MLP, synthetic): fit + predict with F = 1024 random features, time and peak memory.
 - cnn: the NTK of a CNN on digits as 8 x 8 images (Conv2d 3x3 -> ReLU -> AvgPool2d(2) -> Conv2d 3x3 -> ReLU ->
   GlobalAvgPool -> Linear, W_std = 1.4, b_std = 0.1): exact CNTK regression (``nk.kernel`` + ``gp_inference``,
-  float64) against ``nk.approx.ridge`` with the CNTK sketch for F = 2^10..2^12 (and random features at 2^10) on
-  the first ``--cnn-train`` (default 300) training images and all 359 test images, test accuracy and time; the
-  speed line is the time of the features (and of the whole approximate fit) against the exact CNTK at the same N,
-  in one process.
+  float64) against ``nk.approx.ridge`` with the CNTK sketch and CNN random features for F = 2^10..2^14 (random
+  features up to ``--cnn-rf-max``) on the first ``--cnn-train`` (default 300) training images and all 449 test
+  images: test accuracy and the time of fit + predict (features of train and test included) against the exact
+  CNTK's, in one process; ``--plot-cnn PATH`` draws the figure. Runs with F >= 2^13 need several GB: use
+  ``flock /work/coord/bigmem.lock`` on shared machines.
 - diagnose: why the approximate fit on the synthetic task stays above the exact one. On the same 10,000 / 2,000
   split: the exact kernel's test MSE for diag_reg in {1e-4, 1e-3, 1e-2, 1e-1}; random features for F = 2^10,
   2^12: the relative Frobenius error of ΦΦᵀ against K (first 2,000 training examples) and the test MSE over
@@ -33,7 +34,8 @@ Each speed case runs in its own process on ``--threads`` threads (default 2). Ab
 noisy: the load average (``uptime``) is printed next to them.
 
     PYTHONPATH=src python benchmarks/approx.py [--part accuracy|speed|million|cnn|diagnose|all]
-        [--plot docs/images/approx-accuracy.png]
+        [--plot docs/images/approx-accuracy.png] [--plot-cnn docs/images/approx-accuracy-cnn.png]
+        [--cnn-rf-max 8192]
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from ntkit.data import load_digits
 
 DIAG_REG = 1e-4
 FEATURES = [2**k for k in range(10, 15)]
-CNN_FEATURES = [2**k for k in range(10, 13)]  # the CNN's features cost ~0.1-0.3 s per image at 2^12 (8 x 8 images)
+CNN_FEATURES = FEATURES  # the CNN's features cost ~0.1-0.3 s per image at 2^12 (8 x 8 images), ∝ F
 
 
 def mlp(d: int, outputs: int) -> N.Sequential:
@@ -173,24 +175,38 @@ def accuracy(threads: int, plot: str | None) -> None:
             )
     print(f"\nload average during the runs: {[round(x, 1) for x in os.getloadavg()]}")
     if plot:
-        import matplotlib
+        panels = [
+            (
+                f"{task}: NTK of a 2-hidden-layer ReLU MLP",
+                metric[task],
+                {m: [r["rows"][(m, f)]["score"] for f in FEATURES] for m in ("random_features", "sketch")},
+                r["exact"]["score"],
+            )
+            for task, r in results.items()
+        ]
+        draw(panels, FEATURES, "exact NTK regression", plot)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        for ax, (task, r) in zip(axes, results.items(), strict=True):
-            for method, marker in (("random_features", "o"), ("sketch", "s")):
-                ax.plot(FEATURES, [r["rows"][(method, f)]["score"] for f in FEATURES], marker=marker, label=method)
-            ax.axhline(r["exact"]["score"], color="k", ls="--", label="exact NTK regression")
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("n_features F")
-            ax.set_ylabel(metric[task])
-            ax.set_title(f"{task}: NTK of a 2-hidden-layer ReLU MLP")
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(plot, dpi=120)
-        print(f"figure: {plot}")
+def draw(panels: list[tuple[str, str, dict[str, list[float]], float]], sizes: list[int], exact: str, path: str) -> None:
+    """One panel per (title, y label, {method: scores at ``sizes``}, exact score), side by side, saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    for ax, (title, ylabel, curves, exact_score) in zip(axes[0], panels, strict=True):
+        for (method, scores), marker, size in zip(curves.items(), "os", (9, 5), strict=True):
+            ax.plot(sizes, scores, marker=marker, markersize=size, label=method)  # equal scores stay visible
+        ax.axhline(exact_score, color="k", ls="--", label=exact)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("n_features F")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"figure: {path}")
 
 
 def speed(threads: int) -> None:
@@ -241,9 +257,11 @@ def million(threads: int) -> None:
     )
 
 
-def cnn_part(threads: int, n_train: int) -> None:
-    """The CNN on digits images (in this process): exact CNTK regression against the CNTK sketch, on the first
-    ``n_train`` training images (the exact pooled CNTK costs ~1 ms per pair of images on this machine)."""
+def cnn_part(threads: int, n_train: int, rf_max: int, plot: str | None) -> None:
+    """The CNN on digits images (in this process): exact CNTK regression against ``nk.approx.ridge`` with CNN
+    random features (up to F = ``rf_max``) and the CNTK sketch for F = 2^10..2^14, on the first ``n_train`` training
+    images (the exact pooled CNTK costs ~1 ms per pair of images on this machine); ``plot``: the figure of accuracy
+    against F. Rows not run are NaN."""
     torch.set_num_threads(threads)
     x, y, x_test, y_test = digits(images=True)
     x, y = x[:n_train], y[:n_train]
@@ -255,38 +273,36 @@ def cnn_part(threads: int, n_train: int) -> None:
     mean = nk.predict.gp_inference(k_train, y.double(), diag_reg=DIAG_REG)("ntk", k_test)
     exact_s = time.perf_counter() - start
     exact = score("digits", mean.float(), y_test)
-    print(f"  cnn exact: kernels {kernel_s:.1f} s, total {exact_s:.1f} s, accuracy {exact:.4f}", file=sys.stderr)
     print(f"\nCNN on digits images ({x.shape[0]} train / {x_test.shape[0]} test), NTK, diag_reg = {DIAG_REG}")
-    print("\n| method | F | test accuracy | features of train + test (s) | fit + predict (s) |")
-    print("|---|---|---|---|---|")
-    print(f"| exact CNTK regression | | {exact:.4f} | kernels {kernel_s:.1f} | {exact_s:.1f} |")
-    rows = []
-    for method, sizes in (("sketch", CNN_FEATURES), ("random_features", CNN_FEATURES[:1])):
-        for f in sizes:
+    print(f"exact CNTK regression: accuracy {exact:.4f}, kernels {kernel_s:.1f} s, total {exact_s:.1f} s")
+    print("\n| F | random features: accuracy (fit + predict) | sketch: accuracy (fit + predict) | exact CNTK | load |")
+    print("|---|---|---|---|---|", flush=True)
+    rows: dict[tuple[str, int], tuple[float, float]] = {("random_features", f): (math.nan, math.nan) for f in FEATURES}
+    for f in CNN_FEATURES:
+        for method in ("sketch", "random_features")[: 1 + (f <= rf_max)]:  # the sketch first: cheaper at large F
             start = time.perf_counter()
             feats = nk.approx.features(net, f, get="ntk", method=method, seed=0)
-            feats(x), feats(x_test)
-            features_s = time.perf_counter() - start
-            start = time.perf_counter()
-            mean = nk.approx.ridge(feats, x, y, diag_reg=DIAG_REG)(x_test)
-            fit_s = time.perf_counter() - start
-            acc = score("digits", mean, y_test)
-            rows.append((method, f, acc, features_s, fit_s))
-            print(f"| {method} | 2^{int(math.log2(f))} | {acc:.4f} | {features_s:.1f} | {fit_s:.1f} |", flush=True)
-    _, f, acc, features_s, fit_s = next(r for r in rows if r[0] == "sketch" and r[1] == CNN_FEATURES[-1])
-    print(
-        f"\nCNN speed at N = {x.shape[0]} train + {x_test.shape[0]} test: exact CNTK kernels {kernel_s:.1f} s "
-        f"(+ solve: {exact_s:.1f} s), CNTK sketch F = {f} features {features_s:.1f} s (+ fit and predict: "
-        f"{features_s + fit_s:.1f} s): ratio {kernel_s / features_s:.1f}x for the kernel against the features, "
-        f"{exact_s / (features_s + fit_s):.1f}x for the whole regression; accuracy {acc:.4f} against {exact:.4f}. "
-        f"load average {[round(v, 1) for v in os.getloadavg()]}"
-    )
+            mean = nk.approx.ridge(feats, x, y, diag_reg=DIAG_REG)(x_test)  # the features of x, then of x_test
+            rows[(method, f)] = (score("digits", mean, y_test), time.perf_counter() - start)
+            print(f"  cnn {method} {f} -> {rows[(method, f)]}", file=sys.stderr, flush=True)
+        rf, sk = (rows[(m, f)] for m in ("random_features", "sketch"))
+        cells = ["not run" if math.isnan(a) else f"{a:.4f} ({s:.0f} s)" for a, s in (rf, sk)]
+        print(
+            f"| 2^{int(math.log2(f))} | {cells[0]} | {cells[1]} | {exact:.4f} ({exact_s:.0f} s) | "
+            f"{os.getloadavg()[0]:.1f} |",
+            flush=True,
+        )
     n, big = x.shape[0] + x_test.shape[0], 10_000
+    sketch_s = rows[("sketch", 2**12)][1]
     print(
-        f"EXTRAPOLATED to N = {big:,} images (exact kernels ∝ N², features ∝ N, not run): exact "
-        f"{kernel_s * (big / n) ** 2:.0f} s, features {features_s * big / n:.0f} s, ratio "
-        f"{kernel_s * big / (n * features_s):.0f}x"
+        f"\nEXTRAPOLATED to N = {big:,} images (exact kernels ∝ N², features and ΦᵀΦ ∝ N, not run): exact kernels "
+        f"{kernel_s * (big / n) ** 2:.0f} s, CNTK sketch F = 2^12 fit + predict {sketch_s * big / n:.0f} s, "
+        f"ratio {kernel_s * big / (n * sketch_s):.0f}x. load average {[round(v, 1) for v in os.getloadavg()]}"
     )
+    if plot:
+        curves = {m: [rows[(m, f)][0] for f in CNN_FEATURES] for m in ("random_features", "sketch")}
+        title = f"digits 8x8 images, {x.shape[0]} train: CNTK (2-layer CNN)"
+        draw([(title, "test accuracy", curves, exact)], CNN_FEATURES, "exact CNTK regression", plot)
 
 
 def diagnose(threads: int) -> None:
@@ -346,7 +362,15 @@ def main() -> None:
     parser.add_argument("--part", choices=("accuracy", "speed", "million", "cnn", "diagnose", "all"), default="all")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cnn-train", type=int, default=300, help="training images of the CNN part")
-    parser.add_argument("--plot", default=None, help="PNG path for the accuracy figure")
+    parser.add_argument(
+        "--cnn-rf-max",
+        type=int,
+        default=2**14,
+        help="the largest F of the CNN's random features (their dense "
+        "(9m x m) projection costs ∝ F²: ~25 min at 2^14 under load)",
+    )
+    parser.add_argument("--plot", default=None, help="PNG path for the accuracy figure (MLP)")
+    parser.add_argument("--plot-cnn", default=None, help="PNG path for the CNN's accuracy figure")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -360,7 +384,7 @@ def main() -> None:
     if args.part in ("million", "all"):
         million(args.threads)
     if args.part in ("cnn", "all"):
-        cnn_part(args.threads, args.cnn_train)
+        cnn_part(args.threads, args.cnn_train, args.cnn_rf_max, args.plot_cnn)
     if args.part in ("diagnose", "all"):
         diagnose(args.threads)
 

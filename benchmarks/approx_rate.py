@@ -1,5 +1,5 @@
 """Why the error of the CNTK sketch falls as F^-1/2: the evidence behind tests/approx/test_conv_features.py's rate
-test for the two-layer CNN (docs/approx.md, "Rate").
+test for the two-layer CNN (docs/approx.md, "Error rate").
 
 Network and inputs are the test's: Conv2d(2, 8, 3) → ReLU → AvgPool2d(2, padding=1) → Conv2d(8, 8, 3) → ReLU →
 GlobalAvgPool → Linear, 8 random 2 × 6 × 6 images (float64). For get in (nngp, ntk) and the sketch (or

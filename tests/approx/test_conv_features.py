@@ -5,7 +5,7 @@ Unbiasedness: with one hidden (convolutional) layer every step is unbiased given
 mean of S draws of φ(x)·φ(y) is the kernel up to its standard error; |z| < 5 on every entry (about 20 entries per
 case: a false alarm has probability ~1e-5, while a wrong patch, padding, pooling divisor or scale shifts the mean by
 many standard errors; for instance a padding that wraps instead of zero-filling changes the border kernel by 10-40%).
-Consistency: the RMS relative Frobenius error over seeds falls like F^-1/2 (docs/approx.md, "Rate").
+Consistency: the RMS relative Frobenius error over seeds falls like F^-1/2 (docs/approx.md, "Error rate").
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def test_cnn_error_falls_like_inverse_sqrt_features_deep(method, n_seeds, get):
     the RMS error over F = 2^6..2^11 within 0.1 of −1/2, as the issue asks (measured: random features −0.50 NNGP
     and −0.49 NTK, sketch −0.52 NNGP and −0.49 NTK, each ± 0.03 by bootstrap over the seeds).
 
-    Why the RMS and many seeds (docs/approx.md, "Rate"): the fit of E‖error‖² = a/F + b/F² to the mean squared
+    Why the RMS and many seeds (docs/approx.md, "Error rate"): the fit of E‖error‖² = a/F + b/F² to the mean squared
     errors gives b/(aF) consistent with 0 (<= 0.2 ± 0.2 at F = 2^6-2^7), so the RMS has slope −1/2 over this range
     (the truncation bias of the sketch's degree-4 series, 2.0e-3 of ‖K‖ for this NTK, matters only beyond
     F ~ 2^19). But the errors have heavy tails: count sketches of the first layer's 19-coordinate patches
