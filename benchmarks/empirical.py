@@ -279,7 +279,7 @@ def nt_worker(case: str, args: argparse.Namespace, repeats: int = 3) -> dict:
                 }
             )
     best = min(results, key=lambda r: r["time"])
-    return {**best, "cpu": min(r["cpu"] for r in results)}
+    return {**best, "cpu": min((r["cpu"] for r in results if not math.isnan(r["cpu"])), default=math.nan)}
 
 
 # ------------------------------------------------------------------------------------------------ driver
