@@ -194,7 +194,9 @@ class LayerInterceptor(TorchFunctionMode):
     ``probes``: tensors added to the outputs of the recorded calls, in order (capture); with
     ``make_probes`` zero probes that require grad are created instead (tracing). ``count_costs`` sums the
     sizes of all tensors the forward pass creates (``activation_words``, a proxy for its memory and
-    elementwise cost) and the FLOPs of its matrix products and convolutions (``matmul_flops``).
+    elementwise cost) and the FLOPs of its matrix products and convolutions (``matmul_flops``). A capture after
+    tracing passes ``flag_uses=False``: the trace has already flagged the parameters used outside a rule, so
+    other torch functions are called without looking at their arguments.
     """
 
     watched: Mapping[int, str]
@@ -208,6 +210,7 @@ class LayerInterceptor(TorchFunctionMode):
     activation_words: int = 0
     matmul_flops: int = 0
     read_values: bool = False  # a tensor's values were taken out of the graph (.item(), .tolist(), float(t), ...)
+    flag_uses: bool = True  # False (a capture after tracing): other uses of watched tensors are not looked for
     _entered: list[Callable[..., Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -222,6 +225,8 @@ class LayerInterceptor(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         self.read_values |= func in _VALUE_READS
+        if not (self.flag_uses or self.count_costs or func in LAYER_FUNCTIONS or isinstance(func, types.FunctionType)):
+            return func(*args, **kwargs)
         names = {self.watched[id(t)] for t in _tensors((args, kwargs)) if id(t) in self.watched}
         if not names:
             return self._count(func, args, func(*args, **kwargs))

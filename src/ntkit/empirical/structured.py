@@ -240,7 +240,7 @@ class StructuredMethod:
         the per-example route raises a clear error. Needs no parameter Jacobians: only used without fallback
         parameters."""
         n = x.shape[0]
-        icpt = LayerInterceptor({id(v): k for k, v in self.fm.params.items()}, make_probes=True)
+        icpt = LayerInterceptor({id(v): k for k, v in self.fm.params.items()}, make_probes=True, flag_uses=False)
         with autodiff_context(), torch.enable_grad():
             with icpt:
                 out = self.fm.fn(self.fm.params, x)
@@ -272,7 +272,7 @@ class StructuredMethod:
         def per_example(
             xn: torch.Tensor, probes: list[torch.Tensor], fallback: dict[str, torch.Tensor]
         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            icpt = LayerInterceptor(watched, probes=probes)
+            icpt = LayerInterceptor(watched, probes=probes, flag_uses=False)
             with icpt:
                 out = self.fm.fn({**rule, **fallback}, xn.unsqueeze(0)).squeeze(0)
             self._check_calls(icpt.calls)
