@@ -12,7 +12,8 @@ Parts (``--part``, default all), each printing a markdown table:
 - speed: N = 50,000 (MLP, synthetic, 10,000 test points): approximate fit + predict (F = 4096, random features,
   float32 features) timed, peak memory measured (ru_maxrss of a fresh process); the exact side is timed at
   N = 2,500, 5,000 and 10,000 and EXTRAPOLATED to 50,000 (kernels ∝ N², Cholesky ∝ N³; the 20 GB train kernel
-  does not fit this machine), its memory computed (N² + N·N_test float64 entries).
+  does not fit this machine), its memory computed (N² + N·N_test float64 entries); and MEASURED at 50,000 with
+  ``ntkit.scale``: float32 kernel stores on disk (temporary directory) and CG (tol 1e-6, rank-2048 Nyström).
 - million: N = 10^6 (MLP, synthetic): fit + predict with F = 1024 random features, time and peak memory.
 - cnn: the NTK of a CNN on digits as 8 x 8 images (Conv2d 3x3 -> ReLU -> AvgPool2d(2) -> Conv2d 3x3 -> ReLU ->
   GlobalAvgPool -> Linear, W_std = 1.4, b_std = 0.1): exact CNTK regression (``nk.kernel`` + ``gp_inference``,
@@ -28,7 +29,8 @@ Parts (``--part``, default all), each printing a markdown table:
   without random error) over the same grid. Solves are dense in float64 (primal for features).
 
 ``--case '{"kind": "approx", "task": "synthetic", "method": "random_features", "F": 8192, "threads": 2,
-"diag_reg": 1e-2}'`` runs one case (the kinds above: "exact", "approx", "exact_speed", "approx_speed").
+"diag_reg": 1e-2}'`` runs one case (the kinds above: "exact", "approx", "exact_speed", "approx_speed",
+"exact_scale").
 
 Each speed case runs in its own process on ``--threads`` threads (default 2). Absolute times on a shared machine are
 noisy: the load average (``uptime``) is printed next to them.
@@ -47,6 +49,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -125,6 +128,18 @@ def run_case(case: dict) -> dict:
         kernel_s = time.perf_counter() - start
         mean = nk.predict.gp_inference(k_train, y, diag_reg=case.get("diag_reg", DIAG_REG))("ntk", k_test)
         out = {"kernel_s": kernel_s, "solve_s": time.perf_counter() - start - kernel_s}
+    elif kind == "exact_scale":  # the exact kernels in float32 stores on disk, solved by CG (ntkit.scale)
+        with tempfile.TemporaryDirectory() as tmp:
+            k_train = nk.scale.kernel(net, x, store=os.path.join(tmp, "train.zarr"), get="ntk")
+            k_test = nk.scale.kernel(net, x_test, x, store=os.path.join(tmp, "test.zarr"), get="ntk")
+            kernel_s = time.perf_counter() - start
+            fit = nk.scale.gp_inference(k_train, y, get="ntk", diag_reg=DIAG_REG, method="cg", tol=1e-6, rank=2048)
+            mean = fit(k_test)
+            out = {
+                "kernel_s": kernel_s,
+                "solve_s": time.perf_counter() - start - kernel_s,
+                "iterations": fit.iterations,
+            }
     else:
         feats = nk.approx.features(net, case["F"], get="ntk", method=case["method"], seed=0)
         out = {}
@@ -234,8 +249,19 @@ def speed(threads: int) -> None:
         f"{extrapolated:.0f} s; its kernels alone hold {exact_mib:,.0f} MiB (computed, not run)"
     )
     print(
-        f"ratio exact / approx: time {extrapolated / approx['seconds']:.0f}x, "
+        f"ratio exact in memory (extrapolated) / approx: time {extrapolated / approx['seconds']:.0f}x, "
         f"memory {exact_mib / approx['peak_mib']:.0f}x   (load average {approx['load']:.1f})"
+    )
+    stored = measure({"kind": "exact_scale", "n": n, "n_test": n_test, "threads": threads})
+    print(
+        f"exact at N = {n}, MEASURED with ntkit.scale (float32 kernel stores on disk, CG to 1e-6 with a rank-2048 "
+        f"Nystrom preconditioner): kernels {stored['kernel_s']:.0f} s, solve {stored['solve_s']:.0f} s "
+        f"({stored['iterations']} iterations), total {stored['seconds']:.0f} s, peak {stored['peak_mib']:.0f} MiB, "
+        f"test MSE {stored['score']:.4f}"
+    )
+    print(
+        f"ratio exact with ntkit.scale / approx: time {stored['seconds'] / approx['seconds']:.1f}x, "
+        f"memory {stored['peak_mib'] / approx['peak_mib']:.1f}x   (load average {stored['load']:.1f})"
     )
 
 
