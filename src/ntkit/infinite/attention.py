@@ -249,17 +249,11 @@ def self_attention(k: Kernel, config: AttentionConfig, layer: str = "SelfAttenti
         out_nngp = torch.diagonal_scatter(out_nngp, out_cov.movedim(0, -1), dim1=0, dim2=1)
 
     shape = tuple(k.spatial_shape)
-    return k.replace(
+    return k.weight_output(
         nngp=_from_matrix(out_nngp, shape),
         ntk=None if out_ntk is None else _from_matrix(out_ntk, shape),
         cov=_from_matrix(out_cov, shape),
         channels=config.out_channels,
-        is_gaussian=True,
-        is_input=False,
-        mean=None,
-        source=None,
-        fn=None,
-        roots=frozenset((object(),)),
         parameterization=config.parameterization if k.ntk is not None else k.parameterization,
         sp_width=sp_width,
     )

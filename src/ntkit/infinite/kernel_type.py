@@ -187,6 +187,13 @@ class Kernel:
         """A copy with some fields changed (kernels are immutable); ``changes`` are fields of any of their types."""
         return dataclasses.replace(self, **changes)
 
+    def weight_output(self, **changes: Any) -> Kernel:
+        """``replace(**changes)`` for the output of a new weight layer (dense, convolution, attention): Gaussian,
+        no longer the input, zero mean, no pending elementwise function or source, and randomness of its own (a new
+        root, independent of every other layer's)."""
+        new_layer = {"is_gaussian": True, "is_input": False, "mean": None, "source": None, "fn": None}
+        return self.replace(**new_layer, roots=frozenset((object(),)), **changes)
+
     @property
     def n_spatial(self) -> int:
         return len(self.spatial_shape)

@@ -212,18 +212,12 @@ def weight_layer(
             hidden, input_fed = sp_width
             sp_width = (hidden, max(input_fed, width)) if k.is_input else (max(hidden, width), input_fed)
     spatial_shape = tuple(mapped["cov"].shape[1:][:: 2 if k.full else 1]) if k.n_spatial else ()
-    out = k.replace(
+    out = k.weight_output(
         nngp=nngp,
         ntk=ntk,
         cov=affine(mapped["cov"]),
         spatial_shape=spatial_shape,
         channels=out_channels,
-        is_gaussian=True,
-        is_input=False,
-        mean=None,
-        source=None,
-        fn=None,
-        roots=frozenset((object(),)),
         parameterization=_joined(k.parameterization, parameterization) if k.ntk is not None else k.parameterization,
         sp_width=sp_width,
     )
