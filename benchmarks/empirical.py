@@ -45,7 +45,8 @@ full batch and then timed on warm calls; the column shows the best of the six an
 Machines shared with other jobs make absolute times noisy; the ratios measured in one run are what to compare. On an
 oversubscribed machine (load average well above the core count) spinning OpenMP threads can make torch's small
 matrix products ten times slower; run with ``OMP_WAIT_POLICY=PASSIVE`` in the environment (the workers inherit it),
-or ``--threads 1`` (which also restricts XLA to one thread).
+or ``--threads 1`` (which also restricts XLA to one thread and pins every worker to one core: XLA's own
+threads otherwise still run on other cores).
 
 Targets (issue 14): ``auto`` never slower than the recipe (ratio >= 1 on every case), >= 2x neural-tangents on
 the MLP cases and >= 3x on the CNN.
@@ -76,6 +77,14 @@ TARGET_VS_NT = {"mlp1": 2.0, "mlp10": 2.0, "cnn": 3.0}
 
 
 # ---------------------------------------------------------------------------------------------- torch side
+def pin_to_one_core(args: argparse.Namespace) -> None:
+    """With ``--threads 1`` on the CPU, the worker process runs on one core (the last it may use): XLA keeps
+    worker threads of its own whatever its flags say (measured: neural-tangents' CPU time 1.7x its wall time
+    with ``--xla_cpu_multi_thread_eigen=false``), so only the affinity makes both libraries use one core."""
+    if args.threads == 1 and args.device == "cpu" and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+
+
 def _resnet18(n_outputs: int):
     """ResNet-18 as torchvision builds it (stem conv 7x7/2 and max pool, BasicBlocks [2, 2, 2, 2] with 1x1
     projection shortcuts, batch norm, global average pooling, a linear head), written out here so that the
@@ -172,6 +181,7 @@ def torch_worker(case: str, method: str, args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    pin_to_one_core(args)
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -226,6 +236,7 @@ def nt_worker(case: str, args: argparse.Namespace, repeats: int = 3) -> dict:
     warm runs (compiling once per process is what a user would do); the best of the six is the result."""
     if args.threads:
         os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'}"
+    pin_to_one_core(args)
     import jax
     import neural_tangents as nt
     from neural_tangents import stax
