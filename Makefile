@@ -44,6 +44,7 @@ test-all: lint
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 
 # The documentation site (mkdocs.yml): docs/*.md and the API reference from the docstrings, into site/.

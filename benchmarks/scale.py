@@ -87,14 +87,24 @@ def labels(x: torch.Tensor) -> torch.Tensor:
 
 
 def mlp() -> torch.nn.Module:
-    return N.Sequential(N.Linear(784, 512, W_std=1.5, b_std=0.05), N.ReLU(), N.Linear(512, 512, W_std=1.5, b_std=0.05),
-                        N.ReLU(), N.Linear(512, 10, W_std=1.5, b_std=0.05))
+    return N.Sequential(
+        N.Linear(784, 512, W_std=1.5, b_std=0.05),
+        N.ReLU(),
+        N.Linear(512, 512, W_std=1.5, b_std=0.05),
+        N.ReLU(),
+        N.Linear(512, 10, W_std=1.5, b_std=0.05),
+    )
 
 
 def cnn() -> torch.nn.Module:
-    return N.Sequential(N.Conv2d(3, 64, 3, padding="same", W_std=1.4, b_std=0.1), N.ReLU(),
-                        N.Conv2d(64, 64, 3, padding="same", W_std=1.4, b_std=0.1), N.ReLU(),
-                        N.GlobalAvgPool(), N.Linear(64, 1, W_std=1.4))
+    return N.Sequential(
+        N.Conv2d(3, 64, 3, padding="same", W_std=1.4, b_std=0.1),
+        N.ReLU(),
+        N.Conv2d(64, 64, 3, padding="same", W_std=1.4, b_std=0.1),
+        N.ReLU(),
+        N.GlobalAvgPool(),
+        N.Linear(64, 1, W_std=1.4),
+    )
 
 
 def timed(fn):
@@ -115,11 +125,16 @@ def case_workers(n: int, workers: int, root: Path) -> None:
     x = images(n)
     times = {}
     for count in (1, workers):
-        with LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
+        with (
+            LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
             client.run(warm_worker)
-            seconds, k = timed(lambda c=client, m=count: nk.scale.kernel(
-                cnn(), x, store=root / f"cnn-{m}.zarr", client=c, get="ntk", tile_size=8))
+            seconds, k = timed(
+                lambda c=client, m=count: nk.scale.kernel(
+                    cnn(), x, store=root / f"cnn-{m}.zarr", client=c, get="ntk", tile_size=8
+                )
+            )
             times[count] = seconds
             print(f"  {count} worker(s): {seconds:.1f} s for {k.tiles_computed} tiles of 8 x 8 ({load()})")
     a = nk.scale.KernelStore.open(root / "cnn-1.zarr").to_torch("ntk")
@@ -140,17 +155,23 @@ def case_overhead(n: int, root: Path, repeat: int) -> None:
         shutil.rmtree(root / "mlp.zarr", ignore_errors=True)  # a store left from the last repetition would resume
         seconds, s = timed(lambda: nk.scale.kernel(mlp(), x, store=root / "mlp.zarr"))
         t_store.append(seconds)
-        print(f"  nk.scale.kernel into a store: {seconds:.1f} s, {s.tiles_total} tiles of {s.tile_size} ({load()})",
-              flush=True)
+        print(
+            f"  nk.scale.kernel into a store: {seconds:.1f} s, {s.tiles_total} tiles of {s.tile_size} ({load()})",
+            flush=True,
+        )
     written = sum(p.stat().st_size for p in (root / "mlp.zarr").rglob("*") if p.is_file())
     best_mem, best_store = min(t_mem), min(t_store)
     for direct in (False, True):
         t_disk = disk_write_seconds(root, written, direct)
-        print(f"  the disk alone, {'past' if direct else 'through'} the page cache: writing and flushing the store's "
-              f"{written / 1e9:.2f} GB takes {t_disk:.1f} s ({written / t_disk / 1e6:.0f} MB/s), "
-              f"{t_disk / best_mem:.2f}x the in-memory time ({load()})")
-    print(f"  floor on this disk: the store takes at least max(computing, writing past the page cache) = "
-          f"{max(1.0, t_disk / best_mem):.2f}x the in-memory time")
+        print(
+            f"  the disk alone, {'past' if direct else 'through'} the page cache: writing and flushing the store's "
+            f"{written / 1e9:.2f} GB takes {t_disk:.1f} s ({written / t_disk / 1e6:.0f} MB/s), "
+            f"{t_disk / best_mem:.2f}x the in-memory time ({load()})"
+        )
+    print(
+        f"  floor on this disk: the store takes at least max(computing, writing past the page cache) = "
+        f"{max(1.0, t_disk / best_mem):.2f}x the in-memory time"
+    )
     print(f"overhead: store / in-memory = {best_store / best_mem:.2f}x, best of {repeat} each (target <= 1.3x)")
 
 
@@ -191,13 +212,20 @@ def case_cg(n: int, root: Path) -> None:
     print(f"  Cholesky {t_chol:.1f} s ({load()})")
     a = chol(kt)
     for preconditioner in ("nystrom", "pivoted_cholesky"):
-        t_cg, cg = timed(lambda p=preconditioner: nk.scale.gp_inference(k, y, diag_reg=1e-3, method="cg", tol=1e-10,
-                                                                         preconditioner=p))
+        t_cg, cg = timed(
+            lambda p=preconditioner: nk.scale.gp_inference(
+                k, y, diag_reg=1e-3, method="cg", tol=1e-10, preconditioner=p
+            )
+        )
         diff = float((a - cg(kt)).abs().max() / a.abs().max())
-        print(f"  CG ({preconditioner}, rank 256) {t_cg:.1f} s, {cg.iterations} iterations, residual "
-              f"{cg.residual:.2g} ({load()})")
-        print(f"cg: CG ({preconditioner}) vs Cholesky max relative difference of the test means {diff:.2g} "
-              "(target <= 1e-6)")
+        print(
+            f"  CG ({preconditioner}, rank 256) {t_cg:.1f} s, {cg.iterations} iterations, residual "
+            f"{cg.residual:.2g} ({load()})"
+        )
+        print(
+            f"cg: CG ({preconditioner}) vs Cholesky max relative difference of the test means {diff:.2g} "
+            "(target <= 1e-6)"
+        )
 
 
 def case_big(n: int, root: Path, force: bool, rank: int) -> None:
@@ -211,13 +239,16 @@ def case_big(n: int, root: Path, force: bool, rank: int) -> None:
     print(f"  NTK {n} x {n} into a store: {t_k:.0f} s, {k.tiles_total} tiles of {k.tile_size} ({load()})", flush=True)
     # memory_budget 12G: the stored tiles (7.7 GB in float32 at N = 60,000) are kept in memory for the products
     with logged_products():
-        t_cg, fit = timed(lambda: nk.scale.gp_inference(k, y, diag_reg=1e-3, method="cg", tol=1e-6, rank=rank,
-                                                        memory_budget="12G"))
+        t_cg, fit = timed(
+            lambda: nk.scale.gp_inference(k, y, diag_reg=1e-3, method="cg", tol=1e-6, rank=rank, memory_budget="12G")
+        )
     print(f"  CG: {t_cg:.0f} s, {fit.iterations} iterations, residual {fit.residual:.2g} ({load()})", flush=True)
     train_accuracy = float((fit(k).argmax(1) == y.argmax(1)).double().mean())
-    print(f"big: N = {n}, kernel {t_k:.0f} s + CG {t_cg:.0f} s (Nyström rank {rank}), {fit.iterations} iterations, "
-          f"residual {fit.residual:.2g}, peak RSS {peak_rss_gib():.1f} GiB (target < 16 GB), train accuracy "
-          f"{train_accuracy:.3f} ({load()})")
+    print(
+        f"big: N = {n}, kernel {t_k:.0f} s + CG {t_cg:.0f} s (Nyström rank {rank}), {fit.iterations} iterations, "
+        f"residual {fit.residual:.2g}, peak RSS {peak_rss_gib():.1f} GiB (target < 16 GB), train accuracy "
+        f"{train_accuracy:.3f} ({load()})"
+    )
 
 
 @contextlib.contextmanager
@@ -235,8 +266,11 @@ def logged_products():
         seconds, out = timed(lambda: plain(self, v, **kwargs))
         count += 1
         if count <= 3 or count % 10 == 0:
-            print(f"    product {count} with {v.shape[1]} columns: {seconds:.1f} s, resident {rss_gib():.1f} GiB "
-                  f"({load()})", flush=True)
+            print(
+                f"    product {count} with {v.shape[1]} columns: {seconds:.1f} s, resident {rss_gib():.1f} GiB "
+                f"({load()})",
+                flush=True,
+            )
         return out
 
     KernelMatrix.matmul = matmul

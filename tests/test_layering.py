@@ -95,7 +95,6 @@ def test_every_nn_layer_has_its_own_kernel_rule(cls):
     assert rule is not KernelLayer.kernel_transform, f"ntkit.nn.{cls.__name__} keeps the abstract kernel_transform"
 
 
-
 # ------------------------------------------------------------------ privacy (docs/development.md, "Conventions")
 
 MODULES = sorted((SRC / "ntkit").rglob("*.py"))

@@ -87,9 +87,7 @@ def test_citations_resolve(path: Path):
     )
 
 
-@pytest.mark.parametrize(
-    "path", sorted((ROOT / "tests").rglob("test_*.py")), ids=lambda p: str(p.relative_to(ROOT))
-)
+@pytest.mark.parametrize("path", sorted((ROOT / "tests").rglob("test_*.py")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_test_files_say_what_they_check(path: Path):
     text = path.read_text(encoding="utf-8")
     assert text.startswith('"""'), f"{path.relative_to(ROOT)} must start with a docstring: what it checks, against what"

@@ -52,9 +52,7 @@ def inputs(dtype: torch.dtype) -> torch.Tensor:
 TOL = {torch.float64: 1e-11, torch.float32: 1e-4}
 
 SWEEP = [
-    (act, depth, w_std)
-    for act in ("relu", "erf", "gelu", "tanh-quadrature")
-    for depth, w_std in ((3, 1.0), (20, 2.0))
+    (act, depth, w_std) for act in ("relu", "erf", "gelu", "tanh-quadrature") for depth, w_std in ((3, 1.0), (20, 2.0))
 ] + [("erf", 50, 3.0)]  # the chaotic phase
 
 

@@ -244,185 +244,323 @@ def cases():
         (3, 2, 3, 4),
         None,
     )
-    yield "concat_spatial_pooled", [
-        stax.FanOut(2),
-        stax.parallel(
-            stax.Conv(4, (3, 3), padding="SAME", W_std=1.3, b_std=0.2),
-            stax.serial(stax.Conv(4, (2, 2), padding="SAME", b_std=0.1), stax.Relu(), stax.Conv(4, (2, 1))),
-        ),
-        stax.FanInConcat(axis=1),  # NHWC: the height
-        stax.Relu(),
-        stax.Conv(4, (3, 2), padding="SAME"),
-        stax.Erf(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 3, 4), 2
-    yield "concat_spatial_flatten", [
-        stax.FanOut(2),
-        stax.parallel(stax.Conv(4, (3, 3), padding="SAME", W_std=1.3), stax.Conv(4, (1, 2), b_std=0.3)),
-        stax.FanInConcat(axis=2),  # NHWC: the width
-        stax.Relu(),
-        stax.Flatten(),
-        stax.Dense(1),
-    ], (3, 2, 3, 4), None
+    yield (
+        "concat_spatial_pooled",
+        [
+            stax.FanOut(2),
+            stax.parallel(
+                stax.Conv(4, (3, 3), padding="SAME", W_std=1.3, b_std=0.2),
+                stax.serial(stax.Conv(4, (2, 2), padding="SAME", b_std=0.1), stax.Relu(), stax.Conv(4, (2, 1))),
+            ),
+            stax.FanInConcat(axis=1),  # NHWC: the height
+            stax.Relu(),
+            stax.Conv(4, (3, 2), padding="SAME"),
+            stax.Erf(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 4),
+        2,
+    )
+    yield (
+        "concat_spatial_flatten",
+        [
+            stax.FanOut(2),
+            stax.parallel(stax.Conv(4, (3, 3), padding="SAME", W_std=1.3), stax.Conv(4, (1, 2), b_std=0.3)),
+            stax.FanInConcat(axis=2),  # NHWC: the width
+            stax.Relu(),
+            stax.Flatten(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 4),
+        None,
+    )
 
     # Self-attention (1-d sequences and 2-d inputs; neural-tangents' Dense acts on channels, ntkit's Conv(1)).
-    yield "attention_softmax_sum", [
-        stax.Conv(4, (1,), W_std=1.3, b_std=0.2),
-        stax.Relu(),
-        stax.GlobalSelfAttention(
-            4, 3, 5, 2, W_key_std=1.2, W_query_std=0.9, W_value_std=1.1, W_out_std=1.3, b_std=0.2,
-            pos_emb_type="SUM", W_pos_emb_std=0.8,
-        ),
-        stax.Relu(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 5), 2
-    yield "attention_identity_sqrt_concat", [
-        stax.GlobalSelfAttention(
-            4, 3, 5, 2, linear_scaling=False, attention_mechanism="IDENTITY", W_key_std=1.2, W_query_std=0.7,
-            W_out_std=0.9, b_std=0.1, pos_emb_type="CONCAT", n_chan_pos_emb=3, W_pos_emb_std=1.1,
-            pos_emb_decay_fn=lambda d: 1 / (1 + d), val_pos_emb=True,
-        ),
-        stax.Erf(),
-        stax.Flatten(),
-        stax.Dense(1),
-    ], (3, 2, 3, 2), None
-    yield "attention_identity_sqrt_sum", [
-        stax.Conv(4, (2,), padding="SAME", W_std=1.3, b_std=0.2),
-        stax.Erf(),
-        stax.GlobalSelfAttention(
-            4, 3, 5, 1, linear_scaling=False, attention_mechanism="IDENTITY", W_value_std=0.8, b_std=0.3,
-            pos_emb_type="SUM", W_pos_emb_std=0.6,
-        ),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 4), 2
-    yield "attention_relu_concat_2d", [
-        stax.Conv(4, (2, 2), padding="SAME", W_std=1.3, b_std=0.2),
-        stax.Relu(),
-        stax.GlobalSelfAttention(
-            4, 3, 5, 3, attention_mechanism="RELU", W_key_std=0.8, b_std=0.2, pos_emb_type="CONCAT",
-            n_chan_pos_emb=6, pos_emb_decay_fn=lambda d: 1 / (1 + d), pos_emb_p_norm=1, val_pos_emb=True,
-        ),
-        stax.Erf(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 3, 2), 2
-    yield "attention_abs_then_softmax", [
-        stax.Conv(4, (1,), W_std=1.3),
-        stax.Relu(),
-        stax.GlobalSelfAttention(4, 3, 5, 2, attention_mechanism="ABS", W_out_std=1.2),
-        stax.Relu(),
-        stax.GlobalSelfAttention(
-            4, 3, 5, 2, attention_mechanism="SOFTMAX", W_query_std=2.0, b_std=0.1, pos_emb_type="SUM",
-            pos_emb_decay_fn=lambda d: 0.5 ** d, val_pos_emb=True,
-        ),
-        stax.Flatten(),
-        stax.Dense(1),
-    ], (3, 2, 4), None
-    yield "attention_identity_linear", [
-        stax.Conv(4, (1,), W_std=1.1, b_std=0.1),
-        stax.Relu(),
-        stax.GlobalSelfAttention(4, 3, 5, 2, attention_mechanism="IDENTITY", W_key_std=0.5, b_std=0.2),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 5), 2
+    yield (
+        "attention_softmax_sum",
+        [
+            stax.Conv(4, (1,), W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.GlobalSelfAttention(
+                4,
+                3,
+                5,
+                2,
+                W_key_std=1.2,
+                W_query_std=0.9,
+                W_value_std=1.1,
+                W_out_std=1.3,
+                b_std=0.2,
+                pos_emb_type="SUM",
+                W_pos_emb_std=0.8,
+            ),
+            stax.Relu(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 5),
+        2,
+    )
+    yield (
+        "attention_identity_sqrt_concat",
+        [
+            stax.GlobalSelfAttention(
+                4,
+                3,
+                5,
+                2,
+                linear_scaling=False,
+                attention_mechanism="IDENTITY",
+                W_key_std=1.2,
+                W_query_std=0.7,
+                W_out_std=0.9,
+                b_std=0.1,
+                pos_emb_type="CONCAT",
+                n_chan_pos_emb=3,
+                W_pos_emb_std=1.1,
+                pos_emb_decay_fn=lambda d: 1 / (1 + d),
+                val_pos_emb=True,
+            ),
+            stax.Erf(),
+            stax.Flatten(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 2),
+        None,
+    )
+    yield (
+        "attention_identity_sqrt_sum",
+        [
+            stax.Conv(4, (2,), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.Erf(),
+            stax.GlobalSelfAttention(
+                4,
+                3,
+                5,
+                1,
+                linear_scaling=False,
+                attention_mechanism="IDENTITY",
+                W_value_std=0.8,
+                b_std=0.3,
+                pos_emb_type="SUM",
+                W_pos_emb_std=0.6,
+            ),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 4),
+        2,
+    )
+    yield (
+        "attention_relu_concat_2d",
+        [
+            stax.Conv(4, (2, 2), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.GlobalSelfAttention(
+                4,
+                3,
+                5,
+                3,
+                attention_mechanism="RELU",
+                W_key_std=0.8,
+                b_std=0.2,
+                pos_emb_type="CONCAT",
+                n_chan_pos_emb=6,
+                pos_emb_decay_fn=lambda d: 1 / (1 + d),
+                pos_emb_p_norm=1,
+                val_pos_emb=True,
+            ),
+            stax.Erf(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 2),
+        2,
+    )
+    yield (
+        "attention_abs_then_softmax",
+        [
+            stax.Conv(4, (1,), W_std=1.3),
+            stax.Relu(),
+            stax.GlobalSelfAttention(4, 3, 5, 2, attention_mechanism="ABS", W_out_std=1.2),
+            stax.Relu(),
+            stax.GlobalSelfAttention(
+                4,
+                3,
+                5,
+                2,
+                attention_mechanism="SOFTMAX",
+                W_query_std=2.0,
+                b_std=0.1,
+                pos_emb_type="SUM",
+                pos_emb_decay_fn=lambda d: 0.5**d,
+                val_pos_emb=True,
+            ),
+            stax.Flatten(),
+            stax.Dense(1),
+        ],
+        (3, 2, 4),
+        None,
+    )
+    yield (
+        "attention_identity_linear",
+        [
+            stax.Conv(4, (1,), W_std=1.1, b_std=0.1),
+            stax.Relu(),
+            stax.GlobalSelfAttention(4, 3, 5, 2, attention_mechanism="IDENTITY", W_key_std=0.5, b_std=0.2),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 5),
+        2,
+    )
 
     # FanInProd of branches that end in their own activations (independent) and the shared layer itself.
-    yield "product_independent_dense", [
-        stax.Dense(5, W_std=1.3, b_std=0.2),
-        stax.FanOut(3),
-        stax.parallel(
-            stax.serial(stax.Dense(5, W_std=1.2, b_std=0.1), stax.Relu()),
-            stax.serial(stax.Dense(5, W_std=1.5), stax.Erf()),
-            stax.Identity(),
-        ),
-        stax.FanInProd(),
-        stax.Dense(1, b_std=0.1),
-    ], (3, 4), 2
-    yield "product_independent_conv", [
-        stax.Conv(4, (3, 3), padding="SAME", W_std=1.3, b_std=0.2),
-        stax.FanOut(2),
-        stax.parallel(
-            stax.serial(stax.Conv(4, (2, 2), padding="SAME", b_std=0.1), stax.Relu()),
-            stax.serial(stax.Conv(4, (3, 3), padding="SAME"), stax.Sin()),
-        ),
-        stax.FanInProd(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 3, 4), None
+    yield (
+        "product_independent_dense",
+        [
+            stax.Dense(5, W_std=1.3, b_std=0.2),
+            stax.FanOut(3),
+            stax.parallel(
+                stax.serial(stax.Dense(5, W_std=1.2, b_std=0.1), stax.Relu()),
+                stax.serial(stax.Dense(5, W_std=1.5), stax.Erf()),
+                stax.Identity(),
+            ),
+            stax.FanInProd(),
+            stax.Dense(1, b_std=0.1),
+        ],
+        (3, 4),
+        2,
+    )
+    yield (
+        "product_independent_conv",
+        [
+            stax.Conv(4, (3, 3), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.FanOut(2),
+            stax.parallel(
+                stax.serial(stax.Conv(4, (2, 2), padding="SAME", b_std=0.1), stax.Relu()),
+                stax.serial(stax.Conv(4, (3, 3), padding="SAME"), stax.Sin()),
+            ),
+            stax.FanInProd(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 4),
+        None,
+    )
 
     # The standard parameterization's width multiplier s, and layers of both parameterizations in one network.
-    yield "sp_width_multiplier", [
-        stax.Dense(5, W_std=1.3, b_std=0.2, s=(1, 3), **SP),
-        stax.Relu(),
-        stax.Dense(4, W_std=1.1, b_std=0.1, s=(3, 2), **SP),
-        stax.Erf(),
-        stax.Dense(1, s=(2, 1), **SP),
-    ], (3, 4), 2
-    yield "mixed_parameterization_dense", [
-        stax.Dense(5, W_std=1.3, b_std=0.2),
-        stax.Relu(),
-        stax.Dense(6, W_std=1.1, b_std=0.1, **SP),
-        stax.Erf(),
-        stax.Dense(1, b_std=0.1),
-    ], (3, 4), 2
-    yield "mixed_parameterization_conv", [
-        stax.Conv(4, (3, 3), padding="SAME", W_std=1.3, b_std=0.2, s=(1, 2), **SP),
-        stax.Relu(),
-        stax.Conv(4, (2, 2), padding="SAME", b_std=0.1),
-        stax.Relu(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1, **SP),
-    ], (3, 2, 3, 4), None
+    yield (
+        "sp_width_multiplier",
+        [
+            stax.Dense(5, W_std=1.3, b_std=0.2, s=(1, 3), **SP),
+            stax.Relu(),
+            stax.Dense(4, W_std=1.1, b_std=0.1, s=(3, 2), **SP),
+            stax.Erf(),
+            stax.Dense(1, s=(2, 1), **SP),
+        ],
+        (3, 4),
+        2,
+    )
+    yield (
+        "mixed_parameterization_dense",
+        [
+            stax.Dense(5, W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.Dense(6, W_std=1.1, b_std=0.1, **SP),
+            stax.Erf(),
+            stax.Dense(1, b_std=0.1),
+        ],
+        (3, 4),
+        2,
+    )
+    yield (
+        "mixed_parameterization_conv",
+        [
+            stax.Conv(4, (3, 3), padding="SAME", W_std=1.3, b_std=0.2, s=(1, 2), **SP),
+            stax.Relu(),
+            stax.Conv(4, (2, 2), padding="SAME", b_std=0.1),
+            stax.Relu(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1, **SP),
+        ],
+        (3, 2, 3, 4),
+        None,
+    )
 
     # ExpNormalized and Gabor.
-    yield "exp_normalized_gabor_dense", [
-        stax.Dense(5, W_std=1.3, b_std=0.2),
-        stax.ExpNormalized(gamma=0.8, shift=-0.5),
-        stax.Dense(5, W_std=1.2, b_std=0.1),
-        stax.Gabor(),
-        stax.Dense(1),
-    ], (3, 4), 2
-    yield "exp_normalized_gabor_conv", [
-        stax.Conv(4, (3, 3), padding="SAME", W_std=1.3, b_std=0.2),
-        stax.Gabor(),
-        stax.Conv(4, (2, 2), padding="SAME", W_std=1.5),
-        stax.ExpNormalized(gamma=1.2),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 3, 4), None
+    yield (
+        "exp_normalized_gabor_dense",
+        [
+            stax.Dense(5, W_std=1.3, b_std=0.2),
+            stax.ExpNormalized(gamma=0.8, shift=-0.5),
+            stax.Dense(5, W_std=1.2, b_std=0.1),
+            stax.Gabor(),
+            stax.Dense(1),
+        ],
+        (3, 4),
+        2,
+    )
+    yield (
+        "exp_normalized_gabor_conv",
+        [
+            stax.Conv(4, (3, 3), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.Gabor(),
+            stax.Conv(4, (2, 2), padding="SAME", W_std=1.5),
+            stax.ExpNormalized(gamma=1.2),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 4),
+        None,
+    )
 
     # Circular transposed convolutions: the diagonal layout (Flatten) and the full one (pooling).
-    yield "conv_transpose_circular_pooled", [
-        stax.ConvTranspose(4, (3, 2), strides=(2, 1), padding="CIRCULAR", W_std=1.3, b_std=0.2),
-        stax.Relu(),
-        stax.ConvTranspose(4, (4, 3), strides=(1, 2), padding="CIRCULAR", b_std=0.1),
-        stax.Erf(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 3, 4), 2
-    yield "conv_transpose_circular_flatten", [
-        stax.ConvTranspose(4, (5,), strides=(2,), padding="CIRCULAR", W_std=1.3, b_std=0.2),
-        stax.Relu(),
-        stax.ConvTranspose(4, (3,), strides=(3,), padding="CIRCULAR", **SP),
-        stax.Relu(),
-        stax.Flatten(),
-        stax.Dense(1),
-    ], (3, 2, 4), None
+    yield (
+        "conv_transpose_circular_pooled",
+        [
+            stax.ConvTranspose(4, (3, 2), strides=(2, 1), padding="CIRCULAR", W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.ConvTranspose(4, (4, 3), strides=(1, 2), padding="CIRCULAR", b_std=0.1),
+            stax.Erf(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 4),
+        2,
+    )
+    yield (
+        "conv_transpose_circular_flatten",
+        [
+            stax.ConvTranspose(4, (5,), strides=(2,), padding="CIRCULAR", W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.ConvTranspose(4, (3,), strides=(3,), padding="CIRCULAR", **SP),
+            stax.Relu(),
+            stax.Flatten(),
+            stax.Dense(1),
+        ],
+        (3, 2, 4),
+        None,
+    )
 
     # Graph aggregation over a fixed weighted adjacency (nodes on the one spatial axis): graph_inputs gives it.
-    yield "aggregate_graph", [
-        stax.Conv(4, (1,), W_std=1.3, b_std=0.2),
-        stax.Aggregate(),
-        stax.Relu(),
-        stax.Conv(4, (1,), b_std=0.1),
-        stax.Aggregate(),
-        stax.Erf(),
-        stax.GlobalSumPool(),
-        stax.Dense(1),
-    ], (3, 2, 4), 2
+    yield (
+        "aggregate_graph",
+        [
+            stax.Conv(4, (1,), W_std=1.3, b_std=0.2),
+            stax.Aggregate(),
+            stax.Relu(),
+            stax.Conv(4, (1,), b_std=0.1),
+            stax.Aggregate(),
+            stax.Erf(),
+            stax.GlobalSumPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 4),
+        2,
+    )
+
 
 #: The graph of each Aggregate case: A[i, j] the weight of the edge i -> j (y_j = Σ_i A[i, j] x_i).
 ADJACENCY = {
@@ -438,114 +576,183 @@ MASK = 1000.0
 def masked_cases():
     """name -> (stax layers, x1 shape, x2 rows or None, unmasked lengths of x1's and x2's examples along the last
     spatial axis: the positions after them have every channel set to MASK)."""
-    yield "masked_attention_softmax", [
-        stax.Conv(4, (1,), W_std=1.3, b_std=0.2),
-        stax.Relu(),
-        stax.GlobalSelfAttention(4, 3, 5, 2, W_key_std=1.2, b_std=0.2, pos_emb_type="SUM", W_pos_emb_std=0.8),
-        stax.Relu(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 6), 2, ([6, 4, 2], [3, 6])
-    yield "masked_identity_sqrt_concat", [
-        stax.Conv(4, (3,), padding="SAME", W_std=1.3, b_std=0.2),
-        stax.Erf(),
-        stax.GlobalSelfAttention(
-            4, 3, 5, 2, linear_scaling=False, attention_mechanism="IDENTITY", b_std=0.1, pos_emb_type="CONCAT",
-            n_chan_pos_emb=3, pos_emb_decay_fn=lambda d: 1 / (1 + d), val_pos_emb=True,
-        ),
-        stax.Relu(),
-        stax.Flatten(),
-        stax.Dense(1),
-    ], (3, 2, 5), None, ([5, 3, 1], None)
-    yield "masked_conv_valid_2d", [
-        stax.Conv(4, (2, 2), padding="VALID", W_std=1.3, b_std=0.2),
-        stax.Relu(),
-        stax.Conv(4, (3, 3), padding="SAME", b_std=0.1),
-        stax.Erf(),
-        stax.GlobalSelfAttention(4, 3, 5, 2, attention_mechanism="RELU", W_out_std=1.2),
-        stax.GlobalSumPool(),
-        stax.Dense(1),
-    ], (3, 2, 3, 5), 2, ([5, 4, 2], [3, 5])
+    yield (
+        "masked_attention_softmax",
+        [
+            stax.Conv(4, (1,), W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.GlobalSelfAttention(4, 3, 5, 2, W_key_std=1.2, b_std=0.2, pos_emb_type="SUM", W_pos_emb_std=0.8),
+            stax.Relu(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 6),
+        2,
+        ([6, 4, 2], [3, 6]),
+    )
+    yield (
+        "masked_identity_sqrt_concat",
+        [
+            stax.Conv(4, (3,), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.Erf(),
+            stax.GlobalSelfAttention(
+                4,
+                3,
+                5,
+                2,
+                linear_scaling=False,
+                attention_mechanism="IDENTITY",
+                b_std=0.1,
+                pos_emb_type="CONCAT",
+                n_chan_pos_emb=3,
+                pos_emb_decay_fn=lambda d: 1 / (1 + d),
+                val_pos_emb=True,
+            ),
+            stax.Relu(),
+            stax.Flatten(),
+            stax.Dense(1),
+        ],
+        (3, 2, 5),
+        None,
+        ([5, 3, 1], None),
+    )
+    yield (
+        "masked_conv_valid_2d",
+        [
+            stax.Conv(4, (2, 2), padding="VALID", W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.Conv(4, (3, 3), padding="SAME", b_std=0.1),
+            stax.Erf(),
+            stax.GlobalSelfAttention(4, 3, 5, 2, attention_mechanism="RELU", W_out_std=1.2),
+            stax.GlobalSumPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 5),
+        2,
+        ([5, 4, 2], [3, 5]),
+    )
     # Masks through the layers that gained a mask rule: window pooling, ConvLocal, ConvTranspose, ImageResize,
     # LayerNorm over spatial axes and spatial concatenation (NHWC here; the mask runs along W).
     lengths = ([6, 4, 2], [3, 6])
-    yield "masked_pooling", [
-        stax.Conv(4, (2, 2), padding="SAME", W_std=1.3, b_std=0.2),
-        stax.Relu(),
-        stax.AvgPool((2, 3), (1, 2), "SAME"),
-        stax.Conv(4, (1, 2), padding="SAME", b_std=0.1),
-        stax.Erf(),
-        stax.AvgPool((2, 2), (1, 1), "SAME", normalize_edges=True),
-        stax.Conv(4, (1, 1)),
-        stax.Relu(),
-        stax.SumPool((1, 2), (1, 2), "VALID"),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 3, 6), 2, lengths
-    yield "masked_conv_local", [
-        stax.ConvLocal(4, (2, 3), padding="SAME", W_std=1.3, b_std=0.2),
-        stax.Relu(),
-        stax.ConvLocal(4, (1, 2), (1, 2), padding="VALID", b_std=0.1),
-        stax.Relu(),
-        stax.Flatten(),
-        stax.Dense(1),
-    ], (3, 2, 3, 6), 2, lengths
-    yield "masked_conv_transpose", [
-        stax.ConvTranspose(4, (2, 3), (1, 2), padding="SAME", W_std=1.3, b_std=0.2),
-        stax.Relu(),
-        stax.ConvTranspose(4, (3, 2), (2, 3), padding="VALID", b_std=0.1),
-        stax.Erf(),
-        stax.ConvTranspose(4, (1, 3), (1, 2), padding="CIRCULAR"),
-        stax.Relu(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 3, 6), 2, lengths
-    yield "masked_resize", [
-        stax.Conv(4, (1, 1), W_std=1.3, b_std=0.2),
-        stax.Relu(),
-        stax.ImageResize((-1, 8, 8, -1), "linear"),
-        stax.Conv(4, (2, 2), padding="SAME", b_std=0.1),
-        stax.Relu(),
-        stax.ImageResize((-1, 7, 7, -1), "nearest"),
-        stax.Conv(4, (1, 1)),
-        stax.Relu(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 5, 5), 2, ([5, 3, 1], [2, 5])
-    yield "masked_layer_norm_spatial", [
-        stax.Conv(4, (2, 2), padding="SAME", W_std=1.3, b_std=0.2),
-        stax.LayerNorm(axis=(1, 2, 3)),
-        stax.Relu(),
-        stax.Conv(4, (1, 2), padding="SAME", b_std=0.1),
-        stax.LayerNorm(axis=(2, 3)),
-        stax.Erf(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 3, 6), 2, lengths
-    yield "masked_exp_normalized", [
-        stax.Conv(4, (1, 1), W_std=1.3, b_std=0.2),
-        stax.ExpNormalized(gamma=0.8, shift=-0.5),
-        stax.Conv(4, (1, 2), padding="SAME", b_std=0.1),
-        stax.Gabor(),
-        stax.Conv(4, (2, 2), padding="SAME"),
-        stax.Relu(),
-        stax.Dropout(0.7),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 3, 6), 2, lengths
-    yield "masked_concat_spatial", [
-        stax.FanOut(2),
-        stax.parallel(
-            stax.Conv(4, (1, 2), padding="SAME", W_std=1.3, b_std=0.2),
-            stax.Conv(4, (2, 1), padding="SAME", b_std=0.1),
-        ),
-        stax.FanInConcat(axis=2),
-        stax.Relu(),
-        stax.Conv(4, (1, 3), padding="SAME"),
-        stax.Relu(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 3, 6), 2, lengths
+    yield (
+        "masked_pooling",
+        [
+            stax.Conv(4, (2, 2), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.AvgPool((2, 3), (1, 2), "SAME"),
+            stax.Conv(4, (1, 2), padding="SAME", b_std=0.1),
+            stax.Erf(),
+            stax.AvgPool((2, 2), (1, 1), "SAME", normalize_edges=True),
+            stax.Conv(4, (1, 1)),
+            stax.Relu(),
+            stax.SumPool((1, 2), (1, 2), "VALID"),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 6),
+        2,
+        lengths,
+    )
+    yield (
+        "masked_conv_local",
+        [
+            stax.ConvLocal(4, (2, 3), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.ConvLocal(4, (1, 2), (1, 2), padding="VALID", b_std=0.1),
+            stax.Relu(),
+            stax.Flatten(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 6),
+        2,
+        lengths,
+    )
+    yield (
+        "masked_conv_transpose",
+        [
+            stax.ConvTranspose(4, (2, 3), (1, 2), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.ConvTranspose(4, (3, 2), (2, 3), padding="VALID", b_std=0.1),
+            stax.Erf(),
+            stax.ConvTranspose(4, (1, 3), (1, 2), padding="CIRCULAR"),
+            stax.Relu(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 6),
+        2,
+        lengths,
+    )
+    yield (
+        "masked_resize",
+        [
+            stax.Conv(4, (1, 1), W_std=1.3, b_std=0.2),
+            stax.Relu(),
+            stax.ImageResize((-1, 8, 8, -1), "linear"),
+            stax.Conv(4, (2, 2), padding="SAME", b_std=0.1),
+            stax.Relu(),
+            stax.ImageResize((-1, 7, 7, -1), "nearest"),
+            stax.Conv(4, (1, 1)),
+            stax.Relu(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 5, 5),
+        2,
+        ([5, 3, 1], [2, 5]),
+    )
+    yield (
+        "masked_layer_norm_spatial",
+        [
+            stax.Conv(4, (2, 2), padding="SAME", W_std=1.3, b_std=0.2),
+            stax.LayerNorm(axis=(1, 2, 3)),
+            stax.Relu(),
+            stax.Conv(4, (1, 2), padding="SAME", b_std=0.1),
+            stax.LayerNorm(axis=(2, 3)),
+            stax.Erf(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 6),
+        2,
+        lengths,
+    )
+    yield (
+        "masked_exp_normalized",
+        [
+            stax.Conv(4, (1, 1), W_std=1.3, b_std=0.2),
+            stax.ExpNormalized(gamma=0.8, shift=-0.5),
+            stax.Conv(4, (1, 2), padding="SAME", b_std=0.1),
+            stax.Gabor(),
+            stax.Conv(4, (2, 2), padding="SAME"),
+            stax.Relu(),
+            stax.Dropout(0.7),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 6),
+        2,
+        lengths,
+    )
+    yield (
+        "masked_concat_spatial",
+        [
+            stax.FanOut(2),
+            stax.parallel(
+                stax.Conv(4, (1, 2), padding="SAME", W_std=1.3, b_std=0.2),
+                stax.Conv(4, (2, 1), padding="SAME", b_std=0.1),
+            ),
+            stax.FanInConcat(axis=2),
+            stax.Relu(),
+            stax.Conv(4, (1, 3), padding="SAME"),
+            stax.Relu(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 6),
+        2,
+        lengths,
+    )
 
 
 def predict_trace_axes_conv(rng):
@@ -673,36 +880,54 @@ def graph_cases():
             out.append(p)
         return tuple(out)
 
-    yield "aggregate_per_example_dense", [
-        stax.Conv(4, (1,), W_std=1.3, b_std=0.2),
-        stax.Aggregate(),
-        stax.Relu(),
-        stax.Aggregate(),
-        stax.Conv(4, (1,), b_std=0.1),
-        stax.Erf(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 5), 2, dense
-    yield "aggregate_per_example_sparse", [
-        stax.Conv(4, (1,), W_std=1.2, b_std=0.3),
-        stax.Aggregate(implementation="SPARSE"),
-        stax.Relu(),
-        stax.Conv(4, (1,), W_std=1.4),
-        stax.Aggregate(implementation="SPARSE"),
-        stax.Relu(),
-        stax.GlobalSumPool(),
-        stax.Dense(1),
-    ], (3, 2, 5), 2, sparse
-    yield "aggregate_per_example_rows", [
-        stax.Conv(4, (1, 1), W_std=1.3, b_std=0.2),
-        stax.Aggregate(aggregate_axis=2),
-        stax.Relu(),
-        stax.Conv(4, (2, 1), padding="SAME", b_std=0.1),
-        stax.Aggregate(aggregate_axis=2),
-        stax.Relu(),
-        stax.GlobalAvgPool(),
-        stax.Dense(1),
-    ], (3, 2, 3, 5), None, dense
+    yield (
+        "aggregate_per_example_dense",
+        [
+            stax.Conv(4, (1,), W_std=1.3, b_std=0.2),
+            stax.Aggregate(),
+            stax.Relu(),
+            stax.Aggregate(),
+            stax.Conv(4, (1,), b_std=0.1),
+            stax.Erf(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 5),
+        2,
+        dense,
+    )
+    yield (
+        "aggregate_per_example_sparse",
+        [
+            stax.Conv(4, (1,), W_std=1.2, b_std=0.3),
+            stax.Aggregate(implementation="SPARSE"),
+            stax.Relu(),
+            stax.Conv(4, (1,), W_std=1.4),
+            stax.Aggregate(implementation="SPARSE"),
+            stax.Relu(),
+            stax.GlobalSumPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 5),
+        2,
+        sparse,
+    )
+    yield (
+        "aggregate_per_example_rows",
+        [
+            stax.Conv(4, (1, 1), W_std=1.3, b_std=0.2),
+            stax.Aggregate(aggregate_axis=2),
+            stax.Relu(),
+            stax.Conv(4, (2, 1), padding="SAME", b_std=0.1),
+            stax.Aggregate(aggregate_axis=2),
+            stax.Relu(),
+            stax.GlobalAvgPool(),
+            stax.Dense(1),
+        ],
+        (3, 2, 3, 5),
+        None,
+        dense,
+    )
 
     # The pixels of (N, C, 3, 4) images are the nodes (aggregate_axis over both spatial axes: NHWC 1 and 2).
     def dense_grid(rng, n1, n2, grid=(3, 4)):

@@ -15,13 +15,22 @@ from ntkit import nn as N
 
 
 def mlp() -> torch.nn.Module:
-    return N.Sequential(N.Linear(5, 64, W_std=1.5, b_std=0.1), N.ReLU(), N.Linear(64, 64, W_std=1.3, b_std=0.2),
-                        N.Erf(), N.Linear(64, 1, W_std=1.5, b_std=0.1))
+    return N.Sequential(
+        N.Linear(5, 64, W_std=1.5, b_std=0.1),
+        N.ReLU(),
+        N.Linear(64, 64, W_std=1.3, b_std=0.2),
+        N.Erf(),
+        N.Linear(64, 1, W_std=1.5, b_std=0.1),
+    )
 
 
 def pooled_cnn() -> torch.nn.Module:
-    return N.Sequential(N.Conv2d(2, 16, 3, padding="same", W_std=1.4, b_std=0.1), N.ReLU(), N.GlobalAvgPool(),
-                        N.Linear(16, 1, W_std=1.4))
+    return N.Sequential(
+        N.Conv2d(2, 16, 3, padding="same", W_std=1.4, b_std=0.1),
+        N.ReLU(),
+        N.GlobalAvgPool(),
+        N.Linear(16, 1, W_std=1.4),
+    )
 
 
 def finite_model() -> torch.nn.Module:

@@ -54,8 +54,9 @@ def test_a_worker_killed_mid_run_gives_the_same_result(client, tmp_path):
     result = {}
 
     def run() -> None:  # nk.scale.kernel's own path with the slow tile function
-        result["store"] = _compute(slow, x, None, fingerprint, ("nngp", "ntk"), torch.float64, path, client, None,
-                                   5, False, 2**30, False)
+        result["store"] = _compute(
+            slow, x, None, fingerprint, ("nngp", "ntk"), torch.float64, path, client, None, 5, False, 2**30, False
+        )
 
     driver = start_until_done(run, path, 3, timeout=120)
     pids = client.run(os.getpid)

@@ -99,8 +99,16 @@ def test_pivoted_cholesky_preconditioner_cuts_iterations_and_keeps_the_solution(
     plain = nk.scale.gp_inference(data["k"], data["y"], diag_reg=REG, method="cg", preconditioner=None, tol=1e-12)
     mean_ref, _ = nk.predict.gp_inference(data["ref_k"], data["y"], REG)("ntk", data["ref_t"], data["ref_tt"])
     for k in (data["k"], data["ref_k"].ntk):
-        fit = nk.scale.gp_inference(k, data["y"], diag_reg=REG, method="cg", preconditioner="pivoted_cholesky",
-                                    rank=24, tol=1e-12, memory_budget=1000)  # 1000 bytes: the store is streamed
+        fit = nk.scale.gp_inference(
+            k,
+            data["y"],
+            diag_reg=REG,
+            method="cg",
+            preconditioner="pivoted_cholesky",
+            rank=24,
+            tol=1e-12,
+            memory_budget=1000,
+        )  # 1000 bytes: the store is streamed
         assert 1 < fit.iterations < 0.7 * plain.iterations  # 50-53 iterations with rank 24, 98-99 without
         assert float((fit(data["kt"]) - mean_ref).abs().max()) <= 1e-6
 
@@ -170,8 +178,9 @@ def test_errors(data, tmp_path):
 def test_products_streamed_from_the_store_equal_products_from_memory(data):
     """A budget below the stored tiles' size makes CG read the store once per product instead of keeping it."""
     kept = nk.scale.gp_inference(data["k"], data["y"], diag_reg=REG, method="cg", rank=8, tol=1e-12)
-    streamed = nk.scale.gp_inference(data["k"], data["y"], diag_reg=REG, method="cg", rank=8, tol=1e-12,
-                                     memory_budget=1000)
+    streamed = nk.scale.gp_inference(
+        data["k"], data["y"], diag_reg=REG, method="cg", rank=8, tol=1e-12, memory_budget=1000
+    )
     assert streamed.iterations == kept.iterations
     assert float((streamed.weights - kept.weights).abs().max()) <= 1e-12 * float(kept.weights.abs().max())
 
@@ -179,8 +188,9 @@ def test_products_streamed_from_the_store_equal_products_from_memory(data):
 @pytest.fixture(scope="module")
 def float32_store(tmp_path_factory):
     """A symmetric float32 store with ragged tiles (70 = 4 x 16 + 6) and its values as a dense float64 tensor."""
-    k = nk.scale.kernel(mlp(), inputs(70, 5).float(), store=tmp_path_factory.mktemp("f32") / "k.zarr", get="ntk",
-                        tile_size=16)
+    k = nk.scale.kernel(
+        mlp(), inputs(70, 5).float(), store=tmp_path_factory.mktemp("f32") / "k.zarr", get="ntk", tile_size=16
+    )
     return k, k.to_torch("ntk").double()
 
 

@@ -68,8 +68,14 @@ def test_empirical_ntk_store_equals_in_memory(tmp_path, symmetric):
 def test_open_reads_the_store_and_progress_counts_tiles(tmp_path):
     seen = []
     x = inputs(10, 5)
-    nk.scale.kernel(mlp(), x, store=tmp_path / "k.zarr", get="nngp", tile_size=4,
-                    progress=lambda done, total: seen.append((done, total)))
+    nk.scale.kernel(
+        mlp(),
+        x,
+        store=tmp_path / "k.zarr",
+        get="nngp",
+        tile_size=4,
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert seen == [(i, 6) for i in range(1, 7)]
     k = nk.scale.KernelStore.open(tmp_path / "k.zarr")
     assert (k.shape, k.tile_size, k.kernels, k.dtype, k.tiles_computed) == ((10, 10), 4, ("nngp",), torch.float64, 0)
@@ -111,8 +117,21 @@ def test_a_device_process_killed_mid_run_has_its_tiles_retried(tmp_path):
     result = {}
 
     def run() -> None:  # nk.scale.kernel's own path with the slow tile function
-        result["store"] = _compute(slow, x, None, fingerprint, ("nngp", "ntk"), torch.float64, path, None,
-                                   ["cpu", "cpu"], 5, False, 2**30, False)
+        result["store"] = _compute(
+            slow,
+            x,
+            None,
+            fingerprint,
+            ("nngp", "ntk"),
+            torch.float64,
+            path,
+            None,
+            ["cpu", "cpu"],
+            5,
+            False,
+            2**30,
+            False,
+        )
 
     driver = start_until_done(run, path, 3, timeout=180)
     workers = multiprocessing.active_children()
@@ -159,8 +178,9 @@ def test_device_processes_that_keep_dying_end_the_call_cleanly(tmp_path, monkeyp
     monkeypatch.setattr(engine, "ProcessPoolExecutor", BreakingPool)
     seen, x, path = [], inputs(16, 5), tmp_path / "k.zarr"
     with pytest.raises(WorkerError, match=r"died 4 times .* 6 tiles are not done.*resume"):
-        nk.scale.kernel(mlp(), x, store=path, tile_size=4, devices=["cpu", "cpu"],
-                        progress=lambda done, total: seen.append(done))
+        nk.scale.kernel(
+            mlp(), x, store=path, tile_size=4, devices=["cpu", "cpu"], progress=lambda done, total: seen.append(done)
+        )
     assert len(pools) == engine.PROCESS_RESTARTS + 1 and seen == [1, 2, 3, 4]
     assert nk.scale.KernelStore.open(path).tiles_done == 4
     monkeypatch.undo()

@@ -187,7 +187,7 @@ def _one_network(
         "repeat": repeat,
         "weights": [
             relative_change(cast(torch.Tensor, m.weight).detach(), w0)
-        for (_, m), w0 in zip(dense_layers(model), weights0, strict=True)
+            for (_, m), w0 in zip(dense_layers(model), weights0, strict=True)
         ],
         "ntk": relative_change(ntk[-1], ntk[0]),
         "nngp": relative_change(empirical_ntk(model, xk, params=readout_parameters(model)), init.nngp),

@@ -52,9 +52,7 @@ def _order(eid: str) -> tuple[int, str]:
     return (int(m.group(1)) if m else 10**6, eid)
 
 
-def register(
-    id: str, *, title: str, claim: str, quick: Any, full: Any
-) -> Callable[[ExperimentFn], ExperimentFn]:
+def register(id: str, *, title: str, claim: str, quick: Any, full: Any) -> Callable[[ExperimentFn], ExperimentFn]:
     """Decorator: register ``fn(config, ctx) -> ExperimentResult`` under ``id``.
 
     ``fn`` leaves the result's id, title and claim out; the decorated function (the one registered and the one

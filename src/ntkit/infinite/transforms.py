@@ -916,9 +916,7 @@ def _concatenated_masks(kernels: list[Kernel], axis: int) -> torch.Tensor | None
     if all(k.mask is None for k in kernels):
         return None
     first = next(k.mask for k in kernels if k.mask is not None)
-    masks = [
-        k.mask if k.mask is not None else first.new_zeros((first.shape[0], *k.spatial_shape)) for k in kernels
-    ]
+    masks = [k.mask if k.mask is not None else first.new_zeros((first.shape[0], *k.spatial_shape)) for k in kernels]
     return torch.cat(masks, dim=1 + axis)
 
 

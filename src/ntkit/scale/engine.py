@@ -116,8 +116,9 @@ def _on_processes(payload: Payload, missing: list[tuple[int, int]], devices: Seq
     remaining = list(missing)
     for _ in range(PROCESS_RESTARTS + 1):
         counter = context.Value("i", 0)
-        with ProcessPoolExecutor(len(names), mp_context=context, initializer=_start_device_worker,
-                                 initargs=(payload, names, counter)) as pool:
+        with ProcessPoolExecutor(
+            len(names), mp_context=context, initializer=_start_device_worker, initargs=(payload, names, counter)
+        ) as pool:
             futures = {pool.submit(_run_on_device, i, j): (i, j) for i, j in remaining}
             try:
                 for future in as_completed(futures):

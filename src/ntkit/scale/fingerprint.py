@@ -57,7 +57,9 @@ def architecture_digest(model: nn.Module) -> str:
     lines = []
     for name, module in model.named_modules():
         config = {k: v for k, v in vars(module).items() if k not in _MODULE_INTERNALS and not isinstance(v, nn.Module)}
-        lines.append(f"{name}:{type(module).__module__}.{type(module).__qualname__}:{module.training}:{describe_value(config)}")
+        lines.append(
+            f"{name}:{type(module).__module__}.{type(module).__qualname__}:{module.training}:{describe_value(config)}"
+        )
     return _digest([line.encode() for line in lines])
 
 

@@ -78,8 +78,9 @@ def gp_inference(
         raise InvalidArgumentError(f"method must be one of {METHODS}, got {method!r}.")
     if preconditioner not in PRECONDITIONERS:
         raise InvalidArgumentError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}.")
-    train, y, shift = training_system(k_train_train, "nngp" if name == "nngp" else "ntk", y_train, diag_reg,
-                                      diag_reg_absolute_scale)
+    train, y, shift = training_system(
+        k_train_train, "nngp" if name == "nngp" else "ntk", y_train, diag_reg, diag_reg_absolute_scale
+    )
     n = train.shape[0]
     budget = resolve_budget(memory_budget)
     dense_bytes = 8 * n * n
@@ -92,8 +93,9 @@ def gp_inference(
     solver: _Solver = (
         _Cholesky(train, shift)
         if method == "cholesky"
-        else _CG(train, shift, tol, max_iter, _preconditioner(train, shift, preconditioner if rank > 0 else None,
-                                                              rank, seed))
+        else _CG(
+            train, shift, tol, max_iter, _preconditioner(train, shift, preconditioner if rank > 0 else None, rank, seed)
+        )
     )
     return ScaleGPPredictor(name, k_train_train, y, solver)
 
@@ -166,7 +168,11 @@ class _CG:
 
     def solve(self, b: torch.Tensor) -> torch.Tensor:
         result = conjugate_gradients(
-            self._matvec, b, preconditioner=self._preconditioner, tol=self._tol, max_iter=self._max_iter,
+            self._matvec,
+            b,
+            preconditioner=self._preconditioner,
+            tol=self._tol,
+            max_iter=self._max_iter,
             label=self._train.label,
         )
         self.iterations, self.residual = result.iterations, result.residual
@@ -176,8 +182,9 @@ class _CG:
 def _preconditioner(train: KernelMatrix, shift: float, kind: str | None, rank: int, seed: int) -> Operator | None:
     n = train.shape[0]
     if kind == "nystrom":  # the sketch K Ω in the stored dtype: it only shapes P, CG's products stay float64
-        return NystromPreconditioner(lambda v: train.matmul(v, dtype=train.dtype), n, rank, shift, seed,
-                                     eps=torch.finfo(train.dtype).eps)
+        return NystromPreconditioner(
+            lambda v: train.matmul(v, dtype=train.dtype), n, rank, shift, seed, eps=torch.finfo(train.dtype).eps
+        )
     if kind == "pivoted_cholesky":
         return PivotedCholeskyPreconditioner(train.diagonal(), train.columns, rank, shift)
     return None
@@ -253,4 +260,3 @@ def _test_diagonal(k_test_test: Any, name: str, m: int) -> torch.Tensor:
     if diag.shape != (m,):
         raise ShapeError(f"k_test_test's diagonal must have {m} entries, got {format_shape(diag.shape)}.")
     return diag
-

@@ -85,8 +85,21 @@ def kernel(
     }
     budget = resolve_budget(memory_budget)
     tiles = InfiniteTiles(net, wanted, dtype, budget)
-    return _compute(tiles, x1, x2, fingerprint, wanted, dtype, store, client, devices, tile_size, progress,
-                    budget, allow_other_version)
+    return _compute(
+        tiles,
+        x1,
+        x2,
+        fingerprint,
+        wanted,
+        dtype,
+        store,
+        client,
+        devices,
+        tile_size,
+        progress,
+        budget,
+        allow_other_version,
+    )
 
 
 def empirical_ntk(
@@ -125,8 +138,21 @@ def empirical_ntk(
     }
     budget = resolve_budget(memory_budget)
     tiles = EmpiricalTiles(model, params, method, budget)
-    return _compute(tiles, x1, x2, fingerprint, ("ntk",), probe.dtype, store, client, devices, tile_size,
-                    progress, budget, allow_other_version)
+    return _compute(
+        tiles,
+        x1,
+        x2,
+        fingerprint,
+        ("ntk",),
+        probe.dtype,
+        store,
+        client,
+        devices,
+        tile_size,
+        progress,
+        budget,
+        allow_other_version,
+    )
 
 
 def _compute(

@@ -48,8 +48,15 @@ class NystromPreconditioner:
     that product (float32's when the sketch is computed in float32): it sets the stabilising shift ν.
     """
 
-    def __init__(self, matvec: Operator, n: int, rank: int, shift: float, seed: int = 0,
-                 eps: float = torch.finfo(torch.float64).eps):
+    def __init__(
+        self,
+        matvec: Operator,
+        n: int,
+        rank: int,
+        shift: float,
+        seed: int = 0,
+        eps: float = torch.finfo(torch.float64).eps,
+    ):
         rank = max(1, min(rank, n))
         g = torch.Generator().manual_seed(seed)
         omega = _orthonormal_columns(torch.randn(n, rank, generator=g, dtype=torch.float64))

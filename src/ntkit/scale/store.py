@@ -196,12 +196,17 @@ class KernelStore:
             for name in self.kernels:
                 if name not in existing:
                     self._group.create_array(
-                        name, shape=(g.n1, g.n2), chunks=(g.tile, g.tile), dtype=np.dtype(self._numpy_dtype),
-                        fill_value=np.nan, compressors=None,
+                        name,
+                        shape=(g.n1, g.n2),
+                        chunks=(g.tile, g.tile),
+                        dtype=np.dtype(self._numpy_dtype),
+                        fill_value=np.nan,
+                        compressors=None,
                     )
             if _DONE not in existing:
-                self._group.create_array(_DONE, shape=g.shape, chunks=(1, 1), dtype="uint8", fill_value=0,
-                                         compressors=None)
+                self._group.create_array(
+                    _DONE, shape=g.shape, chunks=(1, 1), dtype="uint8", fill_value=0, compressors=None
+                )
             self._group.attrs.update({"last_run": {"ntkit_version": ntkit_version(), "started": time.time()}})
 
     # --- description ----------------------------------------------------------------------------------------
@@ -453,4 +458,3 @@ def _fsync(path: Path, directory: bool = False) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
