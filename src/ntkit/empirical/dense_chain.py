@@ -17,55 +17,16 @@ to round-off (the tests compare both with the dense float64 Jacobian).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._functional import FunctionalModel
+from .chain_layers import Activation, activation, call_layers, layer_parameters, no_hooks
 from .tracing import ModelTrace
 
 __all__ = ["DenseChain", "dense_chain"]
-
-#: φ and φ' of the recognised activations, from the pre-activation z: (φ(z), φ'(z)). The derivatives at the kinks
-#: are autograd's (0 for ReLU at 0, the slope for LeakyReLU at 0).
-Activation = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-def _relu(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    h = torch.relu(z)
-    return h, torch.sign(h)
-
-
-def _tanh(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    h = torch.tanh(z)
-    return h, 1 - h * h
-
-
-def _sigmoid(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    h = torch.sigmoid(z)
-    return h, h * (1 - h)
-
-
-def _leaky_relu(slope: float) -> Activation:
-    def leaky(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return F.leaky_relu(z, slope), torch.where(z > 0, torch.ones_like(z), torch.full_like(z, slope))
-
-    return leaky
-
-
-def _activation(module: nn.Module) -> Activation | None:
-    if type(module) is nn.ReLU:
-        return _relu
-    if type(module) is nn.Tanh:
-        return _tanh
-    if type(module) is nn.Sigmoid:
-        return _sigmoid
-    if type(module) is nn.LeakyReLU:
-        return _leaky_relu(float(module.negative_slope))
-    return None
 
 
 @dataclass(frozen=True)
@@ -113,45 +74,34 @@ class DenseChain:
         )
 
 
-def _no_hooks(module: nn.Module) -> bool:
-    return not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks)
-
-
 def dense_chain(fm: FunctionalModel, trace: ModelTrace) -> DenseChain | None:
     """The chain if ``fm`` is one (module docs), with every traced call a linear layer's on vectors (so the
     whole chain is applied to vectors, (N, d_in)); else None."""
     model = fm.module
-    if type(model) is not nn.Sequential or trace.fallback:
-        return None
-    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+    if type(model) is not nn.Sequential or trace.fallback or not no_hooks(model):
         return None
     names: list[str] = []
     weights: list[torch.Tensor] = []
     biases: list[torch.Tensor | None] = []
     activations: list[Activation | None] = []
     for name, child in model.named_children():
-        if not _no_hooks(child):
+        if not no_hooks(child):
             return None
         if type(child) is nn.Linear:
             names.append(name)
-            weights.append(fm.params.get(f"{name}.weight", child.weight.detach()))
-            bias = child.bias
-            biases.append(None if bias is None else fm.params.get(f"{name}.bias", bias.detach()))
+            weight, bias = layer_parameters(fm, name, child)
+            weights.append(weight)
+            biases.append(bias)
             activations.append(None)
         elif type(child) is nn.Identity:
             continue
-        elif (act := _activation(child)) is not None and activations and activations[-1] is None:
+        elif (act := activation(child)) is not None and activations and activations[-1] is None:
             activations[-1] = act
         else:
             return None
-    if not names or activations[-1] is not None or not _no_hooks(model):
+    if not names or activations[-1] is not None:
         return None
-    call_layers = []
-    for call in trace.calls:
-        owners = {p.rsplit(".", 1)[0] for p in call.params.values()}
-        if call.kind != "linear" or len(owners) != 1 or len(call.in_shape) != 2:
-            return None
-        call_layers.append(names.index(owners.pop()) if owners <= set(names) else -1)
-    if not call_layers or -1 in call_layers or call_layers != sorted(set(call_layers)):
+    layers = call_layers(trace, names, {"linear": 2})
+    if layers is None:
         return None
-    return DenseChain(tuple(weights), tuple(biases), tuple(activations), tuple(call_layers))
+    return DenseChain(tuple(weights), tuple(biases), tuple(activations), layers)

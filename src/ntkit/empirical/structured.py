@@ -33,6 +33,7 @@ from torch.func import jacrev, vmap
 from .._functional import FunctionalModel
 from ..errors import UnsupportedError
 from .autodiff import autodiff_context
+from .conv_chain import conv_chain
 from .cost import MethodCost, Problem, SideCost
 from .dense_chain import dense_chain
 from .interception import LayerCall, LayerInterceptor
@@ -186,7 +187,7 @@ class StructuredMethod:
         self.groups = trace.memo(("structured groups", problem), lambda: _groups(fm, trace, problem))
         self.fallback_size = sum(fm.params[k].numel() for k in trace.fallback)
         self.workspace = Workspace()
-        self.chain = dense_chain(fm, trace)
+        self.chain = dense_chain(fm, trace) or conv_chain(fm, trace, traced=not problem.full)
 
     def cost(self) -> MethodCost:
         t, o_a = self.trace, self.trace.n_outputs**self.problem.output_power
