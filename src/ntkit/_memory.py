@@ -12,6 +12,7 @@ from .errors import InvalidArgumentError, MemoryBudgetError
 __all__ = [
     "DEFAULT_MEMORY_FRACTION",
     "MEMINFO_PATH",
+    "SMALL_BYTES",
     "check_fits",
     "default_memory_budget",
     "format_bytes",
@@ -23,6 +24,10 @@ DEFAULT_MEMORY_FRACTION = 0.25
 _FALLBACK_BUDGET = 2 * 2**30
 #: Linux's memory report: its MemAvailable counts the page cache the kernel can reclaim as available.
 MEMINFO_PATH = "/proc/meminfo"
+#: Intermediates up to this size are taken to fit the default budget without reading the free memory (a read of
+#: MEMINFO_PATH costs 0.1-0.2 ms inside a call, several percent of a small kernel's time, benchmarks/empirical.py
+#: case tinycnn); a machine with less than four times this free (128 MiB) is not one ntkit computes on.
+SMALL_BYTES = 2**25
 
 
 def format_bytes(n: float) -> str:
@@ -88,9 +93,17 @@ def _positive_bytes(value: float, shown: object, name: str) -> int:
     return int(value)
 
 
-def resolve_budget(memory_budget: int | str | None, device: torch.device | str = "cpu") -> int:
-    """The budget in bytes from a per-call argument (bytes, a string like '4G', or None for the default)."""
+def resolve_budget(
+    memory_budget: int | str | None, device: torch.device | str = "cpu", need: float | None = None
+) -> int:
+    """The budget in bytes from a per-call argument (bytes, a string like '4G', or None for the default).
+
+    ``need``: the most bytes the call can use whatever the budget (its whole problem in one piece). With the
+    default budget and ``need`` at most :data:`SMALL_BYTES` the free memory is not read and the budget is
+    ``SMALL_BYTES``: a caller that plans within it does exactly what any larger budget would have it do."""
     if memory_budget is None:
+        if need is not None and need <= SMALL_BYTES and not os.environ.get("NTKIT_MEMORY_BUDGET"):
+            return SMALL_BYTES
         return default_memory_budget(device)
     if isinstance(memory_budget, str):
         return parse_bytes(memory_budget)

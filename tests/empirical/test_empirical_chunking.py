@@ -74,3 +74,22 @@ def test_budget_too_small_for_one_example_raises():
     model, _, _, _, _ = case("mlp")
     with pytest.raises(MemoryBudgetError, match="one example"):
         nk.empirical_ntk(model, torch.randn(4, 5, dtype=torch.float64), memory_budget=1000)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_block_result_is_a_fresh_contiguous_tensor(method):
+    """A problem of one block is returned as its block was computed (no kernel-sized copy): the result must still be
+    contiguous, exactly symmetric for x2 = x1, and the caller's own (writing into it changes no later result)."""
+    model, _, _, _, _ = case("cnn1d")
+    x1, x2 = torch.randn(4, 2, 8, dtype=torch.float64), torch.randn(3, 2, 8, dtype=torch.float64)
+    for other in (None, x2):
+        for kw in ({"trace_outputs": True}, {"trace_outputs": False}, {"diagonal": True, "trace_outputs": False}):
+            if kw.get("diagonal") and other is not None:
+                continue
+            first = nk.empirical_ntk(model, x1, other, method=method, **kw)
+            assert first.is_contiguous()
+            if other is None and not kw.get("diagonal"):
+                assert torch.equal(first, first.T if first.ndim == 2 else first.permute(1, 0, 3, 2))
+            kept = first.clone()
+            first.fill_(float("nan"))
+            assert torch.equal(nk.empirical_ntk(model, x1, other, method=method, **kw), kept)

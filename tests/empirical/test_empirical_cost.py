@@ -94,3 +94,29 @@ def test_auto_takes_the_smallest_fixed_costs_for_tiny_problems():
             return torch.tanh(x @ self.lin.weight.T)  # a use without a rule: the weight falls back
 
     assert _choice(Transposed().eval(), torch.randn(8, 4)) == "jacobian"
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "cnn2d", "residual", "lora"])
+@pytest.mark.parametrize("full", [False, True])
+def test_kept_unlimited_choice_equals_planning_for_the_budget(model_name, full):
+    """``choose_method`` takes the choice for an unlimited budget (kept with the trace) wherever its block fits;
+    planning every method for the budget itself (``_choose``, what every call did before) must give the same method
+    and plan at every budget, from one too small for any block of all examples to one that holds everything."""
+    from empirical_reference import case
+
+    from ntkit.empirical.ntk import _choose, unlimited_choice
+
+    model, x1, _, _, _ = case(model_name)
+    fm = functionalize(model)
+    trace = trace_model(fm, x1)
+    for problem in (Problem(300, 300, True, False, full, trace.n_outputs), Problem(40, 7, False, False, full, 1)):
+        _, unlimited = unlimited_choice(fm, trace, problem, "auto", None, 8)
+        for budget in unlimited.peak_bytes * torch.logspace(-3, 0.5, 15).numpy():
+            try:
+                expected = _choose(fm, trace, problem, "auto", budget, None, 8)
+            except MemoryBudgetError:
+                with pytest.raises(MemoryBudgetError):
+                    choose_method(fm, trace, problem, "auto", budget, None, 8)
+                continue
+            chosen, plan = choose_method(fm, trace, problem, "auto", budget, None, 8)
+            assert (chosen.name, plan) == expected, budget

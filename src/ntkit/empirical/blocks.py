@@ -78,15 +78,23 @@ def chunk_for_budget(n: int, bytes_per_example: float, budget: float, chunk_size
     return int(max(1, min(n, budget // max(bytes_per_example, 1))))
 
 
-def assemble(
-    method: KernelMethod, x1: torch.Tensor, x2: torch.Tensor | None, out: torch.Tensor, full: bool, size: int
-) -> torch.Tensor:
-    """Fill ``out`` ((N1, N2) summed over outputs, or (N1, N2, O, O)) block by block; ``x2=None``: x1."""
+def assemble(method: KernelMethod, x1: torch.Tensor, x2: torch.Tensor | None, full: bool, size: int) -> torch.Tensor:
+    """The kernel ((N1, N2) summed over outputs, or (N1, N2, O, O)) block by block, in a fresh tensor; ``x2=None``:
+    x1. A problem of one block is returned as computed (no copy into a kernel-sized buffer)."""
     symmetric = x2 is None
     other = x1 if x2 is None else x2
-    cols = list(chunks(other.shape[0], size))
+    rows_all, cols = list(chunks(x1.shape[0], size)), list(chunks(other.shape[0], size))
+    if len(rows_all) == 1 and len(cols) == 1:
+        f1 = method.features(x1)
+        block = method.pair(f1, f1 if symmetric and method.same_features else method.features2(other), full)
+        if not symmetric:
+            return block.contiguous()
+        return torch.add(
+            block, _mirrored(block, full), out=torch.empty_like(block, memory_format=torch.contiguous_format)
+        ).div_(2)
+    out: torch.Tensor | None = None
     kept = method.features2(other) if not symmetric and len(cols) == 1 else None
-    for i, rows in enumerate(chunks(x1.shape[0], size)):
+    for i, rows in enumerate(rows_all):
         f1 = method.features(x1[rows])
         for j in range(i if symmetric else 0, len(cols)):
             if kept is not None:
@@ -96,23 +104,32 @@ def assemble(
             else:
                 f2 = method.features2(other[cols[j]])
             block = method.pair(f1, f2, full)
-            mirrored = block.permute(1, 0, 3, 2) if full else block.T
+            if out is None:  # every entry is written below
+                out = block.new_empty((x1.shape[0], other.shape[0], *block.shape[2:]))
+            mirrored = _mirrored(block, full)
             if symmetric and j == i:
                 block = (block + mirrored) / 2
             out[rows, cols[j]] = block
             if symmetric and j != i:
                 out[cols[j], rows] = mirrored
             del f2
+    assert out is not None, "x1 holds at least one example"
     return out
+
+
+def _mirrored(block: torch.Tensor, full: bool) -> torch.Tensor:
+    """Θ̂(x', x) from the block Θ̂(x, x'): transposed, with the output axes swapped in the full kernel."""
+    return block.permute(1, 0, 3, 2) if full else block.T
 
 
 def assemble_diagonal(
-    method: KernelMethod, x1: torch.Tensor, x2: torch.Tensor | None, out: torch.Tensor, full: bool, size: int
+    method: KernelMethod, x1: torch.Tensor, x2: torch.Tensor | None, full: bool, size: int
 ) -> torch.Tensor:
-    """Fill ``out`` ((N,) summed over outputs, or (N, O, O)) with Θ̂(x1_n, x2_n), chunk by chunk."""
+    """Θ̂(x1_n, x2_n) ((N,) summed over outputs, or (N, O, O)), chunk by chunk, in a fresh tensor."""
+    reuse = x2 is None and method.same_features
+    parts = []
     for rows in chunks(x1.shape[0], size):
         f1 = method.features(x1[rows])
-        reuse = x2 is None and method.same_features
         f2 = f1 if reuse else method.features2((x1 if x2 is None else x2)[rows])
-        out[rows] = method.diag(f1, f2, full)
-    return out
+        parts.append(method.diag(f1, f2, full))
+    return parts[0].contiguous() if len(parts) == 1 else torch.cat(parts)

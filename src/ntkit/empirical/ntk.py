@@ -25,7 +25,7 @@ from .ntvp import NtvpMethod
 from .structured import StructuredMethod
 from .tracing import ModelTrace, cached_trace
 
-__all__ = ["METHODS", "empirical_ntk"]
+__all__ = ["METHODS", "choose_method", "empirical_ntk", "unlimited_choice"]
 
 METHODS: dict[str, type] = {"structured": StructuredMethod, "jacobian": JacobianMethod, "ntvp": NtvpMethod}
 
@@ -112,8 +112,9 @@ def empirical_ntk(
     o = trace.n_outputs
     shape = ((n1,) if diagonal else (n1, problem.n2)) + (() if trace_outputs else (o, o))
     itemsize = fm.dtype.itemsize
-    budget = resolve_budget(memory_budget, x1.device)
     result_bytes = math.prod(shape) * itemsize
+    _, unlimited = unlimited_choice(fm, trace, problem, method, chunk_size, itemsize)
+    budget = resolve_budget(memory_budget, x1.device, result_bytes + unlimited.peak_bytes)
     check_fits(
         result_bytes,
         budget,
@@ -121,14 +122,13 @@ def empirical_ntk(
         "Compute it in pieces (slices of x1 and x2), use trace_outputs=True or diagonal=True, or raise memory_budget.",
     )
     chosen, plan = choose_method(fm, trace, problem, method, budget - result_bytes, chunk_size, itemsize)
-    out = torch.zeros(shape, dtype=fm.dtype, device=x1.device)
     n_blocks = block_count(x1.shape[0], problem.n2, plan.size, x2 is None, diagonal)
     with translate_transform_errors(), progress_bar(progress, n_blocks, "nk.empirical_ntk", "block") as bar:
         if diagonal:
-            assemble_diagonal(counted(chosen, bar), x1, x2, out, not trace_outputs, plan.size)
+            out = assemble_diagonal(counted(chosen, bar), x1, x2, not trace_outputs, plan.size)
         else:
-            assemble(counted(chosen, bar), x1, x2, out, not trace_outputs, plan.size)
-    return out / o if trace_outputs else out
+            out = assemble(counted(chosen, bar), x1, x2, not trace_outputs, plan.size)
+    return out.div_(o) if trace_outputs else out
 
 
 def choose_method(
@@ -140,20 +140,49 @@ def choose_method(
     chunk_size: int | None,
     itemsize: int,
 ) -> tuple[KernelMethod, BlockPlan]:
-    """The method asked for, or for ``"auto"`` the one with the fewest estimated FLOPs, with its block plan."""
-    names = list(METHODS) if method == "auto" else [method]
-    candidates, refusals = [], []
-    for name in names:
-        m = METHODS[name](fm, trace, problem)
+    """The method asked for, or for ``"auto"`` the one with the fewest estimated FLOPs, with its block plan for
+    ``budget`` bytes. Where the choice for an unlimited budget (:func:`unlimited_choice`) fits, it is the choice:
+    a smaller budget only shrinks blocks, which never lowers a method's FLOPs (the ``TINY_FLOPS`` rule is then read
+    on the unlimited plans); else every method is planned for the budget."""
+    name, plan = unlimited_choice(fm, trace, problem, method, chunk_size, itemsize)
+    if plan.peak_bytes > budget:
+        name, plan = _choose(fm, trace, problem, method, budget, chunk_size, itemsize)
+    return METHODS[name](fm, trace, problem), plan
+
+
+def unlimited_choice(
+    fm: FunctionalModel, trace: ModelTrace, problem: Problem, method: str, chunk_size: int | None, itemsize: int
+) -> tuple[str, BlockPlan]:
+    """:func:`choose_method`'s choice (the method's name) and plan without a memory limit, kept with the trace: it
+    depends only on the traced shapes and the problem, so that warm calls neither build nor plan every method.
+    Its ``peak_bytes`` is the most the call can use: a budget of that much changes nothing."""
+    key = ("unlimited choice", problem, method, chunk_size, itemsize)
+    return trace.memo(key, lambda: _choose(fm, trace, problem, method, math.inf, chunk_size, itemsize))
+
+
+def _choose(
+    fm: FunctionalModel,
+    trace: ModelTrace,
+    problem: Problem,
+    method: str,
+    budget: float,
+    chunk_size: int | None,
+    itemsize: int,
+) -> tuple[str, BlockPlan]:
+    """The name of the chosen method and its block plan for ``budget`` bytes (see :func:`choose_method`)."""
+    candidates, refusals = {}, []
+    for name in METHODS if method == "auto" else [method]:
+        cost = METHODS[name](fm, trace, problem).cost()
         try:
-            plan = plan_blocks(m.cost(), problem, itemsize, budget, chunk_size, f"the {name} method on this model")
+            candidates[name] = plan_blocks(
+                cost, problem, itemsize, budget, chunk_size, f"the {name} method on this model"
+            )
         except MemoryBudgetError as err:
             refusals.append(err)
-            continue
-        candidates.append((m, plan))
     if not candidates:
         raise refusals[0]
-    by_name = {m.name: (m, plan) for m, plan in candidates}
-    if method == "auto" and "jacobian" in by_name and by_name["jacobian"][1].flops < TINY_FLOPS:
-        return by_name["structured" if "structured" in by_name and not trace.fallback else "jacobian"]
-    return min(candidates, key=lambda c: c[1].flops)
+    if method == "auto" and "jacobian" in candidates and candidates["jacobian"].flops < TINY_FLOPS:
+        name = "structured" if "structured" in candidates and not trace.fallback else "jacobian"
+    else:
+        name = min(candidates, key=lambda n: candidates[n].flops)
+    return name, candidates[name]
