@@ -65,16 +65,27 @@ class _Conv:
     def adjoint(self, G: torch.Tensor, in_size: tuple[int, ...]) -> torch.Tensor:
         """convᵀ of O cotangents per example: G (N, H', W', O, C_out) -> (N, H, W, O, C_in), (H, W) = ``in_size``."""
         n, h, w, o, c = G.shape
-        geometry = zip(in_size, (h, w), self.stride, self.padding, self.dilation, self.weight.shape[2:], strict=True)
-        extra = [
-            size - ((out - 1) * s - 2 * p + d * (k - 1) + 1) for size, out, s, p, d, k in geometry
-        ]  # rows/columns of the input the last stride step does not reach (output_padding)
         images = G.view(n, h, w, o * c).permute(0, 3, 1, 2)  # (N, O·C_out, H', W'), channels last
-        weight = self.weight.repeat(o, 1, 1, 1)
-        out = F.conv_transpose2d(
-            images, weight, None, self.stride, self.padding, tuple(extra), self.groups * o, self.dilation
-        )
-        return out.permute(0, 2, 3, 1).contiguous().view(n, *in_size, o, -1)
+        return self._transposed(images, self.weight.repeat(o, 1, 1, 1), self.groups * o, in_size, o)
+
+    def scaled_adjoint(self, d: torch.Tensor, scale: torch.Tensor, in_size: tuple[int, ...]) -> torch.Tensor:
+        """convᵀ of the cotangents G[n, o] = scale[o] ⊙ d[n] (a factor per output and channel): d (N, C_out, H', W'),
+        scale (O, C_out) -> (N, H, W, O, C_in). One transposed convolution of d with the weight V[c, (o, i)] =
+        scale[o, c] · W[c, i] (one group) computes all O at once without forming G."""
+        o, (c_out, c_in, *kernel) = scale.shape[0], self.weight.shape
+        weight = (scale.T.reshape(c_out, o, 1, 1, 1) * self.weight.unsqueeze(1)).reshape(c_out, o * c_in, *kernel)
+        return self._transposed(d, weight, 1, in_size, o)
+
+    def _transposed(
+        self, images: torch.Tensor, weight: torch.Tensor, groups: int, in_size: tuple[int, ...], o: int
+    ) -> torch.Tensor:
+        """The transposed convolution of ``images`` (N, C, H', W') to (N, O·C_in, H, W), laid out (N, H, W, O, C_in)."""
+        extra = []  # per axis, the input rows/columns after the last one the kernel reaches (output_padding)
+        for i in range(2):
+            reach = (images.shape[2 + i] - 1) * self.stride[i] + self.dilation[i] * (weight.shape[2 + i] - 1) + 1
+            extra.append(in_size[i] + 2 * self.padding[i] - reach)
+        out = F.conv_transpose2d(images, weight, None, self.stride, self.padding, tuple(extra), groups, self.dilation)
+        return out.permute(0, 2, 3, 1).contiguous().view(images.shape[0], *in_size, o, -1)
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
@@ -124,23 +135,45 @@ class ConvChain:
             cotangents = {last: torch.eye(o, dtype=x.dtype, device=x.device).expand(n, o, o)}
             if self.collapse and last - 1 in self.call_layers:
                 cotangents[last - 1] = self._collapsed(derivatives[-1], h.shape)
-            G, lowest = None, min(self.call_layers)
-            for layer in range(last - 1, lowest - 1, -1):
-                if layer == lowest and layer in cotangents:
-                    break  # only the collapsed cotangents are needed
-                if G is None:
-                    G = self._last_cotangents(derivatives[-1], h.shape)
-                else:
-                    G = self.convs[layer + 1].adjoint(G, tuple(inputs[layer + 1].shape[2:]))
-                    d = derivatives[layer]
-                    if d is not None:
-                        G.mul_(d.permute(0, 2, 3, 1).unsqueeze(3))
-                cotangents.setdefault(layer, G.permute(0, 3, 4, 1, 2))  # (N, O, C, H, W)
+            self._backward(inputs, derivatives, h, cotangents)
             return (
                 {i: inputs[layer].unsqueeze(1) for i, layer in enumerate(self.call_layers)},
                 [cotangents[layer].unsqueeze(2) for layer in self.call_layers],
                 {},
             )
+
+    def _backward(
+        self,
+        inputs: list[torch.Tensor],
+        derivatives: list[torch.Tensor | None],
+        h: torch.Tensor,
+        cotangents: dict[int, torch.Tensor],
+    ) -> None:
+        """Adds the cotangents (N, O, C, H, W) of the convolutions from the last down to the lowest one with a call
+        (module docs), keeping those already there (collapsed); ``h``: the last convolution's output. G_last is
+        not formed where only the layers below need it and a pooled head makes it a factor per channel
+        (:meth:`_Conv.scaled_adjoint`)."""
+        last, lowest = len(self.convs), min(self.call_layers)
+        if lowest == last or (lowest == last - 1 and last - 1 in cotangents):
+            return
+        scaled = self.pooled and self.convs[-1].groups == 1 and lowest < last - 1
+        G: torch.Tensor
+        if scaled and (last - 1 in cotangents or last - 1 not in self.call_layers):
+            d = derivatives[-1]
+            d = torch.ones_like(h) if d is None else d
+            scale = self.head_weight / h.shape[2:].numel()
+            layer, G = last - 2, self.convs[-1].scaled_adjoint(d, scale, tuple(inputs[last - 1].shape[2:]))
+        else:
+            layer, G = last - 1, self._last_cotangents(derivatives[-1], h.shape)
+        while True:
+            d = derivatives[layer]
+            if layer < last - 1 and d is not None:
+                G.mul_(d.permute(0, 2, 3, 1).unsqueeze(3))
+            cotangents.setdefault(layer, G.permute(0, 3, 4, 1, 2))
+            if layer == lowest:
+                return
+            G = self.convs[layer].adjoint(G, tuple(inputs[layer].shape[2:]))
+            layer -= 1
 
     def _last_cotangents(self, d: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
         """G_last (N, H, W, O, C) (module docs) from φ' (N, C, H, W) of the last convolution (None: 1)."""
