@@ -151,8 +151,8 @@ def functionalize(model: ModelArg, params: ParamsArg = None) -> FunctionalModel:
     """Resolve ``model`` and a ``params`` selection into a :class:`FunctionalModel` (see module docs)."""
     if isinstance(model, nn.Module):
         _check_batch_independent(model)
-        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         all_params = dict(model.named_parameters())
+        trainable = {n: p for n, p in all_params.items() if p.requires_grad}
         if isinstance(params, Mapping):
             unknown = [k for k in params if k not in all_params]
             if unknown:

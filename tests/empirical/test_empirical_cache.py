@@ -176,3 +176,40 @@ def test_warm_calls_reuse_the_plan(traces, monkeypatch):
         model[2].weight.add_(1.0)
     check(model, x, extra={"method": "structured"})
     assert len(plans) == 3 and len(traces) == 2
+
+
+def test_added_hook_is_traced_again(traces):
+    """A forward hook that uses a weight outside its layer call (where only tracing finds it) makes a new trace: a
+    stale one would contract ``0.weight`` by its rule only and miss the hook's term. Removing the hook returns to
+    the first trace's key."""
+    model, x = mlp(), torch.randn(6, 5, dtype=DT)
+    check(model, x, extra={"method": "structured"})
+    handle = model[2].register_forward_hook(lambda mod, args, out: out + torch.tanh(model[0].weight).sum())
+    check(model, x, extra={"method": "structured"})
+    handle.remove()
+    check(model, x, extra={"method": "structured"})
+    assert len(traces) == 2
+
+
+def test_global_hook_and_parametrization_trace_again(traces):
+    """A global forward hook, and a parametrization (which swaps the module's class and moves its weight), both
+    change what the model computes from its parameters: each traces again and the kernel is the new model's."""
+    from torch.nn.utils import parametrize
+
+    model, x = mlp(), torch.randn(6, 5, dtype=DT)
+    check(model, x, extra={"method": "structured"})
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda mod, args, out: out + torch.tanh(model[0].weight).sum() if mod is model[2] else None
+    )
+    try:
+        check(model, x, extra={"method": "structured"})
+    finally:
+        handle.remove()
+
+    class Doubled(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2.0 * w
+
+    parametrize.register_parametrization(model[2], "weight", Doubled())
+    check(model, x, extra={"method": "structured"})
+    assert len(traces) == 3

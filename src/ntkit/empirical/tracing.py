@@ -12,12 +12,12 @@ contraction, so the structured method stays exact.
 
 :func:`cached_trace` reuses a trace between calls (tracing, its rule check and the independence check cost
 several forward and backward passes of one example, a third of a small kernel's time): a trace is kept per
-model (weakly, it goes with the model) under a key of everything it depends on: each submodule's identity
-and train/eval flag, each parameter and buffer (identity, storage, in-place version counter, shape, dtype,
-device), the parameter selection, and the inputs' per-example shape, dtype and device. Changing any of them
-(an optimizer step, ``model.double()``, ``.to(device)``, ``model.train()``, a replaced layer, another input
-shape) traces again. A model whose layer calls depend on other Python state (a flag read in ``forward``)
-must call :func:`clear_trace_cache` after changing it.
+model (weakly, it goes with the model) under a key of everything it depends on: each submodule's identity,
+class, train/eval flag and hooks, each parameter and buffer (identity, memory, in-place version counter, shape,
+dtype, device), the global module hooks, the parameter selection, and the inputs' per-example shape, dtype and
+device. Changing any of them (an optimizer step, ``model.double()``, ``.to(device)``, ``model.train()``, a
+replaced layer, an added hook or parametrization, another input shape) traces again. A model whose layer calls
+depend on other Python state (a flag read in ``forward``) must call :func:`clear_trace_cache` after changing it.
 """
 
 from __future__ import annotations
@@ -118,29 +118,51 @@ _CACHE_LOCK = threading.Lock()
 
 
 def _tensor_key(t: torch.Tensor) -> Hashable:
-    """What a trace may depend on in one tensor: identity of its storage, in-place version, layout, placement."""
+    """What a trace may depend on in one tensor: the memory it views, its in-place version, layout, placement."""
+    return t.data_ptr(), t._version, t.shape, t.stride(), t.dtype, t.device
+
+
+def _hooks(m: torch.nn.Module) -> Hashable:
+    """The handles of a module's forward and backward hooks (a new hook has a new handle)."""
+    return (*m._forward_pre_hooks, None, *m._forward_hooks, None, *m._backward_pre_hooks, None, *m._backward_hooks)
+
+
+def _global_hooks() -> Hashable:
+    """The handles of the forward and backward hooks registered for every module."""
+    g = torch.nn.modules.module
     return (
-        t.untyped_storage().data_ptr(),
-        t.storage_offset(),
-        t._version,
-        tuple(t.shape),
-        t.stride(),
-        t.dtype,
-        t.device,
+        *g._global_forward_pre_hooks,
+        None,
+        *g._global_forward_hooks,
+        None,
+        *g._global_backward_pre_hooks,
+        None,
+        *g._global_backward_hooks,
+    )
+
+
+def _module_key(module: torch.nn.Module) -> Hashable:
+    """One walk over the submodules: each one's identity, class (a parametrization swaps it), train/eval flag and
+    hooks, and its own parameters and buffers (identity and :func:`_tensor_key`)."""
+    return tuple(
+        (
+            name,
+            id(m),
+            type(m),
+            m.training,
+            _hooks(m),
+            tuple((k, id(t), _tensor_key(t)) for k, t in m._parameters.items() if t is not None),
+            tuple((k, id(t), _tensor_key(t)) for k, t in m._buffers.items() if t is not None),
+        )
+        for name, m in module.named_modules()
     )
 
 
 def _trace_key(fm: FunctionalModel, x: torch.Tensor) -> Hashable:
     """Everything :func:`trace_model` depends on, other than the model object itself (see module docs)."""
-    owned: tuple[Hashable, ...] = ()
-    if fm.module is not None:
-        owned = (
-            tuple((name, id(m), m.training) for name, m in fm.module.named_modules()),
-            tuple((name, id(t), _tensor_key(t)) for name, t in fm.module.named_parameters()),
-            tuple((name, id(t), _tensor_key(t)) for name, t in fm.module.named_buffers()),
-        )
+    owned = None if fm.module is None else _module_key(fm.module)
     selected = tuple((name, _tensor_key(t)) for name, t in fm.params.items())
-    return owned, selected, tuple(x.shape[1:]), x.dtype, x.device
+    return owned, _global_hooks(), selected, x.shape[1:], x.dtype, x.device
 
 
 def cached_trace(fm: FunctionalModel, x: torch.Tensor) -> ModelTrace:
