@@ -82,3 +82,24 @@ def test_float32_model_gives_float32_kernel():
     assert got.dtype == torch.float32
     # float32 round-off: about 1e-7 relative per operation
     assert rel_err(got.double(), kernel_from_jacobians(J1, J2, True)) < 1e-5
+
+
+def test_pass_through_mode_only_where_a_fused_layer_needs_it():
+    """``autodiff_context(model)`` skips the pass-through torch function mode (its Python dispatch of every call
+    is a fixed cost) only for a module without a fused-path layer; a transformer, or a plain function whose layers
+    cannot be seen, gets it. The Jacobian method, which passes its module, stays exact on both (the zoo's
+    transformer and attention models in ``test_matches_dense_reference``; here a model without such layers)."""
+    from ntkit.empirical.autodiff import autodiff_context
+
+    def mode_active(model):
+        with autodiff_context(model):
+            return torch._C._is_torch_function_mode_enabled()
+
+    mlp, _, _, _, _ = case("mlp")
+    transformer, _, _, _, _ = case("transformer")
+    attention, _, _, _, _ = case("attention")
+    assert not mode_active(mlp)
+    assert mode_active(transformer) and mode_active(attention) and mode_active(None) and mode_active(lambda p, x: x)
+    model, x1, _, J1, _ = case("residual")
+    got = nk.empirical_ntk(model, x1, method="jacobian", trace_outputs=False)
+    assert rel_err(got, kernel_from_jacobians(J1, J1, False)) < TOL

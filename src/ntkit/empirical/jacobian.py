@@ -28,7 +28,7 @@ def per_example_jacobians(
     def single(p: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
         return fm.fn({**rest, **p}, xi.unsqueeze(0)).squeeze(0)
 
-    with autodiff_context():
+    with autodiff_context(fm.module):
         jacobians: dict[str, torch.Tensor] = vmap(jacrev(single), in_dims=(None, 0))(chosen, x)
         return jacobians
 
