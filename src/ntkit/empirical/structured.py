@@ -255,7 +255,7 @@ class StructuredMethod:
         parameters."""
         n = x.shape[0]
         icpt = LayerInterceptor({id(v): k for k, v in self.fm.params.items()}, make_probes=True, flag_uses=False)
-        with autodiff_context(), torch.enable_grad():
+        with autodiff_context(self.fm.module), torch.enable_grad():
             with icpt:
                 out = self.fm.fn(self.fm.params, x)
             self._check_calls(icpt.calls)
