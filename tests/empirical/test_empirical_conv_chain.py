@@ -13,6 +13,8 @@ from torch import nn
 import ntkit as nk
 from ntkit._functional import functionalize
 from ntkit.empirical.conv_chain import conv_chain
+from ntkit.empirical.cost import Problem
+from ntkit.empirical.structured import StructuredMethod
 from ntkit.empirical.tracing import trace_model
 from reference import dense_jacobian, rel_err
 
@@ -27,6 +29,20 @@ def chain_of(*layers: nn.Module, dtype: torch.dtype = DT) -> nn.Sequential:
 def recognised(model: nn.Module, x: torch.Tensor, params=None, traced: bool = True):
     fm = functionalize(model, params)
     return conv_chain(fm, trace_model(fm, x), traced)
+
+
+def strided(groups: int) -> tuple[nn.Sequential, tuple[int, ...]]:
+    model = chain_of(
+        nn.Conv2d(2, 4, 3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(4, 6, 3, groups=groups, dilation=2, padding=2),
+        nn.LeakyReLU(0.1),
+        nn.Conv2d(6, 3, (2, 3), stride=(2, 1), bias=False),
+        nn.Sigmoid(),
+        nn.Flatten(),
+        nn.Linear(3 * 2 * 2, 3),
+    )
+    return model, (2, 8, 8)
 
 
 #: (model, image shape): the benchmark's CNN scaled down, and variants of every convolution argument supported.
@@ -46,19 +62,9 @@ CHAINS = {
         (2, 5, 5),
     ),
     # stride 2 on an even size (the adjoint needs output_padding), groups, dilation, no pooling
-    "strided-grouped-flatten": lambda: (
-        chain_of(
-            nn.Conv2d(2, 4, 3, stride=2, padding=1),
-            nn.Tanh(),
-            nn.Conv2d(4, 6, 3, groups=2, dilation=2, padding=2),
-            nn.LeakyReLU(0.1),
-            nn.Conv2d(6, 3, (2, 3), stride=(2, 1), bias=False),
-            nn.Sigmoid(),
-            nn.Flatten(),
-            nn.Linear(3 * 2 * 2, 3),
-        ),
-        (2, 8, 8),
-    ),
+    "strided-grouped-flatten": lambda: strided(groups=2),
+    # the same without groups, so that the traced kernel takes the fused route (ConvChain.jacobians)
+    "strided-flatten": lambda: strided(groups=1),
     # string paddings, no activation after the last convolution, an Identity, a pooled head without bias
     "same-valid-linear-last": lambda: (
         chain_of(
@@ -124,7 +130,7 @@ def test_conv_chain_matches_dense_reference(name, params):
 TOL32 = 1e-4
 
 
-@pytest.mark.parametrize("name", ["pooled-relu", "strided-grouped-flatten"])
+@pytest.mark.parametrize("name", ["pooled-relu", "strided-grouped-flatten", "strided-flatten"])
 def test_conv_chain_float32(name):
     model, image = CHAINS[name]()
     torch.manual_seed(2)
@@ -135,6 +141,67 @@ def test_conv_chain_float32(name):
         got = nk.empirical_ntk(model32, x.float(), method="auto", trace_outputs=trace_outputs)
         assert got.dtype == torch.float32
         assert rel_err(got.double(), kernel_from_jacobians(J, J, trace_outputs)) < TOL32
+
+
+def structured(model: nn.Module, x: torch.Tensor, full: bool = False) -> StructuredMethod:
+    fm = functionalize(model)
+    problem = Problem(x.shape[0], x.shape[0], symmetric=True, diagonal=False, full=full, n_outputs=3)
+    return StructuredMethod(fm, trace_model(fm, x), problem)
+
+
+@pytest.mark.parametrize(
+    ("name", "fused"),
+    [
+        ("pooled-relu", True),
+        ("strided-flatten", True),
+        ("one-conv", True),
+        ("same-valid-linear-last", True),
+        ("strided-grouped-flatten", False),
+    ],
+)
+def test_traced_kernel_takes_the_fused_route_where_every_convolution_has_one_group(name, fused):
+    """So that the reference test above covers both routes: fused for the traced kernel, the capture for the full."""
+    model, image = CHAINS[name]()
+    x = torch.randn(4, *image, dtype=DT)
+    assert structured(model, x).fused is fused
+    assert not structured(model, x, full=True).fused
+
+
+@pytest.mark.parametrize("name", ["pooled-relu", "strided-flatten"])
+def test_fused_jacobians_do_not_depend_on_the_chunk_of_examples(name):
+    """ConvChain.jacobians forms its tensors a few examples at a time; one example per chunk gives the same."""
+    model, image = CHAINS[name]()
+    x = torch.randn(5, *image, dtype=DT)
+    chain = recognised(model, x)
+
+    def take(slot, shape):
+        return torch.empty(shape, dtype=DT)
+
+    head, whole = chain.jacobians(x, take)
+    head_1, single = chain.jacobians(x, take, chunk_words=1)
+    assert (
+        set(whole) == set(single) == {n for n, _ in model.named_parameters() if not n.startswith(f"{len(model) - 1}.")}
+    )
+    assert torch.equal(head, head_1)
+    for name_ in whole:
+        torch.testing.assert_close(whole[name_], single[name_], rtol=1e-12, atol=0)
+
+
+def test_fused_features_reuse_their_buffers_safely():
+    """Repeated calls of different sizes reuse the kept buffers and stay right; features used after their side's
+    buffers were reused raise instead of giving a wrong number."""
+    model, image = CHAINS["pooled-relu"]()
+    torch.manual_seed(3)
+    xs = [torch.randn(n, *image, dtype=DT) for n in (5, 2, 4)]
+    for x in [*xs, xs[0]]:
+        J = dense_jacobian(model, x)
+        assert rel_err(nk.empirical_ntk(model, x, method="structured"), kernel_from_jacobians(J, J, True)) < TOL
+    method = structured(model, xs[0])
+    stale = method.features(xs[0])
+    method.features(xs[1])
+    with pytest.raises(RuntimeError, match="reused"):
+        method.pair(stale, stale, False)
+    method.pair(method.features2(xs[2]), method.features(xs[0]), False)  # one of each side: fine
 
 
 def test_pooled_head_collapses_the_last_convolution_for_the_traced_kernel_only():

@@ -26,12 +26,18 @@ and the traced kernel of that layer's weight and bias (Σ_o over J[n, o]·J[m, o
 positions of one cotangent channel times inputs) equals the kernel of the single cotangent g̃ = √s ⊙ φ': that
 layer's terms are computed for one output instead of O. The layers below still receive all O cotangents.
 
-The tensors handed to the structured method are those of the generic capture, in its shapes, so the kernel is the
-same to round-off (the tests compare both with the dense float64 Jacobian).
+For the full kernel (and convolutions with groups) :meth:`ConvChain.capture` hands the structured method the tensors
+of the generic capture, in its shapes, so the kernel is the same to round-off. For the traced kernel
+:meth:`ConvChain.jacobians` goes further: a few examples at a time, it computes the cotangents and at once each
+convolution parameter's Jacobians for all outputs, J[n] = Σ_l a_l g_lᵀ (one matrix product per example over the
+unfolded input patches), into buffers kept across calls; only Σ_o J[n, o]·J[m, o] is needed, so the O Jacobians
+of an example are read as one vector. The cotangents and patches of a chunk stay in cache and are never allocated
+for the whole batch. The tests compare both routes with the dense float64 Jacobian.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +73,10 @@ class _Conv:
         n, h, w, o, c = G.shape
         images = G.view(n, h, w, o * c).permute(0, 3, 1, 2)  # (N, O·C_out, H', W'), channels last
         return self._transposed(images, self.weight.repeat(o, 1, 1, 1), self.groups * o, in_size, o)
+
+    def patches(self, h: torch.Tensor) -> torch.Tensor:
+        """The unfolded input patches (N, C_in·kh·kw, L) of a convolution with one group."""
+        return F.unfold(h, tuple(self.weight.shape[2:]), self.dilation, self.padding, self.stride)
 
     def scaled_adjoint(self, d: torch.Tensor, scale: torch.Tensor, in_size: tuple[int, ...]) -> torch.Tensor:
         """convᵀ of the cotangents G[n, o] = scale[o] ⊙ d[n] (a factor per output and channel): d (N, C_out, H', W'),
@@ -108,13 +118,14 @@ def _numeric_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
 class ConvChain:
     """The convolutions, the head's weight (O, d), whether global average pooling precedes it,
     whether to collapse the last convolution's cotangents (module docs; traced kernel only), and for each traced
-    layer call the index of its layer (``len(convs)``: the head)."""
+    layer call the index of its layer (``len(convs)``: the head) and its parameters."""
 
     convs: tuple[_Conv, ...]
     head_weight: torch.Tensor
     pooled: bool
     collapse: bool
     call_layers: tuple[int, ...]
+    call_params: tuple[dict[str, str], ...]  # per traced call: slot ('weight'/'bias') -> parameter name
 
     def capture(
         self, x: torch.Tensor
@@ -124,41 +135,106 @@ class ConvChain:
         else O. The third item (no output factors) keeps the signature of :meth:`.DenseChain.capture`."""
         with torch.no_grad():
             n, o = x.shape[0], self.head_weight.shape[0]
-            inputs, derivatives = [], []
-            h = x.contiguous(memory_format=torch.channels_last)
-            for conv in self.convs:
-                inputs.append(h)
-                h, d = conv.forward(h)
-                derivatives.append(d)
+            inputs, derivatives = self._forward(x)
             last = len(self.convs)
-            inputs.append(h.mean((2, 3)) if self.pooled else h.flatten(1))  # the head's input
             cotangents = {last: torch.eye(o, dtype=x.dtype, device=x.device).expand(n, o, o)}
             if self.collapse and last - 1 in self.call_layers:
-                cotangents[last - 1] = self._collapsed(derivatives[-1], h.shape)
-            self._backward(inputs, derivatives, h, cotangents)
+                cotangents[last - 1] = self._collapsed(derivatives[-1], inputs[-1]).unsqueeze(1)
+            for layer, G in self._backward(inputs, derivatives, skip_last=last - 1 in cotangents):
+                cotangents[layer] = G.permute(0, 3, 4, 1, 2)  # (N, O, C, H, W)
+            inputs[last] = self._head_input(inputs[last])
             return (
                 {i: inputs[layer].unsqueeze(1) for i, layer in enumerate(self.call_layers)},
                 [cotangents[layer].unsqueeze(2) for layer in self.call_layers],
                 {},
             )
 
-    def _backward(
+    def jacobians(
+        self, x: torch.Tensor, take: Callable[[int, tuple[int, ...]], torch.Tensor], chunk_words: int = 2**21
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """For the traced kernel: the head's input (N, d), and for each selected convolution parameter a tensor
+        (N, 1, P') whose Gram matrix is the parameter's kernel summed over outputs, Σ_o J[n, o]·J[m, o]: the
+        weight's J[n] = Σ_l a_l g_lᵀ laid out (d_in, O'·d_out) (one example's Jacobians for all outputs, read as one
+        vector), the bias's Σ_l g_l (O'·d_out), O' = 1 for a collapsed last convolution. Formed chunk by chunk
+        over examples (about ``chunk_words`` entries of cotangents per chunk), so that the cotangents and unfolded
+        inputs of a chunk stay in cache and small allocations are reused, into tensors from ``take(slot, shape)``
+        (buffers kept across calls: a fresh large tensor costs page faults). Convolutions with one group only."""
+        with torch.no_grad():
+            inputs, derivatives = self._forward(x)
+            n, last = x.shape[0], len(self.convs)
+            widest = max(h[0].numel() for h in inputs[1:])  # entries of one example's largest convolution output
+            step = max(1, chunk_words // (widest * self.head_weight.shape[0]))
+            out: dict[str, torch.Tensor] = {}
+            for start in range(0, n, step):
+                rows = slice(start, start + step)
+                part_inputs = [h[rows] for h in inputs]
+                part_derivatives = [None if d is None else d[rows] for d in derivatives]
+                cotangents = []
+                if self.collapse and last - 1 in self.call_layers:
+                    g = self._collapsed(part_derivatives[-1], part_inputs[-1])  # (n, C, H, W)
+                    cotangents.append((last - 1, g.permute(0, 2, 3, 1).unsqueeze(3)))
+                skip = bool(cotangents)
+                cotangents += self._backward(part_inputs, part_derivatives, skip_last=skip)
+                for layer, G in cotangents:
+                    if layer in self.call_layers:
+                        self._layer_jacobians(layer, part_inputs[layer], G, rows, n, take, out)
+            return self._head_input(inputs[-1]), {name: J.view(n, 1, -1) for name, J in out.items()}
+
+    def _layer_jacobians(
         self,
-        inputs: list[torch.Tensor],
-        derivatives: list[torch.Tensor | None],
+        layer: int,
         h: torch.Tensor,
-        cotangents: dict[int, torch.Tensor],
+        G: torch.Tensor,
+        rows: slice,
+        n: int,
+        take: Callable[[int, tuple[int, ...]], torch.Tensor],
+        out: dict[str, torch.Tensor],
     ) -> None:
-        """Adds the cotangents (N, O, C, H, W) of the convolutions from the last down to the lowest one with a call
-        (module docs), keeping those already there (collapsed); ``h``: the last convolution's output. G_last is
-        not formed where only the layers below need it and a pooled head makes it a factor per channel
-        (:meth:`_Conv.scaled_adjoint`)."""
+        """Writes rows ``rows`` of the weight's and bias's Jacobians (see :meth:`jacobians`) of convolution
+        ``layer`` from its input h (n, C_in, H, W) and cotangents G (n, H', W', O', C_out)."""
+        m, hh, ww, o, c = G.shape
+        g = G.view(m, hh * ww, o * c)
+        for slot, name in self.call_params[self.call_layers.index(layer)].items():
+            if slot == "weight":
+                patches = self.convs[layer].patches(h)  # (n, d_in, L)
+                if name not in out:
+                    out[name] = take(2 * layer, (n, patches.shape[1], o * c))
+                torch.bmm(patches, g, out=out[name][rows])
+            else:
+                if name not in out:
+                    out[name] = take(2 * layer + 1, (n, o * c))
+                torch.sum(g, 1, out=out[name][rows])
+
+    def _forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """The inputs of the convolutions (channels last), then the last one's output (after its activation); the
+        activations' derivatives φ'(z_l) after each convolution (None: no activation)."""
+        inputs, derivatives = [], []
+        h = x.contiguous(memory_format=torch.channels_last)
+        for conv in self.convs:
+            inputs.append(h)
+            h, d = conv.forward(h)
+            derivatives.append(d)
+        inputs.append(h)
+        return inputs, derivatives
+
+    def _head_input(self, h: torch.Tensor) -> torch.Tensor:
+        """The head's input (N, d) from the last convolution's output (after its activation)."""
+        return h.mean((2, 3)) if self.pooled else h.flatten(1)
+
+    def _backward(
+        self, inputs: list[torch.Tensor], derivatives: list[torch.Tensor | None], skip_last: bool
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """The cotangents G (N, H, W, O, C) of the convolutions (module docs), from the last down to the lowest with
+        a call, as (layer, G); ``inputs``: the convolutions' inputs and the last one's output. ``skip_last``: the
+        last convolution's own cotangents are not needed (collapsed), so G_last is not formed where a pooled head
+        makes it a factor per channel (:meth:`_Conv.scaled_adjoint`)."""
         last, lowest = len(self.convs), min(self.call_layers)
-        if lowest == last or (lowest == last - 1 and last - 1 in cotangents):
+        skip_last = skip_last or last - 1 not in self.call_layers
+        if lowest == last or (lowest == last - 1 and skip_last):
             return
-        scaled = self.pooled and self.convs[-1].groups == 1 and lowest < last - 1
+        h = inputs[last]
         G: torch.Tensor
-        if scaled and (last - 1 in cotangents or last - 1 not in self.call_layers):
+        if skip_last and self.pooled and self.convs[-1].groups == 1:
             d = derivatives[-1]
             d = torch.ones_like(h) if d is None else d
             scale = self.head_weight / h.shape[2:].numel()
@@ -169,7 +245,8 @@ class ConvChain:
             d = derivatives[layer]
             if layer < last - 1 and d is not None:
                 G.mul_(d.permute(0, 2, 3, 1).unsqueeze(3))
-            cotangents.setdefault(layer, G.permute(0, 3, 4, 1, 2))
+            if layer < last - 1 or not skip_last:
+                yield layer, G
             if layer == lowest:
                 return
             G = self.convs[layer].adjoint(G, tuple(inputs[layer].shape[2:]))
@@ -187,12 +264,11 @@ class ConvChain:
             return head.expand(n, h, w, o, c).contiguous()
         return (d.permute(0, 2, 3, 1).unsqueeze(3) * head).contiguous()  # the product may follow head's strides
 
-    def _collapsed(self, d: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
-        """g̃ = √s ⊙ φ' (module docs), laid out as one output's cotangents: (N, 1, C, H, W)."""
-        n, c, h, w = shape
-        scale = (self.head_weight.square().sum(0).sqrt() / (h * w)).view(1, c, 1, 1)  # √s_c
-        g = scale.expand(n, c, h, w) if d is None else d * scale
-        return g.unsqueeze(1)
+    def _collapsed(self, d: torch.Tensor | None, h: torch.Tensor) -> torch.Tensor:
+        """g̃ = √s ⊙ φ' (module docs) from φ' (N, C, H, W) of the last convolution (None: 1), h its output."""
+        n, c, hh, ww = h.shape
+        scale = (self.head_weight.square().sum(0).sqrt() / (hh * ww)).view(1, c, 1, 1)  # √s_c
+        return scale.expand(n, c, hh, ww).contiguous(memory_format=torch.channels_last) if d is None else d * scale
 
 
 def conv_chain(fm: FunctionalModel, trace: ModelTrace, traced: bool) -> ConvChain | None:
@@ -242,4 +318,5 @@ def conv_chain(fm: FunctionalModel, trace: ModelTrace, traced: bool) -> ConvChai
     chain = tuple(
         _Conv(c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups, a) for c, a in zip(convs, acts, strict=True)
     )
-    return ConvChain(chain, head_weight, pooled, traced and pooled, layers)
+    params = tuple(dict(call.params) for call in trace.calls)
+    return ConvChain(chain, head_weight, pooled, traced and pooled, layers, params)

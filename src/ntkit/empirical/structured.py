@@ -34,7 +34,7 @@ from torch.func import jacrev, vmap
 from .._functional import FunctionalModel
 from ..errors import UnsupportedError
 from .autodiff import autodiff_context
-from .conv_chain import conv_chain
+from .conv_chain import ConvChain, conv_chain
 from .cost import MethodCost, Problem, SideCost
 from .dense_chain import dense_chain
 from .interception import LayerCall, LayerInterceptor
@@ -179,16 +179,49 @@ def _groups(fm: FunctionalModel, trace: ModelTrace, problem: Problem) -> list[_G
     return list(groups.values())
 
 
-def _workspace(trace: ModelTrace) -> Workspace:
-    """Scratch buffers for the contractions, kept with the trace for later calls on the same model and shapes: a
-    fresh buffer of a weight's Jacobians costs page faults on first touch, about half the time of the product that
-    fills it (0.1 s of 1 s per call on the CNN of benchmarks/empirical.py). One per thread, so that concurrent calls
-    never share one; the memory stays held while the trace is cached (at most the block plan's workspace)."""
-    local = trace.memo(("structured workspace",), threading.local)
-    if not hasattr(local, "workspace"):
-        local.workspace = Workspace()
-    workspace: Workspace = local.workspace
-    return workspace
+class _Buffers:
+    """Buffers kept with the trace for later calls on the same model and shapes (a fresh large tensor costs page
+    faults on first touch, about half the time of the product that fills it: 0.2 s of a 1 s call on the CNN of
+    benchmarks/empirical.py): the contractions' workspace, and for the fused features of a convolution chain
+    (:meth:`.ConvChain.jacobians`) one workspace per side (x1, x2). Features of one side live in its workspace
+    until that side's next features, which :func:`.blocks.assemble` computes only once the previous ones are no
+    longer used; ``generation`` counts them, so that features used after that raise instead of being wrong. One per
+    thread, so that concurrent calls never share one; the memory stays held while the trace is cached."""
+
+    def __init__(self) -> None:
+        self.workspace = Workspace()
+        self.sides = (Workspace(), Workspace())
+        self.generation = [0, 0]
+
+
+def _buffers(trace: ModelTrace) -> _Buffers:
+    local = trace.memo(("structured buffers",), threading.local)
+    if not hasattr(local, "buffers"):
+        local.buffers = _Buffers()
+    buffers: _Buffers = local.buffers
+    return buffers
+
+
+class _Features(list[Term]):
+    """Terms whose tensors live in one side's buffers (:class:`_Buffers`), valid while ``generation`` is current."""
+
+    def __init__(self, terms: list[Term], side: int, generation: int) -> None:
+        super().__init__(terms)
+        self.side, self.generation = side, generation
+
+
+def _fusable(chain: ConvChain, groups: list[_Group]) -> bool:
+    """Whether every convolution parameter's contribution can come from :meth:`.ConvChain.jacobians`: each used by
+    its own call, a weight in Jacobian form without a joined bias or a bias alone, convolutions of one group."""
+    for g in groups:
+        layers = [chain.call_layers[i] for i, _ in g.uses]
+        if all(layer == len(chain.convs) for layer in layers):
+            continue  # the head
+        if len(g.uses) != 1 or chain.convs[layers[0]].groups != 1 or g.bias is not None:
+            return False
+        if (g.form, g.uses[0][1]) not in (("jacobian", "weight"), ("layout", "bias")):
+            return False
+    return True
 
 
 class StructuredMethod:
@@ -199,8 +232,11 @@ class StructuredMethod:
         self.fm, self.trace, self.problem = fm, trace, problem
         self.groups = trace.memo(("structured groups", problem), lambda: _groups(fm, trace, problem))
         self.fallback_size = sum(fm.params[k].numel() for k in trace.fallback)
-        self.workspace = _workspace(trace)
+        self.buffers = _buffers(trace)
+        self.workspace = self.buffers.workspace
         self.chain = dense_chain(fm, trace) or conv_chain(fm, trace, traced=not problem.full)
+        # the traced kernel of a convolution chain: its parameters' Jacobians formed in the capture, chunk by chunk
+        self.fused = isinstance(self.chain, ConvChain) and not problem.full and _fusable(self.chain, self.groups)
 
     def cost(self) -> MethodCost:
         t, o_a = self.trace, self.trace.n_outputs**self.problem.output_power
@@ -298,15 +334,46 @@ class StructuredMethod:
         return {int(k): v for k, v in inputs.items()}, cotangents, fallback_jac
 
     def features(self, x: torch.Tensor) -> list[Term]:
+        if self.fused:
+            return self._fused_features(x, 0)
         outer: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.chain is not None:
             inputs, cots, outer = self.chain.capture(x)
             fallback_jac: dict[str, torch.Tensor] = {}
         else:
             inputs, cots, fallback_jac = self._capture(x)
+        terms = self._terms(self.groups, inputs, dict(enumerate(cots)), outer)
+        return terms + [JacobianTerm(fallback_jac[k].flatten(2)) for k in self.trace.fallback]
+
+    def features2(self, x: torch.Tensor) -> list[Term]:
+        return self._fused_features(x, 1) if self.fused else self.features(x)
+
+    def _fused_features(self, x: torch.Tensor, side: int) -> list[Term]:
+        """The traced kernel's features of a convolution chain: each convolution parameter's (N, 1, P') tensor from
+        :meth:`.ConvChain.jacobians` (its Gram matrix is the kernel summed over outputs), the head's terms as usual,
+        all in the order of the groups."""
+        assert isinstance(self.chain, ConvChain), "fused is set for convolution chains only"
+        workspace, self.buffers.generation[side] = self.buffers.sides[side], self.buffers.generation[side] + 1
+        head, jacobians = self.chain.jacobians(x, lambda slot, shape: workspace.take(slot, shape, x))
+        n, o = x.shape[0], self.trace.n_outputs
+        calls = [i for i, layer in enumerate(self.chain.call_layers) if layer == len(self.chain.convs)]
+        cots = {i: torch.eye(o, dtype=x.dtype, device=x.device)[:, None].expand(n, o, 1, o) for i in calls}
+        others = [g for g in self.groups if g.name not in jacobians]
+        rest = self._terms(others, {i: head[:, None] for i in calls}, cots, {})
+        ordered = [JacobianTerm(jacobians[g.name]) if g.name in jacobians else rest.pop(0) for g in self.groups]
+        return _Features(ordered, side, self.buffers.generation[side])
+
+    def _terms(
+        self,
+        groups: list[_Group],
+        inputs: dict[int, torch.Tensor],
+        cots: dict[int, torch.Tensor],
+        outer: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    ) -> list[Term]:
+        """The terms of ``groups`` from the captured inputs and cotangents of the calls (see :meth:`_capture`)."""
         calls = self.trace.calls
         terms: list[Term] = []
-        for g in self.groups:
+        for g in groups:
             if g.form in ("gram", "jacobian"):
                 parts = [linear_family_term(calls[i], inputs[i], cots[i]) for i, _ in g.uses]
                 A = _cat([t.A for t in parts], 2)
@@ -322,13 +389,20 @@ class StructuredMethod:
             else:
                 jacobians = [parameter_jacobian(calls[i], s, inputs.get(i), cots[i]).J for i, s in g.uses]
                 terms.append(JacobianTerm(functools.reduce(torch.add, jacobians)))
-        terms += [JacobianTerm(fallback_jac[k].flatten(2)) for k in self.trace.fallback]
         return terms
 
-    features2 = features
+    def _current(self, *features: list[Term]) -> None:
+        for f in features:
+            if isinstance(f, _Features) and f.generation != self.buffers.generation[f.side]:
+                raise RuntimeError(
+                    "ntkit internal error: features of a convolution chain were used after their buffers were "
+                    "reused (blocks.assemble must finish with one side's features before computing the next)."
+                )
 
     def pair(self, f1: list[Term], f2: list[Term], full: bool) -> torch.Tensor:
+        self._current(f1, f2)
         return contract(f1, f2, full, self.workspace)
 
     def diag(self, f1: list[Term], f2: list[Term], full: bool) -> torch.Tensor:
+        self._current(f1, f2)
         return contract_diagonal(f1, f2, full, self.workspace)
