@@ -45,12 +45,19 @@ def cnn() -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).to(DT).eval()
 
 
+def conv_chain() -> nn.Module:
+    """Convolutions and activations only: the structured method's hand-evaluated capture (empirical/conv_chain.py)."""
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2), nn.Tanh()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).to(DT).eval()
+
+
 def inputs(*shape: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=DT)
 
 
 @pytest.mark.parametrize("method", ["auto", "jacobian", "ntvp", "structured"])
-@pytest.mark.parametrize("make, shape", [(mlp, (6,)), (cnn, (2, 5, 5))])
+@pytest.mark.parametrize("make, shape", [(mlp, (6,)), (cnn, (2, 5, 5)), (conv_chain, (2, 6, 6))])
 def test_empirical_ntk(method, make, shape):
     model, x1, x2 = make(), inputs(5, *shape), inputs(4, *shape, seed=2)
     for b, trace_outputs in ((None, True), (x2, False)):
