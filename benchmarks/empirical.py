@@ -11,7 +11,8 @@ Cases (float32, the traced kernel Θ̂(x, x) of shape (N, N), the default of ``e
 the full kernel (N, N, O, O)):
 
 - ``tinycnn``: 2 conv layers of 8 channels (3x3, padding 1) on 3x6x6 images, ReLU, flatten, 4 outputs, N = 64
-  (a problem small enough that fixed costs per call decide);
+  (a problem small enough that fixed costs per call decide); ``tinymlp``: MLP 8-16-1 (ReLU), N = 8 (fixed costs
+  are everything);
 - ``mlp1``: MLP 64-512-512-512-1 (ReLU), N = 256; ``mlp1-2048``: the same with N = 2048 (GPU default);
 - ``mlp10``: the same with 10 outputs, N = 128; ``mlp10-512``: N = 512 (GPU default);
 - ``cnn``: 3 conv layers of 64 channels (3x3, padding 1) on 3x16x16 images, ReLU, global average pooling,
@@ -66,10 +67,10 @@ from pathlib import Path
 
 from nt_python import add_nt_python_option, nt_python
 
-CASES = ["tinycnn", "mlp1", "mlp10", "cnn", "transformer", "mlp1-2048", "mlp10-512", "resnet18"]
-DEFAULT_CASES = {"cpu": ["tinycnn", "mlp1", "mlp10", "cnn", "transformer"], "cuda": CASES}
+CASES = ["tinycnn", "tinymlp", "mlp1", "mlp10", "cnn", "transformer", "mlp1-2048", "mlp10-512", "resnet18"]
+DEFAULT_CASES = {"cpu": ["tinycnn", "tinymlp", "mlp1", "mlp10", "cnn", "transformer"], "cuda": CASES}
 TORCH_METHODS = ["recipe", "jacobian", "ntvp", "structured", "auto"]
-NT_CASES = {"tinycnn", "mlp1", "mlp10", "cnn"}
+NT_CASES = {"tinycnn", "tinymlp", "mlp1", "mlp10", "cnn"}
 MLP_SIZES = {"mlp1": (1, 256), "mlp10": (10, 128), "mlp1-2048": (1, 2048), "mlp10-512": (10, 512)}
 SLOW = 20.0  # seconds: a method slower than this is timed once
 TIMEOUT = 900.0  # seconds per case and method
@@ -129,6 +130,8 @@ def torch_case(name: str):
     if name == "tinycnn":
         convs = [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten()]
         return nn.Sequential(*convs, nn.Linear(8 * 6 * 6, 4)).eval(), torch.randn(64, 3, 6, 6)
+    if name == "tinymlp":
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1)).eval(), torch.randn(8, 8)
     if name == "cnn":
         convs = [nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU()]
         convs += [nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
@@ -249,6 +252,9 @@ def nt_worker(case: str, args: argparse.Namespace, repeats: int = 3) -> dict:
         conv = [stax.Conv(8, (3, 3), padding="SAME"), stax.Relu()] * 2
         init_fn, apply_fn, _ = stax.serial(*conv, stax.Flatten(), stax.Dense(4))
         x = jax.random.normal(jax.random.PRNGKey(0), (64, 6, 6, 3))  # NHWC
+    elif case == "tinymlp":
+        init_fn, apply_fn, _ = stax.serial(stax.Dense(16), stax.Relu(), stax.Dense(1))
+        x = jax.random.normal(jax.random.PRNGKey(0), (8, 8))
     else:
         conv = [stax.Conv(64, (3, 3), padding="SAME"), stax.Relu()] * 3
         init_fn, apply_fn, _ = stax.serial(*conv, stax.GlobalAvgPool(), stax.Dense(10))
