@@ -39,21 +39,70 @@ CHAINS = {
 }
 
 
-@pytest.mark.parametrize("name", list(CHAINS))
-@pytest.mark.parametrize("params", [None, ["0.*"], ["*.weight"], ["*.bias"]])
-def test_dense_chain_matches_dense_reference(name, params):
-    """Every parameter, the first layer only (the cotangents run through all layers), weights only, biases only."""
-    model = CHAINS[name]()
+def check_against_reference(model, params, chunk_size, tol):
+    """Symmetric and not, traced and full, and the diagonal, against the float64 Jacobians of ``model``."""
     names = list(functionalize(model, params).params)
-    x1, x2 = torch.randn(5, 5, dtype=DT), torch.randn(3, 5, dtype=DT)
+    dtype = next(model.parameters()).dtype
+    x1, x2 = torch.randn(5, 5, dtype=dtype), torch.randn(3, 5, dtype=dtype)
     assert recognised(model, x1, params)
-    J1, J2 = dense_jacobian(model, x1, names), dense_jacobian(model, x2, names)
+    reference = model.to(DT)
+    J1, J2 = dense_jacobian(reference, x1.to(DT), names), dense_jacobian(reference, x2.to(DT), names)
+    model.to(dtype)
+    kw = {"params": params, "method": "structured", "chunk_size": chunk_size}
     for other, J_other in ((None, J1), (x2, J2)):
         for trace_outputs in (True, False):
-            got = nk.empirical_ntk(model, x1, other, params=params, method="structured", trace_outputs=trace_outputs)
-            assert rel_err(got, kernel_from_jacobians(J1, J_other, trace_outputs)) < TOL
-    got = nk.empirical_ntk(model, x1, params=params, method="structured", diagonal=True, trace_outputs=False)
-    assert rel_err(got, kernel_from_jacobians(J1, J1, False, diagonal=True)) < TOL
+            got = nk.empirical_ntk(model, x1, other, trace_outputs=trace_outputs, **kw)
+            assert got.dtype == dtype
+            assert rel_err(got.to(DT), kernel_from_jacobians(J1, J_other, trace_outputs)) < tol
+    for trace_outputs in (True, False):
+        got = nk.empirical_ntk(model, x1, diagonal=True, trace_outputs=trace_outputs, **kw)
+        assert rel_err(got.to(DT), kernel_from_jacobians(J1, J1, trace_outputs, diagonal=True)) < tol
+
+
+@pytest.mark.parametrize("name", list(CHAINS))
+@pytest.mark.parametrize("params", [None, ["0.*"], ["*.weight"], ["*.bias"]])
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_dense_chain_matches_dense_reference(name, params, chunk_size):
+    """Every parameter, the first layer only (the cotangents run through all layers), weights only, biases only;
+    in one block, and in blocks of 2 examples (features of both sides alive at once in the reused buffers)."""
+    check_against_reference(CHAINS[name](), params, chunk_size, TOL)
+
+
+@pytest.mark.parametrize("name", list(CHAINS))
+def test_dense_chain_float32(name):
+    """The same in float32. Tolerance 1e-5: float32 round-off is ~6e-8 per operation, and a kernel entry sums a
+    few hundred products, so the relative error stays near 1e-6; a wrong term would be off by 1e-3 or more."""
+    check_against_reference(CHAINS[name]().float(), None, 2, 1e-5)
+
+
+def test_reused_buffers_never_leak_into_results():
+    """Every call's intermediates are kept in buffers reused by the next call with the same model and shapes; a
+    result (one block, symmetric or not, traced or full, diagonal) must not be one of them: it stays unchanged
+    when later calls run on other inputs."""
+    model = CHAINS["relu-tanh"]()
+    x1, x2 = torch.randn(4, 5, dtype=DT), torch.randn(4, 5, dtype=DT)
+    calls = [
+        dict(trace_outputs=True),
+        dict(trace_outputs=False),
+        dict(diagonal=True),
+        dict(diagonal=True, trace_outputs=False),
+    ]
+    for kw in calls:
+        for other in (None, x2):
+            first = nk.empirical_ntk(model, x1, other, method="structured", **kw)
+            kept = first.clone()
+            for y in (x2, -x1):
+                nk.empirical_ntk(model, y, other, method="structured", **kw)
+                nk.empirical_ntk(model, y, y, method="structured", **kw)
+            assert torch.equal(first, kept)
+
+
+def test_inputs_that_require_grad():
+    """The capture works in place on its buffers; inputs that require grad must neither fail nor change the kernel."""
+    model = CHAINS["leaky-sigmoid"]()
+    x = torch.randn(4, 5, dtype=DT)
+    expected = nk.empirical_ntk(model, x, method="structured")
+    assert torch.equal(nk.empirical_ntk(model, x.clone().requires_grad_(), method="structured"), expected)
 
 
 class Twice(nn.Linear):

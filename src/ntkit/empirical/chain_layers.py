@@ -19,29 +19,28 @@ from .tracing import ModelTrace
 
 __all__ = ["Activation", "activation", "call_layers", "layer_parameters", "no_hooks"]
 
-#: φ and φ' of the recognised activations, from the pre-activation z: (φ(z), φ'(z)). The derivatives at the kinks
-#: are autograd's (0 for ReLU at 0, the slope for LeakyReLU at 0).
-Activation = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: An activation applied in place: ``act(z, d)`` overwrites the pre-activation z with φ(z) and writes φ'(z) into ``d``
+#: (a tensor of z's shape), so that a capture can keep both in reused buffers. The derivatives at the kinks are
+#: autograd's (0 for ReLU at 0, the slope for LeakyReLU at 0).
+Activation = Callable[[torch.Tensor, torch.Tensor], None]
 
 
-def _relu(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    h = torch.relu(z)
-    return h, torch.sign(h)
+def _relu(z: torch.Tensor, d: torch.Tensor) -> None:
+    torch.sign(z.relu_(), out=d)
 
 
-def _tanh(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    h = torch.tanh(z)
-    return h, 1 - h * h
+def _tanh(z: torch.Tensor, d: torch.Tensor) -> None:
+    torch.mul(z.tanh_(), z, out=d).neg_().add_(1)  # 1 - h²
 
 
-def _sigmoid(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    h = torch.sigmoid(z)
-    return h, h * (1 - h)
+def _sigmoid(z: torch.Tensor, d: torch.Tensor) -> None:
+    torch.neg(z.sigmoid_(), out=d).add_(1).mul_(z)  # (1 - h) h
 
 
 def _leaky_relu(slope: float) -> Activation:
-    def leaky(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return F.leaky_relu(z, slope), torch.where(z > 0, torch.ones_like(z), torch.full_like(z, slope))
+    def leaky(z: torch.Tensor, d: torch.Tensor) -> None:
+        d.fill_(slope).masked_fill_(z > 0, 1.0)
+        F.leaky_relu_(z, slope)
 
     return leaky
 

@@ -66,7 +66,11 @@ class _Conv:
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The layer's output φ(z) and φ'(z) (None without an activation), z = conv(h)."""
         z = F.conv2d(h, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return (z, None) if self.activation is None else self.activation(z)
+        if self.activation is None:
+            return z, None
+        d = torch.empty_like(z)
+        self.activation(z, d)
+        return z, d
 
     def adjoint(self, G: torch.Tensor, in_size: tuple[int, ...]) -> torch.Tensor:
         """convᵀ of O cotangents per example: G (N, H', W', O, C_out) -> (N, H, W, O, C_in), (H, W) = ``in_size``."""

@@ -24,6 +24,7 @@ from torch import nn
 
 from .._functional import FunctionalModel
 from .chain_layers import Activation, activation, call_layers, layer_parameters, no_hooks
+from .terms import Workspace
 from .tracing import ModelTrace
 
 __all__ = ["DenseChain", "dense_chain"]
@@ -40,38 +41,49 @@ class DenseChain:
     call_layers: tuple[int, ...]
 
     def capture(
-        self, x: torch.Tensor
-    ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor], dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+        self, x: torch.Tensor, workspace: Workspace
+    ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor], dict[int, tuple[torch.Tensor | None, torch.Tensor]]]:
         """Per traced call its input (N, 1, d_in) and output cotangents (N, O, 1, d_out), the structured
-        method's layout (see module docs); and for the call of the last hidden layer, if it has one and an
-        activation, the factors (φ'(z) (N, d), W_L (O, d)) of its cotangents G[n, o] = φ'(z_n) ⊙ W_L[o]
-        (:class:`~.terms.GramTerm`'s ``outer``)."""
-        inputs, derivatives = [], []
-        h = x
-        for W, b, act in zip(self.weights, self.biases, self.activations, strict=True):
-            inputs.append(h)
-            z = h @ W.T if b is None else torch.addmm(b, h, W.T)
-            h, d = (z, None) if act is None else act(z)
-            derivatives.append(d)
-        last = len(self.weights) - 1
-        n, o = x.shape[0], self.weights[-1].shape[0]
-        cotangents: dict[int, torch.Tensor] = {}
-        G = torch.eye(o, dtype=x.dtype, device=x.device).expand(n, o, o)
-        for layer in range(last, min(self.call_layers) - 1, -1):
-            if layer < last:
-                G = self.weights[last].expand(n, o, -1) if layer == last - 1 else G @ self.weights[layer + 1]
+        method's layout (see module docs); and the factors (D, w) of the cotangents G[n, o] = D[n] ⊙ w[o]
+        (:class:`~.terms.GramTerm`'s ``outer``) of the output layer's call (D None: 1, w = I_O) and of the last
+        hidden layer's, if it has an activation (D = φ'(z), w = W_L).
+
+        Every tensor is computed in place in ``workspace`` (one per side of the kernel, kept between calls): they stay
+        valid until its next capture (a fresh tensor costs page faults on first touch, as much as the elementwise
+        step that fills it)."""
+        with torch.no_grad():
+            n, o, last = x.shape[0], self.weights[-1].shape[0], len(self.weights) - 1
+            inputs, derivatives = [x.detach()], []
+            for layer in range(last):  # the output layer's own product is not needed
+                W, b, act = self.weights[layer], self.biases[layer], self.activations[layer]
+                z = workspace.take(("z", layer), (n, W.shape[0]), x)
+                torch.mm(inputs[-1], W.T, out=z) if b is None else torch.addmm(b, inputs[-1], W.T, out=z)
+                d = None
+                if act is not None:
+                    d = workspace.take(("d", layer), z.shape, x)
+                    act(z, d)
+                inputs.append(z)
+                derivatives.append(d)
+            cotangents = {last: torch.eye(o, dtype=x.dtype, device=x.device).expand(n, o, o)}
+            for layer in range(last - 1, min(self.call_layers) - 1, -1):
+                G = workspace.take(("G", layer), (n, o, self.weights[layer].shape[0]), x)
+                if layer == last - 1:
+                    G.copy_(self.weights[last].expand_as(G))
+                else:
+                    torch.mm(cotangents[layer + 1].view(n * o, -1), self.weights[layer + 1], out=G.view(n * o, -1))
                 d = derivatives[layer]
-                G = G if d is None else (G.mul_(d.unsqueeze(1)) if layer < last - 1 else G * d.unsqueeze(1))
-            cotangents[layer] = G
-        outer = {}
-        d = derivatives[last - 1] if last else None
-        if d is not None and last - 1 in self.call_layers:
-            outer[self.call_layers.index(last - 1)] = (d, self.weights[last])
-        return (
-            {i: inputs[layer].unsqueeze(1) for i, layer in enumerate(self.call_layers)},
-            [cotangents[layer].unsqueeze(2) for layer in self.call_layers],
-            outer,
-        )
+                cotangents[layer] = G if d is None else G.mul_(d.unsqueeze(1))
+            outer: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
+            if last in self.call_layers:
+                outer[self.call_layers.index(last)] = (None, cotangents[last][0])
+            d = derivatives[last - 1] if last else None
+            if d is not None and last - 1 in self.call_layers:
+                outer[self.call_layers.index(last - 1)] = (d, self.weights[last])
+            return (
+                {i: inputs[layer].unsqueeze(1) for i, layer in enumerate(self.call_layers)},
+                [cotangents[layer].unsqueeze(2) for layer in self.call_layers],
+                outer,
+            )
 
 
 def dense_chain(fm: FunctionalModel, trace: ModelTrace) -> DenseChain | None:

@@ -36,7 +36,7 @@ from ..errors import UnsupportedError
 from .autodiff import autodiff_context
 from .conv_chain import ConvChain, conv_chain
 from .cost import MethodCost, Problem, SideCost
-from .dense_chain import dense_chain
+from .dense_chain import DenseChain, dense_chain
 from .interception import LayerCall, LayerInterceptor
 from .rules import LINEAR_FAMILY, embedding_term, linear_family_dims, linear_family_term, parameter_jacobian
 from .terms import (
@@ -183,10 +183,11 @@ class _Buffers:
     """Buffers kept with the trace for later calls on the same model and shapes (a fresh large tensor costs page
     faults on first touch, about half the time of the product that fills it: 0.2 s of a 1 s call on the CNN of
     benchmarks/empirical.py): the contractions' workspace, and for the fused features of a convolution chain
-    (:meth:`.ConvChain.jacobians`) one workspace per side (x1, x2). Features of one side live in its workspace
-    until that side's next features, which :func:`.blocks.assemble` computes only once the previous ones are no
-    longer used; ``generation`` counts them, so that features used after that raise instead of being wrong. One per
-    thread, so that concurrent calls never share one; the memory stays held while the trace is cached."""
+    (:meth:`.ConvChain.jacobians`) and the capture of a dense chain one workspace per side (x1, x2). Features of
+    one side live in its workspace until that side's next features, which :func:`.blocks.assemble` computes only
+    once the previous ones are no longer used; ``generation`` counts them, so that features used after that raise
+    instead of being wrong. One per thread, so that concurrent calls never share one; the memory stays held while
+    the trace is cached."""
 
     def __init__(self) -> None:
         self.workspace = Workspace()
@@ -334,19 +335,30 @@ class StructuredMethod:
         return {int(k): v for k, v in inputs.items()}, cotangents, fallback_jac
 
     def features(self, x: torch.Tensor) -> list[Term]:
+        return self._features(x, 0)
+
+    def features2(self, x: torch.Tensor) -> list[Term]:
+        return self._features(x, 1)
+
+    def _features(self, x: torch.Tensor, side: int) -> list[Term]:
+        """The terms of a chunk of examples of side ``side`` (0: x1, 1: x2). A hand-evaluated capture of a dense
+        chain keeps its tensors in the side's buffers (:class:`_Buffers`): the features of both sides are alive
+        while a block is contracted, never those of two chunks of one side."""
         if self.fused:
-            return self._fused_features(x, 0)
-        outer: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            return self._fused_features(x, side)
+        outer: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
+        fallback_jac: dict[str, torch.Tensor] = {}
+        if isinstance(self.chain, DenseChain):
+            self.buffers.generation[side] += 1
+            inputs, cots, outer = self.chain.capture(x, self.buffers.sides[side])
+            terms = self._terms(self.groups, inputs, dict(enumerate(cots)), outer)
+            return _Features(terms, side, self.buffers.generation[side])
         if self.chain is not None:
-            inputs, cots, outer = self.chain.capture(x)
-            fallback_jac: dict[str, torch.Tensor] = {}
+            inputs, cots, _ = self.chain.capture(x)
         else:
             inputs, cots, fallback_jac = self._capture(x)
         terms = self._terms(self.groups, inputs, dict(enumerate(cots)), outer)
         return terms + [JacobianTerm(fallback_jac[k].flatten(2)) for k in self.trace.fallback]
-
-    def features2(self, x: torch.Tensor) -> list[Term]:
-        return self._fused_features(x, 1) if self.fused else self.features(x)
 
     def _fused_features(self, x: torch.Tensor, side: int) -> list[Term]:
         """The traced kernel's features of a convolution chain: each convolution parameter's (N, 1, P') tensor from
@@ -368,7 +380,7 @@ class StructuredMethod:
         groups: list[_Group],
         inputs: dict[int, torch.Tensor],
         cots: dict[int, torch.Tensor],
-        outer: dict[int, tuple[torch.Tensor, torch.Tensor]],
+        outer: dict[int, tuple[torch.Tensor | None, torch.Tensor]],
     ) -> list[Term]:
         """The terms of ``groups`` from the captured inputs and cotangents of the calls (see :meth:`_capture`)."""
         calls = self.trace.calls
@@ -376,11 +388,9 @@ class StructuredMethod:
         for g in groups:
             if g.form in ("gram", "jacobian"):
                 parts = [linear_family_term(calls[i], inputs[i], cots[i]) for i, _ in g.uses]
-                A = _cat([t.A for t in parts], 2)
-                if g.bias is not None:
-                    A = torch.cat([A, A.new_ones(*A.shape[:-1], 1)], -1)
                 factors = outer.get(g.uses[0][0]) if len(g.uses) == 1 else None
-                term = GramTerm(A, _cat([t.G for t in parts], 3), factors)
+                A, G = _cat([t.A for t in parts], 2), _cat([t.G for t in parts], 3)
+                term = GramTerm(A, G, factors, bias=g.bias is not None)
                 terms.append(term if g.form == "gram" else FactoredJacobianTerm(term))
             elif g.form == "index":
                 tables = [embedding_term(calls[i], inputs[i], cots[i]) for i, _ in g.uses]
@@ -395,7 +405,7 @@ class StructuredMethod:
         for f in features:
             if isinstance(f, _Features) and f.generation != self.buffers.generation[f.side]:
                 raise RuntimeError(
-                    "ntkit internal error: features of a convolution chain were used after their buffers were "
+                    "ntkit internal error: features of a chain were used after their buffers were "
                     "reused (blocks.assemble must finish with one side's features before computing the next)."
                 )
 

@@ -21,13 +21,14 @@ sum is held, for a batch of examples, in one of three forms:
 
 Every ``pair`` returns the block (N1, N2) summed over the O outputs (the caller divides by O for the traced
 kernel), or the full block (N1, N2, O, O); every ``diag`` returns the same for matching rows of two
-batches: (N,) or (N, O, O). Both take an optional :class:`Workspace` for scratch buffers.
+batches: (N,) or (N, O, O). Both take an optional :class:`Workspace` for scratch buffers; a ``pair`` may return
+a view of them, valid until the workspace's next contraction (:func:`contract` adds it to a fresh total at once).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,9 +51,9 @@ class Workspace:
     first touch, about as long as the matrix product that fills it; a reused one does not."""
 
     def __init__(self) -> None:
-        self._buffers: dict[int, torch.Tensor] = {}
+        self._buffers: dict[Hashable, torch.Tensor] = {}
 
-    def take(self, slot: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    def take(self, slot: Hashable, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """An uninitialised tensor of ``shape`` with ``like``'s dtype and device, from buffer ``slot``."""
         size = math.prod(shape)
         buf = self._buffers.get(slot)
@@ -81,22 +82,31 @@ class JacobianTerm:
         return torch.einsum("nap,nbp->nab", self.J, other.J)
 
 
-def _gram_pair(SA: torch.Tensor, G1: torch.Tensor, G2: torch.Tensor, full: bool) -> torch.Tensor:
+def _gram(a1: torch.Tensor, a2: torch.Tensor, workspace: Workspace, slot: str) -> torch.Tensor:
+    """a1 a2ᵀ for each block, a1 (K, M1, D), a2 (K, M2, D) -> (K, M1, M2), in the workspace's ``slot``."""
+    return torch.bmm(a1, a2.mT, out=workspace.take(slot, (a1.shape[0], a1.shape[1], a2.shape[1]), a1))
+
+
+def _gram_pair(SA: torch.Tensor, G1: torch.Tensor, G2: torch.Tensor, full: bool, workspace: Workspace) -> torch.Tensor:
     """Σ_k Σ_{l,l'} SA[k, n, l, m, l'] (G1[n, o, k, l] · G2[m, o', k, l']).
 
-    SA: (K, N1, L1, N2, L2) input Gram; G1: (N1, O, K, L1, D); G2: (N2, O, K, L2, D).
+    SA: (K, N1, L1, N2, L2) input Gram; G1: (N1, O, K, L1, D); G2: (N2, O, K, L2, D). The cotangent Gram is
+    multiplied by SA in place; for one block and position (a dense layer) the result is a view of it (valid until
+    the workspace's next Gram), else a fresh sum.
     """
     K, n1, l1, n2, l2 = SA.shape
     o, d = G1.shape[1], G1.shape[-1]
+    single = K * l1 * l2 == 1
     if not full:
         g1 = G1.permute(2, 0, 3, 1, 4).reshape(K, n1 * l1, o * d)
         g2 = g1 if G2 is G1 else G2.permute(2, 0, 3, 1, 4).reshape(K, n2 * l2, o * d)
-        SG = (g1 @ g2.mT).reshape(K, n1, l1, n2, l2)
-        return (SA * SG).sum((0, 2, 4))
+        SG = _gram(g1, g2, workspace, "cotangent gram").view(K, n1, l1, n2, l2).mul_(SA)
+        return SG.view(n1, n2) if single else SG.sum((0, 2, 4))
     g1 = G1.permute(2, 0, 3, 1, 4).reshape(K, n1 * l1 * o, d)
     g2 = g1 if G2 is G1 else G2.permute(2, 0, 3, 1, 4).reshape(K, n2 * l2 * o, d)
-    SG = (g1 @ g2.mT).reshape(K, n1, l1, o, n2, l2, o)
-    return (SA.reshape(K, n1, l1, 1, n2, l2, 1) * SG).sum((0, 2, 5)).permute(0, 2, 1, 3)
+    SG = _gram(g1, g2, workspace, "cotangent gram").view(K, n1, l1, o, n2, l2, o)
+    SG.mul_(SA.view(K, n1, l1, 1, n2, l2, 1))
+    return (SG.view(n1, o, n2, o) if single else SG.sum((0, 2, 5))).permute(0, 2, 1, 3)
 
 
 def _gram_diag(SA: torch.Tensor, G1: torch.Tensor, G2: torch.Tensor, full: bool) -> torch.Tensor:
@@ -114,28 +124,44 @@ class GramTerm:
     (either may be a strided view).
 
     ``outer``: for a dense layer (K = L = 1) whose cotangents are outer products G[n, o] = D[n] ⊙ w[o], the factors
-    (D (N, d_out), w (O, d_out)) (the last hidden layer of an MLP: D = φ'(z), w = the output layer's weight).
-    Then the cotangent Gram summed over outputs is Σ_o (D1 ⊙ w_o)·(D2 ⊙ w_o) = (D1 ⊙ Σ_o w_o²) D2ᵀ, one product
-    over d_out instead of O·d_out (traced kernel only)."""
+    (D (N, d_out), w (O, d_out)) (the last hidden layer of an MLP: D = φ'(z), w = the output layer's weight; the
+    output layer: D None, meaning 1, and w = I_O). Then the cotangent Gram summed over outputs is
+    Σ_o (D1 ⊙ w_o)·(D2 ⊙ w_o) = (D1 ⊙ Σ_o w_o²) D2ᵀ, one product over d_out instead of O·d_out, or the constant
+    Σ_o |w_o|² without D (traced kernel only).
+
+    ``bias``: every input a_l carries an implicit constant entry 1, so that the contraction includes the bias of the
+    same calls (:mod:`.structured`): the input Gram is A1 A2ᵀ + 1, with no copy of A to append the entry."""
 
     A: torch.Tensor
     G: torch.Tensor
-    outer: tuple[torch.Tensor, torch.Tensor] | None = None
+    outer: tuple[torch.Tensor | None, torch.Tensor] | None = None
+    bias: bool = False
 
     def pair(self, other: GramTerm, full: bool, workspace: Workspace | None = None) -> torch.Tensor:
+        """The block (see module docs); a view of ``workspace``'s buffers, valid until its next Gram product."""
+        workspace = workspace or Workspace()
         K, n1, l1, n2, l2 = self.A.shape[1], self.A.shape[0], self.A.shape[2], other.A.shape[0], other.A.shape[2]
         a1 = self.A.transpose(0, 1).reshape(K, n1 * l1, -1)
         a2 = a1 if other is self else other.A.transpose(0, 1).reshape(K, n2 * l2, -1)
-        SA = (a1 @ a2.mT).reshape(K, n1, l1, n2, l2)
+        SA = _gram(a1, a2, workspace, "input gram").view(K, n1, l1, n2, l2)
+        if self.bias:
+            SA.add_(1)
         if not full and self.outer is not None and other.outer is not None:
             (D1, w), (D2, _) = self.outer, other.outer
-            D1w = D1 * (w * w).sum(0)
-            return SA.reshape(n1, n2) * (D1w @ D2.T)
-        return _gram_pair(SA, self.G, other.G, full)
+            s = (w * w).sum(0)
+            if D1 is None or D2 is None:
+                return SA.view(n1, n2).mul_(s.sum())
+            D1s = torch.mul(D1, s, out=workspace.take("outer", D1.shape, D1))
+            return SA.view(n1, n2).mul_(torch.mm(D1s, D2.T, out=workspace.take("cotangent gram", (n1, n2), D1)))
+        return _gram_pair(SA, self.G, other.G, full, workspace)
 
     def diag(self, other: GramTerm, full: bool, workspace: Workspace | None = None) -> torch.Tensor:
         SA = torch.einsum("nkli,nkji->nklj", self.A, other.A)
-        return _gram_diag(SA, self.G, other.G, full)
+        return _gram_diag(SA.add_(1) if self.bias else SA, self.G, other.G, full)
+
+    def inputs(self) -> torch.Tensor:
+        """A, with the constant entry appended if ``bias``: (N, K, L, d_in (+ 1))."""
+        return torch.cat([self.A, self.A.new_ones(*self.A.shape[:-1], 1)], -1) if self.bias else self.A
 
     def jacobian(self, out: torch.Tensor | None = None) -> JacobianTerm:
         """Σ_l g_l a_lᵀ per example and output, laid out as the weight (K·d_out, d_in): (N, O, P).
@@ -146,7 +172,7 @@ class GramTerm:
         """
         n, o, K, L, d_out = self.G.shape
         g = self.G.permute(0, 2, 1, 4, 3).reshape(n * K, o * d_out, L)
-        J = torch.bmm(g, self.A.reshape(n * K, L, -1), out=out).reshape(n, K, o, -1)
+        J = torch.bmm(g, self.inputs().reshape(n * K, L, -1), out=out).reshape(n, K, o, -1)
         return JacobianTerm(J.transpose(1, 2).reshape(n, o, -1))
 
 
@@ -158,7 +184,7 @@ class FactoredJacobianTerm:
 
     def _jacobian(self, workspace: Workspace, slot: int) -> JacobianTerm:
         n, o, K, _, d_out = self.factors.G.shape
-        shape = (n * K, o * d_out, self.factors.A.shape[-1])
+        shape = (n * K, o * d_out, self.factors.A.shape[-1] + self.factors.bias)
         return self.factors.jacobian(out=workspace.take(slot, shape, self.factors.G))
 
     def _both(self, other: FactoredJacobianTerm, workspace: Workspace | None) -> tuple[JacobianTerm, JacobianTerm]:
@@ -193,7 +219,7 @@ class IndexTerm:
             return self._compact(rows).pair(other._compact(rows), full)
         i1, i2 = self.indices[:, :, None, None], other.indices[None, None]
         SA = ((i1 == i2) & (i1 >= 0)).to(self.G.dtype)
-        return _gram_pair(SA.unsqueeze(0), self.G.unsqueeze(2), other.G.unsqueeze(2), full)
+        return _gram_pair(SA.unsqueeze(0), self.G.unsqueeze(2), other.G.unsqueeze(2), full, workspace or Workspace())
 
     def diag(self, other: IndexTerm, full: bool, workspace: Workspace | None = None) -> torch.Tensor:
         SA = (self.indices[:, :, None] == other.indices[:, None, :]) & (self.indices >= 0)[:, :, None]
@@ -231,8 +257,8 @@ def contract(
     """Σ over terms of the block contraction: (N1, N2) summed over outputs, or (N1, N2, O, O)."""
     total = None
     for t1, t2 in zip(terms1, terms2, strict=True):
-        block = t1.pair(t2, full, workspace)
-        total = block if total is None else total.add_(block)
+        block = t1.pair(t2, full, workspace)  # may be a view of the workspace: added to a fresh total at once
+        total = block.clone(memory_format=torch.contiguous_format) if total is None else total.add_(block)
     return total  # type: ignore[return-value]
 
 
