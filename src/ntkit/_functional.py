@@ -144,6 +144,8 @@ def flatten_output(out: object) -> torch.Tensor:
             f"the model returned {out.dtype} outputs; kernels need floating-point outputs that depend "
             "differentiably on the parameters. Return the values before rounding or argmax (e.g. the logits)."
         )
+    if out.ndim == 2:  # already (N, O): no reshape, which costs a dispatch under every torch.func transform
+        return out
     return out.reshape(out.shape[0], -1) if out.ndim != 1 else out.unsqueeze(1)
 
 

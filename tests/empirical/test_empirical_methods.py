@@ -103,3 +103,63 @@ def test_pass_through_mode_only_where_a_fused_layer_needs_it():
     model, x1, _, J1, _ = case("residual")
     got = nk.empirical_ntk(model, x1, method="jacobian", trace_outputs=False)
     assert rel_err(got, kernel_from_jacobians(J1, J1, False)) < TOL
+
+
+@pytest.mark.parametrize("route", ["batched", "per-example"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_jacobian_method_routes_match_dense_reference(name, route, monkeypatch):
+    """The Jacobian method's two routes (module docs of ``empirical.jacobian``), each forced, on every zoo model:
+    symmetric and not, traced and full, and the diagonal."""
+    from ntkit.empirical import jacobian
+
+    monkeypatch.setattr(jacobian, "BATCHED_FLOPS", float("inf") if route == "batched" else 0.0)
+    taken = []
+    real = jacobian.batched_jacobians
+    monkeypatch.setattr(jacobian, "batched_jacobians", lambda fm, x: taken.append(len(x)) or real(fm, x))
+    model, x1, x2, J1, J2 = case(name)
+    for other, J_other in ((None, J1), (x2, J2)):
+        for trace_outputs in (True, False):
+            got = nk.empirical_ntk(model, x1, other, method="jacobian", trace_outputs=trace_outputs)
+            assert rel_err(got, kernel_from_jacobians(J1, J_other, trace_outputs)) < TOL, (other is None, trace_outputs)
+    diagonal = nk.empirical_ntk(model, x1, method="jacobian", diagonal=True, trace_outputs=False)
+    assert rel_err(diagonal, kernel_from_jacobians(J1, J1, False, diagonal=True)) < TOL
+    assert bool(taken) == (route == "batched")
+
+
+def test_jacobian_method_takes_the_batched_route_only_for_tiny_chunks(monkeypatch):
+    """2·O·N·(N − 1)·FP under BATCHED_FLOPS: batched; a chunk of many examples of a larger model: per example."""
+    from torch import nn
+
+    from ntkit.empirical import jacobian
+
+    taken = []
+    real = jacobian.batched_jacobians
+    monkeypatch.setattr(jacobian, "batched_jacobians", lambda fm, x: taken.append(len(x)) or real(fm, x))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2)).double().eval()
+    nk.empirical_ntk(model, torch.randn(8, 8, dtype=torch.float64), method="jacobian")
+    assert taken == [8]
+    big = nn.Sequential(nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 4)).double().eval()
+    nk.empirical_ntk(big, torch.randn(64, 64, dtype=torch.float64), method="jacobian")  # ~2e9 FLOPs batched
+    assert taken == [8]
+
+
+def test_values_read_into_python_numbers_leave_the_batched_jacobian_route():
+    """A model that reads values into Python numbers (.item()) would have its batched reverse pass differentiate
+    another function (the values as constants): the Jacobian method then takes the per-example route, which refuses
+    it with the clear error (without the check the batched route returned that other function's kernel)."""
+    from torch import nn
+
+    from ntkit.errors import UnsupportedError
+
+    class ReadsItsValues(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.lin(x)
+            return torch.stack([row * row.sum().item() for row in y])
+
+    with pytest.raises(UnsupportedError, match=r"\.item\(\) or branches"):
+        nk.empirical_ntk(ReadsItsValues().double().eval(), torch.randn(4, 4, dtype=torch.float64), method="jacobian")

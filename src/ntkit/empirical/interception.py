@@ -30,7 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import BatchCouplingError
 
-__all__ = ["LAYER_FUNCTIONS", "LayerCall", "LayerInterceptor", "PassThroughMode"]
+__all__ = ["LAYER_FUNCTIONS", "VALUE_READS", "LayerCall", "LayerInterceptor", "PassThroughMode"]
 
 _P = inspect.Parameter
 
@@ -151,7 +151,7 @@ _MATMULS = (
 
 
 #: Methods that turn tensor values into Python numbers, which autograd then treats as constants.
-_VALUE_READS = frozenset(
+VALUE_READS = frozenset(
     {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.numpy}
 )
 
@@ -224,7 +224,7 @@ class LayerInterceptor(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        self.read_values |= func in _VALUE_READS
+        self.read_values |= func in VALUE_READS
         if not (self.flag_uses or self.count_costs or func in LAYER_FUNCTIONS or isinstance(func, types.FunctionType)):
             return func(*args, **kwargs)
         names = {self.watched[id(t)] for t in _tensors((args, kwargs)) if id(t) in self.watched}
