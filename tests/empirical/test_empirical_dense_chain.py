@@ -36,6 +36,7 @@ CHAINS = {
     ),
     "identity-between": lambda: chain_of(nn.Linear(5, 4), nn.Identity(), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 1)),
     "one-layer": lambda: chain_of(nn.Linear(5, 3)),
+    "no-activation-last": lambda: chain_of(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 6), nn.Linear(6, 2)),
 }
 
 

@@ -66,13 +66,15 @@ class DenseChain:
                 derivatives.append(d)
             cotangents = {last: torch.eye(o, dtype=x.dtype, device=x.device).expand(n, o, o)}
             for layer in range(last - 1, min(self.call_layers) - 1, -1):
-                G = workspace.take(("G", layer), (n, o, self.weights[layer].shape[0]), x)
-                if layer == last - 1:
-                    G.copy_(self.weights[last].expand_as(G))
-                else:
+                G, d = workspace.take(("G", layer), (n, o, self.weights[layer].shape[0]), x), derivatives[layer]
+                if layer < last - 1:
                     torch.mm(cotangents[layer + 1].view(n * o, -1), self.weights[layer + 1], out=G.view(n * o, -1))
-                d = derivatives[layer]
-                cotangents[layer] = G if d is None else G.mul_(d.unsqueeze(1))
+                    G = G if d is None else G.mul_(d.unsqueeze(1))
+                elif d is None:
+                    G.copy_(self.weights[last].expand_as(G))
+                else:  # W_L[o] ⊙ φ'(z_n), in one pass
+                    torch.mul(self.weights[last], d.unsqueeze(1), out=G)
+                cotangents[layer] = G
             outer: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
             if last in self.call_layers:
                 outer[self.call_layers.index(last)] = (None, cotangents[last][0])

@@ -76,18 +76,17 @@ class _Group:
 
 def _with_bias(weight: _Group, bias: _Group, problem: Problem, o: int) -> _Group | None:
     """``weight`` (Gram form) computing ``bias`` too, if ``bias`` is used exactly by the same calls' bias slot
-    and that costs fewer FLOPs than contracting it alone (each input gains a constant entry: 2·K·L² more
-    FLOPs per pair, against 2·O^a·P_b for the bias on its own)."""
+    and that costs fewer FLOPs than contracting it alone (each input gains an implicit constant entry, so the input
+    Gram gains 1 per entry: K·L² more FLOPs per pair and no stored words, against 2·O^a·P_b for the bias on its
+    own)."""
     if weight.form != "gram" or bias.form != "layout" or [i for i, _ in bias.uses] != [i for i, _ in weight.uses]:
         return None
     if any(slot != "bias" for _, slot in bias.uses):
         return None
     added = weight.pair_words / (2 + o**problem.output_power)  # K·L², the entries of one Gram
-    if 2.0 * added >= bias.pair_flops:
+    if added >= bias.pair_flops:
         return None
-    return dataclasses.replace(
-        weight, pair_flops=weight.pair_flops + 2.0 * added, feature_words=weight.feature_words + added, bias=bias.name
-    )
+    return dataclasses.replace(weight, pair_flops=weight.pair_flops + added, bias=bias.name)
 
 
 def _use_flops(call: LayerCall, slot: str, o: int) -> float:
