@@ -80,8 +80,9 @@ def empirical_ntk(
         diagonal: only Θ̂(x1_n, x2_n) (x2 ``None`` or with N2 = N1): (N1,) or (N1, O, O); its cost is linear in N.
         chunk_size: examples per block on each side (default: the largest block that fits the budget).
         memory_budget: bytes (or a string such as ``"4G"``) that intermediates may use; default a quarter of
-            the free memory of the inputs' device (or ``NTKIT_MEMORY_BUDGET``). A result that does not fit
-            raises :class:`~ntkit.errors.MemoryBudgetError` before anything is computed.
+            the free memory of the inputs' device (or ``NTKIT_MEMORY_BUDGET``); a call that needs at most 32 MiB
+            in all does not read the free memory (it fits any budget). A result that does not fit raises
+            :class:`~ntkit.errors.MemoryBudgetError` before anything is computed.
         progress: show a tqdm progress bar over the blocks (needs ``tqdm``).
 
     Returns:
