@@ -213,3 +213,33 @@ def test_global_hook_and_parametrization_trace_again(traces):
     parametrize.register_parametrization(model[2], "weight", Doubled())
     check(model, x, extra={"method": "structured"})
     assert len(traces) == 3
+
+
+def test_warm_calls_reuse_the_method_choice(traces, monkeypatch):
+    """The method choice and block plan (``ntk.unlimited_choice``) are kept with the trace: repeated calls do not
+    build or plan the methods again; another batch size, another parameter selection, train mode, an in-place
+    update and another dtype do (a new problem or a new trace), and every kernel is the current model's."""
+    from ntkit.empirical import ntk
+
+    chosen = []
+    real = ntk._choose
+    monkeypatch.setattr(ntk, "_choose", lambda *a: chosen.append(a[3]) or real(*a))
+    model, x = mlp(), torch.randn(6, 5, dtype=DT)
+    for _ in range(3):
+        check(model, x)
+    assert len(chosen) == 1
+    check(model, x[:4])
+    assert len(chosen) == 2
+    got = nk.empirical_ntk(model, x, params=["2.*"])
+    J = dense_jacobian(model, x, ["2.weight", "2.bias"])
+    assert rel_err(got, kernel_from_jacobians(J, J, True)) < TOL and len(chosen) == 3
+    model.train()
+    check(model, x)
+    model.eval()
+    assert len(chosen) == 4
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)
+    check(model, x)
+    assert len(chosen) == 5
+    got = nk.empirical_ntk(model.float(), x.float())
+    assert got.dtype == torch.float32 and len(chosen) == 6
