@@ -47,14 +47,17 @@ def test_symmetric_traced_kernel_of_every_model(monkeypatch, name, rows):
 
 
 @pytest.mark.parametrize("chunk_size", [None, 3])
-def test_dense_chain_with_outer_factors(monkeypatch, chunk_size):
-    """An MLP whose last hidden layer and output layer use the outer-factor Grams, one block and blocks of 3."""
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_dense_chain_with_outer_factors(monkeypatch, chunk_size, outputs):
+    """An MLP whose last hidden layer and output layer use the outer-factor Grams, one block and blocks of 3; with
+    one output the full kernel is computed as the traced one (same shortcuts)."""
     monkeypatch.setattr(terms, "BLOCK_ROWS", 2)
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)
+        torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, outputs)
     ).double()
     x = torch.randn(9, 4, dtype=torch.float64)
     J = dense_jacobian(model, x)
-    got = nk.empirical_ntk(model, x, method="structured", chunk_size=chunk_size)
-    assert rel_err(got, kernel_from_jacobians(J, J, True)) < TOL
+    for trace_outputs in (True, False):
+        got = nk.empirical_ntk(model, x, method="structured", chunk_size=chunk_size, trace_outputs=trace_outputs)
+        assert rel_err(got, kernel_from_jacobians(J, J, trace_outputs)) < TOL
