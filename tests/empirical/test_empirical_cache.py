@@ -15,6 +15,7 @@ from torch import nn
 
 import ntkit as nk
 from ntkit.empirical import tracing
+from ntkit.empirical.terms import Workspace
 from reference import dense_jacobian, rel_err
 
 DT = torch.float64
@@ -243,3 +244,34 @@ def test_warm_calls_reuse_the_method_choice(traces, monkeypatch):
     assert len(chosen) == 5
     got = nk.empirical_ntk(model.float(), x.float())
     assert got.dtype == torch.float32 and len(chosen) == 6
+
+
+def _held_scratch_bytes() -> int:
+    """Bytes held by every live :class:`~ntkit.empirical.terms.Workspace` (the structured method's kept buffers)."""
+    gc.collect()
+    return sum(
+        b.numel() * b.element_size() for w in gc.get_objects() if isinstance(w, Workspace) for b in w._buffers.values()
+    )
+
+
+def test_buffers_are_kept_once_per_model(traces):
+    """A training loop traces again at every step (the parameters change in place); the new trace takes over the
+    previous one's scratch buffers, so the memory held after five steps is that of one call, not of the four traces
+    the cache keeps (before ModelTrace.scratch it was four times as much), and every kernel stays exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    ).to(DT)  # fmt: skip
+    x = torch.randn(6, 2, 5, 5, dtype=DT)
+    before = _held_scratch_bytes()
+    check(model, x)
+    one_call = _held_scratch_bytes() - before
+    assert one_call > 0
+    for _ in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.9)
+        check(model, x)
+    assert len(traces) == 6
+    assert _held_scratch_bytes() - before == one_call

@@ -185,8 +185,8 @@ class _Buffers:
     (:meth:`.ConvChain.jacobians`) and the capture of a dense chain one workspace per side (x1, x2). Features of
     one side live in its workspace until that side's next features, which :func:`.blocks.assemble` computes only
     once the previous ones are no longer used; ``generation`` counts them, so that features used after that raise
-    instead of being wrong. One per thread, so that concurrent calls never share one; the memory stays held while
-    the trace is cached."""
+    instead of being wrong. One per thread, so that concurrent calls never share one, and one per model
+    (:meth:`.ModelTrace.scratch`): the memory stays held while the model's traces are cached."""
 
     def __init__(self) -> None:
         self.workspace = Workspace()
@@ -195,7 +195,7 @@ class _Buffers:
 
 
 def _buffers(trace: ModelTrace) -> _Buffers:
-    local = trace.memo(("structured buffers",), threading.local)
+    local = trace.scratch("structured buffers", threading.local)
     if not hasattr(local, "buffers"):
         local.buffers = _Buffers()
     buffers: _Buffers = local.buffers

@@ -66,6 +66,7 @@ class ModelTrace:
     forward_flops: float
     activation_words: int
     _memo: dict[Hashable, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    _scratch: dict[Hashable, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def memo(self, key: Hashable, compute: Callable[[], T]) -> T:
         """``compute()``, kept with the trace under ``key`` for later calls with the same trace (plans that depend
@@ -80,6 +81,17 @@ class ModelTrace:
                 self._memo.pop(next(iter(self._memo)))
             self._memo[key] = value
         return value
+
+    def scratch(self, key: Hashable, make: Callable[[], T]) -> T:
+        """``make()``, kept for later calls under ``key`` and shared by every kept trace of the same model
+        (:func:`cached_trace` hands a model's new trace the scratch of its previous one): reusable buffers, whose
+        memory is then held once per model, not once per kept trace (a training loop traces again at every
+        step). Released with the model's traces (:func:`clear_trace_cache`, or when the model goes)."""
+        if key not in self._scratch:
+            with _CACHE_LOCK:
+                self._scratch.setdefault(key, make())
+        kept: T = self._scratch[key]
+        return kept
 
 
 def trace_model(fm: FunctionalModel, x: torch.Tensor) -> ModelTrace:
@@ -181,6 +193,8 @@ def cached_trace(fm: FunctionalModel, x: torch.Tensor) -> ModelTrace:
     trace = trace_model(fm, x)
     with _CACHE_LOCK:
         entries = _CACHE.setdefault(owner, OrderedDict())
+        if entries:  # the model's buffers pass to its new trace (ModelTrace.scratch)
+            object.__setattr__(trace, "_scratch", next(reversed(entries.values()))._scratch)
         entries[key] = trace
         while len(entries) > _CACHE_PER_MODEL:
             entries.popitem(last=False)
