@@ -37,6 +37,7 @@ for the whole batch. The tests compare both routes with the dense float64 Jacobi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -45,7 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._functional import FunctionalModel
+from .._validation import as_tuple
 from .chain_layers import Activation, activation, call_layers, layer_parameters, no_hooks
+from .rules import same_padding
 from .tracing import ModelTrace
 
 __all__ = ["ConvChain", "conv_chain"]
@@ -57,9 +60,9 @@ class _Conv:
 
     weight: torch.Tensor
     bias: torch.Tensor | None
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
     groups: int
     activation: Activation | None
 
@@ -102,20 +105,16 @@ class _Conv:
         return out.permute(0, 2, 3, 1).contiguous().view(images.shape[0], *in_size, o, -1)
 
 
-def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def _numeric_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
+def _numeric_padding(conv: nn.Conv2d) -> tuple[int, ...] | None:
     """The padding as two numbers ('valid': 0; 'same': half the kernel's reach if that is even), else None."""
     if not isinstance(conv.padding, str):
-        return _pair(conv.padding)
+        return as_tuple(conv.padding, 2, "padding", minimum=0)
     if conv.padding == "valid":
         return 0, 0
-    reach = [d * (k - 1) for d, k in zip(_pair(conv.dilation), _pair(conv.kernel_size), strict=True)]
-    if any(r % 2 for r in reach):
+    sides = same_padding(conv.kernel_size, conv.dilation)
+    if any(before != after for before, after in sides):
         return None  # padded more on one side than on the other
-    return reach[0] // 2, reach[1] // 2
+    return tuple(before for before, _ in sides)
 
 
 @dataclass(frozen=True)
@@ -297,8 +296,8 @@ def conv_chain(fm: FunctionalModel, trace: ModelTrace, traced: bool) -> ConvChai
             if padding is None:
                 return None
             weight, bias = layer_parameters(fm, name, child)
-            layer = (_pair(child.stride), padding, _pair(child.dilation), child.groups)
-            convs.append(_Conv(weight, bias, *layer, None))
+            stride, dilation = as_tuple(child.stride, 2, "stride"), as_tuple(child.dilation, 2, "dilation")
+            convs.append(_Conv(weight, bias, stride, padding, dilation, child.groups, None))
             names.append(name)
             acts.append(None)
         elif act is not None and acts and acts[-1] is None and not tail:
@@ -319,8 +318,6 @@ def conv_chain(fm: FunctionalModel, trace: ModelTrace, traced: bool) -> ConvChai
         return None
     head_weight, _ = layer_parameters(fm, names[-1], head)
     pooled = tail[0] is nn.AdaptiveAvgPool2d
-    chain = tuple(
-        _Conv(c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups, a) for c, a in zip(convs, acts, strict=True)
-    )
+    chain = tuple(dataclasses.replace(c, activation=a) for c, a in zip(convs, acts, strict=True))
     params = tuple(dict(call.params) for call in trace.calls)
     return ConvChain(chain, head_weight, pooled, traced and pooled, layers, params)

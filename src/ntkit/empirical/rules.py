@@ -17,6 +17,7 @@ Rules (the parameter's Jacobian for one example and output, y = layer output):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ __all__ = [
     "linear_family_dims",
     "linear_family_term",
     "parameter_jacobian",
+    "same_padding",
 ]
 
 LINEAR_FAMILY = ("linear", "conv")
@@ -48,6 +50,12 @@ def linear_family_dims(call: LayerCall) -> tuple[int, int, int, int]:
     return groups, math.prod(call.out_shape) // c_out, c_in_group * math.prod(kernel), c_out // groups
 
 
+def same_padding(kernel: Sequence[int], dilation: Sequence[int]) -> list[tuple[int, int]]:
+    """torch's ``padding="same"`` per spatial axis: (before, after), the kernel's reach d·(k − 1) split in two,
+    the odd one after."""
+    return [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation, strict=True)]
+
+
 def _conv_patches(call: LayerCall, X: torch.Tensor) -> torch.Tensor:
     """Unfolded input patches of a conv1d/conv2d call: (N, K, L, C_in/K · prod(kernel))."""
     n = X.shape[0]
@@ -59,12 +67,8 @@ def _conv_patches(call: LayerCall, X: torch.Tensor) -> torch.Tensor:
     x = X.reshape(-1, *X.shape[-(nd + 1) :])  # (N·B, C, *S)
     padding = call.static["padding"]
     if isinstance(padding, str):
-        pads: list[int] = []
-        if padding == "same":
-            for k, d in zip(reversed(kernel), reversed(dilation), strict=True):
-                total = d * (k - 1)
-                pads += [total // 2, total - total // 2]
-            x = F.pad(x, pads)
+        if padding == "same":  # F.pad takes (before, after) from the last axis backwards
+            x = F.pad(x, [p for side in reversed(same_padding(kernel, dilation)) for p in side])
         padding = (0,) * nd
     padding = as_tuple(padding, nd, "padding", minimum=0)
     if nd == 1:
